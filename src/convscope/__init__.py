@@ -1,0 +1,66 @@
+"""convscope: a microscope for convolutional networks in PyTorch.
+
+``import convscope as cs`` gives the user's handle on a run (:class:`Run`), the read side
+(:func:`open_run`) and the analysis sub-packages (``cs.model``, ``cs.explain``, ``cs.features``,
+``cs.diagnose``, ``cs.track``, ``cs.embed``, ``cs.data``, ``cs.zoo``). Sub-packages are imported
+lazily, so ``import convscope`` stays fast and does not import torch until it is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import ConvscopeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import Run
+    from .store.reader import RunReader, open_run
+
+__all__ = [
+    "__version__",
+    "ConvscopeError",
+    "Run",
+    "open_run",
+    "RunReader",
+    "data",
+    "zoo",
+    "model",
+    "explain",
+    "features",
+    "diagnose",
+    "track",
+    "embed",
+    "store",
+    "figures",
+    "profile",
+]
+
+_LAZY_ATTRS = {
+    "Run": ("convscope.run", "Run"),
+    "open_run": ("convscope.store.reader", "open_run"),
+    "RunReader": ("convscope.store.reader", "RunReader"),
+    "profile": ("convscope.model.profile", "profile"),
+}
+_SUBPACKAGES = {
+    "data", "zoo", "model", "explain", "features", "diagnose", "track", "embed", "store",
+    "figures", "app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRS:
+        module, attr = _LAZY_ATTRS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"convscope.{name}")
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,136 @@
+"""The dashboard shell: header with navigation and run selector, the page container, routing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dash
+from dash import Input, Output, State, dcc, html
+
+from .._version import __version__
+from .guard import PathGuard
+from .pages import all_pages
+from .state import AppState
+
+ASSETS = Path(__file__).parent / "assets"
+REFRESH_MS = 5000
+DEFAULT_SELECTED = 4
+
+
+def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
+    """Build the Dash app serving ``logdir`` (a directory of runs, or one run).
+
+    The pages re-read the runs every ``refresh_ms`` milliseconds (default 5000, or
+    ``$CONVSCOPE_REFRESH_MS``), so a run still being written updates in place.
+    """
+    if refresh_ms is None:
+        refresh_ms = int(os.environ.get("CONVSCOPE_REFRESH_MS", REFRESH_MS))
+    state = AppState(logdir)
+    pages = all_pages()
+    app = dash.Dash(
+        __name__,
+        title="convscope",
+        assets_folder=str(ASSETS),
+        suppress_callback_exceptions=True,
+        update_title=None,
+    )
+    nav = [
+        dcc.Link(p.title, href=p.path, className="nav-link", id=f"nav-{p.title.lower()}",
+                 title=p.description)
+        for p in pages
+    ]
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url"),
+            dcc.Interval(id="refresh", interval=refresh_ms),
+            html.Header(
+                [
+                    html.Div(
+                        [html.Span("convscope", className="brand"),
+                         html.Span(f"v{__version__}", className="version")],
+                        className="brand-box",
+                    ),
+                    html.Nav(nav, className="nav"),
+                    html.Div(
+                        dcc.Dropdown(
+                            id="run-select", multi=True, placeholder="select runs…",
+                            persistence=True, persistence_type="local",
+                        ),
+                        className="run-select-box",
+                        title="Runs shown on every page",
+                    ),
+                ],
+                className="header",
+            ),
+            html.Div(
+                [html.Span(str(state.logdir), className="logdir", title="served logdir")],
+                className="subheader",
+            ),
+            html.Main(id="page", className="page"),
+        ],
+        className="app",
+    )
+    by_path = {p.path: p for p in pages}
+
+    @app.callback(Output("page", "children"), Input("url", "pathname"))
+    def _route(pathname):
+        page = by_path.get((pathname or "/").rstrip("/") or "/")
+        if page is None:
+            return html.Div(
+                [html.H1("Page not found", className="page-title"),
+                 html.P(["There is no page at ", html.Code(pathname or ""), ". Pages: "]
+                        + [dcc.Link(p.title, href=p.path, className="inline-link")
+                           for p in pages])],
+            )
+        return page.layout()
+
+    for p in pages:
+        app.clientside_callback(
+            f"""function(path) {{
+                const mine = {p.path!r};
+                const cur = (path || '/').replace(/\\/$/, '') || '/';
+                return cur === mine ? 'nav-link active' : 'nav-link';
+            }}""",
+            Output(f"nav-{p.title.lower()}", "className"),
+            Input("url", "pathname"),
+        )
+
+    @app.callback(
+        Output("run-select", "options"),
+        Output("run-select", "value"),
+        Input("refresh", "n_intervals"),
+        State("run-select", "value"),
+    )
+    def _runs(_n, selected):
+        names = state.run_names()
+        options = [{"label": n, "value": n} for n in reversed(names)]
+        if selected is None:  # first visit: show the newest runs
+            value = names[-DEFAULT_SELECTED:]
+        else:  # keep the user's choice (even an empty one), minus runs that were deleted
+            value = [s for s in selected if s in names]
+        return options, (dash.no_update if value == selected else value)
+
+    for p in pages:
+        p.register(app, state)
+
+    _add_file_route(app, state)
+    app.server.wsgi_app = PathGuard(app.server.wsgi_app)
+    app.convscope_state = state  # for tests and embedding
+    return app
+
+
+def _add_file_route(app: dash.Dash, state: AppState) -> None:
+    """``/files/<run>/<path>``: raw files of a run (run.json, parquet parts, .npy arrays)."""
+    import flask
+
+    @app.server.route("/files/<run>/<path:rel>")
+    def _file(run: str, rel: str):
+        try:
+            root = state.run_path(run).resolve()
+        except Exception:
+            flask.abort(404)
+        target = (root / rel).resolve()
+        if Path(rel).is_absolute() or not target.is_relative_to(root) or not target.is_file():
+            flask.abort(404)
+        return flask.send_file(target)

@@ -1,0 +1,136 @@
+"""The ``convscope`` command line: ``demo``, ``serve``, ``report``, ``runs``, ``compact``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._version import __version__
+from .errors import ConvscopeError
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(args.logdir, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .app.components import fmt_bytes
+    from .store import list_runs
+
+    infos = list_runs(args.logdir)
+    if not infos:
+        print(f"no runs in {Path(args.logdir).resolve()}")
+        return 0
+    for info in infos:
+        contents = ", ".join(f"{t}={n}" for t, n in info.tables.items()) or "empty"
+        state = "ended" if info.ended else "running"
+        print(f"{info.name}\t{info.created}\t{state}\t{fmt_bytes(info.size_bytes)}\t{contents}")
+        for p in info.problems:
+            print(f"  problem: {p}")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .store import compact_run, open_run
+
+    reader = open_run(args.run)  # validates the path
+    for table, (before, after) in compact_run(reader.path).items():
+        print(f"{table}: {before} -> {after} parts")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_path = run_demo(
+        logdir=args.logdir, name=args.name, epochs=args.epochs, small=args.small,
+        quiet=args.quiet, seed=args.seed,
+    )
+    if args.no_serve:
+        print(f"demo run recorded in {run_path}; serve it with: convscope serve --logdir "
+              f"{Path(args.logdir)}")
+        return 0
+    from .app import serve
+
+    serve(args.logdir, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convscope",
+        description="A microscope for convolutional networks: record runs, serve them in the "
+        "browser.",
+    )
+    p.add_argument("--version", action="version", version=f"convscope {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def serve_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1, this machine only)")
+        sp.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+
+    d = sub.add_parser("demo", help="train a small CNN on procedural shapes, record "
+                       "everything, serve the dashboard")
+    d.add_argument("--logdir", default="runs", help="where runs are written (default: runs)")
+    d.add_argument("--name", default=None, help="run name (default: timestamp + suffix)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: the "
+                   "demo's tuned setting)")
+    d.add_argument("--small", action="store_true", help="tiny data and model (seconds; for "
+                   "tests)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-serve", action="store_true", help="record only, do not serve")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    serve_opts(d)
+    d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("serve", help="serve a logdir (a directory of runs) in the browser")
+    s.add_argument("--logdir", default="runs", help="directory of runs (default: runs)")
+    serve_opts(s)
+    s.set_defaults(func=_cmd_serve)
+
+    r = sub.add_parser("report", help="write one self-contained HTML report of a run")
+    r.add_argument("run", help="run directory")
+    r.add_argument("--out", default="report.html", help="output file (default report.html)")
+    r.set_defaults(func=_cmd_report)
+
+    ls = sub.add_parser("runs", help="list the runs in a logdir")
+    ls.add_argument("--logdir", default="runs")
+    ls.set_defaults(func=_cmd_runs)
+
+    c = sub.add_parser("compact", help="merge a run's small Parquet parts")
+    c.add_argument("run", help="run directory")
+    c.set_defaults(func=_cmd_compact)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ConvscopeError as exc:
+        print(f"convscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # python -m convscope.cli
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""``convscope report RUN --out report.html``: one self-contained HTML file of a run's figures.
+
+The file embeds plotly.js, so it opens without a network. Sections are functions from a
+:class:`~convscope.store.RunReader` to HTML; a section whose data the run lacks says which call
+records it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from ._version import __version__
+from .figures.scalars import scalar_figure
+from .store import RunReader, open_run
+from .store.layout import atomic_write_bytes
+
+__all__ = ["write_report", "Section", "SECTIONS"]
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    build: Callable[[RunReader], list[go.Figure] | str | None]
+    records_with: str
+
+
+def _scalars(reader: RunReader) -> list[go.Figure] | None:
+    tags = reader.scalar_tags()
+    if not tags:
+        return None
+    series = {t: {reader.name: reader.scalar_series(t, max_points=5000)} for t in tags}
+    return [scalar_figure(series, smoothing=0.6)]
+
+
+SECTIONS: list[Section] = [
+    Section("Scalars", _scalars, "run.log_scalars(step, loss=..., acc=...)"),
+]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:0;color:#1d2330;
+background:#f6f7f9}header{background:#101828;color:#fff;padding:14px 24px}
+header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#98a2b3;font-size:13px}
+main{max-width:1300px;margin:0 auto;padding:10px 24px 40px}
+section{background:#fff;border:1px solid #e3e6eb;border-radius:8px;padding:12px 16px;margin:16px 0}
+h2{font-size:17px;margin:4px 0 10px}table{border-collapse:collapse;font-size:13px}
+td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top}th{color:#667085;font-weight:600}
+.missing{background:#fff4e5;border:1px solid #f7c98b;border-radius:6px;padding:8px 12px}
+code{background:#eef0f3;padding:1px 5px;border-radius:4px}
+"""
+
+
+def write_report(run: str | Path | RunReader, out: str | Path) -> Path:
+    """Write the run's report to ``out`` (one HTML file, no external resources)."""
+    reader = run if isinstance(run, RunReader) else open_run(run)
+    meta = reader.meta
+    parts: list[str] = []
+    plotly_included = False
+    rows = [
+        ("run", reader.name), ("created", meta.get("created", "")),
+        ("ended", meta.get("ended") or "still running"),
+        ("convscope", meta.get("convscope_version", "")), ("torch", meta.get("torch_version")),
+        ("host", meta.get("host", "")),
+    ] + [(f"config.{k}", v) for k, v in sorted((meta.get("config") or {}).items())]
+    meta_html = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    parts.append(f"<section><h2>Run</h2><table>{meta_html}</table></section>")
+    for section in SECTIONS:
+        result = section.build(reader)
+        body: str
+        if result is None:
+            body = (
+                f'<div class="missing">This run has no {html.escape(section.title.lower())} '
+                f"data. Record it with <code>{html.escape(section.records_with)}</code>.</div>"
+            )
+        elif isinstance(result, str):
+            body = result
+        else:
+            chunks = []
+            for fig in result:
+                chunks.append(
+                    fig.to_html(full_html=False, include_plotlyjs=not plotly_included)
+                )
+                plotly_included = True
+            body = "\n".join(chunks)
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>{body}</section>")
+    doc = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>convscope report: {html.escape(reader.name)}</title><style>{_CSS}</style>"
+        f"</head><body><header><h1>convscope report: {html.escape(reader.name)}</h1>"
+        f"<p>convscope {__version__}</p></header><main>{''.join(parts)}</main></body></html>"
+    )
+    out = Path(out)
+    atomic_write_bytes(out, doc.encode("utf-8"))
+    return out

@@ -1,0 +1,306 @@
+"""``cs.Run``: the user's handle on one run directory.
+
+.. code-block:: python
+
+    import convscope as cs
+
+    with cs.Run(logdir="runs", config={"lr": 0.1}) as run:
+        for step in range(1000):
+            ...
+            run.log_scalars(step, loss=loss, acc=acc)
+
+Everything a run records lands under ``logdir/<name>/``; ``convscope serve --logdir runs`` shows
+it in the browser, also while the run is still being written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import numbers
+import os
+import platform
+import socket
+import sys
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import InvalidValueError, RunExistsError, StoreError
+from .store.arrays import index_row, save_array
+from .store.layout import (
+    RUN_FILE,
+    SCHEMA_VERSION,
+    atomic_write_json,
+    check_name,
+    read_json,
+)
+from .store.parts import compact_run
+from .store.reader import RunReader
+from .store.writer import PartWriter, writer_id
+
+__all__ = ["Run", "default_run_name"]
+
+
+def default_run_name() -> str:
+    """A sortable timestamp plus a short random suffix: ``20261122-171135-3fa2``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + os.urandom(2).hex()
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else from the environment."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _as_float(tag: str, value: Any) -> float:
+    """A loggable scalar as float; NaN and inf are data and kept."""
+    if hasattr(value, "detach") and hasattr(value, "numel"):  # torch tensor
+        if value.numel() != 1:
+            raise InvalidValueError(
+                f"scalar {tag!r} is a tensor of shape {tuple(value.shape)}: log one number "
+                f"(e.g. {tag}=t.mean()) or use run.log_array for arrays."
+            )
+        return float(value.detach().item())
+    if isinstance(value, numbers.Real):  # int, float, bool, numpy scalars
+        return float(value)
+    if hasattr(value, "shape") and getattr(value, "size", None) == 1:  # 0-d / 1-elem numpy
+        try:
+            return float(value.item())
+        except (TypeError, ValueError):
+            pass
+    raise InvalidValueError(
+        f"scalar {tag!r} = {value!r} is a {type(value).__name__}, not a number: "
+        "log_scalars takes ints, floats, bools, numpy scalars or one-element tensors."
+    )
+
+
+class Run:
+    """One run = one directory under ``logdir``.
+
+    Args:
+        logdir: the parent directory of all runs (``convscope serve --logdir`` shows it).
+        name: the run's directory name; default: a sortable timestamp and a random suffix.
+        config: a JSON-serialisable dict saved in ``run.json`` (hyper-parameters etc.).
+        resume: open an existing run and append to it instead of raising
+            :class:`~convscope.errors.RunExistsError`.
+        rank: this process's rank; default: torch.distributed's rank, else ``$RANK``, else 0.
+            Rank 0 writes ``run.json``; every rank writes its own table parts.
+        flush_interval: seconds a logged row may wait in memory before it is written (so the
+            dashboard sees a live run); ``flush()`` and ``close()`` write everything at once.
+        quiet: hide progress bars of long recordings.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str] = "runs",
+        name: str | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        resume: bool = False,
+        rank: int | None = None,
+        flush_interval: float = 2.0,
+        quiet: bool = False,
+    ) -> None:
+        dist_rank, world = _dist_info()
+        self.rank = dist_rank if rank is None else int(rank)
+        self.world_size = world
+        self.quiet = quiet
+        self.config = dict(config or {})
+        if name is None:
+            name = self._shared_default_name()
+        self.name = check_name(name, "run name")
+        self.logdir = Path(logdir).expanduser().resolve()
+        self.path = self.logdir / self.name
+        self._open_dir(resume)
+        self._writer = PartWriter(
+            self.path, writer_id(self.rank), max_age_s=flush_interval
+        )
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_writer, self._writer)
+        atexit.register(self._finalizer)
+
+    # -- creation ----------------------------------------------------------------------------
+    def _shared_default_name(self) -> str:
+        name = default_run_name()
+        torch = sys.modules.get("torch")
+        if self.world_size > 1 and torch is not None and torch.distributed.is_initialized():
+            box = [name]
+            torch.distributed.broadcast_object_list(box, src=0)
+            name = box[0]
+        elif self.world_size > 1:
+            raise StoreError(
+                "several processes (WORLD_SIZE > 1) need one shared run name: pass "
+                "Run(name=...) or initialise torch.distributed before creating the Run."
+            )
+        return name
+
+    def _open_dir(self, resume: bool) -> None:
+        run_file = self.path / RUN_FILE
+        if self.rank != 0:
+            deadline = time.monotonic() + 120
+            while not run_file.exists():
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"rank {self.rank} waited 120 s for rank 0 to create {self.path}: "
+                        "start rank 0 too, with the same logdir and name."
+                    )
+                time.sleep(0.05)
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            if not resume:
+                raise RunExistsError(
+                    f"run {self.name!r} already exists in {self.logdir}: choose another name, "
+                    "leave name=None for a fresh one, or pass resume=True to append to it."
+                )
+            if not run_file.exists():
+                raise StoreError(
+                    f"{self.path} exists but is not a convscope run (no run.json): "
+                    "choose another name or logdir."
+                )
+            meta = read_json(run_file)
+            meta.setdefault("resumed", []).append(_now())
+            meta.pop("ended", None)
+            if self.config:
+                meta["config"] = {**meta.get("config", {}), **self.config}
+            atomic_write_json(run_file, meta)
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        torch = sys.modules.get("torch")
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "created": _now(),
+            "created_unix": time.time(),
+            "convscope_version": __version__,
+            "torch_version": getattr(torch, "__version__", None) if torch else _torch_version(),
+            "python_version": platform.python_version(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "world_size": self.world_size,
+            "config": self.config,
+        }
+        atomic_write_json(run_file, meta)
+
+    # -- logging -----------------------------------------------------------------------------
+    def log_scalars(
+        self, step: int, values: Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> None:
+        """Record named numbers at ``step``: ``run.log_scalars(10, loss=0.3, acc=0.9)``.
+
+        Accepts ints, floats, bools, numpy scalars and one-element tensors; NaN and inf are kept
+        (they are data). A non-numeric value raises :class:`InvalidValueError`.
+        """
+        items = {**dict(values or {}), **kwargs}
+        if not items:
+            return
+        step = self._check_step(step)
+        tags = []
+        vals = []
+        for tag, v in items.items():
+            if not isinstance(tag, str) or not tag:
+                raise InvalidValueError(f"scalar names must be non-empty strings, got {tag!r}.")
+            tags.append(tag)
+            vals.append(_as_float(tag, v))
+        now = time.time()
+        n = len(tags)
+        self._writer.append(
+            "scalars",
+            {"step": [step] * n, "tag": tags, "value": vals, "wall_time": [now] * n},
+        )
+
+    def log_rows(self, table: str, columns: Mapping[str, Any]) -> None:
+        """Append rows to any table: a mapping of column name to equal-length sequences."""
+        self._writer.append(table, columns)
+
+    def log_array(
+        self,
+        kind: str,
+        key: str,
+        value: Any,
+        *,
+        step: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+        dtype: Any = None,
+    ) -> Path:
+        """Store an n-d array (tensor or numpy) as ``arrays/<kind>/<key>.npy``; returns its path."""
+        path, arr = save_array(self.path, kind, key, value, dtype=dtype)
+        self._writer.append("arrays", index_row(kind, key, arr, step, meta))
+        return path
+
+    @staticmethod
+    def _check_step(step: Any) -> int:
+        if hasattr(step, "item") and callable(step.item):
+            step = step.item()
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            if isinstance(step, float) and math.isfinite(step) and step.is_integer():
+                return int(step)
+            raise InvalidValueError(f"step must be an integer, got {step!r}.")
+        return int(step)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Block until everything logged so far is durable on disk."""
+        self._writer.flush()
+
+    def close(self, compact: bool = True) -> None:
+        """Flush, merge small table parts (``compact``) and mark the run as ended."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        atexit.unregister(self._finalizer)
+        if compact:
+            compact_run(self.path, min_parts=8)
+        if self.rank == 0:
+            try:
+                meta = read_json(self.path / RUN_FILE)
+                meta["ended"] = _now()
+                atomic_write_json(self.path / RUN_FILE, meta)
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def reader(self) -> RunReader:
+        """A :class:`RunReader` on this run (sees everything flushed so far)."""
+        return RunReader(self.path)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run(name={self.name!r}, path={str(self.path)!r})"
+
+
+def _close_writer(writer: PartWriter) -> None:
+    try:
+        writer.close()
+    except Exception:
+        pass
+
+
+def _now() -> str:
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+def _torch_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:
+        return None

@@ -1,0 +1,136 @@
+"""Which part files of a table a reader may use, and compaction of small parts.
+
+A part becomes visible when it is renamed to ``part-*.parquet``. Compaction writes one merged part
+whose Parquet metadata lists the parts it replaces (``convscope.replaces``) and then deletes them;
+a reader that lists the directory in between sees both and drops the replaced ones, so a query
+never counts a row twice, whenever it runs and even if compaction is killed half way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .layout import PART_GLOB, TABLES_DIR
+from .writer import write_part
+
+__all__ = ["PartListing", "list_parts", "compact_table", "compact_run"]
+
+REPLACES_KEY = b"convscope.replaces"
+
+
+@dataclass(frozen=True)
+class _Footer:
+    rows: int
+    replaces: tuple[str, ...]
+
+
+_cache: dict[tuple[str, int, int], _Footer | str] = {}
+_cache_lock = threading.Lock()
+
+
+def _footer(path: Path) -> _Footer | str:
+    """Row count and replaced parts of a complete part, or an error message for a corrupt one."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{path.name}: {exc.strerror}"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    try:
+        md = pq.read_metadata(path)
+        meta = md.metadata or {}
+        replaces = tuple(json.loads(meta[REPLACES_KEY])) if REPLACES_KEY in meta else ()
+        result: _Footer | str = _Footer(md.num_rows, replaces)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        result = f"{path.parent.name}/{path.name} is not a readable Parquet file ({exc})"
+    with _cache_lock:
+        if len(_cache) > 50_000:
+            _cache.clear()
+        _cache[key] = result
+    return result
+
+
+@dataclass
+class PartListing:
+    files: list[Path]
+    rows: int
+    problems: list[str]
+
+
+def list_parts(table_dir: Path) -> PartListing:
+    """The complete, valid, non-replaced parts of one table directory."""
+    files: list[tuple[Path, _Footer]] = []
+    problems: list[str] = []
+    replaced: set[str] = set()
+    for f in sorted(Path(table_dir).glob(PART_GLOB)):
+        info = _footer(f)
+        if isinstance(info, str):
+            if f.exists():  # vanished files were compacted away meanwhile: not a problem
+                problems.append(info)
+            continue
+        replaced.update(info.replaces)
+        files.append((f, info))
+    kept = [(f, i) for f, i in files if f.name not in replaced and f.exists()]
+    return PartListing([f for f, _ in kept], sum(i.rows for _, i in kept), problems)
+
+
+class _Lock:
+    """An exclusive advisory lock on a file (one compaction per table at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def compact_table(table_dir: Path, min_parts: int = 2) -> tuple[int, int]:
+    """Merge the visible parts of one table into one. Returns (parts before, parts after)."""
+    table_dir = Path(table_dir)
+    with _Lock(table_dir / ".compact.lock"):
+        listing = list_parts(table_dir)
+        before = len(listing.files)
+        if before < min_parts:
+            return before, before
+        tables = [pq.read_table(f) for f in listing.files]
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        merged = merged.replace_schema_metadata(None)
+        names = [f.name for f in listing.files]
+        name = f"part-c{time.time_ns():020d}-{os.urandom(2).hex()}.parquet"
+        write_part(table_dir, name, merged, {REPLACES_KEY.decode(): json.dumps(names)})
+        for f in listing.files:
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                pass
+        return before, 1
+
+
+def compact_run(run_dir: Path, min_parts: int = 2) -> dict[str, tuple[int, int]]:
+    """Compact every table of a run; returns ``{table: (parts before, parts after)}``."""
+    out: dict[str, tuple[int, int]] = {}
+    root = Path(run_dir) / TABLES_DIR
+    if not root.is_dir():
+        return out
+    for table_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        out[table_dir.name] = compact_table(table_dir, min_parts=min_parts)
+    return out

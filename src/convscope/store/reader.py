@@ -1,0 +1,294 @@
+"""The read side of a run directory: DuckDB over the complete Parquet parts, plus arrays.
+
+``cs.open_run(path)`` returns a :class:`RunReader`. Every query lists the table's complete parts
+afresh, so a reader sees rows as soon as a writer's part lands, while training still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..errors import NotARunError, StoreError
+from .arrays import load_array
+from .layout import RUN_FILE, TABLES_DIR, dir_size, is_run_dir, read_json
+from .parts import list_parts
+
+__all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES"]
+
+# Which call records each table: used in messages and on dashboard pages that lack data.
+TABLE_SOURCES: dict[str, str] = {
+    "scalars": "run.log_scalars(step, loss=..., acc=...)",
+    "arrays": "run.log_array(kind, key, value)",
+}
+
+
+def _sql_list(files: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
+class RunReader:
+    """Read access to one run directory.
+
+    Args:
+        path: the run directory (the one holding ``run.json``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if not is_run_dir(self.path):
+            raise NotARunError(_not_a_run_message(self.path))
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self._meta: dict[str, Any] | None = None
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The contents of ``run.json`` (re-read on every access, it changes at close)."""
+        try:
+            return read_json(self.path / RUN_FILE)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path / RUN_FILE} is unreadable ({exc}).") from exc
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.meta.get("config") or {})
+
+    def __repr__(self) -> str:
+        return f"RunReader({str(self.path)!r})"
+
+    # -- tables ------------------------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        root = self.path / TABLES_DIR
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def tables(self) -> dict[str, int]:
+        """``{table: rows}`` for every table with at least one complete part."""
+        out = {}
+        for t in self.table_names():
+            listing = list_parts(self.path / TABLES_DIR / t)
+            if listing.files:
+                out[t] = listing.rows
+        return out
+
+    def has_table(self, name: str) -> bool:
+        return bool(list_parts(self.path / TABLES_DIR / name).files)
+
+    @property
+    def problems(self) -> list[str]:
+        """Damaged files found in the run (they are left out of every query)."""
+        out: list[str] = []
+        for t in self.table_names():
+            out.extend(list_parts(self.path / TABLES_DIR / t).problems)
+        return out
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run SQL in DuckDB with one view per table of the run (``SELECT * FROM scalars``)."""
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            for t in self.table_names():
+                files = list_parts(self.path / TABLES_DIR / t).files
+                if files:
+                    cur.execute(
+                        f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT * FROM '
+                        f"read_parquet({_sql_list(files)}, union_by_name = true)"
+                    )
+            return cur.execute(sql, params or []).df()
+        except duckdb.CatalogException as exc:
+            raise StoreError(f"{exc}. {self._missing_hint()}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"query on run {self.name!r} failed: {exc}") from exc
+        finally:
+            cur.close()
+
+    def _missing_hint(self) -> str:
+        have = ", ".join(self.tables()) or "none"
+        recorded = "; ".join(f"{t} by {c}" for t, c in TABLE_SOURCES.items())
+        return f"Tables in this run: {have}. Tables are recorded as follows: {recorded}."
+
+    def table(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """A whole table as a DataFrame (empty DataFrame when the run has none)."""
+        if not self.has_table(name):
+            return pd.DataFrame()
+        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
+        return self.query(f'SELECT {cols} FROM "{name}"')
+
+    # -- scalars -----------------------------------------------------------------------------
+    def scalar_tags(self) -> list[str]:
+        if not self.has_table("scalars"):
+            return []
+        return self.query("SELECT DISTINCT tag FROM scalars ORDER BY tag")["tag"].tolist()
+
+    def scalars(self, tags: Iterable[str] | None = None, long: bool = False) -> pd.DataFrame:
+        """Logged scalars.
+
+        Returns a DataFrame with a ``step`` column, a ``wall_time`` column (seconds since the
+        epoch, the latest write at that step) and one column per tag; or, with ``long=True``,
+        rows of (step, tag, value, wall_time) in the order written.
+        """
+        if not self.has_table("scalars"):
+            cols = ["step", "tag", "value", "wall_time"] if long else ["step", "wall_time"]
+            return pd.DataFrame({c: [] for c in cols})
+        where, params = "", []
+        if tags is not None:
+            tags = list(tags)
+            where = f"WHERE tag IN ({', '.join('?' for _ in tags)})"
+            params = tags
+        df = self.query(
+            f"SELECT step, tag, value, wall_time FROM scalars {where} ORDER BY step, wall_time",
+            params,
+        )
+        if long:
+            return df
+        wide = df.pivot_table(index="step", columns="tag", values="value", aggfunc="last")
+        wide.columns.name = None
+        wall = df.groupby("step")["wall_time"].max()
+        wide.insert(0, "wall_time", wall)
+        return wide.reset_index()
+
+    def scalar_series(self, tag: str, max_points: int = 2000) -> pd.DataFrame:
+        """One tag's series, downsampled on the server to at most ``max_points`` buckets.
+
+        Columns: step, value (bucket mean), vmin, vmax, wall_time. When the series is short
+        enough, every point is returned and vmin = vmax = value.
+        """
+        n = int(
+            self.query("SELECT count(*) AS n FROM scalars WHERE tag = ?", [tag])["n"].iloc[0]
+        )
+        if n <= max_points:
+            df = self.query(
+                "SELECT step, value, value AS vmin, value AS vmax, wall_time FROM scalars "
+                "WHERE tag = ? ORDER BY step, wall_time",
+                [tag],
+            )
+            return df
+        return self.query(
+            """
+            WITH s AS (SELECT step, value, wall_time FROM scalars WHERE tag = ?),
+                 r AS (SELECT min(step) AS lo, greatest(max(step) - min(step), 1) AS span FROM s)
+            SELECT min(step) AS step, avg(value) AS value, min(value) AS vmin,
+                   max(value) AS vmax, max(wall_time) AS wall_time
+            FROM s, r
+            GROUP BY floor((step - lo) * ? / (span + 1))
+            ORDER BY step
+            """,
+            [tag, max_points],
+        )
+
+    # -- arrays ------------------------------------------------------------------------------
+    def arrays(self, kind: str | None = None) -> pd.DataFrame:
+        """Index of stored arrays (newest row per kind/key), optionally of one kind."""
+        if not self.has_table("arrays"):
+            return pd.DataFrame(columns=["kind", "key", "file", "shape", "dtype", "step", "meta"])
+        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        df = self.query(
+            f"""SELECT * FROM arrays {where}
+                QUALIFY row_number() OVER (PARTITION BY kind, key ORDER BY wall_time DESC) = 1
+                ORDER BY kind, key""",
+            params,
+        )
+        df["shape"] = df["shape"].map(lambda s: tuple(json.loads(s)))
+        df["meta"] = df["meta"].map(json.loads)
+        return df
+
+    def array(self, kind: str, key: str, mmap: bool = False) -> np.ndarray:
+        return load_array(self.path, kind, key, mmap=mmap)
+
+    # -- summary -----------------------------------------------------------------------------
+    def size_bytes(self) -> int:
+        return dir_size(self.path)
+
+    def info(self) -> RunInfo:
+        return RunInfo.of(self.path)
+
+
+def open_run(path: str | Path) -> RunReader:
+    """Open a run directory for reading (``cs.open_run("runs/my-run").scalars()``)."""
+    return RunReader(path)
+
+
+def _not_a_run_message(path: Path) -> str:
+    if not path.exists():
+        return f"{path} does not exist: pass a run directory (one that holds run.json)."
+    if path.is_dir():
+        runs = [p.name for p in sorted(path.iterdir()) if is_run_dir(p)]
+        if runs:
+            shown = ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
+            return (
+                f"{path} is a logdir holding {len(runs)} runs ({shown}), not a run: "
+                f"open one of them, e.g. cs.open_run('{path / runs[0]}')."
+            )
+    return f"{path} is not a convscope run directory (it has no run.json)."
+
+
+@dataclass
+class RunInfo:
+    """A line of the run list: name, creation time, size and what the run contains."""
+
+    name: str
+    path: Path
+    created: str = ""
+    ended: str | None = None
+    size_bytes: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    array_kinds: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, path: Path) -> RunInfo:
+        path = Path(path)
+        info = cls(name=path.name, path=path)
+        try:
+            meta = read_json(path / RUN_FILE)
+            info.created = str(meta.get("created", ""))
+            info.ended = meta.get("ended")
+            info.config = dict(meta.get("config") or {})
+        except (OSError, ValueError) as exc:
+            info.problems.append(f"run.json is unreadable ({exc})")
+        tables_root = path / TABLES_DIR
+        if tables_root.is_dir():
+            for t in sorted(p for p in tables_root.iterdir() if p.is_dir()):
+                listing = list_parts(t)
+                info.problems.extend(listing.problems)
+                if listing.files:
+                    info.tables[t.name] = listing.rows
+        arrays_root = path / "arrays"
+        if arrays_root.is_dir():
+            info.array_kinds = sorted(p.name for p in arrays_root.iterdir() if p.is_dir())
+        info.size_bytes = dir_size(path)
+        return info
+
+    @property
+    def created_dt(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.created)
+        except ValueError:
+            return None
+
+
+def list_runs(logdir: str | Path) -> list[RunInfo]:
+    """Every run directly under ``logdir`` (or ``logdir`` itself if it is a run), by name."""
+    root = Path(logdir).expanduser().resolve()
+    if is_run_dir(root):
+        return [RunInfo.of(root)]
+    if not root.is_dir():
+        return []
+    return [RunInfo.of(p) for p in sorted(root.iterdir()) if p.is_dir() and is_run_dir(p)]

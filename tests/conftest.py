@@ -1,0 +1,100 @@
+"""Shared fixtures: a real `convscope serve` process and Debian's chromium via Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, logdir: Path, refresh_ms: int = 1000) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, CONVSCOPE_REFRESH_MS=str(refresh_ms))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "convscope", "serve", "--logdir", str(logdir),
+             "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"convscope serve exited: {self.proc.stdout.read()}")
+            try:
+                urllib.request.urlopen(self.url + "/_dash-layout", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("convscope serve did not answer within 60 s") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    """Start `python -m convscope serve --logdir ...`; stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def start(logdir: Path, refresh_ms: int = 1000) -> Server:
+        s = Server(logdir, refresh_ms)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail(
+            "Debian's chromium is needed for the browser tests: "
+            "apt-get install -y --no-install-recommends chromium (make test does this as root)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    yield pg
+    ctx.close()
