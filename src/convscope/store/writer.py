@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -64,23 +65,31 @@ def write_part(
 class _Buffer:
     """Rows of one table not yet written: runs of same-keyed column dicts."""
 
-    chunks: list[dict[str, list[Any]]] = field(default_factory=list)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0
+    _open: dict[str, list[Any]] | None = None  # the last chunk, while Python lists extend it
 
     def add(self, cols: Mapping[str, Sequence[Any]], n: int) -> None:
         if self.rows == 0:
             self.since = time.monotonic()
-        last = self.chunks[-1] if self.chunks else None
-        if last is not None and last.keys() == cols.keys():
+        if not all(isinstance(v, list | tuple) for v in cols.values()):
+            # numpy / arrow columns: one copy now (the caller may reuse its buffers), and arrow
+            # converts them later without another
+            self.chunks.append(
+                {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in cols.items()}
+            )
+            self._open = None
+        elif self._open is not None and self._open.keys() == cols.keys():
             for k, v in cols.items():
-                last[k].extend(v)
+                self._open[k].extend(v)
         else:
-            self.chunks.append({k: list(v) for k, v in cols.items()})
+            self._open = {k: list(v) for k, v in cols.items()}
+            self.chunks.append(self._open)
         self.rows += n
 
     def to_table(self) -> pa.Table:
-        tables = [pa.table(c) for c in self.chunks]
+        tables = [pa.table(dict(c)) for c in self.chunks]
         if len(tables) == 1:
             return tables[0]
         return pa.concat_tables(tables, promote_options="permissive")
