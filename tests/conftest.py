@@ -76,6 +76,37 @@ def serve() -> Iterator[Callable[..., Server]]:
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def module_serve() -> Iterator[Callable[..., Server]]:
+    """Like ``serve`` but shared by the tests of one module."""
+    servers: list[Server] = []
+
+    def start(logdir: Path, refresh_ms: int = 1000) -> Server:
+        s = Server(logdir, refresh_ms)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def cy_click(page, graph_id: str, node_id: str) -> None:
+    """Click a node of a dash-cytoscape graph (canvas-drawn) at its rendered position."""
+    page.wait_for_function(
+        f"""() => {{ const el = document.getElementById({graph_id!r});
+                   return el && el._cyreg && el._cyreg.cy.$id({node_id!r}).length > 0; }}"""
+    )
+    page.wait_for_timeout(300)  # let the layout settle
+    pos = page.evaluate(
+        f"""() => {{ const el = document.getElementById({graph_id!r});
+                   const cy = el._cyreg.cy; const n = cy.$id({node_id!r});
+                   const p = n.renderedPosition(); const r = el.getBoundingClientRect();
+                   return {{x: r.x + p.x, y: r.y + p.y}}; }}"""
+    )
+    page.mouse.click(pos["x"], pos["y"])
+
+
 @pytest.fixture(scope="session")
 def browser():
     exe = shutil.which("chromium")

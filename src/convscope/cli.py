@@ -36,8 +36,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         return 0
     for info in infos:
         contents = ", ".join(f"{t}={n}" for t, n in info.tables.items()) or "empty"
-        state = "ended" if info.ended else "running"
-        print(f"{info.name}\t{info.created}\t{state}\t{fmt_bytes(info.size_bytes)}\t{contents}")
+        print(f"{info.name}\t{info.created}\t{info.status}\t{fmt_bytes(info.size_bytes)}\t{contents}")
         for p in info.problems:
             print(f"  problem: {p}")
     return 0

@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "TargetError",
     "ServeError",
+    "MissingDependencyError",
     "suggest",
 ]
 
@@ -66,6 +67,10 @@ class TargetError(ConvscopeError, ValueError):
 
 class ServeError(ConvscopeError):
     """The dashboard cannot be served as asked."""
+
+
+class MissingDependencyError(ConvscopeError, ImportError):
+    """An optional package needed for this function is not installed."""
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:

@@ -39,6 +39,7 @@ from .store.layout import (
     check_name,
     read_json,
 )
+from .store.objects import save_object
 from .store.parts import compact_run
 from .store.reader import RunReader
 from .store.writer import PartWriter, writer_id
@@ -125,6 +126,8 @@ class Run:
             self.path, writer_id(self.rank), max_age_s=flush_interval
         )
         self._closed = False
+        self._watchers: list[Any] = []
+        self._validation: Any = None
         self._finalizer = weakref.finalize(self, _close_writer, self._writer)
         atexit.register(self._finalizer)
 
@@ -169,6 +172,7 @@ class Run:
             meta = read_json(run_file)
             meta.setdefault("resumed", []).append(_now())
             meta.pop("ended", None)
+            meta["status"] = "running"
             if self.config:
                 meta["config"] = {**meta.get("config", {}), **self.config}
             atomic_write_json(run_file, meta)
@@ -186,6 +190,7 @@ class Run:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "world_size": self.world_size,
+            "status": "running",
             "config": self.config,
         }
         atomic_write_json(run_file, meta)
@@ -236,6 +241,103 @@ class Run:
         self._writer.append("arrays", index_row(kind, key, arr, step, meta))
         return path
 
+    def log_object(self, kind: str, key: str, obj: Any) -> Path:
+        """Store a JSON-serialisable document as ``objects/<kind>/<key>.json``; returns its path."""
+        return save_object(self.path, kind, key, obj)
+
+    # -- model structure, resources, feature maps, embeddings ---------------------------------
+    def log_model(self, model: Any, example_inputs: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """Record the model's graph and per-layer profile (time, memory).
+
+        ``example_inputs``: ``[B, C, H, W]``. Keyword arguments: ``key="model"``,
+        ``profile=True``, ``backward=True``, ``repeat=10``, ``threads=None``. Returns
+        ``(Graph, profile DataFrame)``. Shown on the Model and Resources pages.
+        """
+        from .record.structure import log_model
+
+        return log_model(self, model, example_inputs, **kwargs)
+
+    def log_feature_maps(self, model: Any, images: Any, layers: Any = None, **kwargs: Any):
+        """Record the feature maps of a fixed set of sample images ``[N, C, H, W]``.
+
+        Stored as float16 with a per-layer cap (``max_channels=32`` most active channels,
+        ``max_size=32`` pixels a side); returns what each layer kept. Shown when a layer is
+        clicked on the Model page.
+        """
+        from .record.structure import log_feature_maps
+
+        return log_feature_maps(self, model, images, layers, **kwargs)
+
+    def log_embedding(self, features: Any, labels: Any = None, **kwargs: Any):
+        """Record a 3-D PCA of ``features [N, D]`` (``name=``, ``images=`` for hover thumbnails,
+        ``class_names=``). Shown on the Embedding page. Returns the PCA result."""
+        from .record.structure import log_embedding
+
+        return log_embedding(self, features, labels, **kwargs)
+
+    # -- training dynamics -------------------------------------------------------------------
+    def watch(self, model: Any, every: int = 10, layers: Any = None, *, filters: bool = True,
+              ranks: int | str = 0) -> Any:
+        """Record weight/gradient statistics of every conv and linear layer every ``every``
+        training steps (a step = a forward pass in train mode with gradients on; the first is
+        step 1), per layer and per filter, without making training wait. ``ranks``: which rank
+        records (default 0) or ``"all"``. Stop with :meth:`unwatch`. Shown on the Training page.
+        """
+        from .record.tracking import start_watch
+
+        watcher = start_watch(self, model, every=every, layers=layers, filters=filters,
+                              ranks=ranks)
+        if watcher is not None:
+            self._watchers.append(watcher)
+        return watcher
+
+    def unwatch(self, model: Any = None) -> None:
+        """Remove the hooks of :meth:`watch` (of one model, or all), writing what they hold."""
+        keep = []
+        for w in self._watchers:
+            if model is None or w.model is model:
+                w.remove()
+            else:
+                keep.append(w)
+        self._watchers = keep
+
+    def log_validation(self, step: int, ids: Any, labels: Any, predictions: Any) -> None:
+        """Record per-image validation results at ``step``: ``ids``, ``labels`` ``[N]`` ints and
+        ``predictions`` ``[N]`` class indices or ``[N, K]`` scores. Stored as a bitset per
+        checkpoint; the Training page shows per-class error, class clusters and anomalies."""
+        if self._validation is None:
+            from .record.tracking import ValidationLog
+
+            self._validation = ValidationLog(self)
+        self._validation.log(self._check_step(step), ids, labels, predictions)
+
+    def validate(self, step: int, model: Any, loader: Any, *, device: Any = None) -> float:
+        """Run ``loader`` (yielding ``(images, labels)`` or ``(images, labels, ids)``) through
+        ``model`` in eval mode and :meth:`log_validation` the results; ids default to the running
+        index. Returns the accuracy."""
+        import torch
+
+        was_training = model.training
+        model.eval()
+        ids, labels, preds = [], [], []
+        offset = 0
+        dev = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    x, y = batch[0], torch.as_tensor(batch[1])
+                    i = torch.as_tensor(batch[2]) if len(batch) > 2 else torch.arange(
+                        offset, offset + len(y))
+                    offset += len(y)
+                    preds.append(model(x.to(dev)).argmax(dim=1).cpu())
+                    labels.append(y.cpu())
+                    ids.append(i.cpu())
+        finally:
+            model.train(was_training)
+        p, y = torch.cat(preds), torch.cat(labels)
+        self.log_validation(step, torch.cat(ids), y, p)
+        return float((p == y).float().mean())
+
     @staticmethod
     def _check_step(step: Any) -> int:
         if hasattr(step, "item") and callable(step.item):
@@ -251,11 +353,14 @@ class Run:
         """Block until everything logged so far is durable on disk."""
         self._writer.flush()
 
-    def close(self, compact: bool = True) -> None:
-        """Flush, merge small table parts (``compact``) and mark the run as ended."""
+    def close(self, compact: bool = True, *, failed: bool = False) -> None:
+        """Flush, merge small table parts (``compact``) and mark the run as ended (or failed)."""
         if self._closed:
             return
         self._closed = True
+        for w in self._watchers:
+            w.remove()
+        self._watchers = []
         self._writer.close()
         atexit.unregister(self._finalizer)
         if compact:
@@ -264,6 +369,7 @@ class Run:
             try:
                 meta = read_json(self.path / RUN_FILE)
                 meta["ended"] = _now()
+                meta["status"] = "failed" if failed else "ended"
                 atomic_write_json(self.path / RUN_FILE, meta)
             except OSError:
                 pass
@@ -279,8 +385,8 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
 
     def __repr__(self) -> str:
         return f"Run(name={self.name!r}, path={str(self.path)!r})"

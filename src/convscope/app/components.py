@@ -45,9 +45,28 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def graph(id_: Any, **kwargs: Any) -> dcc.Graph:
-    return dcc.Graph(
-        id=id_,
-        config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}},
-        **kwargs,
+def graph(id_: Any, config: dict[str, Any] | None = None, **kwargs: Any) -> dcc.Graph:
+    """A dcc.Graph with convscope's plotly config (PNG export at 2x, no plotly logo)."""
+    base = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+    return dcc.Graph(id=id_, config={**base, **(config or {})}, **kwargs)
+
+
+def run_picker(id_: str) -> html.Label:
+    """A page-level chooser of one run among those selected in the header."""
+    return html.Label(
+        ["Run", dcc.Dropdown(id=id_, clearable=False, placeholder="a selected run")],
+        className="control",
     )
+
+
+def pick_run(state: Any, selected: Sequence[str] | None, current: str | None,
+             has: Any) -> tuple[list[dict[str, str]], str | None, list[str]]:
+    """Options and value of a run picker: the selected runs for which ``has(reader)`` is true.
+
+    Returns (options, value, lacking) where ``lacking`` names selected runs without the data.
+    """
+    readers = state.readers(list(selected or []))
+    ok = [r.name for r in readers if has(r)]
+    lacking = [r.name for r in readers if r.name not in ok]
+    value = current if current in ok else (ok[0] if ok else None)
+    return [{"label": n, "value": n} for n in ok], value, lacking

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sys
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def serve(
             "mean it.",
             file=sys.stderr,
         )
+    if not logging.getLogger("convscope").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logging.getLogger("convscope").addHandler(handler)
     app = create_app(logdir)
     if not quiet:
         shown = f"[{host}]" if ":" in host else host

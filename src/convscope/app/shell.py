@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .guard import PathGuard
 from .pages import all_pages
 from .state import AppState
 
+log = logging.getLogger("convscope.app")
 ASSETS = Path(__file__).parent / "assets"
 REFRESH_MS = 5000
 DEFAULT_SELECTED = 4
@@ -34,6 +36,7 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
         assets_folder=str(ASSETS),
         suppress_callback_exceptions=True,
         update_title=None,
+        on_error=_log_callback_error,
     )
     nav = [
         dcc.Link(p.title, href=p.path, className="nav-link", id=f"nav-{p.title.lower()}",
@@ -53,10 +56,7 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
                     ),
                     html.Nav(nav, className="nav"),
                     html.Div(
-                        dcc.Dropdown(
-                            id="run-select", multi=True, placeholder="select runs…",
-                            persistence=True, persistence_type="local",
-                        ),
+                        dcc.Dropdown(id="run-select", multi=True, placeholder="select runs…"),
                         className="run-select-box",
                         title="Runs shown on every page",
                     ),
@@ -68,6 +68,7 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
                 className="subheader",
             ),
             html.Main(id="page", className="page"),
+            dcc.Store(id="run-select-memory", storage_type="local"),
         ],
         className="app",
     )
@@ -101,15 +102,27 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
         Output("run-select", "value"),
         Input("refresh", "n_intervals"),
         State("run-select", "value"),
+        State("run-select-memory", "data"),
     )
-    def _runs(_n, selected):
+    def _runs(_n, selected, remembered):
         names = state.run_names()
         options = [{"label": n, "value": n} for n in reversed(names)]
-        if selected is None:  # first visit: show the newest runs
-            value = names[-DEFAULT_SELECTED:]
-        else:  # keep the user's choice (even an empty one), minus runs that were deleted
-            value = [s for s in selected if s in names]
+        if selected is None:  # page load: the runs chosen last time, else the newest runs
+            selected = remembered if isinstance(remembered, list) else None
+            value = [s for s in selected if s in names] if selected else []
+            if not value:
+                value = names[-DEFAULT_SELECTED:]
+            return options, value
+        value = [s for s in selected if s in names]  # drop deleted runs, keep the user's choice
         return options, (dash.no_update if value == selected else value)
+
+    @app.callback(
+        Output("run-select-memory", "data"),
+        Input("run-select", "value"),
+        prevent_initial_call=True,
+    )
+    def _remember(value):  # the selection persists across pages and reloads
+        return value if value is not None else dash.no_update
 
     for p in pages:
         p.register(app, state)
@@ -118,6 +131,12 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
     app.server.wsgi_app = PathGuard(app.server.wsgi_app)
     app.convscope_state = state  # for tests and embedding
     return app
+
+
+def _log_callback_error(err: Exception) -> None:
+    """Print a failing callback's traceback on the server's stderr, then fail the request."""
+    log.error("dashboard callback failed", exc_info=err)
+    raise err
 
 
 def _add_file_route(app: dash.Dash, state: AppState) -> None:

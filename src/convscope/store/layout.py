@@ -26,6 +26,13 @@ RUN_FILE = "run.json"
 TABLES_DIR = "tables"
 ARRAYS_DIR = "arrays"
 PART_GLOB = "part-*.parquet"
+# Tables whose parts are sorted before they are written (and when compacted), so Parquet row-group
+# statistics let DuckDB skip everything but the requested layer.
+TABLE_SORT: dict[str, tuple[str, ...]] = {
+    "watch_filters": ("layer", "filter", "step"),
+    "watch_layers": ("layer", "step"),
+}
+ROW_GROUP_ROWS = 131_072
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from ..errors import NotARunError, StoreError
 from .arrays import load_array
 from .layout import RUN_FILE, TABLES_DIR, dir_size, is_run_dir, read_json
+from .objects import list_objects, load_object, object_path
 from .parts import list_parts
 
 __all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES"]
@@ -211,6 +212,18 @@ class RunReader:
     def array(self, kind: str, key: str, mmap: bool = False) -> np.ndarray:
         return load_array(self.path, kind, key, mmap=mmap)
 
+    # -- objects -----------------------------------------------------------------------------
+    def object(self, kind: str, key: str) -> Any:
+        """A JSON document stored with ``run.log_object(kind, key, obj)``."""
+        return load_object(self.path, kind, key)
+
+    def objects(self, kind: str) -> list[str]:
+        """Keys of the stored JSON documents of one kind (file-name form)."""
+        return list_objects(self.path, kind)
+
+    def has_object(self, kind: str, key: str) -> bool:
+        return object_path(self.path, kind, key).is_file()
+
     # -- summary -----------------------------------------------------------------------------
     def size_bytes(self) -> int:
         return dir_size(self.path)
@@ -246,9 +259,11 @@ class RunInfo:
     path: Path
     created: str = ""
     ended: str | None = None
+    status: str = "running"
     size_bytes: int = 0
     tables: dict[str, int] = field(default_factory=dict)
     array_kinds: list[str] = field(default_factory=list)
+    object_kinds: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -260,6 +275,7 @@ class RunInfo:
             meta = read_json(path / RUN_FILE)
             info.created = str(meta.get("created", ""))
             info.ended = meta.get("ended")
+            info.status = meta.get("status") or ("ended" if info.ended else "running")
             info.config = dict(meta.get("config") or {})
         except (OSError, ValueError) as exc:
             info.problems.append(f"run.json is unreadable ({exc})")
@@ -270,9 +286,10 @@ class RunInfo:
                 info.problems.extend(listing.problems)
                 if listing.files:
                     info.tables[t.name] = listing.rows
-        arrays_root = path / "arrays"
-        if arrays_root.is_dir():
-            info.array_kinds = sorted(p.name for p in arrays_root.iterdir() if p.is_dir())
+        for sub, target in (("arrays", info.array_kinds), ("objects", info.object_kinds)):
+            root = path / sub
+            if root.is_dir():
+                target.extend(sorted(p.name for p in root.iterdir() if p.is_dir()))
         info.size_bytes = dir_size(path)
         return info
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StoreError
-from .layout import TABLES_DIR, check_name, fsync_dir
+from .layout import ROW_GROUP_ROWS, TABLE_SORT, TABLES_DIR, check_name, fsync_dir
 
 __all__ = ["PartWriter", "write_part", "writer_id"]
 
@@ -46,6 +46,9 @@ def write_part(
 ) -> Path:
     """Write ``table`` durably as ``table_dir/name`` (temp file, fsync, rename, fsync dir)."""
     table_dir.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in TABLE_SORT.get(table_dir.name, ()) if k in table.column_names]
+    if keys:
+        table = table.sort_by([(k, "ascending") for k in keys])
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
@@ -53,7 +56,7 @@ def write_part(
     final = table_dir / name
     tmp = table_dir / f".{name}.tmp"
     with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression=_COMPRESSION)
+        pq.write_table(table, fh, compression=_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -133,9 +136,14 @@ class PartWriter:
         self._thread.start()
 
     # -- caller side -------------------------------------------------------------------------
-    def append(self, table: str, columns: Columns) -> None:
-        """Queue rows for ``table``: a mapping of column name to equal-length sequences."""
+    def append(self, table: str, columns: Columns | pa.Table | Any) -> None:
+        """Queue rows for ``table``: a mapping of column name to equal-length sequences (lists,
+        numpy arrays), a ``pyarrow.Table`` or a ``pandas.DataFrame`` (index dropped)."""
         self._raise_pending()
+        if hasattr(columns, "to_numpy") and hasattr(columns, "columns"):  # pandas DataFrame
+            columns = pa.Table.from_pandas(columns, preserve_index=False)
+        if isinstance(columns, pa.Table):
+            columns = {name: columns.column(name) for name in columns.column_names}
         if self._closed:
             raise StoreError("this run is closed: open a new Run (or Run(..., resume=True)).")
         check_name(table, "table name")

@@ -23,6 +23,6 @@ class Page:
 
 
 def all_pages() -> list[Page]:
-    from . import runs, scalars
+    from . import embedding, model, resources, runs, scalars
 
-    return [runs.PAGE, scalars.PAGE]
+    return [runs.PAGE, scalars.PAGE, model.PAGE, resources.PAGE, embedding.PAGE]

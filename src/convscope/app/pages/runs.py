@@ -48,7 +48,7 @@ def register(app, state) -> None:
         selected = set(selected or [])
         rows = []
         for info in reversed(infos):  # newest first
-            status = "running" if not info.ended else "ended"
+            status = info.status
             problems = html.Ul([html.Li(p) for p in info.problems], className="problems")
             rows.append(
                 html.Tr(

@@ -1,0 +1,152 @@
+"""Resources: each layer's share of memory and time as ring charts, drilling down from stages to
+blocks to leaves, with a sortable table beside them."""
+
+from __future__ import annotations
+
+from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
+
+from ...figures.resources import children_of, resource_rings
+from ..components import (
+    fmt_bytes,
+    graph,
+    missing,
+    no_runs_selected,
+    page_header,
+    pick_run,
+    run_picker,
+)
+from . import Page
+
+COLUMNS = [
+    ("name", "layer"), ("type", "type"), ("params", "params"), ("memory_bytes", "memory (B)"),
+    ("memory_share", "memory share"), ("forward_s", "forward (s)"),
+    ("backward_s", "backward (s)"), ("time_share", "time share"),
+]
+
+
+def layout() -> html.Div:
+    return html.Div([
+        page_header("Resources", "Memory (tensor sizes) and compute time per layer, as shares "
+                    "of the whole model. Click a ring segment or a table row to drill down."),
+        html.Div([run_picker("res-run"),
+                  html.Div(id="res-crumbs", className="crumbs")], className="controls"),
+        html.Div(id="res-status"),
+        html.Div(id="res-body", style={"display": "none"}, children=[
+            html.Div(graph("res-rings"), className="panel"),
+            html.Div([
+                dash_table.DataTable(
+                    id="res-table", sort_action="native", row_selectable=False,
+                    columns=[{"name": label, "id": cid, "type": "numeric" if cid not in (
+                        "name", "type") else "text", **({"format": {"specifier": ".1%"}}
+                        if cid.endswith("share") else {"format": {"specifier": ".3~g"}}
+                        if cid.endswith("_s") else {})} for cid, label in COLUMNS],
+                    style_table={"overflowX": "auto", "maxHeight": "60vh", "overflowY": "auto"},
+                    style_cell={"fontSize": 12, "padding": "4px 8px",
+                                "fontFamily": "system-ui, sans-serif"},
+                    style_header={"fontWeight": 600, "backgroundColor": "#f9fafb"},
+                    style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
+                                            for c in ("name", "type")],
+                ),
+                html.Div(id="res-notes", className="muted"),
+            ], className="panel"),
+        ], className="two-col two-col-even"),
+        dcc.Store(id="res-parent", data=""),
+    ])
+
+
+def register(app, state) -> None:
+    def has_profile(r) -> bool:
+        return r.has_table("profile")
+
+    @app.callback(
+        Output("res-run", "options"), Output("res-run", "value"), Output("res-status", "children"),
+        Input("run-select", "value"), State("res-run", "value"),
+    )
+    def _runs(selected, current):
+        if not selected:
+            return [], None, no_runs_selected()
+        options, value, lacking = pick_run(state, selected, current, has_profile)
+        note = missing("profile", "run.log_model(model, example_inputs)", lacking) \
+            if lacking else None
+        return options, value, note
+
+    @app.callback(
+        Output("res-parent", "data"),
+        Input("res-rings", "clickData"), Input("res-table", "active_cell"),
+        Input("res-run", "value"),
+        State("res-parent", "data"), State("res-table", "derived_virtual_data"),
+        prevent_initial_call=True,
+    )
+    def _drill(click, cell, run, parent, rows):
+        trig = ctx.triggered_id
+        if trig == "res-run":
+            return ""
+        if run is None:
+            return no_update
+        prof = state.reader(run).query("SELECT * FROM profile WHERE model = 'model'")
+        target = None
+        if trig == "res-rings" and click:
+            target = click["points"][0]["customdata"][0]
+        elif trig == "res-table" and cell and rows:
+            target = rows[cell["row"]]["name"]
+        if target is None:
+            return no_update
+        if children_of(prof, target).empty:
+            return no_update  # a leaf: nothing below it
+        return target
+
+    @app.callback(
+        Output("res-parent", "data", allow_duplicate=True),
+        Input("res-up", "n_clicks"), State("res-parent", "data"),
+        prevent_initial_call=True,
+    )
+    def _up(n, parent):
+        if not n or not parent:
+            return no_update
+        return parent.rsplit(".", 1)[0] if "." in parent else ""
+
+    @app.callback(
+        Output("res-rings", "figure"), Output("res-table", "data"),
+        Output("res-crumbs", "children"), Output("res-notes", "children"),
+        Output("res-body", "style"),
+        Input("res-run", "value"), Input("res-parent", "data"),
+    )
+    def _show(run, parent):
+        if not run:
+            return {}, [], [], "", {"display": "none"}
+        reader = state.reader(run)
+        prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+        parent = parent or ""
+        kids = children_of(prof, parent)
+        fig = resource_rings(prof, parent)
+        rows = kids[[c for c, _ in COLUMNS]].to_dict("records")
+        crumbs = [html.Span("model" if not parent else f"model › {parent.replace('.', ' › ')}",
+                            className="crumb-path")]
+        if parent:
+            crumbs.append(html.Button("↑ up", id="res-up", className="button"))
+        else:
+            crumbs.append(html.Button("↑ up", id="res-up", className="button",
+                                      style={"display": "none"}))
+        attrs = reader.object("profile", "model") if reader.has_object("profile", "model") else {}
+        total = prof[prof["level"] == "model"]
+        notes = []
+        if len(total):
+            t = total.iloc[0]
+            notes.append(f"whole model: {fmt_bytes(float(t['memory_bytes']))}, "
+                         f"{int(t['params']):,} parameters. ")
+        if attrs:
+            notes.append(
+                f"Leaf forward times sum to {attrs.get('forward_coverage', float('nan')):.1%} of "
+                f"the measured whole forward ({attrs.get('whole_forward_s', 0) * 1e3:.2f} ms, "
+                f"input {attrs.get('input_shapes')}, {attrs.get('repeat')} passes). "
+                f"Memory: {attrs.get('memory_note', '')}.")
+        return fig, rows, crumbs, notes, {}
+
+
+PAGE = Page(
+    path="/resources",
+    title="Resources",
+    layout=layout,
+    register=register,
+    description="per-layer memory and time shares",
+)

@@ -1,0 +1,121 @@
+"""``convscope demo``: train the zoo ResNet on procedural Shapes and record everything.
+
+The training itself lives in :mod:`convscope.training`; this module wires it to a :class:`Run`
+and records, after training, what each part of convscope shows (each recording step is one
+function in :data:`RECORDINGS`, so every capability has its place in the demo).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .run import Run
+from .training import DemoConfig, DemoResult, train_demo
+
+__all__ = ["run_demo", "RECORDINGS", "Recording"]
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One post-training recording step of the demo."""
+
+    name: str
+    record: Callable[[Run, DemoResult, bool], None]
+
+
+def _record_structure(run: Run, res: DemoResult, quiet: bool) -> None:
+    """Model graph + profile (batch of 32 test images), feature maps of 8 test images, and the
+    PCA of the test set's penultimate features (the classifier's input)."""
+    import torch
+
+    from .data import Shapes
+    from .model import collect_features
+
+    model = res.model.eval()
+    x = res.test_images
+    run.log_model(model, x[:32], repeat=10)
+    pick = _one_per_class(res.test_labels, 8)
+    run.log_feature_maps(model, x[pick], labels=res.test_labels[pick])
+    loader = [(x[i:i + 256], res.test_labels[i:i + 256]) for i in range(0, len(x), 256)]
+    feats, labels = collect_features(model, loader, quiet=quiet)
+    names = getattr(res.test, "class_names", None) or getattr(Shapes, "class_names", None)
+    with torch.no_grad():
+        run.log_embedding(feats, labels, name="penultimate (fc input)", images=x,
+                          class_names=list(names) if names is not None else None)
+
+
+def _one_per_class(labels, n: int) -> list[int]:
+    """Indices of ``n`` images, one per class first (in class order), then the next ones."""
+    seen: dict[int, int] = {}
+    for i, lab in enumerate(labels.tolist()):
+        seen.setdefault(int(lab), i)
+    picks = [seen[k] for k in sorted(seen)][:n]
+    rest = [i for i in range(len(labels)) if i not in set(picks)]
+    return picks + rest[: n - len(picks)]
+
+
+# Each capability appends its recording here (model graph, feature maps, attribution, ...).
+RECORDINGS: list[Recording] = [
+    Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
+]
+
+
+def run_demo(
+    logdir: str | Path = "runs",
+    *,
+    name: str | None = None,
+    epochs: int | None = None,
+    small: bool = False,
+    quiet: bool = False,
+    seed: int = 0,
+    config: DemoConfig | None = None,
+) -> Path:
+    """Train and record the demo run; returns the run directory.
+
+    Args:
+        logdir: where the run is written.
+        name: run name (default: timestamp + suffix).
+        epochs: override the tuned number of epochs.
+        small: a seconds-long configuration (tiny data and model) for tests.
+        quiet: no progress bars or messages.
+        seed: model initialisation and shuffling seed.
+        config: a full :class:`DemoConfig` (overrides ``small``).
+    """
+    cfg = config or (DemoConfig.small(seed=seed) if small else DemoConfig(seed=seed))
+    if epochs is not None:
+        cfg.epochs = int(epochs)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    t_start = time.perf_counter()
+    with Run(logdir, name, config={"demo": cfg.to_dict()}, quiet=quiet) as run:
+        say(f"convscope demo: recording into {run.path}")
+
+        def on_step(step: int, m: dict[str, float]) -> None:
+            run.log_scalars(step, {"train/loss": m["loss"], "train/acc": m["acc"],
+                                   "train/lr": m["lr"]})
+
+        def on_epoch(epoch: int, step: int, m: dict) -> None:
+            run.log_scalars(step, {
+                "epoch": epoch,
+                "epoch/train_loss": m["train_loss"], "epoch/train_acc": m["train_acc"],
+                "test/loss": m.get("test_loss", float("nan")),
+                "test/acc": m.get("test_acc", float("nan")),
+                "epoch/seconds": m["seconds"],
+            })
+
+        result = train_demo(cfg, on_step=on_step, on_epoch=on_epoch, quiet=quiet)
+        train_seconds = time.perf_counter() - t_start
+        test_acc = result.history.test_acc
+        last_step = result.history.steps[-1]["step"] if result.history.steps else 0
+        run.log_scalars(last_step, {"demo/train_seconds": train_seconds,
+                                    "demo/data_seconds": result.data_seconds})
+        say(f"convscope demo: test accuracy {test_acc:.1%} after {cfg.epochs} epochs, "
+            f"{train_seconds:.0f} s (data {result.data_seconds:.1f} s)")
+        for rec in RECORDINGS:
+            t0 = time.perf_counter()
+            rec.record(run, result, quiet)
+            say(f"convscope demo: recorded {rec.name} ({time.perf_counter() - t0:.1f} s)")
+    say(f"convscope demo: done in {time.perf_counter() - t_start:.0f} s")
+    return run.path

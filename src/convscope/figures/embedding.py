@@ -1,0 +1,46 @@
+"""The 3-D PCA projection of features, coloured by class (seed 000's embedding view)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import theme
+
+__all__ = ["embedding_figure"]
+
+
+def embedding_figure(
+    df: pd.DataFrame,
+    *,
+    class_names: Sequence[str] | None = None,
+    explained: Sequence[float] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """Scatter3d of ``df`` (columns idx, pc1, pc2, pc3, label), one trace per class; each point's
+    ``customdata`` is its item index (for hover thumbnails)."""
+    fig = go.Figure()
+    labels = sorted(df["label"].unique())
+    for i, lab in enumerate(labels):
+        part = df[df["label"] == lab]
+        name = (class_names[lab] if class_names is not None and 0 <= lab < len(class_names)
+                else ("unlabelled" if lab < 0 else f"class {lab}"))
+        z = part["pc3"] if "pc3" in part else [0.0] * len(part)
+        fig.add_trace(go.Scatter3d(
+            x=part["pc1"], y=part["pc2"], z=z, mode="markers", name=name,
+            marker={"size": 2.5, "color": theme.color(i), "opacity": 0.8},
+            customdata=part["idx"], meta={"label": int(lab)},
+            hovertemplate=f"{name}<br>item %{{customdata}}<extra></extra>",
+        ))
+    ax = [f"PC{j + 1}" + (f" ({explained[j]:.1%})" if explained and j < len(explained) else "")
+          for j in range(3)]
+    fig.update_layout(scene={"xaxis_title": ax[0], "yaxis_title": ax[1], "zaxis_title": ax[2],
+                             "camera": {"eye": {"x": 1.25, "y": 1.25, "z": 0.9}},
+                             "aspectmode": "cube"},
+                      legend={"itemsizing": "constant"})
+    theme.apply(fig, height=640, title=title or None)
+    fig.update_layout(legend={"orientation": "v", "x": 1.0, "y": 1.0, "xanchor": "right"},
+                      uirevision="embedding")
+    return fig

@@ -1,0 +1,33 @@
+"""Model structure, feature maps and per-layer resources.
+
+* :func:`graph` — the data-flow graph (leaf modules + functional ops, skip connections as real
+  edges, foldable into blocks), recorded with torch.fx or, where fx cannot trace, with hooks.
+* :func:`capture` / :func:`capture_inputs` — outputs (inputs) of chosen layers in one pass.
+* :func:`default_feature_layer`, :func:`collect_features` — embedding features over a loader.
+* :func:`profile` — per-layer and per-block parameter/activation/gradient bytes and forward /
+  backward times (exported as ``cs.profile``).
+* :func:`leaf_modules`, :func:`resolve_layers` — layer discovery by path, type or predicate.
+"""
+
+from __future__ import annotations
+
+from ._common import leaf_modules, resolve_layers
+from .capture import capture, capture_inputs, collect_features, default_feature_layer, recording
+from .graph import Block, Edge, Graph, Node, graph
+from .profile import profile
+
+__all__ = [
+    "Block",
+    "Edge",
+    "Graph",
+    "Node",
+    "capture",
+    "capture_inputs",
+    "collect_features",
+    "default_feature_layer",
+    "graph",
+    "leaf_modules",
+    "profile",
+    "recording",
+    "resolve_layers",
+]

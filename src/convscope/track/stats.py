@@ -1,0 +1,72 @@
+"""Weight and gradient statistics of a layer, computed with a few batched ops on its device.
+
+Layer statistics (DeepTracker's layer view): min, max, mean, std, L1, L2 and the share of exact
+zeros, of the weights and of the gradients, and the update ratio ||w_t - w_prev|| / ||w_prev||
+against the previous recorded snapshot. Per filter (output channel): weight L2, gradient L2,
+||g|| / ||w||, and the cosine similarity of the filter's weights to its previous snapshot.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["STAT_NAMES", "LAYER_COLUMNS", "FILTER_COLUMNS", "tensor_stats", "layer_stats",
+           "filter_stats"]
+
+STAT_NAMES = ("min", "max", "mean", "std", "l1", "l2", "zeros")
+LAYER_COLUMNS = tuple(f"w_{s}" for s in STAT_NAMES) + tuple(f"g_{s}" for s in STAT_NAMES) + (
+    "update_ratio",)
+FILTER_COLUMNS = ("w_l2", "g_l2", "ratio", "cos_prev")
+
+
+@torch.no_grad()
+def tensor_stats(t: torch.Tensor) -> torch.Tensor:
+    """``[7]`` float32: min, max, mean, std (population), L1, L2, share of exact zeros."""
+    x = t.detach().reshape(-1).float()
+    if x.numel() == 0:
+        return torch.full((7,), float("nan"), device=t.device)
+    mean = x.mean()
+    return torch.stack([
+        x.min(), x.max(), mean, (x - mean).square().mean().sqrt(),
+        x.abs().sum(), torch.linalg.vector_norm(x), (x == 0).float().mean(),
+    ])
+
+
+@torch.no_grad()
+def layer_stats(w: torch.Tensor, g: torch.Tensor | None, prev: torch.Tensor | None
+                ) -> torch.Tensor:
+    """``[15]`` float32 in :data:`LAYER_COLUMNS` order (gradient stats NaN without a gradient,
+    update ratio NaN without a previous snapshot)."""
+    nan7 = torch.full((7,), float("nan"), device=w.device)
+    ws = tensor_stats(w)
+    gs = tensor_stats(g) if g is not None else nan7
+    if prev is not None:
+        denom = torch.linalg.vector_norm(prev.float())
+        ratio = torch.linalg.vector_norm(w.detach().float() - prev.float()) / denom
+        ratio = torch.where(denom > 0, ratio, torch.full_like(ratio, float("nan")))
+    else:
+        ratio = torch.tensor(float("nan"), device=w.device)
+    return torch.cat([ws, gs, ratio.reshape(1)])
+
+
+@torch.no_grad()
+def filter_stats(w: torch.Tensor, g: torch.Tensor | None, prev: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """``[F, 4]`` float32 per output channel (dim 0 of the weight): weight L2, gradient L2,
+    ||g|| / ||w||, cosine similarity to the previous snapshot (NaN when undefined)."""
+    wf = w.detach().reshape(w.shape[0], -1).float()
+    wn = torch.linalg.vector_norm(wf, dim=1)
+    nan = torch.full_like(wn, float("nan"))
+    if g is not None:
+        gn = torch.linalg.vector_norm(g.detach().reshape(g.shape[0], -1).float(), dim=1)
+        ratio = torch.where(wn > 0, gn / wn, nan)
+    else:
+        gn, ratio = nan, nan
+    if prev is not None:
+        pf = prev.reshape(prev.shape[0], -1).float()
+        pn = torch.linalg.vector_norm(pf, dim=1)
+        denom = wn * pn
+        cos = torch.where(denom > 0, (wf * pf).sum(dim=1) / denom, nan)
+    else:
+        cos = nan
+    return torch.stack([wn, gn, ratio, cos], dim=1)

@@ -1,0 +1,198 @@
+"""Hooks that record weight and gradient statistics of every conv and linear layer while a model
+trains, without making the training loop wait.
+
+A :class:`Watcher` counts training steps by forward passes of the model in training mode with
+gradients enabled (step 1 is the first). At every ``every``-th step, a hook on each watched weight
+fires as soon as backward has accumulated its gradient and computes that layer's statistics with a
+few batched tensor ops on the model's device (:mod:`convscope.track.stats`). The results of a step
+are copied off the device asynchronously (non-blocking copy + CUDA event on a GPU) and handed to
+``sink`` at the start of a later step, so neither the copy nor the writing stalls training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError, LayerNotFoundError, ModelError, suggest
+from .stats import FILTER_COLUMNS, LAYER_COLUMNS, filter_stats, layer_stats
+
+__all__ = ["Watcher", "watched_layers", "strip_wrapper"]
+
+Sink = Callable[[int, dict[str, Any], dict[str, Any]], None]
+WATCHED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d, nn.Linear)
+
+
+def strip_wrapper(model: nn.Module) -> nn.Module:
+    """The wrapped module of DDP / DataParallel / torch.compile wrappers (names without
+    ``module.`` or ``_orig_mod.``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module) and type(model).__name__ in (
+            "DistributedDataParallel", "DataParallel", "OptimizedModule"
+        ):
+            model = inner
+        else:
+            return model
+
+
+def watched_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """Conv and linear layers with a trainable weight, by module path (or the named ones)."""
+    inner = strip_wrapper(model)
+    named = dict(inner.named_modules())
+    if layers is None:
+        return {n: m for n, m in named.items() if isinstance(m, WATCHED_TYPES)
+                and getattr(m, "weight", None) is not None and m.weight.requires_grad}
+    out = {}
+    for name in layers:
+        if name not in named:
+            raise LayerNotFoundError(f"no layer {name!r} in {type(inner).__name__}."
+                                     + suggest(name, named))
+        w = getattr(named[name], "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() < 1:
+            raise InputError(f"layer {name!r} ({type(named[name]).__name__}) has no weight "
+                             "tensor to watch: pick conv or linear layers.")
+        out[name] = named[name]
+    return out
+
+
+@dataclass
+class _StepRecord:
+    step: int
+    layers: list[str] = field(default_factory=list)
+    stats: list[torch.Tensor] = field(default_factory=list)
+    filters: list[torch.Tensor] = field(default_factory=list)
+    event: Any = None
+    host: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class Watcher:
+    """Record layer and filter statistics every ``every`` training steps (see module doc).
+
+    Args:
+        model: the model (DDP-wrapped models are fine; names are the inner model's).
+        sink: ``sink(step, layer_columns, filter_columns)`` receives numpy columns for the
+            ``watch_layers`` and ``watch_filters`` tables.
+        every: record every ``every``-th step.
+        layers: module paths to watch (default: every conv and linear layer).
+        filters: also record per-filter statistics.
+    """
+
+    def __init__(self, model: nn.Module, sink: Sink, *, every: int = 10,
+                 layers: Iterable[str] | None = None, filters: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"watch needs an nn.Module, got {type(model).__name__}.")
+        if not isinstance(every, int) or every < 1:
+            raise InputError(f"every must be a positive int, got {every!r}.")
+        self.model = model
+        self.sink = sink
+        self.every = every
+        self.filters = filters
+        self.layers = watched_layers(model, layers)
+        if not self.layers:
+            raise InputError(f"{type(strip_wrapper(model)).__name__} has no conv or linear layer "
+                             "with a trainable weight to watch.")
+        self.step = 0
+        self._current: _StepRecord | None = None
+        self._pending: list[_StepRecord] = []
+        self._prev: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = [model.register_forward_pre_hook(self._on_forward)]
+        for name, module in self.layers.items():
+            self._handles.append(
+                module.weight.register_post_accumulate_grad_hook(self._grad_hook(name, module)))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_forward(self, module: nn.Module, args: Any) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        if self._current is not None:
+            self._finish_current()
+        self._emit_ready()
+        self.step += 1
+        if self.step % self.every == 0:
+            self._current = _StepRecord(self.step)
+
+    def _grad_hook(self, name: str, module: nn.Module) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            rec = self._current
+            if rec is None or (rec.layers and name in rec.layers):
+                return
+            w, g = param.detach(), param.grad
+            prev = self._prev.get(name)
+            rec.layers.append(name)
+            rec.stats.append(layer_stats(w, g, prev))
+            if self.filters:
+                rec.filters.append(filter_stats(w, g, prev))
+            self._prev[name] = w.clone()
+
+        return hook
+
+    # -- hand-off ----------------------------------------------------------------------------
+    def _finish_current(self) -> None:
+        rec, self._current = self._current, None
+        if rec is None or not rec.layers:
+            return
+        stats = torch.stack(rec.stats)
+        filt = torch.cat(rec.filters) if rec.filters else torch.empty(0, 4)
+        if stats.is_cuda:
+            pin = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            pin_f = torch.empty(filt.shape, dtype=filt.dtype, pin_memory=True)
+            pin.copy_(stats, non_blocking=True)
+            pin_f.copy_(filt, non_blocking=True)
+            rec.event = torch.cuda.Event()
+            rec.event.record()
+            rec.host = (pin, pin_f)
+        else:
+            rec.host = (stats.cpu(), filt.cpu())
+        rec.stats, rec.filters = [], []
+        self._pending.append(rec)
+
+    def _emit_ready(self, wait: bool = False) -> None:
+        while self._pending:
+            rec = self._pending[0]
+            if rec.event is not None and not rec.event.query():
+                if not wait:
+                    return
+                rec.event.synchronize()
+            self._pending.pop(0)
+            self._emit(rec)
+
+    def _emit(self, rec: _StepRecord) -> None:
+        stats, filt = (t.numpy() for t in rec.host)
+        n = len(rec.layers)
+        layer_cols: dict[str, Any] = {
+            "step": np.full(n, rec.step, dtype=np.int64),
+            "layer": np.array(rec.layers, dtype=object),
+        }
+        for j, col in enumerate(LAYER_COLUMNS):
+            layer_cols[col] = stats[:, j].astype(np.float32)
+        filter_cols: dict[str, Any] = {}
+        if self.filters and len(filt):
+            counts = [self.layers[name].weight.shape[0] for name in rec.layers]
+            filter_cols = {
+                "step": np.full(len(filt), rec.step, dtype=np.int64),
+                "layer": np.repeat(np.array(rec.layers, dtype=object), counts),
+                "filter": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
+            }
+            for j, col in enumerate(FILTER_COLUMNS):
+                filter_cols[col] = filt[:, j].astype(np.float32)
+        self.sink(rec.step, layer_cols, filter_cols)
+
+    def flush(self) -> None:
+        """Hand everything recorded so far to the sink (waits for device copies)."""
+        self._finish_current()
+        self._emit_ready(wait=True)
+
+    def remove(self) -> None:
+        """Flush and remove every hook."""
+        self.flush()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._prev.clear()
