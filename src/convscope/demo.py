@@ -12,10 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .run import Run
-from .training import DemoConfig, DemoResult, train_demo
+from .training import DemoConfig, DemoResult, fit
 
 __all__ = ["run_demo", "RECORDINGS", "Recording"]
+
+VALIDATE_EVERY = 25  # steps between per-image validation checkpoints
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,6 @@ class Recording:
 def _record_structure(run: Run, res: DemoResult, quiet: bool) -> None:
     """Model graph + profile (batch of 32 test images), feature maps of 8 test images, and the
     PCA of the test set's penultimate features (the classifier's input)."""
-    import torch
-
-    from .data import Shapes
     from .model import collect_features
 
     model = res.model.eval()
@@ -41,7 +42,7 @@ def _record_structure(run: Run, res: DemoResult, quiet: bool) -> None:
     run.log_feature_maps(model, x[pick], labels=res.test_labels[pick])
     loader = [(x[i:i + 256], res.test_labels[i:i + 256]) for i in range(0, len(x), 256)]
     feats, labels = collect_features(model, loader, quiet=quiet)
-    names = getattr(res.test, "class_names", None) or getattr(Shapes, "class_names", None)
+    names = getattr(res.test, "class_names", None)
     with torch.no_grad():
         run.log_embedding(feats, labels, name="penultimate (fc input)", images=x,
                           class_names=list(names) if names is not None else None)
@@ -57,9 +58,18 @@ def _one_per_class(labels, n: int) -> list[int]:
     return picks + rest[: n - len(picks)]
 
 
+def _record_attribution(run: Run, res: DemoResult, quiet: bool) -> None:
+    """Every attribution method on 8 test images (one per class), pointing game on their masks."""
+    pick = _one_per_class(res.test_labels, 8)
+    run.log_attributions(res.model.eval(), res.test_images[pick], labels=res.test_labels[pick],
+                         masks=res.test_masks[pick],
+                         class_names=list(getattr(res.test, "class_names", []) or []) or None)
+
+
 # Each capability appends its recording here (model graph, feature maps, attribution, ...).
 RECORDINGS: list[Recording] = [
     Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
+    Recording("attribution maps of 8 test images", _record_attribution),
 ]
 
 
@@ -89,12 +99,26 @@ def run_demo(
         cfg.epochs = int(epochs)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t_start = time.perf_counter()
-    with Run(logdir, name, config={"demo": cfg.to_dict()}, quiet=quiet) as run:
+    train, test = cfg.make_data()
+    config_doc = {"demo": cfg.to_dict(), "class_names": list(test.class_names)}
+    with Run(logdir, name, config=config_doc, quiet=quiet) as run:
         say(f"convscope demo: recording into {run.path}")
+        t0 = time.perf_counter()
+        x_tr, y_tr, _ = train.tensors(quiet=quiet)
+        x_te, y_te, m_te = test.tensors(quiet=quiet)
+        data_seconds = time.perf_counter() - t0
+        model = cfg.make_model()
+        # training dynamics: layer/filter statistics every 10 steps, per-image validation
+        # results on a fixed subset every VALIDATE_EVERY steps
+        run.watch(model, every=10)
+        val = [(x_te[i:i + 500], y_te[i:i + 500]) for i in range(0, min(len(x_te), 1000), 500)]
 
         def on_step(step: int, m: dict[str, float]) -> None:
             run.log_scalars(step, {"train/loss": m["loss"], "train/acc": m["acc"],
                                    "train/lr": m["lr"]})
+            if step % VALIDATE_EVERY == 0:
+                acc = run.validate(step, model, val)
+                run.log_scalars(step, {"val/acc": acc})
 
         def on_epoch(epoch: int, step: int, m: dict) -> None:
             run.log_scalars(step, {
@@ -105,14 +129,19 @@ def run_demo(
                 "epoch/seconds": m["seconds"],
             })
 
-        result = train_demo(cfg, on_step=on_step, on_epoch=on_epoch, quiet=quiet)
+        history = fit(model, (x_tr, y_tr), (x_te, y_te), on_step=on_step, on_epoch=on_epoch,
+                      quiet=quiet, **cfg.fit_kwargs())
+        run.unwatch(model)
+        if cfg.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        result = DemoResult(model, history, train, test, x_te, y_te, m_te, data_seconds, cfg)
         train_seconds = time.perf_counter() - t_start
-        test_acc = result.history.test_acc
-        last_step = result.history.steps[-1]["step"] if result.history.steps else 0
+        test_acc = history.test_acc
+        last_step = history.steps[-1]["step"] if history.steps else 0
         run.log_scalars(last_step, {"demo/train_seconds": train_seconds,
-                                    "demo/data_seconds": result.data_seconds})
+                                    "demo/data_seconds": data_seconds})
         say(f"convscope demo: test accuracy {test_acc:.1%} after {cfg.epochs} epochs, "
-            f"{train_seconds:.0f} s (data {result.data_seconds:.1f} s)")
+            f"{train_seconds:.0f} s (data {data_seconds:.1f} s)")
         for rec in RECORDINGS:
             t0 = time.perf_counter()
             rec.record(run, result, quiet)

@@ -37,8 +37,94 @@ def _scalars(reader: RunReader) -> list[go.Figure] | None:
     return [scalar_figure(series, smoothing=0.6)]
 
 
+def _table_html(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c, _ in columns)
+        + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _model(reader: RunReader) -> str | None:
+    if not reader.has_object("graph", "model"):
+        return None
+    g = reader.object("graph", "model")
+    rows = [
+        {"name": n["name"], "type": n["type"],
+         "output": " ".join(str(list(s)) for s in n["output_shapes"]),
+         "params": f"{n['params']:,}"}
+        for n in g["nodes"] if n["op"] in ("module", "function")
+    ]
+    total = sum(b["params"] for b in g["blocks"] if b["name"] == "")
+    return (f"<p>{html.escape(g.get('model_type', ''))}: {len(rows)} layers and operations, "
+            f"{total:,} parameters (graph recorded with {html.escape(g['method'])}).</p>"
+            + _table_html(rows, [("name", "layer"), ("type", "type"), ("output", "output shape"),
+                                 ("params", "parameters")]))
+
+
+def _feature_maps(reader: RunReader) -> list[go.Figure] | None:
+    from .figures.maps import feature_map_grid
+
+    idx = reader.arrays("feature_maps")
+    if not len(idx):
+        return None
+    stem = [k for k in ("conv1", "bn1", "relu", "maxpool") if k in set(idx["key"])]
+    keys = stem or idx["key"].tolist()[:4]
+    figs = []
+    for key in keys:
+        meta = idx[idx["key"] == key].iloc[0]["meta"]
+        maps = reader.array("feature_maps", key).astype("float32")
+        figs.append(feature_map_grid(maps, meta["channels"], title=key))
+    return figs
+
+
+def _resources(reader: RunReader) -> list[go.Figure] | None:
+    from .figures.resources import resource_rings
+
+    if not reader.has_table("profile"):
+        return None
+    prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+    return [resource_rings(prof, "")]
+
+
+def _embedding(reader: RunReader) -> list[go.Figure] | None:
+    from .figures.embedding import embedding_figure
+
+    if not reader.has_table("embedding"):
+        return None
+    figs = []
+    for name in reader.query("SELECT DISTINCT name FROM embedding ORDER BY name")["name"]:
+        df = reader.query("SELECT * FROM embedding WHERE name = ? ORDER BY idx", [name])
+        meta = reader.object("embedding", name) if reader.has_object("embedding", name) else {}
+        figs.append(embedding_figure(df, class_names=meta.get("class_names"),
+                                     explained=meta.get("explained_variance_ratio"), title=name))
+    return figs
+
+
+def _attribution(reader: RunReader) -> list[go.Figure] | None:
+    from .figures.attribution import attribution_gallery
+
+    keys = reader.objects("attributions")
+    if not keys:
+        return None
+    figs = []
+    for k in keys:
+        meta = reader.object("attributions", k)
+        images = reader.array("attr_images", meta["file_key"]).astype("float32")
+        maps = {m: reader.array("attributions", f"{meta['file_key']}.{m}").astype("float32")
+                for m in meta["methods"]}
+        figs.append(attribution_gallery(images, maps, opacity=0.5))
+    return figs
+
+
 SECTIONS: list[Section] = [
     Section("Scalars", _scalars, "run.log_scalars(step, loss=..., acc=...)"),
+    Section("Model", _model, "run.log_model(model, example_inputs)"),
+    Section("Feature maps", _feature_maps, "run.log_feature_maps(model, images)"),
+    Section("Attribution", _attribution, "run.log_attributions(model, images)"),
+    Section("Resources", _resources, "run.log_model(model, example_inputs)"),
+    Section("Embedding", _embedding, "run.log_embedding(features, labels)"),
 ]
 
 _CSS = """

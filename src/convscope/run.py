@@ -275,6 +275,16 @@ class Run:
 
         return log_embedding(self, features, labels, **kwargs)
 
+    # -- attribution -------------------------------------------------------------------------
+    def log_attributions(self, model: Any, images: Any, **kwargs: Any) -> dict[str, Any]:
+        """Compute and store saliency, DeconvNet, guided backprop, CAM, Grad-CAM, Grad-CAM++ and
+        Score-CAM maps of ``images [B, C, H, W]`` (``labels=``, ``masks=`` for the pointing game,
+        ``methods=``, ``target=``, ``layer=``, ``key="samples"``, ``class_names=``), with their
+        quality metrics. Shown on the Attribution page. Returns ``{method: maps [B, H, W]}``."""
+        from .record.attribution import log_attributions
+
+        return log_attributions(self, model, images, **kwargs)
+
     # -- training dynamics -------------------------------------------------------------------
     def watch(self, model: Any, every: int = 10, layers: Any = None, *, filters: bool = True,
               ranks: int | str = 0) -> Any:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..model.graph import Graph
+from ..graphs import Graph
 
 __all__ = ["graph_elements", "GRAPH_STYLESHEET", "TYPE_COLORS", "type_category", "short_shape"]
 

@@ -81,11 +81,12 @@ def scalar_figure(
                 continue
             xs = _x(df, x)
             c = colors[run]
+            mode = "lines+markers" if len(df) <= 50 else "lines"  # short series stay visible
             first = run not in shown
             shown.add(run)
             fig.add_trace(
                 go.Scatter(
-                    x=xs, y=df["value"], mode="lines", name=run, legendgroup=run,
+                    x=xs, y=df["value"], mode=mode, name=run, legendgroup=run,
                     showlegend=first and smoothing == 0, line={"color": c, "width": 1.5},
                     opacity=0.3 if smoothing > 0 else 1.0,
                     meta={"run": run, "tag": tag, "kind": "raw"},
@@ -96,7 +97,7 @@ def scalar_figure(
             if smoothing > 0:
                 fig.add_trace(
                     go.Scatter(
-                        x=xs, y=smooth(df["value"].to_numpy(), smoothing), mode="lines",
+                        x=xs, y=smooth(df["value"].to_numpy(), smoothing), mode=mode,
                         name=run, legendgroup=run, showlegend=first,
                         line={"color": c, "width": 2},
                         meta={"run": run, "tag": tag, "kind": "smoothed"},

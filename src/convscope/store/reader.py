@@ -23,6 +23,7 @@ from .arrays import load_array
 from .layout import RUN_FILE, TABLES_DIR, dir_size, is_run_dir, read_json
 from .objects import list_objects, load_object, object_path
 from .parts import list_parts
+from .training import TrainingQueries
 
 __all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES"]
 
@@ -30,6 +31,13 @@ __all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES"]
 TABLE_SOURCES: dict[str, str] = {
     "scalars": "run.log_scalars(step, loss=..., acc=...)",
     "arrays": "run.log_array(kind, key, value)",
+    "profile": "run.log_model(model, example_inputs)",
+    "embedding": "run.log_embedding(features, labels)",
+    "watch_layers": "run.watch(model, every=10)",
+    "watch_filters": "run.watch(model, every=10)",
+    "validation": "run.log_validation(step, ids, labels, predictions)",
+    "validation_images": "run.log_validation(step, ids, labels, predictions)",
+    "attribution_metrics": "run.log_attributions(model, images)",
 }
 
 
@@ -37,7 +45,7 @@ def _sql_list(files: Sequence[Path]) -> str:
     return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
-class RunReader:
+class RunReader(TrainingQueries):
     """Read access to one run directory.
 
     Args:

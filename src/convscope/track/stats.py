@@ -13,10 +13,7 @@ import torch
 __all__ = ["STAT_NAMES", "LAYER_COLUMNS", "FILTER_COLUMNS", "tensor_stats", "layer_stats",
            "filter_stats"]
 
-STAT_NAMES = ("min", "max", "mean", "std", "l1", "l2", "zeros")
-LAYER_COLUMNS = tuple(f"w_{s}" for s in STAT_NAMES) + tuple(f"g_{s}" for s in STAT_NAMES) + (
-    "update_ratio",)
-FILTER_COLUMNS = ("w_l2", "g_l2", "ratio", "cos_prev")
+from .columns import FILTER_COLUMNS, LAYER_COLUMNS, STAT_NAMES
 
 
 @torch.no_grad()

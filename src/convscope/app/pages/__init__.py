@@ -23,6 +23,7 @@ class Page:
 
 
 def all_pages() -> list[Page]:
-    from . import embedding, model, resources, runs, scalars
+    from . import attribution, embedding, model, resources, runs, scalars, training
 
-    return [runs.PAGE, scalars.PAGE, model.PAGE, resources.PAGE, embedding.PAGE]
+    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, resources.PAGE,
+            embedding.PAGE, training.PAGE]

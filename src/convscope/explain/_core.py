@@ -1,0 +1,445 @@
+"""Shared machinery of :mod:`convscope.explain`: checks, targets, layers, model state.
+
+Nothing here is public API; the public functions live in ``gradients``, ``cams`` and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import (
+    ConvscopeError,
+    InputError,
+    LayerNotFoundError,
+    ModelError,
+    TargetError,
+    suggest,
+)
+
+logger = logging.getLogger("convscope.explain")
+
+#: What ``target=`` accepts: None (predicted class), one int for every image, B ints (a sequence or
+#: a 1-D integer tensor), or a callable on the model output returning ``[B]`` scores or ``[B, K]``
+#: class scores.
+Target = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
+#: What ``layer=`` accepts: a module of the model, its module path (``"layer4.1.conv2"``) or None.
+Layer = None | str | nn.Module
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def check_model(model: Any) -> nn.Module:
+    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; pass the network itself "
+            "(e.g. torchvision.models.resnet18()), not its output or state_dict."
+        )
+    return model
+
+
+def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
+    """Return ``inputs`` detached; raise :class:`InputError` unless it is a float ``[B, C, H, W]``."""
+    if not isinstance(inputs, Tensor):
+        raise InputError(
+            f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(inputs).__name__}; "
+            "convert with torch.as_tensor(...) and stack images into one batch."
+        )
+    if inputs.ndim != 4:
+        hint = (
+            " For a single image use x.unsqueeze(0)." if inputs.ndim == 3 else ""
+        )
+        raise InputError(
+            f"{name} must have 4 dimensions [B, C, H, W], got shape {list(inputs.shape)}.{hint}"
+        )
+    if not inputs.is_floating_point():
+        raise InputError(
+            f"{name} must be a floating-point tensor, got dtype {inputs.dtype}; convert with "
+            "x.float() (and scale/normalise it the way the model was trained)."
+        )
+    if inputs.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {list(inputs.shape)}); pass >= 1 image.")
+    x = inputs.detach()
+    if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it
+        with torch.inference_mode(False):
+            x = x.clone()
+    return x
+
+
+def check_maps(maps: Any, inputs: Tensor, name: str = "maps") -> Tensor:
+    """Return ``maps`` as ``[B, H, W]`` matching ``inputs``; raise :class:`InputError` otherwise."""
+    if not isinstance(maps, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor [B, H, W], got {type(maps).__name__}.")
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    b, _, h, w = inputs.shape
+    if maps.ndim != 3 or tuple(maps.shape) != (b, h, w):
+        raise InputError(
+            f"{name} must have shape [B, H, W] = {[b, h, w]} to match inputs {list(inputs.shape)}, "
+            f"got {list(maps.shape)}; reduce attributions with cs.explain.to_heatmap(...) and "
+            "upsample with torch.nn.functional.interpolate to the input size."
+        )
+    return maps.detach().to(device=inputs.device, dtype=inputs.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------------
+class TargetSpec:
+    """Turns ``target=`` into per-image scores of a model output.
+
+    After :meth:`resolve` on the output for the original batch, ``classes`` holds one class index
+    per image (``None`` when a callable target returns ``[B]`` scores directly).
+    """
+
+    def __init__(self, target: Target, batch: int) -> None:
+        self.batch = batch
+        self.fn: Callable[[Any], Tensor] | None = None
+        self.fixed: Tensor | None = None
+        self.classes: Tensor | None = None
+        if target is None:
+            pass
+        elif callable(target) and not isinstance(target, Tensor):
+            self.fn = target
+        elif isinstance(target, bool):
+            raise TargetError(f"target must be a class index, got {target!r}; pass an int.")
+        elif isinstance(target, int):
+            self.fixed = torch.full((batch,), int(target), dtype=torch.long)
+        elif isinstance(target, Tensor) or isinstance(target, Sequence):
+            t = torch.as_tensor(target) if not isinstance(target, Tensor) else target.detach()
+            if t.ndim == 0:
+                t = t.expand(batch)
+            if t.ndim != 1 or t.numel() != batch:
+                raise TargetError(
+                    f"target has {t.numel()} entries (shape {list(t.shape)}) but the batch has "
+                    f"{batch} images; pass one int for all images or exactly {batch} ints."
+                )
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TargetError(
+                    f"target must hold integer class indices, got dtype {t.dtype}; "
+                    "pass e.g. [3, 7, 1, 0] or torch.tensor([...], dtype=torch.long)."
+                )
+            self.fixed = t.to(torch.long).cpu()
+        else:
+            raise TargetError(
+                f"target must be None, an int, a sequence of {batch} ints or a callable on the "
+                f"model output; got {type(target).__name__}."
+            )
+
+    # -- helpers -------------------------------------------------------------------------
+    def _class_scores(self, output: Any) -> Tensor:
+        """The ``[N, K]`` (or ``[N]`` for a callable returning scores) tensor to pick from."""
+        if self.fn is not None:
+            value = self.fn(output)
+            if not isinstance(value, Tensor) or value.ndim not in (1, 2):
+                got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise TargetError(
+                    f"a callable target must return a tensor of [B] scores or [B, K] class "
+                    f"scores, got {got}; e.g. target=lambda out: out['logits']."
+                )
+            return value
+        if not isinstance(output, Tensor):
+            raise TargetError(
+                f"the model returns a {type(output).__name__}, not a [B, K] tensor of class "
+                "scores; pass a callable target that picks the scores, e.g. "
+                "target=lambda out: out[0] (tuple) or target=lambda out: out['logits'] (dict)."
+            )
+        if output.ndim != 2:
+            raise TargetError(
+                f"the model output has shape {list(output.shape)}, expected [B, K] class scores; "
+                "pass a callable target returning [B] scores or [B, K] class scores, e.g. "
+                "target=lambda out: out.flatten(2).mean(-1)."
+            )
+        return output
+
+    def resolve(self, output: Any) -> None:
+        """Fix the class per image from the output of the original batch (checks ranges)."""
+        scores = self._class_scores(output)
+        if scores.shape[0] != self.batch:
+            raise TargetError(
+                f"the target scores have {scores.shape[0]} rows but the batch has {self.batch} "
+                "images; a callable target must keep the batch dimension first."
+            )
+        if scores.ndim == 1:
+            if self.fixed is not None:  # pragma: no cover - fn and fixed are exclusive
+                raise TargetError("internal: fixed classes with [B] scores")
+            self.classes = None
+            return
+        k = scores.shape[1]
+        if self.fixed is None:
+            self.classes = scores.detach().argmax(dim=1).cpu()
+        else:
+            bad = (self.fixed < 0) | (self.fixed >= k)
+            if bool(bad.any()):
+                first = int(self.fixed[bad][0])
+                raise TargetError(
+                    f"target class {first} is out of range: the model has {k} classes "
+                    f"(valid: 0..{k - 1}); pass indices in that range or target=None for the "
+                    "predicted class."
+                )
+            self.classes = self.fixed
+        self.classes = self.classes.to(scores.device)
+
+    def scores(self, output: Any, rows: Tensor | None = None) -> Tensor:
+        """Per-row target scores ``[N]``; ``rows`` maps each output row to its image index."""
+        values = self._class_scores(output)
+        if values.ndim == 1:
+            return values
+        if self.classes is None:
+            raise TargetError(
+                "the callable target returned [B] scores for the original batch but [N, K] "
+                "class scores now; make it return the same form every time."
+            )
+        cls = self.classes if rows is None else self.classes[rows.to(self.classes.device)]
+        return values.gather(1, cls.to(values.device).view(-1, 1)).squeeze(1)
+
+    def probabilities(self, output: Any, rows: Tensor | None = None) -> Tensor:
+        """Softmax probability of the target class (callable ``[B]`` scores are used as is)."""
+        values = self._class_scores(output)
+        if values.ndim == 1:
+            return values
+        if self.classes is None:
+            raise TargetError("internal: probabilities() before resolve()")
+        cls = self.classes if rows is None else self.classes[rows.to(self.classes.device)]
+        return values.softmax(dim=1).gather(1, cls.to(values.device).view(-1, 1)).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------
+# model state
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def prepared(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Put ``model`` in eval mode with parameters frozen; restore both on exit (even on error).
+
+    Freezing parameters (``requires_grad=False``) means no parameter gradients are computed and
+    autograd records only what the gradients to the input/layer need.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def hooks() -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
+    """A list to append hook handles to; every handle is removed on exit (even on error)."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_forward(model: nn.Module, inputs: Tensor) -> Any:
+    """Call the model, turning its exceptions into :class:`ModelError` with the input shape."""
+    try:
+        return model(inputs)
+    except ConvscopeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise ModelError(
+            f"the model's forward failed on inputs of shape {list(inputs.shape)}: "
+            f"{type(exc).__name__}: {exc}. Check the input size/channels the model expects."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """Return ``(module path, module)`` for a module path or a module of ``model``."""
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise LayerNotFoundError(
+            f"the module given as layer ({type(layer).__name__}) is not part of the model; pass "
+            "a submodule of this model or its path, e.g. layer='layer4'."
+        )
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer in modules and layer != "":
+            return layer, modules[layer]
+        names = [n for n in modules if n]
+        raise LayerNotFoundError(
+            f"the model has no layer named {layer!r}.{suggest(layer, names)} Layer names are "
+            "module paths as listed by model.named_modules(), or pass layer=None to choose "
+            "automatically."
+        )
+    raise InputError(
+        f"layer must be a module path (str), an nn.Module of the model or None, got "
+        f"{type(layer).__name__}."
+    )
+
+
+def _is_feature_map(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.ndim == 4 and t.shape[2] * t.shape[3] > 1
+
+
+_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+_REPORTED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+
+
+def auto_layer(model: nn.Module, inputs: Tensor) -> str:
+    """Module path of the layer CAM methods use when ``layer=None``.
+
+    It is the last module (in execution order, the model itself excluded) whose output is a 4-D
+    feature map ``[B, C, h, w]`` with ``h * w > 1`` -- for torchvision ResNets ``'layer4'``. Found
+    by a forward pass of the first image in eval mode without gradients (the model's mode is
+    restored); the answer is cached per model and input shape.
+
+    Args:
+        model: the network.
+        inputs: ``[B, C, H, W]`` (only ``inputs[:1]`` is run).
+
+    Returns:
+        The module path, usable as ``layer=``.
+    """
+    check_model(model)
+    x = check_inputs(inputs)
+    key = (tuple(x.shape[1:]), x.dtype, x.device.type, tuple(id(m) for m in model.modules()))
+    cache = _AUTO_CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    seen: list[str] = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if _is_feature_map(output):
+                seen.append(name)
+
+        return hook
+
+    with prepared(model), hooks() as handles, torch.no_grad():
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        run_forward(model, x[:1])
+    if not seen:
+        raise ModelError(
+            "no layer of the model outputs a 4-D feature map [B, C, h, w] with h*w > 1 for "
+            f"inputs of shape {list(x.shape)}; pass layer=... naming a convolutional layer, or "
+            "use larger inputs."
+        )
+    cache[key] = seen[-1]
+    return seen[-1]
+
+
+def choose_layer(model: nn.Module, inputs: Tensor, layer: Layer, method: str) -> tuple[str, nn.Module]:
+    """Resolve ``layer=`` (reporting an automatic choice) to ``(path, module)``."""
+    if layer is not None:
+        return resolve_layer(model, layer)
+    name = auto_layer(model, inputs)
+    msg = (
+        f"{method}: layer=None -> using {name!r} (the last module with a [B, C, h, w] output "
+        "and h*w > 1); pass layer=... to choose another."
+    )
+    reported = _REPORTED.setdefault(model, set())
+    if name not in reported:
+        reported.add(name)
+        logger.warning(msg)
+    else:
+        logger.info(msg)
+    return resolve_layer(model, name)
+
+
+def check_feature_map(name: str, act: Any) -> Tensor:
+    """Raise :class:`InputError` unless a layer output is a ``[B, C, h, w]`` map with h*w > 1."""
+    if act is None:
+        raise LayerNotFoundError(
+            f"layer {name!r} was not called during the model's forward pass; choose a layer "
+            "that the forward uses (see model.named_modules()) or layer=None."
+        )
+    if not _is_feature_map(act):
+        shape = list(act.shape) if isinstance(act, Tensor) else type(act).__name__
+        raise InputError(
+            f"layer {name!r} outputs {shape}, not a spatial feature map [B, C, h, w] with "
+            "h*w > 1, so it has no map to show; choose a convolutional layer before the global "
+            "pooling (e.g. the last conv block, 'layer4' in a ResNet) or layer=None."
+        )
+    return act
+
+
+@dataclass
+class Capture:
+    """The target layer's output of the last forward (``act``) and the model output."""
+
+    act: Tensor | None = None
+    output: Any = None
+
+
+def forward_capture(
+    model: nn.Module, x: Tensor, name: str, module: nn.Module, grad_from_layer: bool
+) -> Capture:
+    """Forward ``x`` recording the output of ``module`` (its last call).
+
+    With ``grad_from_layer`` the forward runs without autograd up to the layer; the layer output
+    becomes a leaf that requires grad and autograd records only the rest of the network, so
+    ``torch.autograd.grad(score, cap.act)`` touches nothing before the layer. The module returns a
+    copy of its output, so in-place operations after it (``ReLU(inplace=True)``) cannot change the
+    captured activation.
+    """
+    cap = Capture()
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+        if not isinstance(output, Tensor):
+            cap.act = output
+            return None
+        if grad_from_layer:
+            torch.set_grad_enabled(True)  # restored by the enclosing no_grad() on exit
+            leaf = output.detach().requires_grad_(True)
+            cap.act = leaf
+            return leaf.clone()
+        cap.act = output.detach()
+        return output.clone()
+
+    with hooks() as handles, torch.no_grad():
+        handles.append(module.register_forward_hook(hook))
+        cap.output = run_forward(model, x)
+    cap.act = check_feature_map(name, cap.act)
+    return cap
+
+
+# --------------------------------------------------------------------------------------------
+# maps
+# --------------------------------------------------------------------------------------------
+def finish_map(raw: Tensor, size: tuple[int, int], normalize: bool) -> Tensor:
+    """``[B, h, w]`` -> ``[B, H, W]``: ReLU, bilinear upsampling, per-image min-max to [0, 1].
+
+    With ``normalize=False`` only the upsampling is applied (sign and shared scale kept).
+    """
+    if normalize:
+        raw = raw.clamp(min=0)
+    up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if not normalize:
+        return up
+    return minmax(up)
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Per-image min-max scaling of ``[B, ...]`` to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - lo
+    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    return out.reshape(maps.shape)

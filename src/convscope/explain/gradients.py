@@ -1,0 +1,231 @@
+"""Input-space attributions: saliency, DeconvNet, guided backpropagation.
+
+All three return the signed signal ``[B, C, H, W]`` in input space; :func:`to_heatmap` reduces it
+to ``[B, H, W]`` for display.
+
+How the ReLU rules are applied: while the model runs forward, a ``torch`` function mode
+(:class:`torch.overrides.TorchFunctionMode`) intercepts every ReLU call -- ``nn.ReLU`` (which calls
+``F.relu``), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms -- and computes it
+with a custom autograd Function whose backward is the method's rule. So models written with
+``F.relu`` or ``nn.ReLU(inplace=True)`` behave exactly like their ``nn.ReLU`` twins, and nothing is
+left behind: the mode ends with the forward pass, even when the forward raises.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import InputError
+from ._core import (
+    Target,
+    TargetSpec,
+    check_inputs,
+    check_model,
+    logger,
+    minmax,
+    prepared,
+    run_forward,
+)
+
+__all__ = ["saliency", "deconvnet", "guided_backprop", "to_heatmap"]
+
+
+# --------------------------------------------------------------------------------------------
+# ReLU with a replaced backward rule
+# --------------------------------------------------------------------------------------------
+class _GuidedReLU(torch.autograd.Function):
+    """Forward ReLU; backward passes ``g`` where both the forward output and ``g`` are > 0."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0.0)
+
+
+class _GuidedReLUInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0.0)
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """Forward ReLU; backward is ReLU of the incoming signal (the forward mask is ignored)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+class _DeconvReLUInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x.relu_()
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+_OUT_OF_PLACE = {F.relu, torch.relu, Tensor.relu}
+_IN_PLACE = {torch.relu_, Tensor.relu_}
+_RULES = {
+    "guided": (_GuidedReLU, _GuidedReLUInplace),
+    "deconv": (_DeconvReLU, _DeconvReLUInplace),
+}
+
+
+class _ReluRule(TorchFunctionMode):
+    """Route every ReLU call made during a forward pass through a rule's autograd Function."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.plain, self.inplace = _RULES[rule]
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func in _OUT_OF_PLACE or func in _IN_PLACE:
+            x = args[0] if args else kwargs.get("input")
+            inplace = func in _IN_PLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            if isinstance(x, Tensor) and x.requires_grad:
+                self.calls += 1
+                return self.inplace.apply(x) if inplace else self.plain.apply(x)
+        return func(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def _input_gradient(model: nn.Module, inputs: Tensor, target: Target, rule: str | None) -> Tensor:
+    check_model(model)
+    x0 = check_inputs(inputs)
+    spec = TargetSpec(target, x0.shape[0])
+    mode = _ReluRule(rule) if rule is not None else nullcontext()
+    with prepared(model), torch.inference_mode(False), torch.enable_grad():
+        x = x0.clone().requires_grad_(True)
+        with mode:
+            out = run_forward(model, x)
+        spec.resolve(out)
+        score = spec.scores(out)
+        if not score.requires_grad:
+            raise InputError(
+                "the target score does not depend on the inputs (no gradient path); check that "
+                "the model does not detach its input or run under torch.no_grad() internally."
+            )
+        (grad,) = torch.autograd.grad(score.sum(), x)
+    if rule is not None and mode.calls == 0:  # type: ignore[union-attr]
+        logger.warning(
+            "%s: the model applied no ReLU (nn.ReLU, F.relu, torch.relu), so the rule had "
+            "nothing to change and the result equals saliency.",
+            "guided_backprop" if rule == "guided" else "deconvnet",
+        )
+    return grad
+
+
+def saliency(model: nn.Module, inputs: Tensor, target: Target = None) -> Tensor:
+    """Gradient of the target score with respect to the input (Simonyan et al. 2013).
+
+    Args:
+        model: the network; run in eval mode (its mode and parameters' ``requires_grad`` are
+            restored afterwards; no parameter gradients are computed).
+        inputs: ``[B, C, H, W]`` float images.
+        target: None (the predicted class of each image), an int (the same class for all), B ints
+            (one per image), or a callable on the model output returning ``[B]`` scores or
+            ``[B, K]`` class scores (for tuple/dict outputs: ``lambda out: out["logits"]``).
+
+    Returns:
+        ``[B, C, H, W]`` signed gradient, on the inputs' device. Simonyan's map is
+        ``to_heatmap(result)`` (max of ``|.|`` over channels).
+
+    Example:
+        >>> sal = cs.explain.saliency(model, x, target=[3, 7])
+        >>> heat = cs.explain.to_heatmap(sal)          # [B, H, W]
+    """
+    return _input_gradient(model, inputs, target, None)
+
+
+def deconvnet(model: nn.Module, inputs: Tensor, target: Target = None) -> Tensor:
+    """DeconvNet (Zeiler & Fergus 2014): project the target score back to input space.
+
+    At every ReLU the backward signal is rectified (``relu(g)``) instead of masked by the forward
+    activation. Through max pooling, autograd already routes the signal to the recorded argmax
+    positions -- exactly max-unpooling with switches -- and through convolutions it applies the
+    transposed filters, so only the ReLU rule differs from plain backpropagation.
+
+    Args and returns as :func:`saliency`: ``[B, C, H, W]`` signed signal.
+    """
+    return _input_gradient(model, inputs, target, "deconv")
+
+
+def guided_backprop(model: nn.Module, inputs: Tensor, target: Target = None) -> Tensor:
+    """Guided backpropagation (Springenberg et al. 2015).
+
+    At every ReLU the backward signal passes only where the forward output is positive *and* the
+    signal itself is positive (``relu(g) * (out > 0)``).
+
+    Args and returns as :func:`saliency`: ``[B, C, H, W]`` signed signal.
+    """
+    return _input_gradient(model, inputs, target, "guided")
+
+
+_REDUCTIONS = ("max_abs", "sum_abs", "l2", "sum", "max")
+
+
+def to_heatmap(attributions: Tensor, reduce: str = "max_abs", normalize: bool = False) -> Tensor:
+    """Reduce input-space attributions ``[B, C, H, W]`` to a heat map ``[B, H, W]``.
+
+    Args:
+        attributions: ``[B, C, H, W]`` from :func:`saliency`, :func:`deconvnet`,
+            :func:`guided_backprop`.
+        reduce: over channels: ``"max_abs"`` (Simonyan: ``max_c |x|``, default), ``"sum_abs"``,
+            ``"l2"`` (Euclidean norm), ``"sum"`` (signed), ``"max"`` (signed).
+        normalize: scale each map to [0, 1] (per-image min-max; a constant map becomes zeros).
+
+    Returns:
+        ``[B, H, W]`` on the same device.
+    """
+    if not isinstance(attributions, Tensor) or attributions.ndim != 4:
+        got = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        raise InputError(
+            f"to_heatmap expects attributions of shape [B, C, H, W], got {got}; CAM methods "
+            "already return [B, H, W] maps."
+        )
+    if reduce == "max_abs":
+        out = attributions.abs().amax(dim=1)
+    elif reduce == "sum_abs":
+        out = attributions.abs().sum(dim=1)
+    elif reduce == "l2":
+        out = attributions.pow(2).sum(dim=1).sqrt()
+    elif reduce == "sum":
+        out = attributions.sum(dim=1)
+    elif reduce == "max":
+        out = attributions.amax(dim=1)
+    else:
+        raise InputError(f"reduce must be one of {', '.join(_REDUCTIONS)}; got {reduce!r}.")
+    return minmax(out) if normalize else out

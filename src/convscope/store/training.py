@@ -1,0 +1,234 @@
+"""Queries behind the training-dynamics views (DeepTracker's indexes), as RunReader methods.
+
+Every series query is downsampled in DuckDB to the points a view can draw (``max_points``
+buckets with mean, min and max), so no query ships millions of points to the browser.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InvalidValueError, StoreError, suggest
+from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
+from .layout import TABLES_DIR
+from .parts import list_parts
+
+__all__ = ["TrainingQueries", "ValidationMatrix"]
+
+
+@dataclass
+class ValidationMatrix:
+    """Per-image validation results of a run.
+
+    steps ``[T]``; ids, labels ``[N]`` (by registration position); correct, known ``[T, N]`` bool
+    (``known`` is False where a checkpoint did not cover an image); pred ``[T, N]`` int32 (-1
+    where unknown).
+    """
+
+    steps: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    correct: np.ndarray
+    known: np.ndarray
+    pred: np.ndarray
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.unique(self.labels)
+
+
+class TrainingQueries:
+    """Mixed into :class:`~convscope.store.reader.RunReader`."""
+
+    _val_cache: tuple[Any, ValidationMatrix] | None = None
+    _val_lock = threading.Lock()
+
+    # -- layer view --------------------------------------------------------------------------
+    def watched_layers(self) -> list[str]:
+        """Watched layers in model order (first recorded order)."""
+        if not self.has_table("watch_layers"):
+            return []
+        df = self.query("SELECT DISTINCT layer FROM watch_layers")
+        order = self._layer_order()
+        return sorted(df["layer"].tolist(), key=lambda n: order.get(n, 1 << 30))
+
+    def _layer_order(self) -> dict[str, int]:
+        if self.has_object("graph", "model"):
+            nodes = self.object("graph", "model")["nodes"]
+            return {n.get("module") or n["name"]: i for i, n in enumerate(nodes)}
+        return {}
+
+    def layer_series(self, stat: str = "w_l2", layers: Sequence[str] | None = None, *,
+                     max_points: int = 400, rank: int = 0, steps: tuple[int, int] | None = None
+                     ) -> pd.DataFrame:
+        """One statistic of every (or the named) watched layer over steps.
+
+        Columns: layer, step (first step of the bucket), value (mean), vmin, vmax. At most
+        ``max_points`` buckets per layer.
+        """
+        if stat not in LAYER_COLUMNS:
+            raise InvalidValueError(f"unknown layer statistic {stat!r}."
+                                    + suggest(stat, LAYER_COLUMNS))
+        where, params = ["rank = ?"], [rank]
+        if layers:
+            where.append(f"layer IN ({', '.join('?' for _ in layers)})")
+            params += list(layers)
+        if steps:
+            where.append("step BETWEEN ? AND ?")
+            params += [int(steps[0]), int(steps[1])]
+        sql = f"""
+            WITH s AS (SELECT step, layer, "{stat}" AS v FROM watch_layers
+                       WHERE {' AND '.join(where)}),
+                 r AS (SELECT min(step) AS lo, greatest(max(step) - min(step), 1) AS span FROM s)
+            SELECT layer, min(step) AS step, avg(v) AS value, min(v) AS vmin, max(v) AS vmax
+            FROM s, r GROUP BY layer, floor((step - lo) * ? / (span + 1))
+            ORDER BY layer, step"""
+        return self.query(sql, [*params, int(max_points)])
+
+    # -- filter view -------------------------------------------------------------------------
+    def filter_matrix(self, layer: str, value: str = "cos_prev", *, max_steps: int = 400,
+                      rank: int = 0, steps: tuple[int, int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps [S], filters [F], matrix [F, S])``: one per-filter statistic of ``layer``
+        over steps, averaged into at most ``max_steps`` step buckets."""
+        if value not in FILTER_COLUMNS:
+            raise InvalidValueError(f"unknown filter statistic {value!r}."
+                                    + suggest(value, FILTER_COLUMNS))
+        extra, params = "", [layer, rank]
+        if steps:
+            extra, params = " AND step BETWEEN ? AND ?", [*params, int(steps[0]), int(steps[1])]
+        df = self.query(f"""
+            WITH s AS (SELECT step, filter, "{value}" AS v FROM watch_filters
+                       WHERE layer = ? AND rank = ?{extra}),
+                 r AS (SELECT min(step) AS lo, greatest(max(step) - min(step), 1) AS span FROM s),
+                 b AS (SELECT filter, floor((step - lo) * ? / (span + 1))::BIGINT AS bucket,
+                              step, v FROM s, r)
+            SELECT bucket, filter, min(step) AS step, avg(v) AS v FROM b
+            GROUP BY bucket, filter ORDER BY bucket, filter""", [*params, int(max_steps)])
+        if df.empty:
+            return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
+        buckets = np.sort(df["bucket"].unique())
+        filters = np.sort(df["filter"].unique())
+        mat = np.full((len(filters), len(buckets)), np.nan)
+        bi = np.searchsorted(buckets, df["bucket"].to_numpy())
+        fi = np.searchsorted(filters, df["filter"].to_numpy())
+        mat[fi, bi] = df["v"].to_numpy()
+        step_of = df.groupby("bucket")["step"].min().reindex(buckets).to_numpy()
+        return step_of, filters, mat
+
+    def top_changed_filters(self, step: int | None = None, *, window: tuple[int, int] | None
+                            = None, k: int = 10, per_layer: bool = True, rank: int = 0
+                            ) -> pd.DataFrame:
+        """The filters that changed most (lowest cosine similarity to their previous snapshot)
+        at ``step`` or within ``window`` (their lowest similarity there). Columns: layer,
+        filter, cos_prev, step, rank_in (1 = changed most); ``k`` per layer or overall."""
+        if step is None and window is None:
+            raise InvalidValueError("pass step=... or window=(first, last).")
+        lo, hi = (int(step), int(step)) if window is None else (int(window[0]), int(window[1]))
+        part = "PARTITION BY layer" if per_layer else ""
+        return self.query(f"""
+            WITH m AS (SELECT layer, filter, arg_min(step, cos_prev) AS step,
+                              min(cos_prev) AS cos_prev
+                       FROM watch_filters WHERE step BETWEEN ? AND ? AND rank = ?
+                         AND cos_prev IS NOT NULL AND NOT isnan(cos_prev)
+                       GROUP BY layer, filter)
+            SELECT layer, filter, cos_prev, step,
+                   row_number() OVER ({part} ORDER BY cos_prev, layer, filter) AS rank_in
+            FROM m QUALIFY rank_in <= ? ORDER BY layer, rank_in""", [lo, hi, rank, int(k)])
+
+    # -- validation view ---------------------------------------------------------------------
+    def validation_matrix(self) -> ValidationMatrix:
+        """All per-image validation results (cached until new parts land)."""
+        if not self.has_table("validation"):
+            raise StoreError("this run has no validation results: record them with "
+                             "run.log_validation(step, ids, labels, predictions) or "
+                             "run.validate(step, model, loader).")
+        key = tuple(
+            (f.name, f.stat().st_size)
+            for t in ("validation", "validation_images")
+            for f in list_parts(self.path / TABLES_DIR / t).files
+        )
+        with self._val_lock:
+            if self._val_cache is not None and self._val_cache[0] == key:
+                return self._val_cache[1]
+        images = self.query("SELECT pos, id, label FROM validation_images ORDER BY pos")
+        rows = self.query("SELECT step, n, pos0, positions, correct, pred FROM validation "
+                          "ORDER BY step")
+        n_img = len(images)
+        steps = np.unique(rows["step"].to_numpy())
+        t_of = {int(s): i for i, s in enumerate(steps)}
+        correct = np.zeros((len(steps), n_img), dtype=bool)
+        known = np.zeros((len(steps), n_img), dtype=bool)
+        pred = np.full((len(steps), n_img), -1, dtype=np.int32)
+        for step, n, pos0, positions, bits, preds in rows.itertuples(index=False):
+            n = int(n)
+            if positions is None or (isinstance(positions, float) and np.isnan(positions)):
+                pos = np.arange(int(pos0), int(pos0) + n)
+            else:
+                pos = np.frombuffer(bytes(positions), dtype="<i4")
+            t = t_of[int(step)]
+            correct[t, pos] = np.unpackbits(np.frombuffer(bytes(bits), dtype=np.uint8),
+                                            count=n, bitorder="little").astype(bool)
+            known[t, pos] = True
+            pred[t, pos] = np.frombuffer(bytes(preds), dtype="<i4")
+        vm = ValidationMatrix(steps, images["id"].to_numpy(), images["label"].to_numpy(),
+                              correct, known, pred)
+        with self._val_lock:
+            self._val_cache = (key, vm)
+        return vm
+
+    def class_error(self) -> pd.DataFrame:
+        """Per-class error rate at each checkpoint: index = step, columns = classes (over the
+        images each checkpoint covered)."""
+        vm = self.validation_matrix()
+        classes = vm.classes
+        onehot = (vm.labels[:, None] == classes[None, :]).astype(np.float64)  # [N, C]
+        wrong = (vm.known & ~vm.correct).astype(np.float64) @ onehot
+        seen = vm.known.astype(np.float64) @ onehot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            err = np.where(seen > 0, wrong / seen, np.nan)
+        return pd.DataFrame(err, index=pd.Index(vm.steps, name="step"), columns=classes)
+
+    def class_images(self, cls: int) -> pd.DataFrame:
+        """The validation images of class ``cls`` with their correctness history: columns id,
+        pos, then one bool column per checkpoint step (NA where not covered)."""
+        vm = self.validation_matrix()
+        sel = np.flatnonzero(vm.labels == cls)
+        hist = pd.DataFrame(
+            np.where(vm.known[:, sel], vm.correct[:, sel], np.nan).T, columns=vm.steps
+        ).astype("boolean")
+        return pd.concat([pd.DataFrame({"id": vm.ids[sel], "pos": sel}), hist], axis=1)
+
+    def anomalies(self, **kwargs: Any) -> Any:
+        """DeepTracker's anomaly iterations (:func:`convscope.track.anomalies`) on the stored
+        validation results; images a checkpoint did not cover count as unchanged."""
+        from ..track import anomalies
+
+        vm = self.validation_matrix()
+        filled = _forward_fill(vm.correct, vm.known)
+        return anomalies(filled, vm.labels, steps=vm.steps, **kwargs)
+
+    def class_clusters(self, k: int = 4, seed: int = 0) -> Any:
+        """k-means over standardised per-class error curves (:func:`convscope.track.class_clusters`)."""
+        from ..track import class_clusters
+
+        err = self.class_error()
+        values = err.to_numpy().T  # [C, T]
+        values = np.where(np.isnan(values), np.nanmean(values, axis=1, keepdims=True), values)
+        return class_clusters(values.T, k=k, seed=seed, classes=err.columns.to_numpy())
+
+
+def _forward_fill(correct: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Carry each image's last known state forward over checkpoints that did not cover it."""
+    if known.all():
+        return correct
+    idx = np.where(known, np.arange(known.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return correct[idx, np.arange(correct.shape[1])[None, :]] & known[idx, np.arange(
+        correct.shape[1])[None, :]]

@@ -1,0 +1,258 @@
+"""run.watch / log_validation and the training-dynamics queries, against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import convscope as cs
+from convscope.errors import InputError, InvalidValueError, LayerNotFoundError
+from convscope.track.stats import filter_stats, layer_stats, tensor_stats
+
+
+def _np_stats(a: np.ndarray) -> list[float]:
+    a = a.astype(np.float64).ravel()
+    return [a.min(), a.max(), a.mean(), a.std(), np.abs(a).sum(), np.sqrt((a * a).sum()),
+            (a == 0).mean()]
+
+
+def test_tensor_and_layer_stats_match_numpy():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 3, 3, 3, generator=g)
+    w[0, 0] = 0.0  # some exact zeros
+    grad = torch.randn(6, 3, 3, 3, generator=g) * 1e-3
+    prev = w + 0.01 * torch.randn(6, 3, 3, 3, generator=g)
+    np.testing.assert_allclose(tensor_stats(w).numpy(), _np_stats(w.numpy()), rtol=1e-5)
+    ls = layer_stats(w, grad, prev).numpy()
+    np.testing.assert_allclose(ls[:7], _np_stats(w.numpy()), rtol=1e-5)
+    np.testing.assert_allclose(ls[7:14], _np_stats(grad.numpy()), rtol=1e-5)
+    ratio = np.linalg.norm(w.numpy() - prev.numpy()) / np.linalg.norm(prev.numpy())
+    np.testing.assert_allclose(ls[14], ratio, rtol=1e-5)
+    assert np.isnan(layer_stats(w, None, None).numpy()[7:]).all()
+
+
+def test_filter_stats_match_a_manual_computation():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 2, 3, 3, generator=g)
+    grad = torch.randn(4, 2, 3, 3, generator=g)
+    prev = torch.randn(4, 2, 3, 3, generator=g)
+    prev[2] = 0.0  # cosine undefined for filter 2
+    fs = filter_stats(w, grad, prev).numpy()
+    for f in range(4):
+        a, b, c = w[f].numpy().ravel(), grad[f].numpy().ravel(), prev[f].numpy().ravel()
+        np.testing.assert_allclose(fs[f, 0], np.linalg.norm(a), rtol=1e-5)
+        np.testing.assert_allclose(fs[f, 1], np.linalg.norm(b), rtol=1e-5)
+        np.testing.assert_allclose(fs[f, 2], np.linalg.norm(b) / np.linalg.norm(a), rtol=1e-5)
+        if f == 2:
+            assert np.isnan(fs[f, 3])
+        else:
+            cos = a @ c / (np.linalg.norm(a) * np.linalg.norm(c))
+            np.testing.assert_allclose(fs[f, 3], cos, rtol=1e-5, atol=1e-7)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_watch_records_every_kth_step_with_exact_values(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    snapshots: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    with cs.Run(tmp_path, "w") as run:
+        run.watch(model, every=3)
+        for step in range(1, 10):
+            x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            snapshots[step] = {n: (m.weight.detach().clone().numpy(),
+                                   m.weight.grad.clone().numpy())
+                               for n, m in (("conv", model.conv), ("fc", model.fc))}
+            opt.step()
+        with torch.no_grad():  # eval passes are not training steps
+            model.eval()
+            model(torch.randn(2, 3, 6, 6))
+            model.train()
+    reader = cs.open_run(tmp_path / "w")
+    layers = reader.table("watch_layers").sort_values(["layer", "step"])
+    assert sorted(layers["step"].unique().tolist()) == [3, 6, 9]
+    assert set(layers["layer"]) == {"conv", "fc"}
+    for _, row in layers.iterrows():
+        w, g = snapshots[row["step"]][row["layer"]]
+        np.testing.assert_allclose(row[["w_min", "w_max", "w_mean", "w_std", "w_l1", "w_l2",
+                                        "w_zeros"]].to_numpy(float), _np_stats(w), rtol=1e-4)
+        np.testing.assert_allclose(row[["g_min", "g_max", "g_mean", "g_std", "g_l1", "g_l2",
+                                        "g_zeros"]].to_numpy(float), _np_stats(g), rtol=1e-4,
+                                   atol=1e-9)
+        if row["step"] > 3:
+            pw = snapshots[row["step"] - 3][row["layer"]][0]
+            np.testing.assert_allclose(row["update_ratio"],
+                                       np.linalg.norm(w - pw) / np.linalg.norm(pw), rtol=1e-4)
+        else:
+            assert np.isnan(row["update_ratio"])
+    filt = reader.table("watch_filters")
+    conv6 = filt[(filt.layer == "conv") & (filt.step == 6)].sort_values("filter")
+    w6, w3 = snapshots[6]["conv"][0].reshape(4, -1), snapshots[3]["conv"][0].reshape(4, -1)
+    cos = (w6 * w3).sum(1) / (np.linalg.norm(w6, axis=1) * np.linalg.norm(w3, axis=1))
+    np.testing.assert_allclose(conv6["cos_prev"].to_numpy(), cos, rtol=1e-5)
+    assert len(filt[(filt.layer == "fc")]) == 3 * 3  # 3 output features x 3 recorded steps
+    # hooks are gone after close
+    assert not model._forward_pre_hooks
+    assert not model.conv.weight._post_accumulate_grad_hooks
+
+
+def test_watch_bad_input(tmp_path):
+    with cs.Run(tmp_path, "bad") as run:
+        with pytest.raises(LayerNotFoundError, match="Did you mean 'conv'"):
+            run.watch(Tiny(), layers=["conv1"])
+        with pytest.raises(InputError, match="positive int"):
+            run.watch(Tiny(), every=0)
+        with pytest.raises(InputError, match="no conv or linear"):
+            run.watch(nn.Sequential(nn.ReLU()))
+
+
+def _log_synthetic_validation(run, rng, steps, n=50, classes=5, cover_all=True):
+    labels = np.arange(n) % classes
+    truth = {}
+    for s in steps:
+        pred = np.where(rng.random(n) < 0.7, labels, (labels + 1) % classes)
+        ids = np.arange(n) + 1000
+        if not cover_all and s % 2:
+            keep = rng.permutation(n)[: n // 2]
+            run.log_validation(s, ids[keep], labels[keep], pred[keep])
+            truth[s] = (keep, pred[keep] == labels[keep])
+        else:
+            run.log_validation(s, ids, labels, pred)
+            truth[s] = (np.arange(n), pred == labels)
+    return labels, truth
+
+
+def test_validation_round_trip_and_class_error_match_pandas(tmp_path):
+    rng = np.random.default_rng(0)
+    steps = [10, 20, 30, 40, 50, 60]
+    with cs.Run(tmp_path, "v") as run:
+        labels, truth = _log_synthetic_validation(run, rng, steps, cover_all=False)
+        # logits are accepted too
+        logits = np.eye(5)[labels]
+        run.log_validation(70, np.arange(50) + 1000, labels, logits)
+        truth[70] = (np.arange(50), np.ones(50, bool))
+        with pytest.raises(InputError, match="one entry per image"):
+            run.log_validation(80, [1, 2], [0], [0, 1])
+    reader = cs.open_run(tmp_path / "v")
+    vm = reader.validation_matrix()
+    assert vm.steps.tolist() == steps + [70]
+    assert vm.ids.tolist() == list(range(1000, 1050))
+    for t, s in enumerate(vm.steps):
+        pos, corr = truth[int(s)]
+        assert vm.known[t].sum() == len(pos)
+        np.testing.assert_array_equal(vm.correct[t, pos], corr)
+    # brute force with pandas over (step, image) rows
+    rows = [{"step": s, "cls": labels[p], "wrong": not c}
+            for s, (pos, corr) in truth.items() for p, c in zip(pos, corr, strict=True)]
+    expect = pd.DataFrame(rows).groupby(["step", "cls"])["wrong"].mean().unstack()
+    got = reader.class_error()
+    np.testing.assert_allclose(got.to_numpy(), expect.to_numpy(), rtol=1e-12)
+    hist = reader.class_images(2)
+    assert hist["id"].tolist() == [1000 + i for i in range(50) if i % 5 == 2]
+
+
+def test_layer_series_and_filter_queries_match_brute_force(tmp_path):
+    rng = np.random.default_rng(3)
+    layers = ["a.conv", "b.conv"]
+    n_steps, filters = 300, 6
+    rows, frows = [], []
+    with cs.Run(tmp_path, "q") as run:
+        for s in range(1, n_steps + 1):
+            lc = {"step": np.full(2, s), "layer": np.array(layers, dtype=object),
+                  "rank": np.zeros(2, np.int16)}
+            for col in cs.track.columns.LAYER_COLUMNS:
+                lc[col] = rng.random(2).astype(np.float32)
+            run.log_rows("watch_layers", lc)
+            rows.append(pd.DataFrame(lc))
+            fc = {"step": np.full(2 * filters, s), "layer": np.repeat(layers, filters),
+                  "filter": np.tile(np.arange(filters, dtype=np.int32), 2),
+                  "w_l2": rng.random(2 * filters).astype(np.float32),
+                  "g_l2": rng.random(2 * filters).astype(np.float32),
+                  "ratio": rng.random(2 * filters).astype(np.float32),
+                  "cos_prev": rng.random(2 * filters).astype(np.float32),
+                  "rank": np.zeros(2 * filters, np.int16)}
+            run.log_rows("watch_filters", fc)
+            frows.append(pd.DataFrame(fc))
+    reader = cs.open_run(tmp_path / "q")
+    lay, fil = pd.concat(rows), pd.concat(frows)
+    got = reader.layer_series("g_l2", max_points=30)
+    lay["b"] = np.floor((lay["step"] - 1) * 30 / (n_steps - 1 + 1)).astype(int)
+    exp = lay.groupby(["layer", "b"]).agg(step=("step", "min"), value=("g_l2", "mean"),
+                                           vmin=("g_l2", "min"), vmax=("g_l2", "max"))
+    exp = exp.reset_index().sort_values(["layer", "step"])
+    assert len(got) == 60
+    np.testing.assert_allclose(got["value"].to_numpy(), exp["value"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got["vmax"].to_numpy(), exp["vmax"].to_numpy(), rtol=1e-6)
+    assert got["step"].tolist() == exp["step"].tolist()
+    # filter matrix of one layer
+    st, fl, mat = reader.filter_matrix("b.conv", "w_l2", max_steps=25)
+    fb = fil[fil.layer == "b.conv"].copy()
+    fb["b"] = np.floor((fb["step"] - 1) * 25 / n_steps).astype(int)
+    exp_m = fb.pivot_table(index="filter", columns="b", values="w_l2", aggfunc="mean")
+    np.testing.assert_allclose(mat, exp_m.to_numpy(), rtol=1e-6)
+    assert fl.tolist() == list(range(filters))
+    # top changed filters in a window, per layer
+    top = reader.top_changed_filters(window=(100, 120), k=3)
+    win = fil[(fil.step >= 100) & (fil.step <= 120)]
+    for layer in layers:
+        m = win[win.layer == layer].groupby("filter")["cos_prev"].min().sort_values()
+        got_l = top[top.layer == layer]
+        assert got_l["filter"].tolist() == m.index[:3].tolist()
+        np.testing.assert_allclose(got_l["cos_prev"].to_numpy(), m.to_numpy()[:3], rtol=1e-6)
+    with pytest.raises(InvalidValueError, match="Did you mean 'w_l2'"):
+        reader.layer_series("w_l3")
+
+
+@pytest.mark.slow
+def test_anomalies_flag_a_class_whose_labels_are_corrupted(tmp_path):
+    """Train on (plain-background) Shapes; after checkpoint 30, relabel class 2 as class 0 in the
+    training data. Validation images of class 2 that were stably right flip to wrong together:
+    the detector flags class 2 within a few checkpoints."""
+    from convscope.data import Shapes
+    from convscope.training import fit
+
+    torch.manual_seed(0)
+    kw = {"seed": 1, "num_classes": 4, "noise": 0.0, "texture": 0.0}
+    x, y, _ = Shapes(n=1600, split="train", **kw).tensors()
+    xv, yv, _ = Shapes(n=200, split="test", **kw).tensors()
+    model = cs.zoo.resnet(width=8, num_classes=4)
+    corrupt_after = 30  # checkpoints (one every 5 steps)
+    evals = []
+    with cs.Run(tmp_path, "anom") as run:
+        def on_eval(step, m):
+            run.log_validation(step, np.arange(len(yv)), yv.numpy(), m["predictions"])
+            evals.append(step)
+            if len(evals) == corrupt_after:
+                y[y == 2] = 0  # in place: fit reads the same tensor every epoch
+        fit(model, (x, y), (xv, yv), epochs=10, batch_size=64, lr=3e-3, quiet=True,
+            on_eval=on_eval, eval_every=5, num_threads=1)
+    reader = cs.open_run(tmp_path / "anom")
+    res = reader.anomalies(d=5, threshold=5, direction="to_wrong")
+    corrupt_step = evals[corrupt_after - 1]
+    after = res.frame[res.frame["step"] > corrupt_step]
+    assert 2 in set(after["class"]), f"class 2 not flagged after step {corrupt_step}: {after}"
+    first = int(after[after["class"] == 2]["step"].min())
+    delay = (first - corrupt_step) // 5
+    print(f"labels corrupted after step {corrupt_step}; class 2 flagged at step {first}: "
+          f"{delay} checkpoints later")
+    assert 1 <= delay <= 5
+    err = reader.class_error()
+    assert err.loc[evals[-1], 2] == 1.0  # by the end every class-2 image is 'wrong'
+    clusters = reader.class_clusters(k=2)
+    # the corrupted class ends up in a cluster of its own
+    assert list(clusters.labels).count(clusters.labels[list(clusters.classes).index(2)]) == 1
