@@ -55,6 +55,27 @@ def test_runs_page_lists_runs_with_size_and_contents(tmp_path, serve, page):
     page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
 
 
+def test_corrupt_part_is_reported_in_the_run_list_and_the_rest_loads(tmp_path, serve, page):
+    _log_two_runs(tmp_path)
+    bad = tmp_path / "alpha" / "tables" / "scalars" / "part-r000-p9-dead-000001.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet PAR1")
+    server = serve(tmp_path)
+    page.goto(server.url + "/")
+    row = page.locator("tr[data-run='alpha']")
+    row.wait_for()
+    assert "part-r000-p9-dead-000001.parquet is not a readable Parquet file" in row.inner_text()
+    assert "scalars (100 rows)" in row.inner_text()  # the intact parts still count
+    page.click("#nav-scalars")
+    _select_only(page, ["alpha"])
+    page.wait_for_function(
+        """() => { const gd = document.querySelector('#scalars-graph .js-plotly-plot');
+                   return gd && gd._fullData && gd._fullData.length === 4; }"""
+    )
+    traces = _figure_traces(page)
+    raw = {t["meta"]["tag"]: t for t in traces if t["meta"]["kind"] == "raw"}
+    assert raw["loss"]["x"] == list(range(50))
+
+
 def test_scalar_chart_shows_logged_points_of_selected_runs(tmp_path, serve, page):
     _log_two_runs(tmp_path)
     server = serve(tmp_path)
