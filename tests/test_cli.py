@@ -120,3 +120,26 @@ def test_serve_warns_when_binding_a_non_loopback_address(tmp_path):
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "WARNING" not in err
+
+
+def test_diagnose_command_loads_the_checkpoint_and_records(tmp_path, capsys):
+    import torch
+
+    torch.manual_seed(0)
+    model = cs.zoo.resnet(width=4).eval()
+    with torch.no_grad():
+        model.layer1[0].bn1.bias.fill_(-100.0)  # dead ReLUs after it
+    x = torch.rand(6, 3, 32, 32)
+    with cs.Run(tmp_path, "d", quiet=True) as run:
+        run.log_checkpoint(model)
+        run.log_feature_maps(model, x)
+    assert main(["diagnose", str(tmp_path / "d"), "--record", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "dead-maps" in out and "layer1.0.relu1" in out
+    stored = cs.open_run(tmp_path / "d").table("diagnosis_findings")
+    assert "dead-maps" in stored["code"].tolist()
+    empty = tmp_path / "e"
+    with cs.Run(tmp_path, "e", quiet=True) as run:
+        run.log_checkpoint(model)
+    assert main(["diagnose", str(empty)]) == 2
+    assert "--inputs" in capsys.readouterr().err

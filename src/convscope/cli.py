@@ -51,6 +51,37 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .errors import InputError
+    from .run import Run
+    from .store import open_run
+
+    reader = open_run(args.run)
+    model = reader.load_model(args.checkpoint)
+    if args.inputs:
+        inputs = torch.as_tensor(np.load(args.inputs)).float()
+    else:
+        stored = [k for k in ("feature_maps",) if len(reader.arrays("samples"))
+                  and k in set(reader.arrays("samples")["key"])]
+        if not stored:
+            raise InputError(
+                f"run {reader.name!r} stores no sample images: pass --inputs images.npy "
+                "([N, C, H, W]), or record samples with run.log_feature_maps(model, images).")
+        inputs = torch.as_tensor(reader.array("samples", stored[0]).astype("float32"))
+    if args.record:
+        with Run(reader.path.parent, reader.name, resume=True, quiet=True) as run:
+            report = run.log_diagnosis(model, inputs)
+    else:
+        from .diagnose import diagnose
+
+        report = diagnose(model, inputs, quiet=True)
+    print(report.to_text())
+    return 1 if args.strict and report.problems else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -105,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run", help="run directory")
     r.add_argument("--out", default="report.html", help="output file (default report.html)")
     r.set_defaults(func=_cmd_report)
+
+    dg = sub.add_parser("diagnose", help="diagnose a run's saved model (dead maps, low "
+                        "diversity, ...) and say what to try")
+    dg.add_argument("run", help="run directory (with a checkpoint from run.log_checkpoint)")
+    dg.add_argument("--checkpoint", default="model", help="checkpoint key (default: model)")
+    dg.add_argument("--inputs", default=None, help=".npy file of images [N, C, H, W] "
+                    "(default: the run's stored sample images)")
+    dg.add_argument("--record", action="store_true", help="also store the report in the run "
+                    "(Diagnosis page)")
+    dg.add_argument("--strict", action="store_true", help="exit 1 when there are warnings or "
+                    "errors (for CI)")
+    dg.set_defaults(func=_cmd_diagnose)
 
     ls = sub.add_parser("runs", help="list the runs in a logdir")
     ls.add_argument("--logdir", default="runs")

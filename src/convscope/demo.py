@@ -66,10 +66,16 @@ def _record_attribution(run: Run, res: DemoResult, quiet: bool) -> None:
                          class_names=list(getattr(res.test, "class_names", []) or []) or None)
 
 
+def _record_diagnosis(run: Run, res: DemoResult, quiet: bool) -> None:
+    """Seed 002's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE."""
+    run.log_diagnosis(res.model.eval(), res.test_images[:64])
+
+
 # Each capability appends its recording here (model graph, feature maps, attribution, ...).
 RECORDINGS: list[Recording] = [
     Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
     Recording("attribution maps of 8 test images", _record_attribution),
+    Recording("diagnosis of 64 test images", _record_diagnosis),
 ]
 
 
@@ -134,6 +140,7 @@ def run_demo(
         run.unwatch(model)
         if cfg.channels_last:
             model.to(memory_format=torch.contiguous_format)
+        run.log_checkpoint(model)
         result = DemoResult(model, history, train, test, x_te, y_te, m_te, data_seconds, cfg)
         train_seconds = time.perf_counter() - t_start
         test_acc = history.test_acc

@@ -118,11 +118,22 @@ def _attribution(reader: RunReader) -> list[go.Figure] | None:
     return figs
 
 
+def _diagnosis(reader: RunReader) -> str | None:
+    keys = reader.objects("diagnosis")
+    if not keys:
+        return None
+    from .diagnose import Report
+
+    return "<pre>" + html.escape(Report.from_dict(reader.object("diagnosis", keys[0])).to_text()) \
+        + "</pre>"
+
+
 SECTIONS: list[Section] = [
     Section("Scalars", _scalars, "run.log_scalars(step, loss=..., acc=...)"),
     Section("Model", _model, "run.log_model(model, example_inputs)"),
     Section("Feature maps", _feature_maps, "run.log_feature_maps(model, images)"),
     Section("Attribution", _attribution, "run.log_attributions(model, images)"),
+    Section("Diagnosis", _diagnosis, "run.log_diagnosis(model, inputs)"),
     Section("Resources", _resources, "run.log_model(model, example_inputs)"),
     Section("Embedding", _embedding, "run.log_embedding(features, labels)"),
 ]

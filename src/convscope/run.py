@@ -275,6 +275,41 @@ class Run:
 
         return log_embedding(self, features, labels, **kwargs)
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def log_checkpoint(self, model: Any, key: str = "model") -> Path:
+        """Save the whole module (``torch.save(model)``, pickled: its class must be importable
+        where it is loaded) as ``checkpoints/<key>.pt``, plus its ``state_dict`` as
+        ``checkpoints/<key>.state.pt``. Lets the dashboard's Live page and ``convscope diagnose``
+        run the model later. Returns the path."""
+        import io
+
+        import torch
+
+        from .store.layout import atomic_write_bytes, safe_key
+        from .track.watch import strip_wrapper
+
+        inner = strip_wrapper(model)
+        path = self.path / "checkpoints" / f"{safe_key(key)}.pt"
+        for target, obj in ((path, inner), (path.with_suffix(".state.pt"), inner.state_dict())):
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            atomic_write_bytes(target, buf.getvalue())
+        return path
+
+    # -- diagnosis ---------------------------------------------------------------------------
+    def log_diagnosis(self, model: Any, inputs: Any = None, **kwargs: Any) -> Any:
+        """Diagnose ``model`` on ``inputs`` (seed 002: dead maps, low diversity, near-zero
+        outputs, maps far from the input, wide uniform parameters, ...) and store the report
+        with the data of each layer's dendrogram / grid / KDE view (``views=True``). Pass a
+        ready :class:`~convscope.diagnose.Report` as ``model`` to store it as is. Shown on the
+        Diagnosis page. Returns the report."""
+        from .record.diagnosis import log_diagnosis, store_report
+
+        if hasattr(model, "findings") and hasattr(model, "to_dict"):
+            store_report(self, model, kwargs.get("key", "model"))
+            return model
+        return log_diagnosis(self, model, inputs, **kwargs)
+
     # -- attribution -------------------------------------------------------------------------
     def log_attributions(self, model: Any, images: Any, **kwargs: Any) -> dict[str, Any]:
         """Compute and store saliency, DeconvNet, guided backprop, CAM, Grad-CAM, Grad-CAM++ and

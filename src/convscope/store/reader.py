@@ -38,6 +38,8 @@ TABLE_SOURCES: dict[str, str] = {
     "validation": "run.log_validation(step, ids, labels, predictions)",
     "validation_images": "run.log_validation(step, ids, labels, predictions)",
     "attribution_metrics": "run.log_attributions(model, images)",
+    "diagnosis_findings": "run.log_diagnosis(model, inputs)",
+    "diagnosis_layers": "run.log_diagnosis(model, inputs)",
 }
 
 
@@ -231,6 +233,33 @@ class RunReader(TrainingQueries):
 
     def has_object(self, kind: str, key: str) -> bool:
         return object_path(self.path, kind, key).is_file()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoints(self) -> list[str]:
+        """Keys of the models saved with ``run.log_checkpoint``."""
+        root = self.path / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted(p.name[: -len(".pt")] for p in root.glob("*.pt")
+                      if not p.name.endswith(".state.pt"))
+
+    def load_model(self, key: str = "model", map_location: str = "cpu") -> Any:
+        """The module saved with ``run.log_checkpoint(model, key)`` (in eval mode). Unpickles
+        the file: open only runs you trust. Its class must be importable here."""
+        import torch
+
+        path = self.path / "checkpoints" / f"{key}.pt"
+        if not path.is_file():
+            raise StoreError(f"run {self.name!r} has no checkpoint {key!r}: save one with "
+                             "run.log_checkpoint(model).")
+        try:
+            model = torch.load(path, map_location=map_location, weights_only=False)
+        except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+            raise StoreError(f"cannot load checkpoint {key!r} of run {self.name!r}: its class "
+                             f"is not importable here ({exc}). Import the module that defines "
+                             "the model first, or load checkpoints/*.state.pt into your own "
+                             "instance with load_state_dict.") from exc
+        return model.eval()
 
     # -- summary -----------------------------------------------------------------------------
     def size_bytes(self) -> int:

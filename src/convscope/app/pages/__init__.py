@@ -23,7 +23,7 @@ class Page:
 
 
 def all_pages() -> list[Page]:
-    from . import attribution, embedding, model, resources, runs, scalars, training
+    from . import attribution, diagnosis, embedding, model, resources, runs, scalars, training
 
-    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, resources.PAGE,
-            embedding.PAGE, training.PAGE]
+    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, diagnosis.PAGE,
+            resources.PAGE, embedding.PAGE, training.PAGE]

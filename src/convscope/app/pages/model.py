@@ -246,8 +246,24 @@ def layer_panel(reader, layer: str) -> html.Div:
     return html.Div(children, id="layer-panel", **{"data-layer": layer})
 
 
+def _diagnosis_section(reader, layer: str):
+    """The diagnosis findings about this layer (and a link to its full view)."""
+    keys = reader.objects("diagnosis")
+    if not keys:
+        return None
+    from .diagnosis import findings_list
+
+    report = reader.object("diagnosis", keys[0])
+    mine = [f for f in report.get("findings", []) if f.get("layer") in (layer, layer + ":1")]
+    body = findings_list({"findings": mine}, link=False) if mine else html.Div(
+        "No finding about this layer.", className="muted")
+    return html.Div([html.H3("Diagnosis"), body,
+                     dcc.Link("all findings and this layer's dendrogram →", href="/diagnosis",
+                              className="muted")])
+
+
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = []
+PANEL_SECTIONS: list = [_diagnosis_section]
 
 
 PAGE = Page(

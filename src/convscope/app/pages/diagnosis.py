@@ -1,0 +1,160 @@
+"""Diagnosis: what is wrong with the model, where, the evidence and what to try (seed 002), and
+each layer's dendrogram / grid / KDE view behind the findings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
+
+from ...figures.diagnosis import SEVERITY_COLORS, layer_view_figure, param_view_figure
+from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from . import Page
+
+STAGES = {1: "low-abstraction outputs", 2: "high-abstraction outputs", 3: "conv parameters",
+          4: "dense parameters"}
+
+
+def _has(reader) -> bool:
+    return bool(reader.objects("diagnosis"))
+
+
+def layout() -> html.Div:
+    return html.Div([
+        page_header("Diagnosis", "Findings in the seed's order: low-abstraction outputs, then "
+                    "high-abstraction outputs, then conv parameters, then dense parameters. "
+                    "Click a layer to see its dendrogram, grid and distributions."),
+        html.Div([run_picker("diag-run"),
+                  html.Label(["Layer", dcc.Dropdown(id="diag-layer", placeholder="a layer")],
+                             className="control control-wide")], className="controls"),
+        html.Div(id="diag-status"),
+        html.Div(id="diag-findings"),
+        html.Div(id="diag-view-box", className="panel", style={"display": "none"},
+                 children=[html.Div(id="diag-view-notes", className="muted"),
+                           graph("diag-view"), graph("diag-param-view")]),
+    ])
+
+
+def findings_list(report: dict, link: bool = True) -> html.Div:
+    items = []
+    for f in report.get("findings", []):
+        sev = f.get("severity", "info")
+        layer = f.get("layer") or ""
+        layer_el = (html.A(layer, href="#diag-view-box", className="layer-link",
+                           id={"type": "diag-open", "layer": layer}) if link and layer
+                    else html.Code(layer))
+        evidence = f.get("evidence") or {}
+        ev = "; ".join(f"{k} = {_fmt(v)}" for k, v in evidence.items()
+                       if not isinstance(v, (list, dict)))
+        items.append(html.Div([
+            html.Div([html.Span(sev, className="badge",
+                                style={"background": SEVERITY_COLORS.get(sev, "#667085")}),
+                      html.Code(f.get("code", ""), className="finding-code"), layer_el,
+                      html.Span(STAGES.get(f.get("stage"), ""), className="muted")],
+                     className="finding-head"),
+            html.Div(f.get("message", ""), className="finding-message"),
+            html.Div(["evidence: ", ev], className="muted") if ev else None,
+            html.Div(["what to try: ", f.get("advice", "")], className="finding-advice")
+            if f.get("advice") else None,
+        ], className=f"finding finding-{sev}", **{"data-code": f.get("code", ""),
+                                                    "data-layer": layer}))
+    if not items:
+        items = [html.Div("No findings: every rule stayed silent.", className="notice")]
+    return html.Div(items, className="findings")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def register(app, state) -> None:
+    @app.callback(
+        Output("diag-run", "options"), Output("diag-run", "value"),
+        Output("diag-status", "children"),
+        Input("run-select", "value"), State("diag-run", "value"),
+    )
+    def _runs(selected, current):
+        if not selected:
+            return [], None, no_runs_selected()
+        options, value, lacking = pick_run(state, selected, current, _has)
+        note = missing("diagnosis", "run.log_diagnosis(model, inputs)", lacking) \
+            if lacking else None
+        return options, value, note
+
+    @app.callback(
+        Output("diag-findings", "children"), Output("diag-layer", "options"),
+        Input("diag-run", "value"),
+    )
+    def _findings(run):
+        if not run:
+            return "", []
+        reader = state.reader(run)
+        report = reader.object("diagnosis", reader.objects("diagnosis")[0])
+        layers = sorted(set(reader.objects("diag_view")) | set(reader.objects("diag_param_view")))
+        n = len([f for f in report.get("findings", []) if f.get("severity") in ("error",
+                                                                                "warning")])
+        head = html.Div(f"{n} problem(s) in {len(report.get('layers', []))} layer outputs and "
+                        f"{len(report.get('params', []))} parameter tensors.",
+                        className="muted")
+        return [head, findings_list(report)], layers
+
+    @app.callback(
+        Output("diag-layer", "value"),
+        Input({"type": "diag-open", "layer": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def _open(clicks):
+        if not ctx.triggered_id or not any(clicks or []):
+            return no_update
+        return ctx.triggered_id["layer"]
+
+    @app.callback(
+        Output("diag-view", "figure"), Output("diag-view", "style"),
+        Output("diag-param-view", "figure"), Output("diag-param-view", "style"),
+        Output("diag-view-box", "style"), Output("diag-view-notes", "children"),
+        Input("diag-layer", "value"), State("diag-run", "value"),
+    )
+    def _view(layer, run):
+        hidden = {"display": "none"}
+        if not run or not layer:
+            return {}, hidden, {}, hidden, hidden, ""
+        reader = state.reader(run)
+        from ...store.layout import safe_key
+
+        key = safe_key(layer)
+        out_fig, out_style, par_fig, par_style, notes = {}, hidden, {}, hidden, []
+        if reader.has_object("diag_view", key):
+            view = reader.object("diag_view", key)
+            data = reader.array("diag_maps", layer).astype(np.float32)
+            dens = reader.array("diag_kde", layer)
+            out_fig, out_style = layer_view_figure(view, data, dens), {}
+            notes += view.get("notes", [])
+            st = view.get("stats", {})
+            if st:
+                notes.append("numbers: " + json.dumps(
+                    {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()
+                     if not isinstance(v, (list, dict))}))
+        pkey = safe_key(layer.rsplit(".", 1)[0]) if not reader.has_object(
+            "diag_param_view", key) else key
+        if reader.has_object("diag_param_view", pkey):
+            pview = reader.object("diag_param_view", pkey)
+            par_fig = param_view_figure(pview, reader.array("diag_param", pview["name"]),
+                                        reader.array("diag_param_kde", pview["name"]))
+            par_style = {}
+        if out_style is hidden and par_style is hidden:
+            notes.append(f"No view stored for {layer}: record with "
+                         "run.log_diagnosis(model, inputs, views=True).")
+        return (out_fig, out_style, par_fig, par_style, {},
+                html.Ul([html.Li(n) for n in notes]) if notes else "")
+
+
+PAGE = Page(
+    path="/diagnosis",
+    title="Diagnosis",
+    layout=layout,
+    register=register,
+    description="what is wrong with the model and what to try",
+)

@@ -1,0 +1,499 @@
+"""The numbers behind seed 002's pictures, per layer output and per parameter tensor.
+
+All reductions run batched in torch on the tensor's device over the *whole* tensor; only the
+clustering (a ``C x C`` distance matrix) and the image-similarity score work on a seeded sample of
+the channels of enormous layers, and the sampling is recorded in the result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .cluster import (
+    MAX_CHANNELS,
+    Clustering,
+    channel_clustering,
+    merge_height_stats,
+    sample_indices,
+)
+from .thresholds import Thresholds
+
+__all__ = [
+    "LayerStats",
+    "ParamStats",
+    "output_stats",
+    "param_stats",
+    "input_similarity",
+    "conv_layout",
+    "saturation_bounds",
+]
+
+#: Budget of values fed to one clustering: with ``C`` channels clustered, each channel vector is
+#: cut (seeded positions) to ``max(1024, MAX_ELEMENTS // C)`` values.
+MAX_ELEMENTS = 1 << 22
+
+
+def values_cap(channels: int, max_channels: int, max_elements: int) -> int:
+    """Values per channel kept for clustering under the ``max_elements`` budget."""
+    return max(1024, int(max_elements) // max(1, min(int(channels), int(max_channels))))
+
+
+def _f(x: Any) -> float | None:
+    if x is None:
+        return None
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class LayerStats:
+    """Numbers describing one layer output ``[B, C, *spatial]`` or ``[B, F]``.
+
+    Attributes:
+        name: module path (``layer1.0.relu2``). type: module class name (``""`` if unknown).
+        order: position in execution order. shape: the output's shape.
+        kind: ``"maps"`` (>= 3-D: channels with space) or ``"features"`` (2-D).
+        abstraction: ``"low"`` (maps whose size is close to the reference image's) or
+            ``"high"``; see :class:`Thresholds`.
+        channels: C (or F). values: number of values in the tensor.
+        nonfinite_share: share of NaN / Inf values (the numbers below use finite values).
+        dead_fraction: share of channels whose values are all ``|x| <= dead_atol``.
+        dead_map_fraction: share of the ``B x C`` single maps that are all zero (maps only).
+        near_zero_share: share of values with ``|x| <= near_zero_eps``.
+        mean, std, rms, absmax: activation scale.
+        saturation: share of saturated values for bounded activations, else ``None``.
+        merge_median, merge_iqr, merge_q10, merge_q90: distribution of the live channels'
+            single-linkage merge heights (cosine distance); ``None`` without a tree.
+        input_similarity: low-abstraction maps only: mean over live channels and samples of the
+            best ``|correlation|`` with a channel of the reference image resized to the map.
+        clustered: channels in the tree. sampled: whether channels or values were sampled.
+        notes: why something could not be measured, what was sampled.
+    """
+
+    name: str
+    type: str = ""
+    order: int = 0
+    shape: list[int] = field(default_factory=list)
+    kind: str = "maps"
+    abstraction: str = "high"
+    channels: int = 0
+    values: int = 0
+    nonfinite_share: float = 0.0
+    dead_fraction: float | None = None
+    dead_map_fraction: float | None = None
+    near_zero_share: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    rms: float | None = None
+    absmax: float | None = None
+    saturation: float | None = None
+    merge_median: float | None = None
+    merge_iqr: float | None = None
+    merge_q10: float | None = None
+    merge_q90: float | None = None
+    input_similarity: float | None = None
+    clustered: int = 0
+    sampled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerStats:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ParamStats:
+    """Numbers describing a conv / transposed-conv / linear weight (seed 002's layout: one row
+    per output channel or output feature).
+
+    Attributes:
+        name: module path. type: module class name. order: position in registration order.
+        kind: ``"conv"``, ``"deconv"`` or ``"linear"``. shape: the weight's PyTorch shape.
+        outputs: c_out (or f_out). fan_in: inputs per output as PyTorch's init counts them.
+        values: number of weights. nonfinite_share: share of NaN / Inf weights.
+        mean, std, min, max: of the finite weights. excess_kurtosis: 0 normal, -1.2 uniform.
+        gain: ``std * sqrt(fan_in)`` (0.58 for PyTorch's default init, 1.41 Kaiming-normal).
+        shape_label: ``"normal"``, ``"uniform"``, ``"heavy-tailed"`` or ``"other"``.
+        wide: ``gain > wide_gain``.
+        bias_mean, bias_std: of the bias (``None`` without one).
+        merge_median, merge_iqr, merge_q10, merge_q90: merge heights of the tree over outputs.
+        clustered, sampled, notes: as in :class:`LayerStats`.
+    """
+
+    name: str
+    type: str = ""
+    order: int = 0
+    kind: str = "conv"
+    shape: list[int] = field(default_factory=list)
+    outputs: int = 0
+    fan_in: int = 0
+    values: int = 0
+    nonfinite_share: float = 0.0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    excess_kurtosis: float | None = None
+    gain: float | None = None
+    shape_label: str = "other"
+    wide: bool = False
+    bias_mean: float | None = None
+    bias_std: float | None = None
+    merge_median: float | None = None
+    merge_iqr: float | None = None
+    merge_q10: float | None = None
+    merge_q90: float | None = None
+    clustered: int = 0
+    sampled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParamStats:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+_BOUNDED = {
+    "Tanh": (-1.0, 1.0),
+    "Softsign": (-1.0, 1.0),
+    "Sigmoid": (0.0, 1.0),
+    "Hardsigmoid": (0.0, 1.0),
+    "ReLU6": (None, 6.0),
+}
+
+
+def saturation_bounds(module_type: str, module: Any = None) -> tuple[float | None, float | None]:
+    """``(low, high)`` output bounds of a bounded activation (``None`` = unbounded side), or
+    ``(None, None)`` for other layers. ``Hardtanh`` reads its ``min_val``/``max_val``."""
+    if module_type == "Hardtanh" and module is not None:
+        return float(module.min_val), float(module.max_val)
+    if module_type == "Hardtanh":
+        return -1.0, 1.0
+    return _BOUNDED.get(module_type, (None, None))
+
+
+def input_similarity(
+    maps: torch.Tensor, reference: torch.Tensor, live: torch.Tensor | None = None
+) -> float | None:
+    """How much a layer's maps look like the image (seed 002: low-abstraction maps should).
+
+    maps: ``[B, C, H, W]``; reference: ``[B, R, H0, W0]`` (the input or generated image), resized
+    to ``H x W`` (area averaging when shrinking, bilinear when growing). For every sample and
+    channel the best absolute Pearson correlation with one of the ``R`` reference channels; the
+    result is the mean over samples and over ``live`` channels (channels whose map varies).
+    ``None`` when the maps have fewer than 2 pixels or no channel varies."""
+    if maps.dim() != 4 or reference.dim() != 4 or maps.shape[0] != reference.shape[0]:
+        return None
+    b, c, h, w = maps.shape
+    if h * w < 2:
+        return None
+    ref = reference.to(device=maps.device, dtype=torch.float32)
+    ref = torch.nan_to_num(ref, nan=0.0, posinf=0.0, neginf=0.0)
+    if ref.shape[2] >= h and ref.shape[3] >= w:
+        ref = F.adaptive_avg_pool2d(ref, (h, w))
+    else:
+        ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False)
+    m = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0).flatten(2)  # [B, C, P]
+    r = ref.flatten(2)  # [B, R, P]
+    m = m - m.mean(2, keepdim=True)
+    r = r - r.mean(2, keepdim=True)
+    mn = m.norm(dim=2)
+    rn = r.norm(dim=2)
+    corr = torch.einsum("bcp,brp->bcr", m, r) / (
+        mn.unsqueeze(2) * rn.unsqueeze(1)
+    ).clamp_min(1e-12)
+    valid_ref = (rn > 0).unsqueeze(1)  # [B, 1, R]
+    best = torch.where(valid_ref, corr.abs(), torch.zeros_like(corr)).amax(2)  # [B, C]
+    varies = mn > 0  # [B, C]
+    if live is not None:
+        varies = varies & live.to(varies.device).unsqueeze(0)
+    if not bool(varies.any()):
+        return None
+    return float(best[varies].mean())
+
+
+def output_stats(
+    x: torch.Tensor,
+    *,
+    name: str = "",
+    module_type: str = "",
+    module: Any = None,
+    order: int = 0,
+    reference: torch.Tensor | None = None,
+    abstraction: str | None = None,
+    thresholds: Thresholds | None = None,
+    max_channels: int = MAX_CHANNELS,
+    max_elements: int = MAX_ELEMENTS,
+    seed: int = 0,
+    clustering: bool = True,
+) -> tuple[LayerStats, Clustering | None]:
+    """Measure one layer output.
+
+    Args:
+        x: ``[B, C, *spatial]`` or ``[B, F]``.
+        name, module_type, module, order: what the output belongs to (module_type decides
+            saturation bounds).
+        reference: ``[B, R, H0, W0]`` image to compare low-abstraction maps with, and to decide
+            the abstraction level when ``abstraction`` is ``None``.
+        abstraction: ``"low"`` / ``"high"`` to force the level.
+        thresholds: measurement settings (dead_atol, near_zero_eps, saturation_margin, ...).
+        max_channels, max_elements, seed: sampling of enormous layers for the clustering (at
+            most ``max_channels`` channels, about ``max_elements`` values in all).
+        clustering: build the channel tree (``False`` skips the merge-height numbers).
+
+    Returns:
+        ``(LayerStats, Clustering or None)``.
+    """
+    th = thresholds or Thresholds()
+    st = LayerStats(name=name, type=module_type, order=order, shape=[int(s) for s in x.shape])
+    if x.dim() < 2:
+        st.kind = "other"
+        st.notes.append(f"output of shape {list(x.shape)} has no channel dimension; not analysed.")
+        return st, None
+    if not (x.is_floating_point() or x.is_complex()):
+        x = x.float()
+    st.kind = "features" if x.dim() == 2 else "maps"
+    st.channels = int(x.shape[1])
+    st.values = int(x.numel())
+    if abstraction is None:
+        abstraction = "high"
+        if x.dim() == 4 and reference is not None and reference.dim() == 4:
+            side = min(int(reference.shape[2]), int(reference.shape[3]))
+            if min(int(x.shape[2]), int(x.shape[3])) >= th.low_abstraction_min_scale * side:
+                abstraction = "low"
+    st.abstraction = abstraction
+    if st.values == 0:
+        st.notes.append("empty output; nothing to measure.")
+        return st, None
+
+    xf = x.detach()
+    finite = torch.isfinite(xf)
+    all_finite = bool(finite.all())
+    n_finite = st.values if all_finite else int(finite.sum())
+    st.nonfinite_share = 1.0 - n_finite / st.values
+    if n_finite == 0:
+        st.notes.append("every value is NaN or Inf; no statistics, no clustering.")
+        return st, None
+    xz = xf.float() if all_finite else torch.where(finite, xf, torch.zeros_like(xf)).float()
+    ax = xz.abs()
+    # dead channels / maps: every value |x| <= atol (non-finite values count as alive)
+    alive_val = ax > th.dead_atol
+    if not all_finite:
+        alive_val |= ~finite
+    per_ch = alive_val.transpose(0, 1).reshape(st.channels, -1).any(1)  # [C]
+    st.dead_fraction = float((~per_ch).float().mean())
+    if xf.dim() >= 3:
+        per_map = alive_val.flatten(2).any(2)  # [B, C]
+        st.dead_map_fraction = float((~per_map).float().mean())
+    nz = ax <= th.near_zero_eps
+    if not all_finite:
+        nz &= finite
+    st.near_zero_share = float(nz.sum()) / n_finite
+    xd = xz.double()
+    s1 = xd.sum()
+    s2 = xd.square().sum()
+    del xd
+    mean = s1 / n_finite
+    st.mean = _f(mean)
+    st.rms = _f((s2 / n_finite).sqrt())
+    st.std = _f(((s2 / n_finite) - mean**2).clamp_min(0).sqrt())
+    st.absmax = _f(ax.max())
+    lo, hi = saturation_bounds(module_type, module)
+    if lo is not None or hi is not None:
+        lo_ = 0.0 if lo is None else lo
+        hi_ = 0.0 if hi is None else hi
+        span = (hi_ - lo_) if (lo is not None and hi is not None) else abs(hi_ or lo_ or 1.0)
+        margin = th.saturation_margin * span
+        sat = torch.zeros_like(finite)
+        if lo is not None:
+            sat = sat | (xz <= lo + margin)
+        if hi is not None:
+            sat = sat | (xz >= hi - margin)
+        st.saturation = float((sat & finite).sum()) / n_finite
+    if st.nonfinite_share > 0:
+        st.notes.append(
+            f"{st.nonfinite_share:.1%} of the values are NaN/Inf; they count as 0 in the "
+            "clustering and are left out of the other numbers."
+        )
+
+    cl = None
+    if clustering:
+        cap = values_cap(st.channels, max_channels, max_elements)
+        cl = channel_clustering(
+            xz, max_channels=max_channels, max_values=cap, seed=seed, dendrogram=False
+        )
+        st.clustered = cl.n
+        st.sampled = bool(cl.sampled)
+        if cl.note:
+            st.notes.append(cl.note)
+        if cl.ok:
+            ms = merge_height_stats(cl)
+            st.merge_median, st.merge_iqr = ms["median"], ms["iqr"]
+            st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
+
+    if abstraction == "low" and reference is not None and xf.dim() == 4:
+        if xf.shape[0] != reference.shape[0]:
+            st.notes.append(
+                "no input similarity: the reference image batch differs from the output batch."
+            )
+        else:
+            idx = sample_indices(st.channels, max_channels, seed, device=xz.device)
+            st.input_similarity = input_similarity(
+                xz.index_select(1, idx), reference, live=per_ch.index_select(0, idx)
+            )
+    return st, cl
+
+
+# ------------------------------------------------------------------------------------------------
+# parameters
+
+
+def conv_layout(module_or_weight: Any, transposed: bool | None = None) -> tuple[torch.Tensor, str]:
+    """The weight as ``[outputs, inputs, *kernel]`` (seed 002's row = one output channel) and
+    its kind: ``nn.Conv*`` weights are already ``[c_out, c_in/groups, kh, kw]``;
+    ``nn.ConvTranspose*`` weights are ``[c_in, c_out/groups, kh, kw]`` and are transposed;
+    ``nn.Linear`` weights are ``[f_out, f_in]``."""
+    from torch import nn
+
+    if isinstance(module_or_weight, nn.Module):
+        m = module_or_weight
+        w = m.weight.detach()
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            return w.transpose(0, 1), "deconv"
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return w, "conv"
+        if isinstance(m, nn.Linear):
+            return w, "linear"
+        kind = "linear" if w.dim() == 2 else "conv"
+        return w, kind
+    w = module_or_weight.detach()
+    if transposed:
+        return w.transpose(0, 1), "deconv"
+    return w, ("linear" if w.dim() == 2 else "conv")
+
+
+def param_stats(
+    module_or_weight: Any,
+    bias: torch.Tensor | None = None,
+    *,
+    name: str = "",
+    order: int = 0,
+    transposed: bool | None = None,
+    thresholds: Thresholds | None = None,
+    max_channels: int = MAX_CHANNELS,
+    max_elements: int = MAX_ELEMENTS,
+    seed: int = 0,
+    clustering: bool = True,
+) -> tuple[ParamStats, Clustering | None]:
+    """Measure a conv / transposed-conv / linear weight (``module_or_weight``: the module, or its
+    weight tensor with ``transposed=True`` for a transposed conv's ``[c_in, c_out, kh, kw]``).
+
+    Returns ``(ParamStats, Clustering over the output channels or None)``."""
+    from torch import nn
+
+    th = thresholds or Thresholds()
+    mtype = ""
+    if isinstance(module_or_weight, nn.Module):
+        mtype = type(module_or_weight).__name__
+        if bias is None:
+            b = getattr(module_or_weight, "bias", None)
+            bias = b.detach() if isinstance(b, torch.Tensor) else None
+    w, kind = conv_layout(module_or_weight, transposed)
+    stored = (
+        module_or_weight.weight if isinstance(module_or_weight, nn.Module) else module_or_weight
+    )
+    st = ParamStats(name=name, type=mtype, order=order, kind=kind,
+                    shape=[int(s) for s in stored.shape])
+    st.outputs = int(w.shape[0])
+    # PyTorch's fan_in convention: size(1) * receptive field of the *stored* weight
+    st.fan_in = int(stored.shape[1] * (stored[0][0].numel() if stored.dim() > 2 else 1))
+    st.values = int(w.numel())
+    if st.values == 0:
+        st.notes.append("empty weight; nothing to measure.")
+        return st, None
+    wf = w.detach().double()
+    finite = torch.isfinite(wf)
+    n = int(finite.sum())
+    st.nonfinite_share = 1.0 - n / st.values
+    if n == 0:
+        st.notes.append("every weight is NaN or Inf.")
+        return st, None
+    v = wf[finite]
+    mean = v.mean()
+    d = v - mean
+    m2 = (d * d).mean()
+    m4 = (d**4).mean()
+    st.mean, st.min, st.max = _f(mean), _f(v.min()), _f(v.max())
+    st.std = _f(m2.sqrt())
+    st.excess_kurtosis = _f(m4 / (m2 * m2) - 3.0) if float(m2) > 0 else None
+    st.gain = _f(m2.sqrt() * math.sqrt(max(st.fan_in, 1)))
+    k = st.excess_kurtosis
+    if k is None:
+        st.shape_label = "other"
+    elif k < th.uniform_kurtosis:
+        st.shape_label = "uniform"
+    elif k > th.heavy_kurtosis:
+        st.shape_label = "heavy-tailed"
+    else:
+        st.shape_label = "normal"
+    st.wide = bool(st.gain is not None and st.gain > th.wide_gain)
+    if bias is not None and bias.numel():
+        bb = bias.detach().double()
+        bb = bb[torch.isfinite(bb)]
+        if bb.numel():
+            st.bias_mean = _f(bb.mean())
+            st.bias_std = _f(bb.std(unbiased=False))
+    cl = None
+    if clustering:
+        rows = torch.nan_to_num(w.detach().float().reshape(st.outputs, -1))
+        cap = values_cap(st.outputs, max_channels, max_elements)
+        cl = _rows_clustering(rows, max_channels, cap, seed)
+        st.clustered = cl.n
+        st.sampled = cl.sampled
+        if cl.note:
+            st.notes.append(cl.note)
+        if cl.ok:
+            ms = merge_height_stats(cl)
+            st.merge_median, st.merge_iqr = ms["median"], ms["iqr"]
+            st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
+    return st, cl
+
+
+def _rows_clustering(
+    rows: torch.Tensor, max_channels: int, max_values: int | None, seed: int,
+    dendrogram: bool = False,
+) -> Clustering:
+    """Cluster the rows of ``[N, D]`` (one per output channel / feature)."""
+    from .cluster import cluster_vectors
+
+    n, m = int(rows.shape[0]), int(rows.shape[1])
+    notes = []
+    idx = sample_indices(n, max_channels, seed, device=rows.device)
+    if len(idx) < n:
+        rows = rows.index_select(0, idx)
+        notes.append(f"clustered {len(idx)} of {n} outputs (seeded sample, seed={seed})")
+    if max_values is not None and m > max_values:
+        pos = sample_indices(m, max_values, seed + 1, device=rows.device)
+        rows = rows.index_select(1, pos)
+        notes.append(f"{max_values} of {m} weights per output (seeded sample)")
+    cl = cluster_vectors(
+        rows, labels=idx.cpu().numpy(), n_total=n, dendrogram=dendrogram, note="; ".join(notes)
+    )
+    cl.sampled = bool(notes)
+    return cl
