@@ -373,3 +373,27 @@ def test_temp_files_are_invisible(tmp_path):
     (table_dir / ".part-b.parquet.tmp").write_bytes(b"half")
     assert open_run(run_dir).query("SELECT x FROM t")["x"].tolist() == [1]
     assert os.listdir(table_dir)  # sanity
+
+
+def test_compaction_in_bounded_batches_keeps_every_row(tmp_path):
+    run_dir = _make_run(tmp_path)
+    w = PartWriter(run_dir)
+    for i in range(10):
+        w.append("t", {"x": list(range(i * 100, i * 100 + 100))})
+        w.flush()
+    w.close()
+    from convscope.store.parts import compact_table
+
+    assert compact_table(run_dir / "tables" / "t", max_rows=250) == (10, 5)
+    got = sorted(open_run(run_dir).query("SELECT x FROM t")["x"].tolist())
+    assert got == list(range(1000))
+
+
+def test_row_bound_applies_back_pressure_without_losing_rows(tmp_path):
+    run_dir = _make_run(tmp_path)
+    w = PartWriter(run_dir, max_queued_rows=50, max_rows=20)
+    for i in range(40):
+        w.append("t", {"x": np.arange(i * 30, i * 30 + 30)})  # each batch alone exceeds half
+        assert w._queued_rows <= 50 + 30
+    w.close()
+    assert sorted(open_run(run_dir).query("SELECT x FROM t")["x"].tolist()) == list(range(1200))

@@ -214,6 +214,13 @@ def test_layer_series_and_filter_queries_match_brute_force(tmp_path):
         got_l = top[top.layer == layer]
         assert got_l["filter"].tolist() == m.index[:3].tolist()
         np.testing.assert_allclose(got_l["cos_prev"].to_numpy(), m.to_numpy()[:3], rtol=1e-6)
+    # top filters over all layers at given steps
+    top_at = reader.top_filters_at([50, 51], k=4)
+    for s in (50, 51):
+        exp = fil[fil.step == s].sort_values(["cos_prev", "layer", "filter"]).head(4)
+        got_s = top_at[top_at.step == s]
+        assert list(zip(got_s.layer, got_s["filter"], strict=True)) == list(
+            zip(exp.layer, exp["filter"], strict=True))
     with pytest.raises(InvalidValueError, match="Did you mean 'w_l2'"):
         reader.layer_series("w_l3")
 

@@ -103,26 +103,43 @@ class _Lock:
         self.fh.close()
 
 
-def compact_table(table_dir: Path, min_parts: int = 2) -> tuple[int, int]:
-    """Merge the visible parts of one table into one. Returns (parts before, parts after)."""
+def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
+                  ) -> tuple[int, int]:
+    """Merge the visible parts of one table into parts of at most ``max_rows`` rows (memory
+    stays bounded by that). Returns (parts before, parts after)."""
     table_dir = Path(table_dir)
     with _Lock(table_dir / ".compact.lock"):
         listing = list_parts(table_dir)
         before = len(listing.files)
         if before < min_parts:
             return before, before
-        tables = [pq.read_table(f) for f in listing.files]
-        merged = pa.concat_tables(tables, promote_options="permissive")
-        merged = merged.replace_schema_metadata(None)
-        names = [f.name for f in listing.files]
-        name = f"part-c{time.time_ns():020d}-{os.urandom(2).hex()}.parquet"
-        write_part(table_dir, name, merged, {REPLACES_KEY.decode(): json.dumps(names)})
+        groups: list[list[Path]] = [[]]
+        rows = 0
         for f in listing.files:
-            try:
-                f.unlink()
-            except FileNotFoundError:
-                pass
-        return before, 1
+            n = _footer(f).rows  # valid: list_parts checked it
+            if groups[-1] and rows + n > max_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(f)
+            rows += n
+        after = 0
+        for group in groups:
+            after += 1
+            if len(group) < 2:
+                continue
+            merged = pa.concat_tables([pq.read_table(f) for f in group],
+                                      promote_options="permissive")
+            merged = merged.replace_schema_metadata(None)
+            name = f"part-c{time.time_ns():020d}-{os.urandom(2).hex()}.parquet"
+            write_part(table_dir, name, merged,
+                       {REPLACES_KEY.decode(): json.dumps([f.name for f in group])})
+            del merged
+            for f in group:
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+        return before, after
 
 
 def compact_run(run_dir: Path, min_parts: int = 2) -> dict[str, tuple[int, int]]:

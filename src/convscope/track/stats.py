@@ -18,15 +18,23 @@ from .columns import FILTER_COLUMNS, LAYER_COLUMNS, STAT_NAMES
 
 @torch.no_grad()
 def tensor_stats(t: torch.Tensor) -> torch.Tensor:
-    """``[7]`` float32: min, max, mean, std (population), L1, L2, share of exact zeros."""
-    x = t.detach().reshape(-1).float()
-    if x.numel() == 0:
+    """``[7]`` float32: min, max, mean, std (population), L1, L2, share of exact zeros.
+
+    Five reductions and no full-size temporaries: ``aminmax``, ``var_mean`` (a single stable
+    Welford pass), the L1 and L2 norms, and ``count_nonzero``.
+    """
+    x = t.detach().reshape(-1)
+    if x.dtype != torch.float32 and x.dtype != torch.float64:
+        x = x.float()
+    n = x.numel()
+    if n == 0:
         return torch.full((7,), float("nan"), device=t.device)
-    mean = x.mean()
+    lo, hi = torch.aminmax(x)
+    var, mean = torch.var_mean(x, correction=0)
     return torch.stack([
-        x.min(), x.max(), mean, (x - mean).square().mean().sqrt(),
-        x.abs().sum(), torch.linalg.vector_norm(x), (x == 0).float().mean(),
-    ])
+        lo, hi, mean, var.sqrt(), torch.linalg.vector_norm(x, ord=1), torch.linalg.vector_norm(x),
+        (n - torch.count_nonzero(x)) / n,
+    ]).float()
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ validation or layer view filters the others to that range."""
 
 from __future__ import annotations
 
+import pandas as pd
 from dash import Input, Output, State, ctx, dcc, html
 
 from ...figures.training import (
@@ -133,21 +134,23 @@ def register(app, state) -> None:
                                  anomalies=anomalies, class_names=names)
         cfig, cstyle = {}, hidden
         if reader.has_table("watch_filters") and len(anomalies):
-            from ...track import correlate
-
-            recorded = reader.query("SELECT DISTINCT step FROM watch_filters ORDER BY step")
-            rec = recorded["step"].to_numpy()
-            wanted = sorted({int(rec[i]) for s in anomalies["step"].unique()
-                             if (i := int(rec.searchsorted(s))) < len(rec)})
-            if not wanted:
-                return vfig, {}, cfig, cstyle, text
-            # the previous recorded step too, so cos_prev of the first wanted step is defined
-            fc = reader.query(
-                "SELECT step, layer, filter, cos_prev FROM watch_filters WHERE step IN "
-                f"({', '.join('?' for _ in wanted)})", wanted)
-            top = correlate(anomalies, fc, top=10, scope="overall")
-            if len(top):
-                cfig, cstyle = correlation_figure(top, reader.watched_layers(), names), {}
+            # each anomaly step -> the nearest recorded filter step at or after it (that
+            # snapshot's change covers the anomaly), then the top 10 filters there, in DuckDB
+            rec = reader.recorded_filter_steps()
+            at = {int(s): int(rec[i]) for s in anomalies["step"].unique()
+                  if (i := int(rec.searchsorted(s))) < len(rec)}
+            if at:
+                top = reader.top_filters_at(sorted(set(at.values())), k=10)
+                classes = anomalies.groupby("step")["class"].apply(list).to_dict()
+                rows = []
+                for s, r in sorted(at.items()):
+                    part = top[top["step"] == r].assign(step=s)
+                    part["classes"] = [classes.get(s, [])] * len(part)
+                    rows.append(part)
+                top = pd.concat(rows, ignore_index=True) if rows else top
+                if len(top):
+                    cfig = correlation_figure(top, reader.watched_layers(), names)
+                    cstyle = {}
         return vfig, {}, cfig, cstyle, text
 
     @app.callback(
