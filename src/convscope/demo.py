@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .run import Run
-from .training import DemoConfig, DemoResult, fit
+from .training import DemoConfig, DemoResult, _threads, auto_threads, fit
 
 __all__ = ["run_demo", "RECORDINGS", "Recording"]
 
@@ -66,6 +66,20 @@ def _record_attribution(run: Run, res: DemoResult, quiet: bool) -> None:
                          class_names=list(getattr(res.test, "class_names", []) or []) or None)
 
 
+FEATURE_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2")
+
+
+def _record_features(run: Run, res: DemoResult, quiet: bool) -> None:
+    """Preferred inputs of 16 units and the top-9 test images of every channel, for a conv
+    layer of the stem and of each stage (shallow layers prefer colour, deep ones texture)."""
+    model = res.model.eval()
+    small = res.config.n_train <= 1000  # the seconds-long test setting
+    layers = list(FEATURE_LAYERS[::2] if small else FEATURE_LAYERS)
+    run.log_preferred_inputs(model, layers, max_units=4 if small else 16,
+                             steps=16 if small else 128)
+    run.log_top_examples(model, layers, res.test_images, k=9)
+
+
 def _record_diagnosis(run: Run, res: DemoResult, quiet: bool) -> None:
     """Seed 002's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE."""
     run.log_diagnosis(res.model.eval(), res.test_images[:64])
@@ -76,6 +90,7 @@ RECORDINGS: list[Recording] = [
     Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
     Recording("attribution maps of 8 test images", _record_attribution),
     Recording("diagnosis of 64 test images", _record_diagnosis),
+    Recording("preferred inputs and top-9 examples of 5 conv layers", _record_features),
 ]
 
 
@@ -149,9 +164,10 @@ def run_demo(
                                     "demo/data_seconds": data_seconds})
         say(f"convscope demo: test accuracy {test_acc:.1%} after {cfg.epochs} epochs, "
             f"{train_seconds:.0f} s (data {data_seconds:.1f} s)")
-        for rec in RECORDINGS:
-            t0 = time.perf_counter()
-            rec.record(run, result, quiet)
-            say(f"convscope demo: recorded {rec.name} ({time.perf_counter() - t0:.1f} s)")
+        with _threads(cfg.num_threads or auto_threads()):  # one thread when the CPU is busy
+            for rec in RECORDINGS:
+                t0 = time.perf_counter()
+                rec.record(run, result, quiet)
+                say(f"convscope demo: recorded {rec.name} ({time.perf_counter() - t0:.1f} s)")
     say(f"convscope demo: done in {time.perf_counter() - t_start:.0f} s")
     return run.path

@@ -275,6 +275,24 @@ class Run:
 
         return log_embedding(self, features, labels, **kwargs)
 
+    # -- feature visualisation ---------------------------------------------------------------
+    def log_preferred_inputs(self, model: Any, layers: Any, units: Any = None,
+                             **kwargs: Any) -> dict[str, Any]:
+        """Activation maximisation of ``units`` (default: the first ``max_units=16`` channels) of
+        each layer, all units of a layer optimised as one batch; keyword arguments go to
+        :func:`convscope.features.maximize`. Shown in the Model page's layer panel."""
+        from .record.features import log_preferred_inputs
+
+        return log_preferred_inputs(self, model, layers, units, **kwargs)
+
+    def log_top_examples(self, model: Any, layers: Any, dataset: Any, k: int = 9,
+                         **kwargs: Any) -> dict[str, Any]:
+        """The ``k`` dataset images exciting each channel most, with receptive-field crops (one
+        streaming pass per layer). Shown beside the preferred inputs on the Model page."""
+        from .record.features import log_top_examples
+
+        return log_top_examples(self, model, layers, dataset, k, **kwargs)
+
     # -- checkpoints -------------------------------------------------------------------------
     def log_checkpoint(self, model: Any, key: str = "model") -> Path:
         """Save the whole module (``torch.save(model)``, pickled: its class must be importable

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -113,9 +114,9 @@ class TargetSpec:
             self.fn = target
         elif isinstance(target, bool):
             raise TargetError(f"target must be a class index, got {target!r}; pass an int.")
-        elif isinstance(target, int):
+        elif isinstance(target, numbers.Integral):
             self.fixed = torch.full((batch,), int(target), dtype=torch.long)
-        elif isinstance(target, Tensor) or isinstance(target, Sequence):
+        elif isinstance(target, (Tensor, Sequence)) or hasattr(target, "__array__"):
             t = torch.as_tensor(target) if not isinstance(target, Tensor) else target.detach()
             if t.ndim == 0:
                 t = t.expand(batch)

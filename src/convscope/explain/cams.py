@@ -33,7 +33,6 @@ from ._core import (
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam"]
 
-_CHANNELS_LAST = True  # score masked inputs in channels-last format on the CPU
 
 
 def _layer_gradient(
@@ -200,43 +199,6 @@ def cam(
     return finish_map(raw, tuple(x.shape[-2:]), normalize)
 
 
-def _outputs_close(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        tol = 1e-3 * (1.0 + float(b.abs().max())) if b.numel() else 0.0
-        return bool(torch.allclose(a, b, rtol=1e-3, atol=tol))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
-        return all(_outputs_close(u, v) for u, v in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return all(_outputs_close(a[k], b[k]) for k in a)
-    return False
-
-
-def _folded_copy(model: nn.Module, x: Tensor, reference: Any) -> nn.Module:
-    """A copy of ``model`` with BatchNorm folded into convolutions, or ``model`` itself.
-
-    The copy is used only if torch.fx can trace the model, something was folded, and the copy
-    reproduces ``reference`` (the model's output on ``x``).
-    """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        folded = fuse(model, inplace=False)
-        if sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()) == sum(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-        ):
-            return model
-        folded.eval()
-        if not _outputs_close(folded(x), reference):
-            return model
-        return folded
-    except Exception:  # noqa: BLE001 - any tracing/folding failure: use the model as it is
-        return model
-
-
 def score_cam(
     model: nn.Module,
     inputs: Tensor,
@@ -245,7 +207,6 @@ def score_cam(
     normalize: bool = True,
     batch_size: int | None = None,
     quiet: bool = False,
-    fuse: bool = True,
 ) -> Tensor:
     """Score-CAM (Wang et al. 2020): weight each channel by the score of the input it masks.
 
@@ -253,22 +214,19 @@ def score_cam(
     (bilinear) to the input size and min-max scaled to [0, 1]; ``x * H_k`` is scored by the model
     (the target's logit, or a callable target's score). The channel weights are the softmax over
     channels of these scores and the map is ``sum_k w_k A_k`` (as pytorch-grad-cam computes it).
-    A constant channel gives an all-zero mask; its score (the model's score of a black image) is
-    computed once.
+    A constant channel gives an all-zero mask; its score (the model's score of a black image for
+    the image's target) is computed once per image.
 
     Masked inputs are built and scored ``batch_size`` at a time, so memory stays bounded
-    (``batch_size`` masked images, not ``B * C``; by default as many as make 4 Mi input values,
-    between 1 and 256: 27 at 3 x 224 x 224). For speed the masked inputs are scored by a
-    temporary copy of the model with each BatchNorm folded into the convolution before it
-    (``fuse=True``; torch.fx, used only when the model traces and the copy reproduces the model's
-    output on ``inputs``), and on the CPU they are fed in channels-last memory format. Both change
-    the scores only by floating-point rounding.
+    (``batch_size`` masked images, not ``B * C``; by default as many as make 1 Mi input values,
+    at least 16 and at most 256: 16 at 3 x 224 x 224, 85 at 3 x 64 x 64). On the CPU they are fed
+    in channels-last memory format, which is faster for convolutions and changes the scores only
+    by floating-point rounding.
 
     Args:
         model, inputs, target, layer, normalize: as :func:`grad_cam`.
         batch_size: masked inputs per forward pass (None: automatic, see above).
         quiet: hide the progress bar (shown for runs longer than two seconds).
-        fuse: score masked inputs with a BatchNorm-folded copy of the model (see above).
 
     Returns:
         ``[B, H, W]`` maps upsampled to the input size.
@@ -277,7 +235,7 @@ def score_cam(
     x = check_inputs(inputs)
     b, c_in, h, w = x.shape
     if batch_size is None:
-        batch_size = max(1, min(256, 2**22 // (c_in * h * w)))
+        batch_size = max(16, min(256, 2**20 // (c_in * h * w)))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     spec = TargetSpec(target, b)
@@ -291,13 +249,14 @@ def score_cam(
         flat = act.flatten(2)
         constant = flat.amax(dim=2) == flat.amin(dim=2)  # [B, K]: zero masks
         scores = torch.empty(b, k, dtype=torch.float32, device=x.device)
-        if bool(constant.any()):
-            zero = torch.zeros_like(x[:1])
-            zero_score = spec.scores(run_forward(model, zero), rows=torch.zeros(1, dtype=torch.long))
-            scores[constant] = zero_score.float()
+        if bool(constant.any()):  # all-zero masks: score a black image once per such image
+            rows = constant.any(dim=1).nonzero()[:, 0]
+            zero = torch.zeros_like(x[rows])
+            zero_scores = torch.zeros(b, dtype=torch.float32, device=x.device)
+            zero_scores[rows] = spec.scores(run_forward(model, zero), rows=rows).float()
+            scores[constant] = zero_scores[:, None].expand(b, k)[constant]
         pairs = (~constant).nonzero()  # [N, 2]: (image, channel)
-        scorer = _folded_copy(model, x, cap.output) if fuse and pairs.shape[0] > b else model
-        fmt = torch.channels_last if x.device.type == "cpu" and _CHANNELS_LAST else torch.contiguous_format
+        fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
         bar = tqdm(
             total=int(pairs.shape[0]), disable=quiet, delay=2.0, desc="score_cam", unit="mask",
             leave=False,
@@ -315,7 +274,7 @@ def score_cam(
                 masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1.0), 0.0)
                 masked = (x[img] * masks).contiguous(memory_format=fmt)
                 with torch.inference_mode():
-                    s = spec.scores(run_forward(scorer, masked), rows=img).float()
+                    s = spec.scores(run_forward(model, masked), rows=img).float()
                 scores[img, ch] = s
                 bar.update(int(chunk.shape[0]))
         finally:

@@ -39,6 +39,7 @@ TABLE_SOURCES: dict[str, str] = {
     "validation_images": "run.log_validation(step, ids, labels, predictions)",
     "attribution_metrics": "run.log_attributions(model, images)",
     "diagnosis_findings": "run.log_diagnosis(model, inputs)",
+    "top_examples": "run.log_top_examples(model, layers, dataset)",
     "diagnosis_layers": "run.log_diagnosis(model, inputs)",
 }
 

@@ -23,7 +23,17 @@ class Page:
 
 
 def all_pages() -> list[Page]:
-    from . import attribution, diagnosis, embedding, model, resources, runs, scalars, training
+    from . import (
+        attribution,
+        diagnosis,
+        embedding,
+        live,
+        model,
+        resources,
+        runs,
+        scalars,
+        training,
+    )
 
-    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, diagnosis.PAGE,
+    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, diagnosis.PAGE, live.PAGE,
             resources.PAGE, embedding.PAGE, training.PAGE]

@@ -7,6 +7,7 @@ import dash_cytoscape as cyto
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
+from ...figures.features import preferred_grid, unit_pane
 from ...figures.graph import GRAPH_STYLESHEET, TYPE_COLORS, graph_elements
 from ...figures.maps import cell_at, channel_zoom, feature_map_grid, image_strip
 from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
@@ -144,6 +145,16 @@ def register(app, state) -> None:
         return layer_panel(reader, layer)
 
     @app.callback(
+        Output("fi-pane", "figure"),
+        Input("fi-unit", "value"), State("model-selected", "data"), State("model-run", "value"),
+        prevent_initial_call=True,
+    )
+    def _unit(unit, layer, run):
+        if unit is None or not layer or not run:
+            return no_update
+        return _pane(state.reader(run), layer, int(unit))
+
+    @app.callback(
         Output("fm-grid", "figure"),
         Input("fm-order", "value"), State("model-selected", "data"), State("model-run", "value"),
         prevent_initial_call=True,
@@ -262,8 +273,60 @@ def _diagnosis_section(reader, layer: str):
                               className="muted")])
 
 
+def _index_meta(reader, kind: str, layer: str) -> dict | None:
+    idx = reader.arrays(kind)
+    if not len(idx) or layer not in set(idx["key"]):
+        return None
+    return idx[idx["key"] == layer].iloc[0]["meta"]
+
+
+def _features_section(reader, layer: str):
+    """Preferred inputs (activation maximisation) and top-k dataset crops of the layer's units."""
+    pref = _index_meta(reader, "preferred_inputs", layer)
+    crops = _index_meta(reader, "top_crops", layer)
+    if pref is None and crops is None:
+        return None
+    children = [html.H3("What its units prefer")]
+    units: list[int] = []
+    if pref is not None:
+        images = reader.array("preferred_inputs", layer).astype(np.float32)
+        units = list(pref["units"])
+        children += [
+            html.Div(f"optimised inputs (activation maximisation, {pref['seconds']:.1f} s for "
+                     f"{len(units)} units; value reached in brackets)", className="muted"),
+            graph("fi-grid", figure=preferred_grid(images, units, pref.get("values")),
+                  config={"staticPlot": True}),
+        ]
+    if crops is not None:
+        n_ch = reader.array("top_crops", layer, mmap=True).shape[0]
+        units = units or list(range(n_ch))
+    children += [
+        html.Label(["Unit ", dcc.Dropdown(id="fi-unit", options=units, value=units[0],
+                                          clearable=False, style={"width": "120px"})],
+                   className="control"),
+        graph("fi-pane", figure=_pane(reader, layer, units[0]), config={"staticPlot": True}),
+    ]
+    return html.Div(children, id="features-section")
+
+
+def _pane(reader, layer: str, unit: int):
+    pref = _index_meta(reader, "preferred_inputs", layer)
+    preferred = None
+    if pref is not None and unit in pref["units"]:
+        preferred = reader.array("preferred_inputs", layer)[pref["units"].index(unit)]
+    crops, values = None, None
+    if _index_meta(reader, "top_crops", layer) is not None:
+        crops = reader.array("top_crops", layer, mmap=True)[unit].astype(np.float32)
+        rows = reader.query("SELECT value FROM top_examples WHERE layer = ? AND channel = ? "
+                            "ORDER BY rank", [layer, int(unit)])
+        values = rows["value"].tolist()
+        keep = [i for i, v in enumerate(values) if np.isfinite(v)]
+        crops, values = crops[keep], [values[i] for i in keep]
+    return unit_pane(unit, preferred, crops, values)
+
+
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = [_diagnosis_section]
+PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
 
 
 PAGE = Page(

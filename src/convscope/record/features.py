@@ -1,0 +1,117 @@
+"""``run.log_preferred_inputs`` and ``run.log_top_examples``: what each unit prefers.
+
+Stored:
+
+* ``arrays/preferred_inputs/<layer>`` — the optimised images ``[U, C, H, W]`` (float16) with the
+  units and their reached objective values in the index meta;
+* ``arrays/top_crops/<layer>`` — receptive-field crops ``[C, k, C_in, h, w]`` (float16);
+* table ``top_examples`` — one row per (layer, channel, rank): dataset index, activation value,
+  location in the layer's output and the receptive-field box in input pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import Run
+
+__all__ = ["log_preferred_inputs", "log_top_examples"]
+
+
+def _layers(layers: str | Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        return [layers]
+    out = list(layers)
+    if not out:
+        raise InputError("pass at least one layer (module path), e.g. ['layer1.0.conv1'].")
+    return out
+
+
+def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
+                         units: Sequence[int] | None = None, *, max_units: int = 16,
+                         **kwargs: Any) -> dict[str, Any]:
+    """Activation maximisation (:func:`convscope.features.maximize`) of ``units`` (default: the
+    first ``max_units`` channels) of each layer, all units of a layer in one batch. Keyword
+    arguments go to ``maximize`` (``steps=``, ``lr=``, ``regularizers=``, ``transforms=``,
+    ``param=``, ``size=``, ``mean=``, ``std=``, ``seed=``). Returns ``{layer: images}``."""
+    import torch
+
+    from ..features import maximize
+    from ..model import capture
+
+    out: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for layer in _layers(layers):
+        chosen = list(units) if units is not None else None
+        if chosen is None:
+            probe = capture(model, torch.zeros(1, *_input_shape(model, kwargs)), layer)
+            channels = next(iter(probe.values())).shape[1]
+            chosen = list(range(min(max_units, channels)))
+        t0 = time.perf_counter()
+        images, values = maximize(model, layer, chosen, return_values=True, quiet=run.quiet,
+                                  **kwargs)
+        timings[layer] = time.perf_counter() - t0
+        run.log_array("preferred_inputs", layer, images.detach().float().cpu(), dtype=np.float16,
+                      meta={"layer": layer, "units": [int(u) for u in chosen],
+                            "values": values.detach().float().cpu().tolist(),
+                            "seconds": timings[layer],
+                            "settings": {k: str(v) for k, v in kwargs.items()}})
+        out[layer] = images
+    return out
+
+
+def _input_shape(model: Any, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) the maximisation will use: the caller's ``size``/``channels`` or the model's
+    first convolution (the same defaults as :func:`convscope.features.maximize`)."""
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    c = kwargs.get("channels") or (first.in_channels if first is not None else 3)
+    size = kwargs.get("size") or getattr(model, "input_size", None)
+    if size is None:
+        stride = first.stride[0] if first is not None else 2
+        size = 32 if stride == 1 else 224
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(c), int(h), int(w)
+
+
+def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset: Any, k: int = 9,
+                     **kwargs: Any) -> dict[str, Any]:
+    """One streaming pass per layer (:func:`convscope.features.top_examples`): the ``k``
+    images that excite each channel most, with receptive-field crops. Returns
+    ``{layer: TopExamples}``."""
+    from ..features import top_examples
+
+    results = {}
+    for layer in _layers(layers):
+        te = top_examples(model, layer, dataset, k=k, crops=True, quiet=run.quiet, **kwargs)
+        c, kk = te.values.shape
+        vals = te.values.detach().float().cpu().numpy()
+        locs = te.locations.cpu().numpy()
+        boxes = te.boxes.cpu().numpy()
+        run.log_rows("top_examples", {
+            "layer": np.array([layer] * (c * kk), dtype=object),
+            "channel": np.repeat(np.arange(c, dtype=np.int32), kk),
+            "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), c),
+            "index": te.indices.cpu().numpy().reshape(-1).astype(np.int64),
+            "value": vals.reshape(-1),
+            "y": locs[..., 0].reshape(-1).astype(np.int32),
+            "x": locs[..., 1].reshape(-1).astype(np.int32),
+            "y0": boxes[..., 0].reshape(-1).astype(np.int32),
+            "x0": boxes[..., 1].reshape(-1).astype(np.int32),
+            "y1": boxes[..., 2].reshape(-1).astype(np.int32),
+            "x1": boxes[..., 3].reshape(-1).astype(np.int32),
+        })
+        if te.crops is not None:
+            run.log_array("top_crops", layer, te.crops.detach().float().cpu(), dtype=np.float16,
+                          meta={"layer": layer, "k": kk, "n_seen": te.n_seen,
+                                "field": str(te.field)})
+        results[layer] = te
+    return results
