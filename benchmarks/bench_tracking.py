@@ -75,11 +75,13 @@ def _header(title: str, args: argparse.Namespace) -> None:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    now = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    load = getattr(args, "load_start", now[0])
     print(f"### {title}\n")
     print(f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`")
     print(f"- machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, load average "
-          f"{load:.1f} at start; Python {platform.python_version()}, torch {torch.__version__}, "
+          f"{load:.1f} at start, {now[0]:.1f} / {now[1]:.1f} / {now[2]:.1f} (1/5/15 min) at "
+          f"the end; Python {platform.python_version()}, torch {torch.__version__}, "
           f"pyarrow {pa.__version__}")
     print(f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}\n")
 
@@ -353,10 +355,8 @@ def write_synthetic(root: Path, args: argparse.Namespace) -> tuple[Path, dict[st
         gen_s += time.perf_counter() - g0
         run.log_rows("watch_layers", lay)
         run.log_rows("watch_filters", filt)
-        # the writer's queue is bounded in calls (10,000), not bytes: keep at most ~50 steps
-        # (~50 MB) queued so memory stays flat; throughput is the writer's either way
-        while run._writer._queue.qsize() > 100:
-            time.sleep(0.005)
+        # no throttling here: the writer's queue is bounded in rows (max_queued_rows), so
+        # log_rows itself waits when the writer falls behind
     t_queued = time.perf_counter()
     run.flush()
     t_watch = time.perf_counter()
@@ -380,6 +380,7 @@ def write_synthetic(root: Path, args: argparse.Namespace) -> tuple[Path, dict[st
     if not args.no_compact:
         compact_run(run.path, min_parts=8)
     t_compact = time.perf_counter() - c0
+    out["parts_after_compaction"] = len(list_parts(run.path / TABLES_DIR / "watch_filters").files)
     out["rss_after_compact_mb"] = _maxrss_mb()
 
     rows_f = args.steps * synth.n
@@ -438,10 +439,15 @@ def bench_queries(path: Path, args: argparse.Namespace, widest: str) -> list[tup
     mid = int(recorded[len(recorded) // 2])
     ts, top = _timed(lambda: reader.top_changed_filters(mid, k=10), rep)
     rows.append(("top_changed_filters(step, k=10)", ts, f"{len(top)} rows"))
-    ts, st = _timed(lambda: reader.query(
-        "SELECT DISTINCT step FROM watch_filters ORDER BY step"), rep)
-    rows.append(("page correlation step list: SELECT DISTINCT step FROM watch_filters", ts,
-                 f"{len(st):,} steps"))
+    ts, rec = _timed(reader.recorded_filter_steps, rep)
+    rows.append(("recorded_filter_steps() (page correlation: SELECT DISTINCT step)", ts,
+                 f"{len(rec):,} steps"))
+    # what the page's correlation view asks for: the recorded step at or after each anomaly
+    idx = rec.searchsorted(np.unique(an.frame["step"].to_numpy()))
+    wanted = sorted({int(rec[i]) for i in idx if i < len(rec)})
+    ts, top = _timed(lambda: reader.top_filters_at(wanted, k=10), max(3, rep // 4))
+    rows.append((f"top_filters_at({len(wanted)} anomaly steps, k=10) (page correlation)", ts,
+                 f"{len(top):,} rows"))
     return rows
 
 
@@ -620,8 +626,9 @@ def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset
           f"other tables) | {w['compact_s']:.1f} | {rows_all / max(w['compact_s'], 1e-9):,.0f} | |")
     print()
     print(f"Peak RSS of the writing process: {w['rss_after_watch_mb']:,.0f} MB after the watch "
-          f"tables, {w['rss_after_compact_mb']:,.0f} MB after compaction (compaction reads every "
-          "part of a table into memory at once).\n")
+          f"tables, {w['rss_after_compact_mb']:,.0f} MB after compaction (batches of <= 4 M "
+          f"rows: {int(w['parts_before_compaction'])} watch_filters parts -> "
+          f"{int(w['parts_after_compaction'])}).\n")
     print("| storage | bytes on disk | values | bytes per value |")
     print("|---|---|---|---|")
     print(f"| watch_filters (step, layer, filter, w_l2, g_l2, ratio, cos_prev, rank) | "
@@ -674,8 +681,9 @@ def main() -> None:
                     help="overhead: comma list of " + ", ".join(c[0] for c in OVERHEAD_CONFIGS))
     ap.add_argument("--warmup", type=int, default=10, help="overhead: warm-up steps per config")
     ap.add_argument("--steps", type=int, default=1000,
-                    help="scale: recorded steps (DeepTracker: 10,000; 1,000 keeps writing and "
-                    "compaction within minutes and a few GB on a 2-core machine)")
+                    help="scale: recorded steps (DeepTracker: 10,000; 1,000-2,000 keep the whole "
+                    "benchmark within a few minutes on a 2-core machine; the queries and the "
+                    "page's callbacks grow with the steps)")
     ap.add_argument("--images", type=int, default=10_000, help="scale: validation images")
     ap.add_argument("--checkpoints", type=int, default=1_000, help="scale: checkpoints")
     ap.add_argument("--classes", type=int, default=10, help="scale: classes")
@@ -692,8 +700,10 @@ def main() -> None:
         args.rounds, args.block, args.warmup = 2, 10, 2
         args.steps, args.images, args.checkpoints, args.repeat = 20, 2000, 100, 5
     if args.overhead:
+        args.load_start = os.getloadavg()[0]
         bench_overhead(args)
     if args.scale:
+        args.load_start = os.getloadavg()[0]
         bench_scale(args)
 
 

@@ -34,6 +34,14 @@ def test_tensor_and_layer_stats_match_numpy():
     assert np.isnan(layer_stats(w, None, None).numpy()[7:]).all()
 
 
+def test_std_stays_exact_when_the_mean_dominates():
+    """Batch-norm scales sit near 1 with a tiny spread: E[x²] - mean² would cancel."""
+    g = torch.Generator().manual_seed(2)
+    w = 1.0 + 1e-3 * torch.randn(4096, generator=g)
+    np.testing.assert_allclose(tensor_stats(w).numpy()[3], w.numpy().astype(np.float64).std(),
+                               rtol=1e-4)
+
+
 def test_filter_stats_match_a_manual_computation():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(4, 2, 3, 3, generator=g)

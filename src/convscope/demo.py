@@ -62,6 +62,7 @@ def _record_attribution(run: Run, res: DemoResult, quiet: bool) -> None:
     """Every attribution method on 8 test images (one per class), pointing game on their masks."""
     pick = _one_per_class(res.test_labels, 8)
     run.log_attributions(res.model.eval(), res.test_images[pick], labels=res.test_labels[pick],
+                         layer="layer3",  # 4x4 maps at 32x32 input (layer4 is 2x2: too coarse)
                          masks=res.test_masks[pick],
                          class_names=list(getattr(res.test, "class_names", []) or []) or None)
 

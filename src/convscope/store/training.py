@@ -111,20 +111,22 @@ class TrainingQueries:
             return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
         step = df["step"].to_numpy()
         lo, span = int(step.min()), max(int(step.max()) - int(step.min()), 1)
-        bucket = np.floor((step - lo) * int(max_steps) / (span + 1)).astype(np.int64)
-        buckets, b_idx = np.unique(bucket, return_inverse=True)
-        filters, f_idx = np.unique(df["filter"].to_numpy(), return_inverse=True)
-        v = df["v"].to_numpy(dtype=np.float64)
+        # buckets and filter numbers are small integers already: index with them directly
+        bucket = (step - lo) * int(max_steps) // (span + 1)
+        fil = df["filter"].to_numpy().astype(np.int64)
+        nb, nf = int(bucket.max()) + 1, int(fil.max()) + 1
+        v = df["v"].to_numpy()
         ok = ~np.isnan(v)
-        flat = f_idx * len(buckets) + b_idx
-        size = len(filters) * len(buckets)
-        total = np.bincount(flat[ok], weights=v[ok], minlength=size)
-        count = np.bincount(flat[ok], minlength=size)
-        with np.errstate(invalid="ignore"):
-            mat = (total / np.where(count > 0, count, np.nan)).reshape(len(filters), len(buckets))
-        first = np.full(len(buckets), np.iinfo(np.int64).max)
-        np.minimum.at(first, b_idx, step)
-        return first, filters, mat.astype(np.float32)
+        flat = fil * nb + bucket
+        total = np.bincount(flat[ok], weights=v[ok], minlength=nf * nb)
+        count = np.bincount(flat[ok], minlength=nf * nb)
+        present_b = np.bincount(bucket, minlength=nb) > 0
+        present_f = np.bincount(fil, minlength=nf) > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mat = (total / count).reshape(nf, nb)[np.ix_(present_f, present_b)]
+        first = np.full(nb, np.iinfo(np.int64).max)
+        np.minimum.at(first, bucket, step)
+        return first[present_b], np.flatnonzero(present_f), mat.astype(np.float32)
 
     def top_changed_filters(self, step: int | None = None, *, window: tuple[int, int] | None
                             = None, k: int = 10, per_layer: bool = True, rank: int = 0
@@ -153,19 +155,30 @@ class TrainingQueries:
         steps = [int(s) for s in steps]
         if not steps or not self.has_table("watch_filters"):
             return pd.DataFrame(columns=["step", "layer", "filter", "cos_prev", "rank_in"])
-        return self.query(f"""
-            SELECT step, layer, filter, cos_prev,
-                   row_number() OVER (PARTITION BY step ORDER BY cos_prev, layer, filter)
-                     AS rank_in
+        # min_by with a count keeps k rows per step without sorting whole partitions
+        top = self.query(f"""
+            SELECT step, unnest(min_by({{'layer': layer, 'filter': filter,
+                                          'cos_prev': cos_prev}}, cos_prev, ?)) AS t
             FROM watch_filters
             WHERE rank = ? AND step IN ({', '.join('?' for _ in steps)})
               AND cos_prev IS NOT NULL AND NOT isnan(cos_prev)
-            QUALIFY rank_in <= ? ORDER BY step, rank_in""", [rank, *steps, int(k)])
+            GROUP BY step""", [int(k), rank, *steps])
+        if top.empty:
+            return pd.DataFrame(columns=["step", "layer", "filter", "cos_prev", "rank_in"])
+        out = pd.DataFrame({"step": top["step"].to_numpy(),
+                            "layer": [t["layer"] for t in top["t"]],
+                            "filter": [t["filter"] for t in top["t"]],
+                            "cos_prev": [t["cos_prev"] for t in top["t"]]})
+        out = out.sort_values(["step", "cos_prev", "layer", "filter"], kind="stable")
+        out["rank_in"] = out.groupby("step").cumcount() + 1
+        return out.reset_index(drop=True)
 
     def recorded_filter_steps(self, rank: int = 0) -> np.ndarray:
         if not self.has_table("watch_filters"):
             return np.array([], dtype=np.int64)
-        return self.query("SELECT DISTINCT step FROM watch_filters WHERE rank = ? ORDER BY step",
+        # filters are recorded at the same steps as the (far smaller) layer table
+        table = "watch_layers" if self.has_table("watch_layers") else "watch_filters"
+        return self.query(f"SELECT DISTINCT step FROM {table} WHERE rank = ? ORDER BY step",
                           [rank])["step"].to_numpy()
 
     # -- validation view ---------------------------------------------------------------------
