@@ -11,6 +11,7 @@ for the tiny gradients of an unscaled random network (see docs/explain.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
@@ -44,7 +45,9 @@ def pearson(a: torch.Tensor, b) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
+@functools.cache
 def _torchvision(arch: str) -> nn.Module:
+    """Random-weight model with the head scaled by 100 (built once; explanations do not mutate it)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval()
     head = model.fc if arch.startswith("resnet") else model.classifier[-1]

@@ -86,22 +86,26 @@ def test_score_cam_constant_channels_and_chunking():
 
 
 def test_score_cam_weights_are_softmax_of_masked_scores():
-    """Brute force on a one-channel-at-a-time loop for one image."""
+    """Brute force: one channel at a time, per image, each image with its own target (the
+    constant channels' black-image score must use that image's class)."""
     torch.manual_seed(3)
     model = DeadChannels().eval()
-    x = torch.randn(1, 3, 12, 12)
+    x = torch.randn(2, 3, 12, 12)
+    targets = [3, 1]
+    expect = []
     with torch.no_grad():
-        a = model.r1(model.c1(x))[0]  # [8, 12, 12]; same size as the input, so no upsampling
-        scores = []
-        for k in range(8):
-            m = a[k]
-            span = m.max() - m.min()
-            mask = (m - m.min()) / span if span > 0 else torch.zeros_like(m)
-            scores.append(model(x * mask)[0, 3])
-        w = torch.stack(scores).softmax(0)
-        raw = (w[:, None, None] * a).sum(0)
-    got = cs.explain.score_cam(model, x, target=3, layer="r1", normalize=False, quiet=True)
-    torch.testing.assert_close(got[0], raw, rtol=1e-4, atol=1e-6)
+        for i, t in enumerate(targets):
+            a = model.r1(model.c1(x[i : i + 1]))[0]  # [8, 12, 12]: input size, no upsampling
+            scores = []
+            for k in range(8):
+                m = a[k]
+                span = m.max() - m.min()
+                mask = (m - m.min()) / span if span > 0 else torch.zeros_like(m)
+                scores.append(model(x[i : i + 1] * mask)[0, t])
+            w = torch.stack(scores).softmax(0)
+            expect.append((w[:, None, None] * a).sum(0))
+    got = cs.explain.score_cam(model, x, target=targets, layer="r1", normalize=False, quiet=True)
+    torch.testing.assert_close(got, torch.stack(expect), rtol=1e-4, atol=1e-6)
 
 
 def test_score_cam_bad_batch_size():
