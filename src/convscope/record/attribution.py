@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import ConvscopeError, InputError
 from ..store.layout import safe_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,12 +94,14 @@ def log_attributions(
         try:
             if method in _INPUT_SPACE:
                 maps = explain.to_heatmap(fn(model, images, tgt))
+            elif method == "cam":  # CAM is defined on the map that feeds the global pooling
+                maps = fn(model, images, tgt)
             elif method == "score_cam":
                 maps = fn(model, images, tgt, layer=cam_layer, batch_size=score_cam_batch_size,
                           quiet=run.quiet)
             else:
                 maps = fn(model, images, tgt, layer=cam_layer)
-        except InputError as exc:  # e.g. CAM on a network without GAP + linear classifier
+        except ConvscopeError as exc:  # e.g. CAM on a network without GAP + linear classifier
             skipped[method] = str(exc)
             continue
         seconds[method] = time.perf_counter() - t0
@@ -130,7 +132,7 @@ def log_attributions(
     layer_name = cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__
     run.log_object("attributions", key, {
         "key": key, "file_key": safe_key(key), "methods": list(results), "skipped": skipped,
-        "layer": layer_name, "n": int(b), "labels": lab.tolist(),
+        "layer": layer_name, "cam_layer": "the map feeding the global pooling", "n": int(b), "labels": lab.tolist(),
         "pred": pred.cpu().tolist(), "target": tgt.cpu().tolist(),
         "class_names": list(class_names) if class_names is not None else None,
         "seconds": seconds, "has_masks": masks is not None,

@@ -132,7 +132,9 @@ def _metrics_table(reader, key: str, meta: dict):
                      "type": "numeric", "format": {"specifier": ".1%"}})
     cols.append({"name": "seconds", "id": "seconds", "type": "numeric",
                  "format": {"specifier": ".3f"}})
-    notes = [html.Div(f"CAM layer: {meta['layer']}. {meta['n']} images.", className="muted")]
+    notes = [html.Div(f"Grad-CAM, Grad-CAM++ and Score-CAM at layer {meta['layer']}; CAM at "
+                      f"{meta.get('cam_layer', meta['layer'])}. {meta['n']} images.",
+                      className="muted")]
     for m, why in (meta.get("skipped") or {}).items():
         notes.append(html.Div(f"{METHOD_TITLES.get(m, m)} skipped: {why}", className="muted"))
     return html.Div([dash_table.DataTable(id="attr-table", data=t.to_dict("records"),
