@@ -1,4 +1,5 @@
-"""The ``convscope`` command line: ``demo``, ``serve``, ``report``, ``runs``, ``compact``."""
+"""The ``convscope`` command line: ``demo``, ``serve``, ``report``, ``runs``, ``compact``,
+``diagnose``, ``analyze`` (``torchrun --nproc_per_node=N -m convscope analyze RUN ...``)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,76 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import numpy as np
+    import torch
+
+    from .distributed import maximize_sharded, rank_world, top_examples_sharded
+    from .errors import InputError
+    from .record.features import channels_of, store_preferred_inputs, store_top_examples
+    from .run import Run
+    from .store import open_run
+
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    known = ("top-examples", "preferred-inputs")
+    bad = [w for w in what if w not in known]
+    if bad or not what:
+        raise InputError(f"--what takes a comma-separated list of {', '.join(known)}; got "
+                         f"{args.what!r}.")
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    if not layers:
+        raise InputError("--layers needs at least one layer (module path), e.g. layer1,layer2.")
+    started = False
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        started = True
+    try:
+        rank, world = rank_world()
+        reader = open_run(args.run)
+        model = reader.load_model(args.checkpoint)
+        results_te = {}
+        results_pi = {}
+        if "top-examples" in what:
+            if args.dataset_npy:
+                data = torch.as_tensor(np.load(args.dataset_npy)).float()
+            else:
+                from .data import Shapes
+
+                data = Shapes(n=args.images, split="test").tensors()[0]
+            for layer in layers:
+                results_te[layer] = top_examples_sharded(model, layer, data, args.k,
+                                                         batch_size=args.batch_size,
+                                                         quiet=args.quiet or rank != 0)
+        if "preferred-inputs" in what:
+            for layer in layers:
+                units = list(range(min(args.units, channels_of(model, layer))))
+                t0 = time.perf_counter()
+                images, values = maximize_sharded(model, layer, units, seed=args.seed,
+                                                  steps=args.steps, return_values=True,
+                                                  quiet=args.quiet or rank != 0)
+                results_pi[layer] = (units, images, values, time.perf_counter() - t0)
+        if rank == 0:
+            with Run(reader.path.parent, reader.name, resume=True, rank=0, quiet=True) as run:
+                for te in results_te.values():
+                    store_top_examples(run, te)
+                for layer, (units, images, values, secs) in results_pi.items():
+                    store_preferred_inputs(run, layer, units, images, values, seconds=secs,
+                                           settings={"seed": args.seed, "steps": args.steps,
+                                                     "processes": world})
+            print(f"stored {', '.join(what)} of {', '.join(layers)} in {reader.path} "
+                  f"({world} process{'es' if world > 1 else ''})")
+        if world > 1:
+            dist.barrier()
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convscope",
@@ -156,6 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compact", help="merge a run's small Parquet parts")
     c.add_argument("run", help="run directory")
     c.set_defaults(func=_cmd_compact)
+
+    an = sub.add_parser("analyze", help="top examples / preferred inputs of a run's saved model, "
+                        "sharded across processes under torchrun")
+    an.add_argument("run", help="run directory (with a checkpoint from run.log_checkpoint)")
+    an.add_argument("--what", default="top-examples,preferred-inputs",
+                    help="comma-separated: top-examples, preferred-inputs (default both)")
+    an.add_argument("--layers", required=True, help="comma-separated layer module paths")
+    an.add_argument("--k", type=int, default=9, help="top examples per channel (default 9)")
+    an.add_argument("--units", type=int, default=16, help="preferred inputs of the first N "
+                    "channels of each layer (default 16)")
+    an.add_argument("--images", type=int, default=2000, help="Shapes test images to rank "
+                    "(default 2000)")
+    an.add_argument("--dataset-npy", default=None, help=".npy file of images [N, C, H, W] to "
+                    "rank instead of Shapes")
+    an.add_argument("--batch-size", type=int, default=64)
+    an.add_argument("--steps", type=int, default=None, help="maximisation steps (default: "
+                    "maximize's)")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--checkpoint", default="model", help="checkpoint key (default: model)")
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
+    an.set_defaults(func=_cmd_analyze)
     return p
 
 

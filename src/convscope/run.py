@@ -364,20 +364,45 @@ class Run:
                 keep.append(w)
         self._watchers = keep
 
-    def log_validation(self, step: int, ids: Any, labels: Any, predictions: Any) -> None:
+    def log_validation(self, step: int, ids: Any, labels: Any, predictions: Any, *,
+                       gather: bool = True) -> float:
         """Record per-image validation results at ``step``: ``ids``, ``labels`` ``[N]`` ints and
         ``predictions`` ``[N]`` class indices or ``[N, K]`` scores. Stored as a bitset per
-        checkpoint; the Training page shows per-class error, class clusters and anomalies."""
-        if self._validation is None:
-            from .record.tracking import ValidationLog
+        checkpoint; the Training page shows per-class error, class clusters and anomalies.
 
-            self._validation = ValidationLog(self)
-        self._validation.log(self._check_step(step), ids, labels, predictions)
+        Under ``torch.distributed`` with several processes every rank passes its share and
+        must call this (it is a collective): the shares are gathered (``all_gather_object``),
+        each id kept once (the padding repeats of a ``DistributedSampler`` are dropped) and only
+        rank 0 writes, so the run holds the whole validation set once per step. Pass
+        ``gather=False`` when one rank alone validates the whole set (it then writes as is).
+        Returns the accuracy over the (gathered) images."""
+        from .record.tracking import ValidationLog
+
+        step = self._check_step(step)
+        if gather:
+            ids_a, labels_a, pred = ValidationLog.gather(ids, labels, predictions)
+            torch = sys.modules.get("torch")
+            dist = torch.distributed if torch is not None else None
+            gathered = dist is not None and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1
+            write = not gathered or dist.get_rank() == 0
+        else:
+            ids_a, labels_a, pred = ValidationLog.arrays(ids, labels, predictions)
+            write = True
+        if write:
+            if self._validation is None:
+                self._validation = ValidationLog(self)
+            self._validation.log(step, ids_a, labels_a, pred)
+        return float((pred == labels_a).mean()) if len(pred) else float("nan")
 
     def validate(self, step: int, model: Any, loader: Any, *, device: Any = None) -> float:
         """Run ``loader`` (yielding ``(images, labels)`` or ``(images, labels, ids)``) through
         ``model`` in eval mode and :meth:`log_validation` the results; ids default to the running
-        index. Returns the accuracy."""
+        index. Returns the accuracy over all ranks' images.
+
+        Under ``torch.distributed`` every rank runs its own share (e.g. a loader with a
+        ``DistributedSampler``; yield ids then, since running indices would repeat across ranks)
+        and the results are gathered to rank 0, which writes them once."""
         import torch
 
         was_training = model.training
@@ -397,9 +422,11 @@ class Run:
                     ids.append(i.cpu())
         finally:
             model.train(was_training)
-        p, y = torch.cat(preds), torch.cat(labels)
-        self.log_validation(step, torch.cat(ids), y, p)
-        return float((p == y).float().mean())
+        empty = torch.zeros(0, dtype=torch.long)
+        p = torch.cat(preds) if preds else empty
+        y = torch.cat(labels) if labels else empty
+        i = torch.cat(ids) if ids else empty
+        return self.log_validation(step, i, y, p)
 
     @staticmethod
     def _check_step(step: Any) -> int:

@@ -22,7 +22,8 @@ from ..errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
 
-__all__ = ["log_preferred_inputs", "log_top_examples"]
+__all__ = ["log_preferred_inputs", "log_top_examples", "store_top_examples",
+           "store_preferred_inputs", "channels_of"]
 
 
 def _layers(layers: str | Sequence[str]) -> list[str]:
@@ -115,3 +116,55 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
                                 "field": str(te.field)})
         results[layer] = te
     return results
+
+
+def store_top_examples(run: Run, te: Any) -> None:
+    """Store an already computed :class:`~convscope.features.TopExamples` (e.g. from
+    :func:`convscope.distributed.top_examples_sharded`) as :func:`log_top_examples` does: rows of
+    table ``top_examples`` and, when it has crops, ``arrays/top_crops/<layer>``."""
+    layer = te.layer
+    c, kk = te.values.shape
+    vals = te.values.detach().float().cpu().numpy()
+    locs = te.locations.cpu().numpy()
+    boxes = te.boxes.cpu().numpy()
+    run.log_rows("top_examples", {
+        "layer": np.array([layer] * (c * kk), dtype=object),
+        "channel": np.repeat(np.arange(c, dtype=np.int32), kk),
+        "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), c),
+        "index": te.indices.cpu().numpy().reshape(-1).astype(np.int64),
+        "value": vals.reshape(-1),
+        "y": locs[..., 0].reshape(-1).astype(np.int32),
+        "x": locs[..., 1].reshape(-1).astype(np.int32),
+        "y0": boxes[..., 0].reshape(-1).astype(np.int32),
+        "x0": boxes[..., 1].reshape(-1).astype(np.int32),
+        "y1": boxes[..., 2].reshape(-1).astype(np.int32),
+        "x1": boxes[..., 3].reshape(-1).astype(np.int32),
+    })
+    if te.crops is not None:
+        run.log_array("top_crops", layer, te.crops.detach().float().cpu(), dtype=np.float16,
+                      meta={"layer": layer, "k": kk, "n_seen": te.n_seen,
+                            "field": str(te.field)})
+
+
+def store_preferred_inputs(run: Run, layer: str, units: Sequence[int], images: Any,
+                           values: Any, *, seconds: float | None = None,
+                           settings: dict[str, Any] | None = None) -> None:
+    """Store already optimised images ``[U, C, H, W]`` of ``units`` of ``layer`` (e.g. from
+    :func:`convscope.distributed.maximize_sharded`) as :func:`log_preferred_inputs` does, as
+    ``arrays/preferred_inputs/<layer>`` with the units and objective ``values [U]``."""
+    run.log_array("preferred_inputs", layer, images.detach().float().cpu(), dtype=np.float16,
+                  meta={"layer": layer, "units": [int(u) for u in units],
+                        "values": values.detach().float().cpu().tolist(),
+                        "seconds": seconds,
+                        "settings": {k: str(v) for k, v in (settings or {}).items()}})
+
+
+def channels_of(model: Any, layer: str, **kwargs: Any) -> int:
+    """How many channels ``layer`` outputs for the input ``maximize`` would use (``size=``,
+    ``channels=`` as for :func:`log_preferred_inputs`)."""
+    import torch
+
+    from ..model import capture
+
+    probe = capture(model, torch.zeros(1, *_input_shape(model, kwargs)), layer)
+    return int(next(iter(probe.values())).shape[1])

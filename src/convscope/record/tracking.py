@@ -73,7 +73,11 @@ class ValidationLog:
             self._pos = dict(zip(df["id"].tolist(), df["pos"].tolist(), strict=True))
             self._labels = dict(zip(df["id"].tolist(), df["label"].tolist(), strict=True))
 
-    def log(self, step: int, ids: Any, labels: Any, predictions: Any) -> None:
+    @staticmethod
+    def arrays(ids: Any, labels: Any, predictions: Any) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+        """``(ids, labels, predicted classes)`` as checked int64 arrays of one length
+        (``[N, K]`` scores become their argmax)."""
         ids_a = _as_int_array(ids, "ids")
         labels_a = _as_int_array(labels, "labels")
         if hasattr(predictions, "detach"):
@@ -86,6 +90,34 @@ class ValidationLog:
         if not (len(labels_a) == len(pred) == n):
             raise InputError(f"ids, labels and predictions must have one entry per image: got "
                              f"{n}, {len(labels_a)} and {len(pred)}.")
+        return ids_a, labels_a, pred
+
+    @staticmethod
+    def gather(ids: Any, labels: Any, predictions: Any) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+        """The results of every rank together (``all_gather_object``; all ranks get them),
+        sorted by id, each id once (a ``DistributedSampler`` pads the last share with repeats:
+        the first copy is kept). Without ``torch.distributed`` (or with one process) the checked
+        arrays as given. Every rank must call it."""
+        import sys
+
+        ids_a, labels_a, pred = ValidationLog.arrays(ids, labels, predictions)
+        torch = sys.modules.get("torch")
+        dist = torch.distributed if torch is not None else None
+        if dist is None or not (dist.is_available() and dist.is_initialized()) \
+                or dist.get_world_size() == 1:
+            return ids_a, labels_a, pred
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (ids_a, labels_a, pred))
+        ids_a = np.concatenate([p[0] for p in parts])
+        labels_a = np.concatenate([p[1] for p in parts])
+        pred = np.concatenate([p[2] for p in parts])
+        _, first = np.unique(ids_a, return_index=True)  # sorted ids, first occurrence
+        return ids_a[first], labels_a[first], pred[first]
+
+    def log(self, step: int, ids: Any, labels: Any, predictions: Any) -> None:
+        ids_a, labels_a, pred = self.arrays(ids, labels, predictions)
+        n = len(ids_a)
         if n == 0:
             return
         if len(np.unique(ids_a)) != n:

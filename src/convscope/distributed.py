@@ -1,0 +1,244 @@
+"""Sharded analyses for several processes (``torchrun``): every rank takes a contiguous share.
+
+.. code-block:: python
+
+    # torchrun --nproc_per_node=4 analyse.py
+    import torch.distributed as dist
+    import convscope as cs
+    from convscope.distributed import top_examples_sharded, maximize_sharded
+
+    dist.init_process_group("gloo")  # or "nccl" with one GPU per rank
+    te = top_examples_sharded(model, "layer3", images, k=9)       # same on every rank
+    imgs = maximize_sharded(model, "layer3", range(64), seed=0)    # [64, C, H, W], unit order
+
+* :func:`top_examples_sharded` — each rank ranks its contiguous slice of the data set (indices
+  shifted by the slice's start, ``offset=``), the partial results are gathered with
+  ``all_gather_object`` and combined with the exact :func:`convscope.features.merge`: the result is
+  the one a single process gives (same indices, values and crops).
+* :func:`maximize_sharded` — the units are split across ranks; every unit's random start comes
+  from its own generator (:func:`convscope.features.unit_seed`), so the images are those a single
+  process makes with the same ``seed``, gathered back in the original unit order.
+
+Without ``torch.distributed`` (or with a world of one process) both are the plain single-process
+functions. Every rank must call them (they are collectives); all ranks get the whole result.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .errors import InputError
+
+__all__ = [
+    "rank_world",
+    "shard",
+    "shard_bounds",
+    "gather_objects",
+    "top_examples_sharded",
+    "maximize_sharded",
+]
+
+
+def _dist() -> Any:
+    """``torch.distributed`` when it is initialised, else ``None``."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def rank_world(group: Any = None) -> tuple[int, int]:
+    """``(rank, world size)`` of this process in ``torch.distributed`` (of ``group``), or
+    ``(0, 1)`` when it is not initialised."""
+    dist = _dist()
+    if dist is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def shard_bounds(n: int, rank: int, world: int, align: int = 1) -> tuple[int, int]:
+    """The contiguous slice ``[start, stop)`` of ``n`` items that ``rank`` of ``world`` takes.
+
+    Items are dealt in blocks of ``align`` (the last block may be short): the first
+    ``blocks % world`` ranks get one block more than the others, so shares differ by at most one
+    block and together cover ``range(n)`` once, in order.
+    """
+    n, rank, world, align = int(n), int(rank), int(world), int(align)
+    if n < 0:
+        raise InputError(f"n must be >= 0, got {n}.")
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"rank must be in [0, world) with world >= 1, got rank={rank}, "
+                         f"world={world}.")
+    if align < 1:
+        raise InputError(f"align must be >= 1, got {align}.")
+    blocks = -(-n // align)
+    per, extra = divmod(blocks, world)
+    first = rank * per + min(rank, extra)
+    count = per + (1 if rank < extra else 0)
+    return min(n, first * align), min(n, (first + count) * align)
+
+
+def shard(items: Any, rank: int, world: int, align: int = 1) -> Any:
+    """This rank's contiguous share of ``items`` (anything sliceable with a length: a list, a
+    range, a tensor ``[N, ...]``, an array): ``items[start:stop]`` with the bounds of
+    :func:`shard_bounds`. ``shard(range(10), 1, 3)`` is ``range(4, 7)``."""
+    try:
+        n = len(items)
+    except TypeError:
+        raise InputError(f"shard needs a sized, sliceable collection, got "
+                         f"{type(items).__name__}.") from None
+    a, b = shard_bounds(n, rank, world, align)
+    return items[a:b]
+
+
+def gather_objects(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj`` in rank order (``all_gather_object``); ``[obj]`` without
+    ``torch.distributed``. Tensors inside should be on the CPU (they are pickled)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size(group) == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _to(te: Any, device: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(
+        te,
+        values=te.values.to(device),
+        indices=te.indices.to(device),
+        locations=te.locations.to(device),
+        boxes=te.boxes.to(device),
+        crops=None if te.crops is None else te.crops.to(device),
+    )
+
+
+def _slice_dataset(dataset: Any, a: int, b: int) -> tuple[Any, int]:
+    """``(shard, offset)``: the items ``[a, b)`` of a tensor or map-style data set, and the
+    offset :func:`~convscope.features.top_examples` must add to the shard's indices."""
+    import torch
+    from torch.utils.data import Dataset, Subset
+
+    if isinstance(dataset, torch.Tensor):
+        return dataset[a:b], a
+    if isinstance(dataset, Subset):  # top_examples reports the parent's indices
+        return Subset(dataset.dataset, list(dataset.indices[a:b])), 0
+    if isinstance(dataset, Dataset):
+        return Subset(dataset, range(a, b)), 0
+    raise InputError(  # pragma: no cover - checked by the caller
+        f"cannot shard a {type(dataset).__name__}.")
+
+
+def top_examples_sharded(
+    model: Any,
+    layer: str,
+    dataset: Any,
+    k: int = 9,
+    *,
+    batch_size: int = 64,
+    crops: bool = True,
+    quiet: bool = False,
+    group: Any = None,
+) -> Any:
+    """:func:`convscope.features.top_examples` with the data set split across ranks.
+
+    Args:
+        model: the network, the same weights on every rank (a DDP wrapper is fine).
+        layer: module path of the layer to rank.
+        dataset: a tensor ``[N, C_in, H, W]`` or a map-style ``Dataset`` of known length, the
+            same on every rank (iterables and ``DataLoader`` cannot be split: pass the data set).
+        k: images kept per channel.
+        batch_size: images per forward pass; shares start at multiples of it, so every rank runs
+            the same batches a single process would.
+        crops: keep receptive-field crops.
+        quiet: hide the progress bar.
+        group: a ``torch.distributed`` process group (default: the world).
+
+    Returns:
+        the :class:`~convscope.features.TopExamples` of the whole data set, on every rank (on
+        the model's device), identical to a single process's.
+    """
+    import torch
+    from torch.utils.data import Dataset
+
+    from .features import merge, top_examples
+    from .model._common import model_device
+    from .track.watch import strip_wrapper
+
+    model = strip_wrapper(model)
+    if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
+        raise InputError(
+            f"top_examples_sharded needs a tensor [N, C, H, W] or a map-style Dataset with a "
+            f"length, got {type(dataset).__name__}: pass loader.dataset instead of a loader.")
+    rank, world = rank_world(group)
+    if world == 1:
+        return top_examples(model, layer, dataset, k, batch_size=batch_size, crops=crops,
+                            quiet=quiet)
+    n = len(dataset)
+    if n == 0:
+        raise InputError("the data set is empty: there is nothing to rank.")
+    a, b = shard_bounds(n, rank, world, align=int(batch_size))
+    part = None
+    if b > a:
+        piece, offset = _slice_dataset(dataset, a, b)
+        part = top_examples(model, layer, piece, k, batch_size=batch_size, crops=crops,
+                            offset=offset, quiet=quiet)
+        part = _to(part, "cpu")
+    parts = [p for p in gather_objects(part, group) if p is not None]
+    result = parts[0]
+    for p in parts[1:]:
+        result = merge(result, p)
+    return _to(result, model_device(model))
+
+
+def maximize_sharded(
+    model: Any,
+    layer: str | None,
+    units: Any,
+    *,
+    seed: int = 0,
+    return_values: bool = False,
+    group: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """:func:`convscope.features.maximize` with the units split across ranks.
+
+    Each rank optimises a contiguous share of ``units``; unit ``u``'s start comes from
+    ``unit_seed(seed, u)`` whichever rank runs it, so the gathered images equal a single
+    process's with the same ``seed`` (up to floating-point rounding of batched convolutions).
+    Keyword arguments go to ``maximize`` (``steps=``, ``lr=``, ``size=``, ``param=`` ...).
+
+    Returns:
+        images ``[N, C, H, W]`` in the order of ``units`` on every rank (on the model's device);
+        with ``return_values``, ``(images, values [N])``.
+    """
+    import torch
+
+    from .features import maximize
+    from .features.maximize import _check_units
+    from .model._common import model_device
+    from .track.watch import strip_wrapper
+
+    model = strip_wrapper(model)
+    all_units = _check_units(units)
+    rank, world = rank_world(group)
+    if world == 1:
+        return maximize(model, layer, all_units, seed=seed, return_values=return_values,
+                        **kwargs)
+    mine = shard(all_units, rank, world)
+    part = None
+    if mine:
+        images, values = maximize(model, layer, mine, seed=seed, return_values=True, **kwargs)
+        part = (images.detach().cpu(), values.detach().cpu())
+    parts = [p for p in gather_objects(part, group) if p is not None]
+    device = model_device(model)
+    images = torch.cat([p[0] for p in parts]).to(device)
+    values = torch.cat([p[1] for p in parts]).to(device)
+    return (images, values) if return_values else images
+
