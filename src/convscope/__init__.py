@@ -35,6 +35,7 @@ __all__ = [
     "store",
     "figures",
     "profile",
+    "distributed",
 ]
 
 _LAZY_ATTRS = {
@@ -45,7 +46,7 @@ _LAZY_ATTRS = {
 }
 _SUBPACKAGES = {
     "data", "zoo", "model", "explain", "features", "diagnose", "track", "embed", "store",
-    "figures", "app",
+    "figures", "app", "distributed",
 }
 
 
