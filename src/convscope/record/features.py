@@ -42,28 +42,18 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     first ``max_units`` channels) of each layer, all units of a layer in one batch. Keyword
     arguments go to ``maximize`` (``steps=``, ``lr=``, ``regularizers=``, ``transforms=``,
     ``param=``, ``size=``, ``mean=``, ``std=``, ``seed=``). Returns ``{layer: images}``."""
-    import torch
-
     from ..features import maximize
-    from ..model import capture
 
     out: dict[str, Any] = {}
-    timings: dict[str, float] = {}
     for layer in _layers(layers):
         chosen = list(units) if units is not None else None
         if chosen is None:
-            probe = capture(model, torch.zeros(1, *_input_shape(model, kwargs)), layer)
-            channels = next(iter(probe.values())).shape[1]
-            chosen = list(range(min(max_units, channels)))
+            chosen = list(range(min(max_units, channels_of(model, layer, **kwargs))))
         t0 = time.perf_counter()
         images, values = maximize(model, layer, chosen, return_values=True, quiet=run.quiet,
                                   **kwargs)
-        timings[layer] = time.perf_counter() - t0
-        run.log_array("preferred_inputs", layer, images.detach().float().cpu(), dtype=np.float16,
-                      meta={"layer": layer, "units": [int(u) for u in chosen],
-                            "values": values.detach().float().cpu().tolist(),
-                            "seconds": timings[layer],
-                            "settings": {k: str(v) for k, v in kwargs.items()}})
+        store_preferred_inputs(run, layer, chosen, images, values,
+                               seconds=time.perf_counter() - t0, settings=kwargs)
         out[layer] = images
     return out
 
@@ -93,27 +83,7 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
     results = {}
     for layer in _layers(layers):
         te = top_examples(model, layer, dataset, k=k, crops=True, quiet=run.quiet, **kwargs)
-        c, kk = te.values.shape
-        vals = te.values.detach().float().cpu().numpy()
-        locs = te.locations.cpu().numpy()
-        boxes = te.boxes.cpu().numpy()
-        run.log_rows("top_examples", {
-            "layer": np.array([layer] * (c * kk), dtype=object),
-            "channel": np.repeat(np.arange(c, dtype=np.int32), kk),
-            "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), c),
-            "index": te.indices.cpu().numpy().reshape(-1).astype(np.int64),
-            "value": vals.reshape(-1),
-            "y": locs[..., 0].reshape(-1).astype(np.int32),
-            "x": locs[..., 1].reshape(-1).astype(np.int32),
-            "y0": boxes[..., 0].reshape(-1).astype(np.int32),
-            "x0": boxes[..., 1].reshape(-1).astype(np.int32),
-            "y1": boxes[..., 2].reshape(-1).astype(np.int32),
-            "x1": boxes[..., 3].reshape(-1).astype(np.int32),
-        })
-        if te.crops is not None:
-            run.log_array("top_crops", layer, te.crops.detach().float().cpu(), dtype=np.float16,
-                          meta={"layer": layer, "k": kk, "n_seen": te.n_seen,
-                                "field": str(te.field)})
+        store_top_examples(run, te)
         results[layer] = te
     return results
 
