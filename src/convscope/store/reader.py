@@ -112,6 +112,14 @@ class RunReader(TrainingQueries):
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run SQL in DuckDB with one view per table of the run (``SELECT * FROM scalars``)."""
+        return self._run(sql, params, lambda r: r.df())
+
+    def query_numpy(self, sql: str, params: Sequence[Any] | None = None) -> dict[str, Any]:
+        """Like :meth:`query`, but ``{column: numpy array}`` (no DataFrame: faster for large
+        numeric results)."""
+        return self._run(sql, params, lambda r: r.fetchnumpy())
+
+    def _run(self, sql: str, params: Sequence[Any] | None, fetch: Any) -> Any:
         with self._lock:
             cur = self._con.cursor()
         try:
@@ -122,7 +130,7 @@ class RunReader(TrainingQueries):
                         f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT * FROM '
                         f"read_parquet({_sql_list(files)}, union_by_name = true)"
                     )
-            return cur.execute(sql, params or []).df()
+            return fetch(cur.execute(sql, params or []))
         except duckdb.CatalogException as exc:
             raise StoreError(f"{exc}. {self._missing_hint()}") from exc
         except duckdb.Error as exc:

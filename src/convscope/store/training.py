@@ -105,17 +105,17 @@ class TrainingQueries:
             extra, params = " AND step BETWEEN ? AND ?", [*params, int(steps[0]), int(steps[1])]
         # Fetch the layer's rows (row groups of other layers are skipped: parts are sorted by
         # layer) and bucket them in numpy: one bincount instead of a million-group GROUP BY.
-        df = self.query(f'SELECT step, filter, "{value}" AS v FROM watch_filters '
-                        f"WHERE layer = ? AND rank = ?{extra}", params)
-        if df.empty:
+        cols = self.query_numpy(f'SELECT step, filter, "{value}" AS v FROM watch_filters '
+                                f"WHERE layer = ? AND rank = ?{extra}", params)
+        step = np.asarray(cols["step"])
+        if len(step) == 0:
             return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
-        step = df["step"].to_numpy()
         lo, span = int(step.min()), max(int(step.max()) - int(step.min()), 1)
         # buckets and filter numbers are small integers already: index with them directly
         bucket = (step - lo) * int(max_steps) // (span + 1)
-        fil = df["filter"].to_numpy().astype(np.int64)
+        fil = np.asarray(cols["filter"]).astype(np.int64)
         nb, nf = int(bucket.max()) + 1, int(fil.max()) + 1
-        v = df["v"].to_numpy()
+        v = np.ma.filled(cols["v"].astype(np.float64), np.nan)
         ok = ~np.isnan(v)
         flat = fil * nb + bucket
         total = np.bincount(flat[ok], weights=v[ok], minlength=nf * nb)
