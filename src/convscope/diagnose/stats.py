@@ -50,8 +50,21 @@ def _f(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+class _DictRoundTrip:
+    """``to_dict`` (JSON-serialisable) and ``from_dict`` (ignores unknown keys) for the
+    statistics dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class LayerStats:
+class LayerStats(_DictRoundTrip):
     """Numbers describing one layer output ``[B, C, *spatial]`` or ``[B, F]``.
 
     Attributes:
@@ -101,18 +114,10 @@ class LayerStats:
     sampled: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LayerStats:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
-class ParamStats:
+class ParamStats(_DictRoundTrip):
     """Numbers describing a conv / transposed-conv / linear weight (seed 002's layout: one row
     per output channel or output feature).
 
@@ -157,13 +162,6 @@ class ParamStats:
     sampled: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ParamStats:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # ------------------------------------------------------------------------------------------------
