@@ -97,13 +97,17 @@ def cy_click(page, graph_id: str, node_id: str) -> None:
         f"""() => {{ const el = document.getElementById({graph_id!r});
                    return el && el._cyreg && el._cyreg.cy.$id({node_id!r}).length > 0; }}"""
     )
-    page.wait_for_timeout(300)  # let the layout settle
-    pos = page.evaluate(
-        f"""() => {{ const el = document.getElementById({graph_id!r});
+    locate = f"""() => {{ const el = document.getElementById({graph_id!r});
                    const cy = el._cyreg.cy; const n = cy.$id({node_id!r});
                    const p = n.renderedPosition(); const r = el.getBoundingClientRect();
                    return {{x: r.x + p.x, y: r.y + p.y}}; }}"""
-    )
+    # wait until the layout has settled: the node sits still for 300 ms
+    pos, prev = page.evaluate(locate), None
+    for _ in range(50):
+        page.wait_for_timeout(300)
+        prev, pos = pos, page.evaluate(locate)
+        if prev == pos:
+            break
     page.mouse.click(pos["x"], pos["y"])
 
 
