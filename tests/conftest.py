@@ -111,6 +111,18 @@ def cy_click(page, graph_id: str, node_id: str) -> None:
     page.mouse.click(pos["x"], pos["y"])
 
 
+def auto_threads_fixture():
+    """Torch threads for CPU-heavy test modules: fewer when the machine is busy (restored)."""
+    import torch
+
+    from convscope.training import auto_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(auto_threads())
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def browser():
     exe = shutil.which("chromium")

@@ -34,15 +34,10 @@ from convscope.features import (
 )
 from convscope.features.regularizers import sort_regularizers
 from convscope.features.transforms import apply_transforms, standard_transforms
-from convscope.training import auto_threads
 
+from .conftest import auto_threads_fixture
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(auto_threads())
-    yield
-    torch.set_num_threads(old)
+_threads = pytest.fixture(autouse=True, scope="module")(auto_threads_fixture)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,10 @@ from torch.utils.data import Subset, TensorDataset
 import convscope as cs
 from convscope.errors import InputError
 from convscope.features import ReceptiveField, merge, receptive_field, top_examples
-from convscope.training import auto_threads
 
+from .conftest import auto_threads_fixture
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(auto_threads())
-    yield
-    torch.set_num_threads(old)
+_threads = pytest.fixture(autouse=True, scope="module")(auto_threads_fixture)
 
 
 @pytest.fixture(scope="module")
