@@ -66,7 +66,7 @@ def validation_figure(
     fig.update_xaxes(title_text="step", range=list(x_range) if x_range else None)
     theme.apply(fig, height=max(300, 60 + 22 * len(order)),
                 title="Validation: per-class error over checkpoints")
-    fig.update_layout(uirevision="validation", meta={"kind": "validation", "classes":
+    fig.update_layout(uirevision=f"validation-{x_range}", meta={"kind": "validation", "classes":
                                                      [int(c) for c in order]})
     return fig
 
@@ -100,7 +100,7 @@ def layer_figure(series: pd.DataFrame, stat: str, layers: Sequence[str], *, colu
     fig.update_xaxes(tickfont={"size": 8}, range=list(x_range) if x_range else None)
     theme.apply(fig, height=max(260, 150 * rows + 40),
                 title=f"Layers: {stat} over steps (mean of each bucket, band = min to max)")
-    fig.update_layout(uirevision="layers", meta={"kind": "layers", "stat": stat,
+    fig.update_layout(uirevision=f"layers-{x_range}", meta={"kind": "layers", "stat": stat,
                                                  "layers": list(layers)})
     return fig
 

@@ -4,7 +4,7 @@ validation or layer view filters the others to that range."""
 from __future__ import annotations
 
 import pandas as pd
-from dash import Input, Output, State, ctx, dcc, html
+from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from ...figures.training import (
     correlation_figure,
@@ -100,7 +100,9 @@ def register(app, state) -> None:
         if trig in ("trn-reset", "trn-run"):
             return None
         rng = _range_from(rv if trig == "trn-validation" else rl)
-        return current if rng == "keep" else rng
+        if rng == "keep" or rng == current:  # echoes of a redraw are not a new selection
+            return no_update
+        return rng
 
     @app.callback(
         Output("trn-validation", "figure"), Output("trn-validation-box", "style"),
@@ -129,7 +131,7 @@ def register(app, state) -> None:
         names = _class_names(reader)
         classes = list(err.columns)
         cluster_of = dict(zip(cl.classes.tolist(), cl.labels.tolist(), strict=True))
-        vfig = validation_figure(err, order=[c for c in cl.classes_ordered if c in classes],
+        vfig = validation_figure(err, x_range=rng, order=[c for c in cl.classes_ordered if c in classes],
                                  clusters=[cluster_of[c] for c in classes],
                                  anomalies=anomalies, class_names=names)
         cfig, cstyle = {}, hidden
