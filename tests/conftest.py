@@ -142,6 +142,9 @@ def browser():
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    # waits are for callbacks of a real server; on a loaded 2-core machine a chain of them
+    # (e.g. the Training page's four views after a range reset) can take more than 30 s
+    ctx.set_default_timeout(60_000)
     pg = ctx.new_page()
     yield pg
     ctx.close()

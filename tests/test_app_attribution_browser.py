@@ -23,6 +23,9 @@ def attr_run(tmp_path_factory):
         run.log_attributions(model, x, labels=y, masks=masks,
                              methods=["saliency", "grad_cam", "score_cam"],
                              class_names=list(cs.data.class_names))
+        big, labels, _ = cs.data.Shapes(n=19, split="val").tensors()
+        run.log_attributions(model, torch.utils.data.TensorDataset(big, labels),
+                             methods=["saliency"], key="val", batch_size=8)
     return logdir, x
 
 
@@ -64,3 +67,27 @@ def test_gallery_shows_stored_maps_and_reacts_to_controls(attr_run, server, page
     pure = overlay(to_rgb(images[1]), stored[1], page.evaluate(f"() => {GD}.layout.meta.opacity"),
                    colormap_lut("Jet"))
     np.testing.assert_array_equal(z1[..., :3], pure)
+
+
+def test_a_large_set_is_paged(attr_run, server, page):
+    logdir, _ = attr_run
+    page.goto(server.url + "/attribution")
+    page.wait_for_function(f"() => {GD} && {GD}.layout.meta && {GD}.layout.meta.rows === 3")
+    assert not page.locator("#attr-paging").is_visible()  # 3 images: one page
+    page.locator("#attr-key").click()
+    page.get_by_role("option", name="val", exact=True).click()
+    page.wait_for_function(f"() => {GD}.layout.meta.rows === 8")
+    assert "page 1 of 3: images 1-8 of 19" in page.locator("#attr-pages").inner_text()
+    box = page.locator("#attr-page")
+    box.fill("3")
+    box.press("Enter")
+    page.wait_for_function(f"() => {GD}.layout.meta.rows === 3")
+    assert "images 17-19 of 19" in page.locator("#attr-pages").inner_text()
+    # the first row of page 3 is image 17 (index 16): its saliency cell is that stored map
+    reader = cs.open_run(logdir / "attr")
+    stored = reader.array("attributions", "val.saliency").astype(np.float32)
+    images = reader.array("attr_images", "val").astype(np.float32)
+    expect = overlay(to_rgb(images[16]), stored[16], 0.5, colormap_lut("Jet"))
+    z = np.array(page.evaluate(f"() => {GD}._fullData[1].z"), dtype=np.int64)
+    np.testing.assert_array_equal(z[..., :3], expect)
+    page.screenshot(path=str(logdir / "attribution-paged.png"), full_page=True)

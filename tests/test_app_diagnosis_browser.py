@@ -20,7 +20,9 @@ def diag_run(tmp_path_factory):
     x, _, _ = cs.data.Shapes(n=16, split="test").tensors()
     with cs.Run(logdir, "sick", quiet=True) as run:
         report = run.log_diagnosis(model, x)
-    return logdir, report
+        big, _, _ = cs.data.Shapes(n=40, split="val").tensors()
+        whole = run.log_diagnosis(model, big, batch_size=16, key="whole")
+    return logdir, report, whole
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def server(diag_run, module_serve):
 
 
 def test_findings_are_listed_and_a_layer_link_opens_its_view(diag_run, server, page):
-    logdir, report = diag_run
+    logdir, report, _ = diag_run
     dead = [f for f in report.findings if f.code == "dead-maps"]
     assert [f.layer for f in dead] == ["layer2.0.relu1"]
     page.goto(server.url + "/diagnosis")
@@ -47,3 +49,19 @@ def test_findings_are_listed_and_a_layer_link_opens_its_view(diag_run, server, p
     view = cs.open_run(logdir / "sick").object("diag_view", "layer2.0.relu1")
     assert leaves == [view["channels"][i] for i in view["clustering"]["leaves"]]
     page.screenshot(path=str(logdir / "diagnosis.png"), full_page=True)
+
+
+def test_a_data_set_report_is_chosen_and_says_what_it_covers(diag_run, server, page):
+    _, report, whole = diag_run
+    page.goto(server.url + "/diagnosis")
+    page.locator("#diag-summary").wait_for()
+    assert "one batch of shape [16, 3, 32, 32]" in page.locator("#diag-summary").inner_text()
+    page.locator("#diag-key").click()
+    page.get_by_role("option", name="whole", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#diag-summary') && document"
+                           ".querySelector('#diag-summary').innerText.includes('40 images')")
+    text = page.locator("#diag-summary").inner_text()
+    assert "Statistics over 40 images" in text and "figures from the first 16 images" in text
+    assert page.locator(".finding").count() == len(whole.findings)
+    dead = page.locator(".finding[data-code='dead-maps']")
+    assert dead.get_attribute("data-layer") == "layer2.0.relu1"

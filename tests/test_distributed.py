@@ -223,6 +223,116 @@ def test_cli_analyze_two_processes_equals_one(tmp_path):
         torch.set_num_threads(threads)
 
 
+SCRIPT_SHARDED = """
+    import sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import TensorDataset
+    import convscope as cs
+    from convscope.distributed import attributions_sharded, diagnose_sharded
+    from convscope.zoo import resnet
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(1)
+    model = resnet(width=4).eval()
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(70, 3, 32, 32, generator=g)
+    images[:, :, :5] = 0  # some all-zero rows: near-zero shares and dead maps to count
+    labels = torch.arange(70) % 10
+    masks = torch.rand(70, 32, 32, generator=g) > 0.5
+    data = TensorDataset(images, labels)  # a Dataset: labels come from its items
+    att = attributions_sharded(model, data, batch_size=16, masks=masks,
+                               methods=["saliency", "grad_cam", "score_cam"],
+                               score_cam_batch_size=8, quiet=True)
+    rep = diagnose_sharded(model, images, batch_size=16, quiet=True)
+    if rank == 0:
+        torch.save({"att": att.to("cpu"), "rep": rep.to_dict()}, sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_sharded_attributions_and_diagnosis_equal_one_process(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from convscope.diagnose import diagnose_dataset
+    from convscope.explain import attribute_all
+
+    res = _torchrun([_script(tmp_path, SCRIPT_SHARDED), str(tmp_path / "out.pt")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=False)
+    torch.manual_seed(1)
+    model = resnet(width=4).eval()
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(70, 3, 32, 32, generator=g)
+    images[:, :, :5] = 0
+    labels = torch.arange(70) % 10
+    masks = torch.rand(70, 32, 32, generator=g) > 0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1)
+    try:
+        ref = attribute_all(model, TensorDataset(images, labels), batch_size=16, masks=masks,
+                            methods=["saliency", "grad_cam", "score_cam"],
+                            score_cam_batch_size=8, quiet=True)
+        rep = diagnose_dataset(model, images, batch_size=16, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    att = got["att"]
+    # every image once, in order, with the labels of the data set's items
+    assert att.indices.tolist() == list(range(70))
+    assert torch.equal(att.labels, labels)
+    assert att.methods == ref.methods == ["saliency", "grad_cam", "score_cam"]
+    assert torch.equal(att.pred, ref.pred) and torch.equal(att.target, ref.target)
+    for m in ref.methods:
+        torch.testing.assert_close(att.maps[m], ref.maps[m], rtol=0, atol=1e-5)
+        torch.testing.assert_close(att.drop[m], ref.drop[m], rtol=0, atol=1e-5)
+        assert torch.equal(att.increase[m], ref.increase[m])
+        assert torch.equal(att.pointing[m], ref.pointing[m])
+    # diagnosis: counts exact, sums to float64 rounding, the same findings
+    d, r = got["rep"], rep.to_dict()
+    assert [f["code"] for f in d["findings"]] == [f["code"] for f in r["findings"]]
+    assert [x["layer"] for x in d["findings"]] == [x["layer"] for x in r["findings"]]
+    assert [x["name"] for x in d["layers"]] == [x["name"] for x in r["layers"]]
+    for a, b in zip(d["layers"], r["layers"], strict=True):
+        assert a["shape"][0] == b["shape"][0] == 70
+        for key in ("dead_fraction", "dead_map_fraction", "near_zero_share", "saturation",
+                    "clustered", "values"):
+            assert a[key] == b[key], (a["name"], key)
+        for key in ("mean", "std", "rms", "absmax", "merge_median", "merge_iqr",
+                    "input_similarity"):
+            if b[key] is None:
+                assert a[key] is None
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (a["name"], key)
+
+
+@pytest.mark.slow
+def test_cli_analyze_attributions_and_diagnosis_under_torchrun(tmp_path):
+    torch.manual_seed(1)
+    model = resnet(width=4).eval()
+    with cs.Run(tmp_path / "runs", "m", quiet=True) as run:
+        run.log_checkpoint(model)
+    res = _torchrun(["-m", "convscope", "analyze", str(tmp_path / "runs" / "m"),
+                     "--what", "attributions,diagnosis", "--images", "90",
+                     "--attribution-images", "20", "--batch-size", "16", "--quiet"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 processes" in res.stdout
+    reader = cs.open_run(tmp_path / "runs" / "m")
+    meta = reader.object("attributions", "dataset")
+    assert meta["n"] == 20 and meta["has_masks"] and len(meta["methods"]) == 7
+    assert reader.array("attributions", "dataset.grad_cam").shape == (20, 32, 32)
+    metrics = reader.table("attribution_metrics")
+    assert len(metrics) == 20 * 7 and "pointing_hit" in metrics
+    assert sorted(metrics["image"].unique().tolist()) == list(range(20))
+    rep = reader.object("diagnosis", "dataset")
+    assert rep["meta"]["items"] == 90 and rep["meta"]["processes"] == 2
+    assert all(layer["shape"][0] == 90 for layer in rep["layers"])
+    assert reader.objects("diag_view")  # the page's figures (first batch)
+
+
 DIE = """
     import os, sys, time
     import torch.distributed as dist

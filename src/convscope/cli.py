@@ -107,21 +107,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .distributed import maximize_sharded, rank_world, top_examples_sharded
+    from .distributed import (
+        attributions_sharded,
+        diagnose_sharded,
+        maximize_sharded,
+        rank_world,
+        top_examples_sharded,
+    )
     from .errors import InputError
+    from .record.attribution import store_attributions
+    from .record.diagnosis import store_report
     from .record.features import channels_of, store_preferred_inputs, store_top_examples
     from .run import Run
     from .store import open_run
 
     what = [w.strip() for w in args.what.split(",") if w.strip()]
-    known = ("top-examples", "preferred-inputs")
+    known = ("top-examples", "preferred-inputs", "attributions", "diagnosis")
     bad = [w for w in what if w not in known]
     if bad or not what:
         raise InputError(f"--what takes a comma-separated list of {', '.join(known)}; got "
                          f"{args.what!r}.")
-    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
-    if not layers:
-        raise InputError("--layers needs at least one layer (module path), e.g. layer1,layer2.")
+    layers = [x.strip() for x in (args.layers or "").split(",") if x.strip()]
+    if not layers and {"top-examples", "preferred-inputs"} & set(what):
+        raise InputError("--layers needs at least one layer (module path), e.g. layer1,layer2, "
+                         "for top-examples and preferred-inputs.")
     started = False
     dist = torch.distributed
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -129,29 +138,44 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         started = True
     try:
         rank, world = rank_world()
+        quiet = args.quiet or rank != 0
         reader = open_run(args.run)
         model = reader.load_model(args.checkpoint)
-        results_te = {}
-        results_pi = {}
-        if "top-examples" in what:
+        data = labels = masks = class_names = None
+        if {"top-examples", "attributions", "diagnosis"} & set(what):
             if args.dataset_npy:
                 data = torch.as_tensor(np.load(args.dataset_npy)).float()
             else:
                 from .data import Shapes
 
-                data = Shapes(n=args.images, split="test").tensors()[0]
+                shapes = Shapes(n=args.images, split="test")
+                data, labels, masks = shapes.tensors()
+                class_names = list(shapes.class_names)
+        results_te = {}
+        results_pi = {}
+        attributions = report = None
+        if "top-examples" in what:
             for layer in layers:
                 results_te[layer] = top_examples_sharded(model, layer, data, args.k,
                                                          batch_size=args.batch_size,
-                                                         quiet=args.quiet or rank != 0)
+                                                         quiet=quiet)
         if "preferred-inputs" in what:
             for layer in layers:
                 units = list(range(min(args.units, channels_of(model, layer))))
                 t0 = time.perf_counter()
                 images, values = maximize_sharded(model, layer, units, seed=args.seed,
                                                   steps=args.steps, return_values=True,
-                                                  quiet=args.quiet or rank != 0)
+                                                  quiet=quiet)
                 results_pi[layer] = (units, images, values, time.perf_counter() - t0)
+        if "attributions" in what:
+            n = min(len(data), args.attribution_images)
+            attributions = attributions_sharded(
+                model, data[:n], labels=None if labels is None else labels[:n],
+                masks=None if masks is None else masks[:n], batch_size=args.batch_size,
+                layer=args.cam_layer, quiet=quiet)
+        if "diagnosis" in what:
+            report = diagnose_sharded(model, data, batch_size=args.batch_size, views=True,
+                                      quiet=quiet, seed=args.seed)
         if rank == 0:
             with Run(reader.path.parent, reader.name, resume=True, rank=0, quiet=True) as run:
                 for te in results_te.values():
@@ -160,7 +184,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                     store_preferred_inputs(run, layer, units, images, values, seconds=secs,
                                            settings={"seed": args.seed, "steps": args.steps,
                                                      "processes": world})
-            print(f"stored {', '.join(what)} of {', '.join(layers)} in {reader.path} "
+                if attributions is not None:
+                    key = args.key or "dataset"
+                    store_attributions(run, attributions, data[:len(attributions)], key=key,
+                                       class_names=class_names, has_masks=masks is not None)
+                if report is not None:
+                    store_report(run, report, args.key or "dataset")
+            done = ", ".join(what) + (f" of {', '.join(layers)}" if layers else "")
+            print(f"stored {done} in {reader.path} "
                   f"({world} process{'es' if world > 1 else ''})")
         if world > 1:
             dist.barrier()
@@ -228,19 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="run directory")
     c.set_defaults(func=_cmd_compact)
 
-    an = sub.add_parser("analyze", help="top examples / preferred inputs of a run's saved model, "
-                        "sharded across processes under torchrun")
+    an = sub.add_parser("analyze", help="top examples, preferred inputs, attribution maps and "
+                        "diagnosis of a run's saved model over a data set, sharded across "
+                        "processes under torchrun")
     an.add_argument("run", help="run directory (with a checkpoint from run.log_checkpoint)")
     an.add_argument("--what", default="top-examples,preferred-inputs",
-                    help="comma-separated: top-examples, preferred-inputs (default both)")
-    an.add_argument("--layers", required=True, help="comma-separated layer module paths")
+                    help="comma-separated: top-examples, preferred-inputs, attributions, "
+                    "diagnosis (default: the first two)")
+    an.add_argument("--layers", default="", help="comma-separated layer module paths (for "
+                    "top-examples and preferred-inputs)")
     an.add_argument("--k", type=int, default=9, help="top examples per channel (default 9)")
     an.add_argument("--units", type=int, default=16, help="preferred inputs of the first N "
                     "channels of each layer (default 16)")
-    an.add_argument("--images", type=int, default=2000, help="Shapes test images to rank "
-                    "(default 2000)")
+    an.add_argument("--images", type=int, default=2000, help="Shapes test images to rank, "
+                    "explain and diagnose (default 2000)")
     an.add_argument("--dataset-npy", default=None, help=".npy file of images [N, C, H, W] to "
                     "rank instead of Shapes")
+    an.add_argument("--attribution-images", type=int, default=256, help="explain the first N "
+                    "images with every attribution method (default 256)")
+    an.add_argument("--cam-layer", default=None, help="Grad-CAM / Score-CAM layer (default: "
+                    "the last feature map)")
+    an.add_argument("--key", default=None, help="name of the stored attribution set and "
+                    "diagnosis report (default: dataset)")
     an.add_argument("--batch-size", type=int, default=64)
     an.add_argument("--steps", type=int, default=None, help="maximisation steps (default: "
                     "maximize's)")

@@ -37,6 +37,8 @@ __all__ = [
     "gather_objects",
     "top_examples_sharded",
     "maximize_sharded",
+    "attributions_sharded",
+    "diagnose_sharded",
 ]
 
 
@@ -119,22 +121,6 @@ def _to(te: Any, device: Any) -> Any:
     )
 
 
-def _slice_dataset(dataset: Any, a: int, b: int) -> tuple[Any, int]:
-    """``(shard, offset)``: the items ``[a, b)`` of a tensor or map-style data set, and the
-    offset :func:`~convscope.features.top_examples` must add to the shard's indices."""
-    import torch
-    from torch.utils.data import Dataset, Subset
-
-    if isinstance(dataset, torch.Tensor):
-        return dataset[a:b], a
-    if isinstance(dataset, Subset):  # top_examples reports the parent's indices
-        return Subset(dataset.dataset, list(dataset.indices[a:b])), 0
-    if isinstance(dataset, Dataset):
-        return Subset(dataset, range(a, b)), 0
-    raise InputError(  # pragma: no cover - checked by the caller
-        f"cannot shard a {type(dataset).__name__}.")
-
-
 def top_examples_sharded(
     model: Any,
     layer: str,
@@ -167,6 +153,7 @@ def top_examples_sharded(
     import torch
     from torch.utils.data import Dataset
 
+    from .data.batching import slice_dataset
     from .features import merge, top_examples
     from .model._common import model_device
     from .track.watch import strip_wrapper
@@ -186,7 +173,7 @@ def top_examples_sharded(
     a, b = shard_bounds(n, rank, world, align=int(batch_size))
     part = None
     if b > a:
-        piece, offset = _slice_dataset(dataset, a, b)
+        piece, offset = slice_dataset(dataset, a, b)
         part = top_examples(model, layer, piece, k, batch_size=batch_size, crops=crops,
                             offset=offset, quiet=quiet)
         part = _to(part, "cpu")
@@ -242,3 +229,135 @@ def maximize_sharded(
     values = torch.cat([p[1] for p in parts]).to(device)
     return (images, values) if return_values else images
 
+
+
+def _share(dataset: Any, batch_size: int, group: Any, what: str
+           ) -> tuple[int, int, Any, int]:
+    """``(start, stop, piece, offset)``: this rank's share ``[start, stop)`` of a tensor or
+    map-style data set, in blocks of ``batch_size`` (so every rank runs the batches one process
+    would), and the offset that turns the piece's running indices into the data set's."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from .data.batching import slice_dataset
+
+    if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
+        raise InputError(
+            f"{what} needs a tensor [N, C, H, W] or a map-style Dataset with a length, got "
+            f"{type(dataset).__name__}: pass loader.dataset instead of a loader.")
+    rank, world = rank_world(group)
+    n = len(dataset)
+    if n == 0:
+        raise InputError("the data set is empty: there is nothing to analyse.")
+    a, b = shard_bounds(n, rank, world, align=int(batch_size))
+    piece, offset = slice_dataset(dataset, a, b) if b > a else (None, a)
+    return a, b, piece, offset
+
+
+def attributions_sharded(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    masks: Any = None,
+    labels: Any = None,
+    target: Any = None,
+    quiet: bool = False,
+    group: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """:func:`convscope.explain.dataset.attribute_all` with the images split across ranks.
+
+    Every image's maps and metrics depend on that image alone, so each rank explains a
+    contiguous share (in blocks of ``batch_size``, the batches one process runs), the shares are
+    gathered in rank order and concatenated: the result is one process's, on every rank.
+    ``masks``, ``labels`` and a per-image ``target`` cover the whole data set (each rank takes
+    its slice). Keyword arguments go to ``attribute_all`` (``methods=``, ``layer=`` ...).
+
+    Returns:
+        :class:`~convscope.explain.dataset.AttributionSet` of the whole data set on every rank
+        (on the model's device).
+    """
+    import torch
+
+    from .explain.dataset import AttributionSet, attribute_all
+    from .model._common import model_device
+    from .track.watch import strip_wrapper
+
+    model = strip_wrapper(model)
+    rank, world = rank_world(group)
+    if world == 1:
+        return attribute_all(model, dataset, batch_size=batch_size, masks=masks, labels=labels,
+                             target=target, quiet=quiet, **kwargs)
+    a, b, piece, offset = _share(dataset, batch_size, group, "attributions_sharded")
+    part = None
+    if piece is not None:
+
+        def cut(v: Any) -> Any:
+            if v is None or isinstance(v, int) or callable(v):
+                return v
+            return torch.as_tensor(v)[a:b]
+
+        part = attribute_all(model, piece, batch_size=batch_size, masks=cut(masks),
+                             labels=cut(labels), target=cut(target), offset=offset,
+                             quiet=quiet, **kwargs).to("cpu")
+    parts = [p for p in gather_objects(part, group) if p is not None]
+    return AttributionSet.cat(parts).to(model_device(model))
+
+
+def diagnose_sharded(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    quiet: bool = False,
+    group: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """:func:`convscope.diagnose.diagnose_dataset` with the data set split across ranks.
+
+    Each rank accumulates the layer-output statistics (counts, sums, sums of squares, extrema,
+    per-channel liveness, the channels' Gram matrix, input-similarity sums) over its share; the
+    partial statistics are gathered and merged (:meth:`~convscope.diagnose.OutputMoments.merge`:
+    counts and sums add, extrema take the max, liveness ORs), and every rank builds the same
+    report. Counts are exact; sums equal one process's up to float64 rounding of the order of
+    addition. Keyword arguments go to ``diagnose_dataset`` (``layers=``, ``params=``,
+    ``thresholds=`` ...).
+
+    Returns:
+        :class:`~convscope.diagnose.Report` of the whole data set on every rank.
+    """
+    import time
+
+    from .diagnose.dataset import accumulate_outputs, diagnose_dataset, merge_outputs, report_of
+    from .track.watch import strip_wrapper
+
+    model = strip_wrapper(model)
+    rank, world = rank_world(group)
+    if world == 1:
+        return diagnose_dataset(model, dataset, batch_size=batch_size, quiet=quiet, **kwargs)
+    t0 = time.perf_counter()
+    piece = _share(dataset, batch_size, group, "diagnose_sharded")[2]
+    views = bool(kwargs.pop("views", False))
+    report_kw = {k: kwargs.pop(k) for k in ("params", "thresholds") if k in kwargs}
+    first = _first_images(dataset, batch_size)
+    part = None
+    if piece is not None:
+        part = accumulate_outputs(model, piece, batch_size=batch_size, quiet=quiet,
+                                  example=first, **kwargs)
+        part = {k: v.to("cpu") for k, v in part.items()}
+    merged = merge_outputs(gather_objects(part, group))
+    report = report_of(model, merged, layers=kwargs.get("layers"), seed=kwargs.get("seed", 0),
+                       views_inputs=first if views else None,
+                       thresholds=report_kw.get("thresholds") or kwargs.get("thresholds"),
+                       params=report_kw.get("params"))
+    report.meta.update({"seconds": time.perf_counter() - t0, "processes": world})
+    return report
+
+
+def _first_images(dataset: Any, batch_size: int) -> Any:
+    """The data set's first batch: every rank chooses layers and reference sizes from it."""
+    from .data.batching import iter_batches
+
+    batches, _ = iter_batches(dataset, batch_size)
+    return next(iter(batches))[1]

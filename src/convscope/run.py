@@ -318,9 +318,11 @@ class Run:
     def log_diagnosis(self, model: Any, inputs: Any = None, **kwargs: Any) -> Any:
         """Diagnose ``model`` on ``inputs`` (seed 002: dead maps, low diversity, near-zero
         outputs, maps far from the input, wide uniform parameters, ...) and store the report
-        with the data of each layer's dendrogram / grid / KDE view (``views=True``). Pass a
-        ready :class:`~convscope.diagnose.Report` as ``model`` to store it as is. Shown on the
-        Diagnosis page. Returns the report."""
+        with the data of each layer's dendrogram / grid / KDE view (``views=True``). ``inputs``
+        may be one batch, or a ``Dataset`` / loader (or a tensor with ``batch_size=``) whose
+        every item is measured; ``sharded=True`` splits that pass across torchrun ranks (a
+        collective; rank 0 stores). Pass a ready :class:`~convscope.diagnose.Report` as
+        ``model`` to store it as is. Shown on the Diagnosis page. Returns the report."""
         from .record.diagnosis import log_diagnosis, store_report
 
         if hasattr(model, "findings") and hasattr(model, "to_dict"):
@@ -331,7 +333,9 @@ class Run:
     # -- attribution -------------------------------------------------------------------------
     def log_attributions(self, model: Any, images: Any, **kwargs: Any) -> dict[str, Any]:
         """Compute and store saliency, DeconvNet, guided backprop, CAM, Grad-CAM, Grad-CAM++ and
-        Score-CAM maps of ``images [B, C, H, W]`` (``labels=``, ``masks=`` for the pointing game,
+        Score-CAM maps of ``images`` (``[B, C, H, W]``, a ``Dataset`` or a loader, explained
+        ``batch_size=`` at a time; ``sharded=True`` splits them across torchrun ranks, a
+        collective, rank 0 stores) (``labels=``, ``masks=`` for the pointing game,
         ``methods=``, ``target=``, ``layer=``, ``key="samples"``, ``class_names=``), with their
         quality metrics. Shown on the Attribution page. Returns ``{method: maps [B, H, W]}``."""
         from .record.attribution import log_attributions

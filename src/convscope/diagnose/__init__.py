@@ -7,7 +7,8 @@
   :func:`channel_clustering` (single linkage, scipy format), :func:`kde` (batched Gaussian KDE).
 * Numbers per layer: :func:`output_stats`, :func:`param_stats`.
 * Rules -> findings: :func:`diagnose` (model + inputs), :func:`diagnose_activations` (stored
-  outputs and weights only), :func:`diagnose_checkpoint`; thresholds in :class:`Thresholds`;
+  outputs and weights only), :func:`diagnose_checkpoint`, :func:`diagnose_dataset` (every item
+  of a data set, with mergeable :class:`OutputMoments`); thresholds in :class:`Thresholds`;
   the result is a :class:`Report`.
 """
 
@@ -25,6 +26,7 @@ from .cluster import (
     merge_height_stats,
 )
 from .core import default_layers, diagnose, diagnose_activations, diagnose_checkpoint
+from .dataset import OutputMoments, accumulate_outputs, diagnose_dataset, merge_outputs, report_of
 from .kde import KDE, kde
 from .report import Report
 from .rules import ADVICE, CODES, SEVERITIES, STAGES, Finding
@@ -38,6 +40,7 @@ __all__ = [
     "Clustering",
     "Finding",
     "KDE",
+    "OutputMoments",
     "LayerStats",
     "OutputView",
     "ParamStats",
@@ -46,6 +49,7 @@ __all__ = [
     "SEVERITIES",
     "STAGES",
     "Thresholds",
+    "accumulate_outputs",
     "channel_clustering",
     "channel_vectors",
     "cluster_vectors",
@@ -54,14 +58,17 @@ __all__ = [
     "diagnose",
     "diagnose_activations",
     "diagnose_checkpoint",
+    "diagnose_dataset",
     "input_similarity",
     "kde",
     "merge_height_stats",
+    "merge_outputs",
     "output_stats",
     "output_view",
     "param_grid",
     "param_stats",
     "param_view",
+    "report_of",
 ]
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "channel_vectors",
     "cosine_distances",
     "cluster_vectors",
+    "cluster_distances",
+    "gram_distances",
     "channel_clustering",
     "merge_height_stats",
     "sample_indices",
@@ -201,11 +203,48 @@ def cluster_vectors(
 
     ``labels`` names the rows (default ``0..N-1``); ``dendrogram=False`` skips the dendrogram
     coordinates (they cost a Python pass over the tree)."""
+    n = int(vectors.shape[0])
+    if n < 2:  # no tree; cluster_distances says why
+        return cluster_distances(torch.zeros(n, n), labels=labels, n_total=n_total, note=note)
+    d = cosine_distances(vectors)
+    v = torch.nan_to_num(vectors.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    n_dead = int((v.norm(dim=1) == 0).sum())
+    return cluster_distances(d, labels=labels, n_total=n_total, n_dead=n_dead,
+                             dendrogram=dendrogram, note=note)
+
+
+def gram_distances(gram: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Seed 002's cosine distances from the channels' Gram matrix ``G[i, j] = <A_i, A_j>``
+    (``[N, N]``, summed over any number of batches): ``d = 1 - G_ij / sqrt(G_ii G_jj)``, with
+    all-zero channels (``G_ii = 0``) at 2 from every other. Returns ``(d [N, N], n_dead)``."""
+    g = gram.double()
+    diag = g.diagonal().clamp_min(0)
+    live = diag > 0
+    norm = diag.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    d = 1.0 - g / (norm.unsqueeze(0) * norm.unsqueeze(1))
+    d = ((d + d.T) / 2).clamp(0.0, 2.0)
+    dead = ~live
+    d = torch.where(dead.unsqueeze(0) | dead.unsqueeze(1), torch.full_like(d, 2.0), d)
+    d.fill_diagonal_(0.0)
+    return d, int(dead.sum())
+
+
+def cluster_distances(
+    d: torch.Tensor,
+    *,
+    labels: Any = None,
+    n_total: int | None = None,
+    n_dead: int = 0,
+    dendrogram: bool = True,
+    note: str = "",
+) -> Clustering:
+    """Single-linkage clustering from a ``[N, N]`` distance matrix (see :func:`cluster_vectors`;
+    ``n_dead``: rows that are all-zero channels, at distance 2 from the rest)."""
     from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
     from scipy.cluster.hierarchy import linkage as scipy_linkage
     from scipy.spatial.distance import squareform
 
-    n = int(vectors.shape[0])
+    n = int(d.shape[0])
     labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
     n_total = n if n_total is None else int(n_total)
     sampled = n < n_total
@@ -214,9 +253,6 @@ def cluster_vectors(
             labels, n_total, 0, sampled,
             note or f"no clustering: {n} channel(s); a tree needs at least two.",
         )
-    d = cosine_distances(vectors)
-    v = torch.nan_to_num(vectors.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    n_dead = int((v.norm(dim=1) == 0).sum())
     dm = d.double().cpu().numpy()
     condensed = squareform(dm, checks=False)
     z = scipy_linkage(condensed, method="single")
@@ -227,7 +263,7 @@ def cluster_vectors(
         leaves=np.arange(n, dtype=np.int64),
         heights=z[:, 2].copy(),
         n_total=n_total,
-        n_dead=n_dead,
+        n_dead=int(n_dead),
         sampled=sampled,
         note=note,
     )

@@ -22,6 +22,8 @@ __all__ = [
     "diagnose_activations",
     "diagnose_checkpoint",
     "default_layers",
+    "finish_report",
+    "choose_params",
     "is_activation",
     "has_weights",
 ]
@@ -110,6 +112,43 @@ def _weights_of(value: Any) -> tuple[Any, torch.Tensor | None, bool | None]:
         f"cannot read weights from a {type(value).__name__}: give a module, a weight tensor, "
         "(weight, bias[, transposed]) or {'weight': ..., 'bias': ..., 'transposed': ...}."
     )
+
+
+def choose_params(model: nn.Module, params: Any, chosen: Mapping[str, nn.Module] | None
+                  ) -> dict[str, nn.Module]:
+    """The weights to analyse: ``params=False`` none; ``None`` every conv / linear module when
+    ``chosen`` (the explicitly chosen output layers, ``{call name: module}``) is None, else those
+    among ``chosen``; otherwise the modules ``params`` names."""
+    from ..model._common import resolve_layers, split_call
+
+    if params is False:
+        return {}
+    if params is None:
+        if chosen is None:
+            return {n: m for n, m in model.named_modules() if has_weights(m)}
+        return {split_call(n)[0]: m for n, m in chosen.items() if has_weights(m)}
+    return {n: m for n, m in resolve_layers(model, params).items() if has_weights(m)}
+
+
+def finish_report(report: Report, layer_stats: list[LayerStats], param_list: list[ParamStats],
+                  th: Thresholds) -> Report:
+    """Apply the rules to the measured layers and weights and put the findings in seed 002's
+    order (stage, then layer order; the findings of one layer keep the rule order)."""
+    findings = []
+    for st in layer_stats:
+        findings.extend(output_findings(st, th))
+    for ps in param_list:
+        findings.extend(param_findings(ps, th))
+    pos = {st.name: i for i, st in enumerate(layer_stats)}
+    ppos = {p.name: i for i, p in enumerate(param_list)}
+    findings.sort(key=lambda f: (
+        STAGES.index(f.stage),
+        (ppos if "parameters" in f.stage else pos).get(f.layer, 0),
+    ))
+    report.findings = findings
+    report.layers = layer_stats
+    report.params = param_list
+    return report
 
 
 def diagnose_activations(
@@ -245,21 +284,7 @@ def diagnose_activations(
             bar.update(1)
     finally:
         bar.close()
-    findings = []
-    for st in layer_stats:
-        findings.extend(output_findings(st, th))
-    for ps in param_list:
-        findings.extend(param_findings(ps, th))
-    # seed 002's order: stage, then layer order (findings of one layer keep the rule order)
-    pos = {st.name: i for i, st in enumerate(layer_stats)}
-    ppos = {p.name: i for i, p in enumerate(param_list)}
-    findings.sort(key=lambda f: (
-        STAGES.index(f.stage),
-        (ppos if "parameters" in f.stage else pos).get(f.layer, 0),
-    ))
-    report.findings = findings
-    report.layers = layer_stats
-    report.params = param_list
+    finish_report(report, layer_stats, param_list, th)
     report.meta.setdefault("reference_shape", list(ref.shape) if ref is not None else None)
     report.meta["seconds"] = time.perf_counter() - t0 + float(report.meta.get("seconds", 0.0))
     report.meta.setdefault("max_channels", max_channels)
@@ -324,7 +349,7 @@ def diagnose(
         names) for unknown layers.
     """
     from ..model import capture
-    from ..model._common import as_args, check_model, resolve_layers, split_call
+    from ..model._common import as_args, check_model, split_call
 
     check_model(model)
     args = as_args(inputs)
@@ -349,15 +374,7 @@ def diagnose(
     named = dict(model.named_modules())
     mods = {n: named[split_call(n)[0]] for n in acts}
 
-    if params is False:
-        pmods: dict[str, nn.Module] = {}
-    elif params is None:
-        if layers is None:
-            pmods = {n: m for n, m in model.named_modules() if has_weights(m)}
-        else:
-            pmods = {split_call(n)[0]: mods[n] for n in acts if has_weights(mods[n])}
-    else:
-        pmods = {n: m for n, m in resolve_layers(model, params).items() if has_weights(m)}
+    pmods = choose_params(model, params, None if layers is None else mods)
 
     ref = None
     ref_from = None

@@ -31,6 +31,9 @@ __all__ = [
     "input_similarity",
     "conv_layout",
     "saturation_bounds",
+    "measure_batch",
+    "fill_stats",
+    "similarity_terms",
 ]
 
 #: Budget of values fed to one clustering: with ``C`` channels clustered, each channel vector is
@@ -196,6 +199,23 @@ def input_similarity(
     channel the best absolute Pearson correlation with one of the ``R`` reference channels; the
     result is the mean over samples and over ``live`` channels (channels whose map varies).
     ``None`` when the maps have fewer than 2 pixels or no channel varies."""
+    terms = similarity_terms(maps, reference)
+    if terms is None:
+        return None
+    best, varies = terms
+    if live is not None:
+        varies = varies & live.to(varies.device).unsqueeze(0)
+    if not bool(varies.any()):
+        return None
+    return float(best[varies].mean())
+
+
+def similarity_terms(
+    maps: torch.Tensor, reference: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The per-(sample, channel) terms of :func:`input_similarity`: ``best [B, C]`` (best
+    absolute correlation with a reference channel) and ``varies [B, C]`` (the map is not
+    constant); ``None`` when they do not exist (shapes, fewer than 2 pixels)."""
     if maps.dim() != 4 or reference.dim() != 4 or maps.shape[0] != reference.shape[0]:
         return None
     b, c, h, w = maps.shape
@@ -218,12 +238,94 @@ def input_similarity(
     ).clamp_min(1e-12)
     valid_ref = (rn > 0).unsqueeze(1)  # [B, 1, R]
     best = torch.where(valid_ref, corr.abs(), torch.zeros_like(corr)).amax(2)  # [B, C]
-    varies = mn > 0  # [B, C]
-    if live is not None:
-        varies = varies & live.to(varies.device).unsqueeze(0)
-    if not bool(varies.any()):
-        return None
-    return float(best[varies].mean())
+    return best, mn > 0
+
+
+def measure_batch(
+    x: torch.Tensor,
+    *,
+    thresholds: Thresholds | None = None,
+    module_type: str = "",
+    module: Any = None,
+) -> dict[str, Any]:
+    """The additive numbers of one layer output ``[B, C, *spatial]`` / ``[B, F]``: counts,
+    float64 sums, extrema and per-channel liveness, which add up over batches (and shards) to
+    those of the whole data set. :func:`fill_stats` turns them into :class:`LayerStats` fields.
+
+    Returns a dict: ``values``, ``finite`` (counts), ``s1``, ``s2`` (float64 sums of the finite
+    values and of their squares), ``absmax``, ``near_zero`` (count), ``saturated`` (count, or
+    ``None`` for an unbounded activation), ``alive`` (``[C]`` bool: some value above
+    ``dead_atol`` or non-finite), ``dead_maps`` and ``maps`` (counts of all-zero single maps and
+    of maps; 0 for 2-D outputs), and ``xz`` (the output as float32 with non-finite values 0).
+    """
+    th = thresholds or Thresholds()
+    xf = x.detach()
+    if not (xf.is_floating_point() or xf.is_complex()):
+        xf = xf.float()
+    c = int(xf.shape[1])
+    values = int(xf.numel())
+    finite = torch.isfinite(xf)
+    all_finite = bool(finite.all())
+    n_finite = values if all_finite else int(finite.sum())
+    xz = xf.float() if all_finite else torch.where(finite, xf, torch.zeros_like(xf)).float()
+    ax = xz.abs()
+    alive_val = ax > th.dead_atol  # non-finite values count as alive
+    if not all_finite:
+        alive_val |= ~finite
+    alive = alive_val.transpose(0, 1).reshape(c, -1).any(1)
+    dead_maps = maps = 0
+    if xf.dim() >= 3:
+        per_map = alive_val.flatten(2).any(2)  # [B, C]
+        dead_maps, maps = int((~per_map).sum()), int(per_map.numel())
+    nz = ax <= th.near_zero_eps
+    if not all_finite:
+        nz &= finite
+    xd = xz.double()
+    s1 = float(xd.sum())
+    s2 = float(xd.square().sum())
+    del xd
+    saturated = None
+    lo, hi = saturation_bounds(module_type, module)
+    if lo is not None or hi is not None:
+        lo_ = 0.0 if lo is None else lo
+        hi_ = 0.0 if hi is None else hi
+        span = (hi_ - lo_) if (lo is not None and hi is not None) else abs(hi_ or lo_ or 1.0)
+        margin = th.saturation_margin * span
+        sat = torch.zeros_like(finite)
+        if lo is not None:
+            sat = sat | (xz <= lo + margin)
+        if hi is not None:
+            sat = sat | (xz >= hi - margin)
+        saturated = int((sat & finite).sum())
+    return {
+        "values": values, "finite": n_finite, "s1": s1, "s2": s2,
+        "absmax": float(ax.max()) if values else 0.0, "near_zero": int(nz.sum()),
+        "saturated": saturated, "alive": alive, "dead_maps": dead_maps, "maps": maps, "xz": xz,
+    }
+
+
+def fill_stats(st: LayerStats, m: dict[str, Any]) -> None:
+    """Set ``st``'s share and scale fields from :func:`measure_batch`'s numbers (or their sums
+    over batches); ``m["finite"]`` must be > 0."""
+    n = m["finite"]
+    st.nonfinite_share = 1.0 - n / m["values"]
+    alive = m["alive"]
+    st.dead_fraction = float((~alive).float().mean())
+    if m["maps"]:
+        st.dead_map_fraction = m["dead_maps"] / m["maps"]
+    st.near_zero_share = m["near_zero"] / n
+    mean = m["s1"] / n
+    st.mean = _f(mean)
+    st.rms = _f(math.sqrt(max(m["s2"] / n, 0.0)))
+    st.std = _f(math.sqrt(max(m["s2"] / n - mean**2, 0.0)))
+    st.absmax = _f(m["absmax"])
+    if m["saturated"] is not None:
+        st.saturation = m["saturated"] / n
+    if st.nonfinite_share > 0:
+        st.notes.append(
+            f"{st.nonfinite_share:.1%} of the values are NaN/Inf; they count as 0 in the "
+            "clustering and are left out of the other numbers."
+        )
 
 
 def output_stats(
@@ -280,55 +382,14 @@ def output_stats(
         st.notes.append("empty output; nothing to measure.")
         return st, None
 
-    xf = x.detach()
-    finite = torch.isfinite(xf)
-    all_finite = bool(finite.all())
-    n_finite = st.values if all_finite else int(finite.sum())
-    st.nonfinite_share = 1.0 - n_finite / st.values
-    if n_finite == 0:
+    m = measure_batch(x, thresholds=th, module_type=module_type, module=module)
+    if m["finite"] == 0:
+        st.nonfinite_share = 1.0
         st.notes.append("every value is NaN or Inf; no statistics, no clustering.")
         return st, None
-    xz = xf.float() if all_finite else torch.where(finite, xf, torch.zeros_like(xf)).float()
-    ax = xz.abs()
-    # dead channels / maps: every value |x| <= atol (non-finite values count as alive)
-    alive_val = ax > th.dead_atol
-    if not all_finite:
-        alive_val |= ~finite
-    per_ch = alive_val.transpose(0, 1).reshape(st.channels, -1).any(1)  # [C]
-    st.dead_fraction = float((~per_ch).float().mean())
-    if xf.dim() >= 3:
-        per_map = alive_val.flatten(2).any(2)  # [B, C]
-        st.dead_map_fraction = float((~per_map).float().mean())
-    nz = ax <= th.near_zero_eps
-    if not all_finite:
-        nz &= finite
-    st.near_zero_share = float(nz.sum()) / n_finite
-    xd = xz.double()
-    s1 = xd.sum()
-    s2 = xd.square().sum()
-    del xd
-    mean = s1 / n_finite
-    st.mean = _f(mean)
-    st.rms = _f((s2 / n_finite).sqrt())
-    st.std = _f(((s2 / n_finite) - mean**2).clamp_min(0).sqrt())
-    st.absmax = _f(ax.max())
-    lo, hi = saturation_bounds(module_type, module)
-    if lo is not None or hi is not None:
-        lo_ = 0.0 if lo is None else lo
-        hi_ = 0.0 if hi is None else hi
-        span = (hi_ - lo_) if (lo is not None and hi is not None) else abs(hi_ or lo_ or 1.0)
-        margin = th.saturation_margin * span
-        sat = torch.zeros_like(finite)
-        if lo is not None:
-            sat = sat | (xz <= lo + margin)
-        if hi is not None:
-            sat = sat | (xz >= hi - margin)
-        st.saturation = float((sat & finite).sum()) / n_finite
-    if st.nonfinite_share > 0:
-        st.notes.append(
-            f"{st.nonfinite_share:.1%} of the values are NaN/Inf; they count as 0 in the "
-            "clustering and are left out of the other numbers."
-        )
+    fill_stats(st, m)
+    xz, per_ch = m["xz"], m["alive"]
+    xf = x
 
     cl = None
     if clustering:

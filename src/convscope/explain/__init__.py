@@ -15,7 +15,9 @@ One call shape for every method::
 
 ``target``: None (predicted class), an int, B ints, or a callable on the model output returning
 ``[B]`` scores or ``[B, K]`` class scores. ``layer``: a module, a module path or None
-(:func:`auto_layer`). Quality metrics live in :mod:`convscope.explain.metrics`. See docs/explain.md.
+(:func:`auto_layer`). Quality metrics live in :mod:`convscope.explain.metrics`.
+:func:`attribute_all` runs every method, with the metrics, over a data set in batches. See
+docs/explain.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from . import metrics
 from ._core import Layer, Target, auto_layer
 from .cams import cam, grad_cam, grad_cam_pp, score_cam
+from .dataset import ATTRIBUTION_METHODS, AttributionSet, attribute_all
 from .gradients import deconvnet, guided_backprop, saliency, to_heatmap
 
 __all__ = [
@@ -35,6 +38,9 @@ __all__ = [
     "grad_cam_pp",
     "score_cam",
     "auto_layer",
+    "attribute_all",
+    "AttributionSet",
+    "ATTRIBUTION_METHODS",
     "metrics",
     "Target",
     "Layer",

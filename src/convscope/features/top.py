@@ -17,13 +17,12 @@ the input gradient of the layer's centre position over a few random inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
 
 from ..errors import InputError, LayerNotFoundError, ModelError
 from ..model._common import check_model, model_device, resolve_layers, restore_mode, split_call
@@ -322,62 +321,10 @@ def _batches(
     dataset: Any, batch_size: int, offset: int
 ) -> tuple[Iterator[tuple[Tensor, Tensor]], int | None]:
     """Yield ``(dataset indices [B], images [B, C, H, W])``."""
+    from ..data.batching import iter_batches
 
-    def first(item: Any) -> Tensor:
-        if isinstance(item, dict):
-            item = item.get("image", item.get("input", item.get("x")))
-        elif isinstance(item, (tuple, list)):
-            item = item[0]
-        if not isinstance(item, Tensor):
-            raise InputError(
-                f"data set items must be image tensors or (image, label, ...) tuples, got "
-                f"{type(item).__name__}."
-            )
-        return item
-
-    if isinstance(dataset, Tensor):
-        if dataset.dim() != 4:
-            raise InputError(
-                f"a tensor data set must be [N, C, H, W], got shape {list(dataset.shape)}."
-            )
-        n = dataset.shape[0]
-
-        def gen_t() -> Iterator[tuple[Tensor, Tensor]]:
-            for a in range(0, n, batch_size):
-                b = min(n, a + batch_size)
-                yield torch.arange(a + offset, b + offset), dataset[a:b]
-
-        return gen_t(), n
-    if isinstance(dataset, Dataset) and hasattr(dataset, "__len__"):
-        n = len(dataset)  # type: ignore[arg-type]
-        base = dataset.indices if isinstance(dataset, Subset) else None
-
-        def gen_d() -> Iterator[tuple[Tensor, Tensor]]:
-            for a in range(0, n, batch_size):
-                b = min(n, a + batch_size)
-                x = torch.stack([first(dataset[i]) for i in range(a, b)])
-                idx = torch.as_tensor([int(base[i]) for i in range(a, b)]) if base is not None \
-                    else torch.arange(a, b)
-                yield idx + offset, x
-
-        return gen_d(), n
-    if isinstance(dataset, Iterable):
-
-        def gen_i() -> Iterator[tuple[Tensor, Tensor]]:
-            pos = offset
-            for batch in dataset:
-                x = first(batch) if not isinstance(batch, Tensor) else batch
-                if x.dim() == 3:
-                    x = x.unsqueeze(0)
-                yield torch.arange(pos, pos + x.shape[0]), x
-                pos += x.shape[0]
-
-        total = len(dataset.dataset) if hasattr(dataset, "dataset") else None  # DataLoader
-        return gen_i(), total
-    raise InputError(
-        f"dataset must be a tensor [N, C, H, W], a torch Dataset or an iterable of batches, got "
-        f"{type(dataset).__name__}."
-    )
+    batches, total = iter_batches(dataset, batch_size, offset)
+    return ((idx, x) for idx, x, _ in batches), total
 
 
 def top_examples(

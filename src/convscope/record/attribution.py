@@ -13,36 +13,25 @@ Stored:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import ConvscopeError, InputError
+from ..explain.dataset import ATTRIBUTION_METHODS, AttributionSet, attribute_all
 from ..store.layout import safe_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
 
-__all__ = ["ATTRIBUTION_METHODS", "log_attributions"]
-
-ATTRIBUTION_METHODS = ("saliency", "deconvnet", "guided_backprop", "cam", "grad_cam",
-                       "grad_cam_pp", "score_cam")
-_INPUT_SPACE = {"saliency", "deconvnet", "guided_backprop"}
-
-
-def _unit(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.reshape(maps.shape[0], -1).float()
-    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
+__all__ = ["ATTRIBUTION_METHODS", "log_attributions", "store_attributions"]
 
 
 def log_attributions(
     run: Run,
     model: torch.nn.Module,
-    images: torch.Tensor,
+    images: Any,
     *,
     labels: Sequence[int] | torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
@@ -52,89 +41,81 @@ def log_attributions(
     key: str = "samples",
     class_names: Sequence[str] | None = None,
     score_cam_batch_size: int = 64,
+    batch_size: int = 64,
+    sharded: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Compute every method in ``methods`` on ``images [B, C, H, W]`` and store the maps.
+    """Compute every method in ``methods`` on ``images`` and store the maps.
 
+    ``images``: ``[B, C, H, W]``, a map-style ``Dataset`` or an iterable of batches, explained
+    ``batch_size`` images at a time (:func:`convscope.explain.dataset.attribute_all`).
     ``target``: as in :mod:`convscope.explain` (None = predicted class). ``masks`` ``[B, H, W]``
     bool (object masks) add the pointing game. Methods that do not apply to the model (plain CAM
     on a network without global pooling + linear classifier) are skipped and the reason is
-    stored. Returns ``{method: maps [B, H, W]}``.
+    stored. ``sharded=True`` under ``torch.distributed``: every rank must call it; the images
+    are split across ranks (:func:`convscope.distributed.attributions_sharded`) and rank 0
+    stores the whole set. Returns ``{method: maps [B, H, W]}`` (on every rank when sharded).
     """
-    from .. import explain
-    from ..explain import metrics
+    kwargs = dict(methods=methods, target=target, labels=labels, masks=masks, layer=layer,
+                  batch_size=batch_size, score_cam_batch_size=score_cam_batch_size)
+    if sharded:
+        from ..distributed import attributions_sharded, rank_world
 
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise InputError("log_attributions needs images as a [B, C, H, W] tensor, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}.")
-    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
-    if unknown:
-        raise InputError(f"unknown attribution method(s) {unknown}: choose from "
-                         f"{list(ATTRIBUTION_METHODS)}.")
-    if masks is not None and tuple(masks.shape) != (images.shape[0], *images.shape[-2:]):
-        raise InputError(f"masks must be [B, H, W] = {[images.shape[0], *images.shape[-2:]]}, "
-                         f"got {list(masks.shape)}.")
-    model_was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        probs = torch.softmax(model(images).float(), dim=1)
-    pred = probs.argmax(dim=1)
-    if target is None:
-        tgt = pred
-    elif isinstance(target, int):
-        tgt = torch.full_like(pred, target)
+        result = attributions_sharded(model, images, quiet=run.quiet, **kwargs)
+        write = rank_world()[0] == 0
     else:
-        tgt = torch.as_tensor(target, device=pred.device).reshape(-1)
-    cam_layer = layer if layer is not None else explain.auto_layer(model, images)
-    results: dict[str, torch.Tensor] = {}
-    skipped: dict[str, str] = {}
-    seconds: dict[str, float] = {}
-    for method in methods:
-        fn = getattr(explain, method)
-        t0 = time.perf_counter()
-        try:
-            if method in _INPUT_SPACE:
-                maps = explain.to_heatmap(fn(model, images, tgt))
-            elif method == "cam":  # CAM is defined on the map that feeds the global pooling
-                maps = fn(model, images, tgt)
-            elif method == "score_cam":
-                maps = fn(model, images, tgt, layer=cam_layer, batch_size=score_cam_batch_size,
-                          quiet=run.quiet)
-            else:
-                maps = fn(model, images, tgt, layer=cam_layer)
-        except ConvscopeError as exc:  # e.g. CAM on a network without GAP + linear classifier
-            skipped[method] = str(exc)
-            continue
-        seconds[method] = time.perf_counter() - t0
-        results[method] = _unit(maps.detach())
-        run.log_array("attributions", f"{key}.{method}", results[method].cpu(),
-                      dtype=np.float16)
-    model.train(model_was_training)
-    run.log_array("attr_images", key, images.detach().float().cpu(), dtype=np.float16)
-    b = images.shape[0]
-    lab = (np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64) if labels is not None
-           else np.full(b, -1, dtype=np.int64))
-    for method, maps in results.items():
-        cc = metrics.confidence_change(model, images, maps, tgt)
+        result = attribute_all(model, images, quiet=run.quiet, **kwargs)
+        write = True
+    if write:
+        store_attributions(run, result, images, key=key, class_names=class_names,
+                           has_masks=masks is not None)
+    return dict(result.maps)
+
+
+def _images_of(images: Any, n: int) -> torch.Tensor:
+    """The ``n`` explained images as one tensor (read again from a Dataset or loader)."""
+    from ..data.batching import iter_batches
+
+    if isinstance(images, torch.Tensor):
+        return images if images.dim() == 4 else images.unsqueeze(0)
+    batches, _ = iter_batches(images, 256)
+    out = torch.cat([x.detach().float().cpu() for _, x, _ in batches])
+    return out[:n]
+
+
+def store_attributions(run: Run, result: AttributionSet, images: Any, *, key: str = "samples",
+                       class_names: Sequence[str] | None = None,
+                       has_masks: bool = False) -> None:
+    """Store an :class:`~convscope.explain.dataset.AttributionSet` under ``key`` (what the
+    Attribution page reads): the images, one float16 array per method, the metrics table and
+    the description object."""
+    n = len(result)
+    run.log_array("attr_images", key, _images_of(images, n).detach().float().cpu(),
+                  dtype=np.float16)
+    for method, maps in result.maps.items():
+        run.log_array("attributions", f"{key}.{method}", maps.detach().cpu(), dtype=np.float16)
+    lab = result.labels.cpu().numpy().astype(np.int64)
+    tgt = result.target.cpu().numpy().astype(np.int64)
+    pred = result.pred.cpu().numpy().astype(np.int64)
+    for method in result.maps:
         row: dict[str, Any] = {
-            "key": np.array([key] * b, dtype=object),
-            "method": np.array([method] * b, dtype=object),
-            "image": np.arange(b, dtype=np.int64),
+            "key": np.array([key] * n, dtype=object),
+            "method": np.array([method] * n, dtype=object),
+            "image": np.arange(n, dtype=np.int64),
             "label": lab,
-            "target": tgt.cpu().numpy().astype(np.int64),
-            "pred": pred.cpu().numpy().astype(np.int64),
-            "prob": probs.gather(1, pred[:, None])[:, 0].cpu().numpy(),
-            "drop": cc.drop.float().cpu().numpy(),
-            "increase": cc.increase.cpu().numpy(),
+            "target": tgt,
+            "pred": pred,
+            "prob": result.prob.float().cpu().numpy(),
+            "drop": result.drop[method].float().cpu().numpy(),
+            "increase": result.increase[method].cpu().numpy(),
         }
-        if masks is not None:
-            row["pointing_hit"] = metrics.pointing_game(maps, masks.to(maps.device)).cpu().numpy()
+        if method in result.pointing:
+            row["pointing_hit"] = result.pointing[method].cpu().numpy()
         run.log_rows("attribution_metrics", row)
-    layer_name = cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__
     run.log_object("attributions", key, {
-        "key": key, "file_key": safe_key(key), "methods": list(results), "skipped": skipped,
-        "layer": layer_name, "cam_layer": "the map feeding the global pooling", "n": int(b), "labels": lab.tolist(),
-        "pred": pred.cpu().tolist(), "target": tgt.cpu().tolist(),
+        "key": key, "file_key": safe_key(key), "methods": list(result.maps),
+        "skipped": dict(result.skipped), "layer": result.layer,
+        "cam_layer": "the map feeding the global pooling", "n": int(n), "labels": lab.tolist(),
+        "pred": pred.tolist(), "target": tgt.tolist(),
         "class_names": list(class_names) if class_names is not None else None,
-        "seconds": seconds, "has_masks": masks is not None,
+        "seconds": dict(result.seconds), "has_masks": bool(has_masks),
     })
-    return results

@@ -72,11 +72,35 @@ def _jsonable(df: Any) -> Any:
 
 
 def log_diagnosis(run: Run, model: Any, inputs: Any, *, key: str = "model",
-                  views: bool = True, **kwargs: Any) -> Any:
-    """Run :func:`convscope.diagnose.diagnose` (with the figures' data when ``views``) and store
-    the report. Returns the report."""
-    from ..diagnose import diagnose
+                  views: bool = True, batch_size: int | None = None, sharded: bool = False,
+                  **kwargs: Any) -> Any:
+    """Diagnose and store the report (with the figures' data when ``views``). Returns it.
 
-    report = diagnose(model, inputs, views=views, quiet=run.quiet, **kwargs)
+    * ``inputs`` a tensor and no ``batch_size``: :func:`convscope.diagnose.diagnose` on that
+      batch;
+    * a ``Dataset``, a loader, or a tensor with ``batch_size``: the statistics of every item
+      (:func:`convscope.diagnose.diagnose_dataset`; the figures show the first batch);
+    * ``sharded=True`` under ``torch.distributed``: every rank must call it; the data set is
+      split across ranks (:func:`convscope.distributed.diagnose_sharded`) and rank 0 stores.
+    """
+    import torch
+
+    if sharded:
+        from ..distributed import diagnose_sharded, rank_world
+
+        report = diagnose_sharded(model, inputs, batch_size=batch_size or 64, views=views,
+                                  quiet=run.quiet, **kwargs)
+        if rank_world()[0] == 0:
+            store_report(run, report, key)
+        return report
+    if isinstance(inputs, torch.Tensor) and batch_size is None:
+        from ..diagnose import diagnose
+
+        report = diagnose(model, inputs, views=views, quiet=run.quiet, **kwargs)
+    else:
+        from ..diagnose import diagnose_dataset
+
+        report = diagnose_dataset(model, inputs, batch_size=batch_size or 64, views=views,
+                                  quiet=run.quiet, **kwargs)
     store_report(run, report, key)
     return report

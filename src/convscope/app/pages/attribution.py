@@ -10,6 +10,9 @@ from ...figures.attribution import METHOD_TITLES, attribution_gallery
 from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
 from . import Page
 
+#: Images (rows) shown at once; larger sets are paged.
+PAGE_SIZE = 8
+
 
 def _has(reader) -> bool:
     return bool(reader.objects("attributions"))
@@ -30,6 +33,10 @@ def layout() -> html.Div:
             html.Label(["Opacity", dcc.Slider(id="attr-opacity", min=0, max=1, step=0.05,
                                               value=0.5, marks={0: "0", 0.5: "0.5", 1: "1"})],
                        className="control"),
+            html.Label(["Images", dcc.Input(id="attr-page", type="number", min=1, step=1,
+                                            value=1, debounce=True, style={"width": "5em"}),
+                        html.Span(id="attr-pages", className="muted")],
+                       className="control", id="attr-paging", style={"display": "none"}),
         ], className="controls"),
         html.Div(id="attr-status"),
         html.Div([graph("attr-gallery")], className="panel", id="attr-body",
@@ -66,34 +73,42 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("attr-methods", "options"), Output("attr-methods", "value"),
+        Output("attr-page", "value"), Output("attr-page", "max"),
         Input("attr-run", "value"), Input("attr-key", "value"), State("attr-methods", "value"),
     )
     def _methods(run, key, current):
         if not run or not key:
-            return [], []
+            return [], [], 1, 1
         meta = _meta(state.reader(run), key)
         opts = [{"label": METHOD_TITLES.get(m, m), "value": m} for m in meta["methods"]]
         keep = [m for m in (current or []) if m in meta["methods"]]
-        return opts, keep or list(meta["methods"])
+        pages = max(1, -(-int(meta["n"]) // PAGE_SIZE))
+        return opts, keep or list(meta["methods"]), 1, pages
 
     @app.callback(
         Output("attr-gallery", "figure"), Output("attr-body", "style"),
-        Output("attr-metrics", "children"),
+        Output("attr-metrics", "children"), Output("attr-paging", "style"),
+        Output("attr-pages", "children"),
         Input("attr-run", "value"), Input("attr-key", "value"), Input("attr-methods", "value"),
-        Input("attr-opacity", "value"),
+        Input("attr-opacity", "value"), Input("attr-page", "value"),
     )
-    def _gallery(run, key, methods, opacity):
+    def _gallery(run, key, methods, opacity, page):
         if not run or not key:
-            return {}, {"display": "none"}, ""
+            return {}, {"display": "none"}, "", {"display": "none"}, ""
         reader = state.reader(run)
         meta = _meta(reader, key)
         fkey = meta["file_key"]
-        images = reader.array("attr_images", fkey).astype(np.float32)
-        maps = {m: reader.array("attributions", f"{fkey}.{m}").astype(np.float32)
+        n = int(meta["n"])
+        pages = max(1, -(-n // PAGE_SIZE))
+        page = min(max(1, int(page or 1)), pages)
+        first, last = (page - 1) * PAGE_SIZE, min(n, page * PAGE_SIZE)
+        images = np.asarray(reader.array("attr_images", fkey, mmap=True)[first:last], dtype=np.float32)
+        maps = {m: np.asarray(reader.array("attributions", f"{fkey}.{m}", mmap=True)[first:last],
+                              dtype=np.float32)
                 for m in meta["methods"]}
         names = meta.get("class_names")
         rows = []
-        for i in range(meta["n"]):
+        for i in range(first, last):
             def nm(c):
                 return names[c] if names and 0 <= c < len(names) else str(c)
             lab = meta["labels"][i]
@@ -101,7 +116,9 @@ def register(app, state) -> None:
         fig = attribution_gallery(images, maps, methods=methods or [],
                                   opacity=float(0.5 if opacity is None else opacity),
                                   row_labels=rows)
-        return fig, {}, _metrics_table(reader, key, meta)
+        paging = {} if pages > 1 else {"display": "none"}
+        text = f" page {page} of {pages}: images {first + 1}-{last} of {n}"
+        return fig, {}, _metrics_table(reader, key, meta), paging, text
 
 
 def _meta(reader, key: str) -> dict:
@@ -117,7 +134,7 @@ def _metrics_table(reader, key: str, meta: dict):
     if df.empty:
         return ""
     agg = {"drop": "mean", "increase": "mean"}
-    if "pointing_hit" in df.columns:
+    if "pointing_hit" in df.columns and df["pointing_hit"].notna().any():
         agg["pointing_hit"] = "mean"
     t = df.groupby("method").agg(agg).reindex(meta["methods"]).reset_index()
     t["seconds"] = [meta["seconds"].get(m, float("nan")) for m in t["method"]]

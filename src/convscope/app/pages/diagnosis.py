@@ -26,6 +26,8 @@ def layout() -> html.Div:
                     "high-abstraction outputs, then conv parameters, then dense parameters. "
                     "Click a layer to see its dendrogram, grid and distributions."),
         html.Div([run_picker("diag-run"),
+                  html.Label(["Report", dcc.Dropdown(id="diag-key", clearable=False)],
+                             className="control"),
                   html.Label(["Layer", dcc.Dropdown(id="diag-layer", placeholder="a layer")],
                              className="control control-wide")], className="controls"),
         html.Div(id="diag-status"),
@@ -85,20 +87,42 @@ def register(app, state) -> None:
         return options, value, note
 
     @app.callback(
-        Output("diag-findings", "children"), Output("diag-layer", "options"),
-        Input("diag-run", "value"),
+        Output("diag-key", "options"), Output("diag-key", "value"),
+        Input("diag-run", "value"), State("diag-key", "value"),
     )
-    def _findings(run):
+    def _keys(run, current):
         if not run:
+            return [], None
+        keys = state.reader(run).objects("diagnosis")
+        return keys, current if current in keys else (keys[0] if keys else None)
+
+    @app.callback(
+        Output("diag-findings", "children"), Output("diag-layer", "options"),
+        Input("diag-run", "value"), Input("diag-key", "value"),
+    )
+    def _findings(run, key):
+        if not run or not key:
             return "", []
         reader = state.reader(run)
-        report = reader.object("diagnosis", reader.objects("diagnosis")[0])
+        if not reader.has_object("diagnosis", key):
+            return "", []
+        report = reader.object("diagnosis", key)
         layers = sorted(set(reader.objects("diag_view")) | set(reader.objects("diag_param_view")))
         n = len([f for f in report.get("findings", []) if f.get("severity") in ("error",
                                                                                 "warning")])
+        meta = report.get("meta") or {}
+        scope = ""
+        if meta.get("items"):
+            procs = meta.get("processes", 1)
+            scope = (f" Statistics over {meta['items']} images"
+                     + (f", computed by {procs} processes" if procs and procs > 1 else "")
+                     + (f"; figures from {meta['views_from']}" if meta.get("views_from")
+                        else "") + ".")
+        elif meta.get("input_shape"):
+            scope = f" Measured on one batch of shape {meta['input_shape']}."
         head = html.Div(f"{n} problem(s) in {len(report.get('layers', []))} layer outputs and "
-                        f"{len(report.get('params', []))} parameter tensors.",
-                        className="muted")
+                        f"{len(report.get('params', []))} parameter tensors.{scope}",
+                        className="muted", id="diag-summary")
         return [head, findings_list(report)], layers
 
     @app.callback(

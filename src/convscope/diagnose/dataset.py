@@ -1,0 +1,421 @@
+"""Seed 002's diagnosis over a whole data set, streamed batch by batch, with mergeable statistics.
+
+:func:`diagnose` measures one batch. :func:`diagnose_dataset` runs every batch of a data set
+through the model and keeps, per layer output, only numbers that *add up*
+(:class:`OutputMoments`): value counts, float64 sums and sums of squares, the absolute maximum,
+near-zero and saturated counts, which channels are ever alive, all-zero single maps, the channels'
+Gram matrix ``G = A A^T`` (so the cosine distances, and the channel tree, cover every value of
+every image rather than a sample), and the sums behind the input similarity. Results over
+disjoint shares merge exactly (:func:`merge_outputs`), which is how
+:func:`convscope.distributed.diagnose_sharded` splits the pass across processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, ModelError
+from .cluster import (
+    MAX_CHANNELS,
+    cluster_distances,
+    gram_distances,
+    merge_height_stats,
+    sample_indices,
+)
+from .report import Report
+from .stats import LayerStats, ParamStats, fill_stats, measure_batch, param_stats, similarity_terms
+from .thresholds import Thresholds
+
+__all__ = ["OutputMoments", "accumulate_outputs", "merge_outputs", "report_of",
+           "diagnose_dataset"]
+
+
+@dataclass
+class OutputMoments:
+    """The additive statistics of one layer output over many batches.
+
+    Attributes:
+        name, type, order: the output (module path, class name, execution order).
+        kind: ``"maps"`` or ``"features"``. abstraction: ``"low"`` / ``"high"``.
+        shape: one batch's shape with the batch dimension set to the items seen.
+        channels: C. values, finite: value counts. s1, s2: float64 sums of the finite values
+            and of their squares. absmax: largest |value|. near_zero, saturated: counts
+            (``saturated`` is ``None`` for unbounded activations). alive: ``[C]`` bool.
+        dead_maps, maps: all-zero single maps, and maps (``B x C`` per batch).
+        index: ``[C']`` the channels in the Gram matrix (all, or a seeded sample of
+            ``max_channels``). gram: ``[C', C']`` float64 ``sum <A_i, A_j>`` over every value.
+        sim_sum, sim_count: ``[C']`` sums of the best |correlation| with the image and counts
+            of non-constant maps (low-abstraction maps with an image input), else ``None``.
+        notes: what was sampled.
+    """
+
+    name: str
+    type: str = ""
+    order: int = 0
+    kind: str = "maps"
+    abstraction: str = "high"
+    shape: list[int] = field(default_factory=list)
+    channels: int = 0
+    values: int = 0
+    finite: int = 0
+    s1: float = 0.0
+    s2: float = 0.0
+    absmax: float = 0.0
+    near_zero: int = 0
+    saturated: int | None = None
+    alive: torch.Tensor | None = None
+    dead_maps: int = 0
+    maps: int = 0
+    index: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+    sim_sum: torch.Tensor | None = None
+    sim_count: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to(self, device: Any) -> OutputMoments:
+        """A copy with the tensors on ``device``."""
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(self, alive=mv(self.alive), index=mv(self.index), gram=mv(self.gram),
+                       sim_sum=mv(self.sim_sum), sim_count=mv(self.sim_count),
+                       shape=list(self.shape), notes=list(self.notes))
+
+    def merge(self, other: OutputMoments) -> OutputMoments:
+        """The statistics of both sets of items: counts and sums add, the maximum is taken,
+        liveness is OR-ed."""
+        if (other.name, other.channels) != (self.name, self.channels) or \
+                list(other.shape[1:]) != list(self.shape[1:]):
+            raise InputError(
+                f"cannot merge statistics of different outputs: {self.name} {self.shape} and "
+                f"{other.name} {other.shape}.")
+
+        def add(a: Any, b: Any) -> Any:
+            if a is None or b is None:
+                return b if a is None else a
+            if isinstance(a, torch.Tensor):
+                return a + b.to(a.device)
+            return a + b
+
+        alive = (self.alive | other.alive.to(self.alive.device)) \
+            if self.alive is not None and other.alive is not None else (self.alive
+                                                                        if other.alive is None
+                                                                        else other.alive)
+        return replace(
+            self, shape=[self.shape[0] + other.shape[0], *self.shape[1:]],
+            values=self.values + other.values, finite=self.finite + other.finite,
+            s1=self.s1 + other.s1, s2=self.s2 + other.s2,
+            absmax=max(self.absmax, other.absmax), near_zero=self.near_zero + other.near_zero,
+            saturated=add(self.saturated, other.saturated), alive=alive,
+            dead_maps=self.dead_maps + other.dead_maps, maps=self.maps + other.maps,
+            gram=add(self.gram, other.gram), sim_sum=add(self.sim_sum, other.sim_sum),
+            sim_count=add(self.sim_count, other.sim_count), notes=list(self.notes),
+        )
+
+    def layer_stats(self, *, dendrogram: bool = False) -> tuple[LayerStats, Any]:
+        """``(LayerStats, Clustering or None)`` of everything seen, as
+        :func:`~convscope.diagnose.output_stats` gives for one batch (the channel tree from the
+        Gram matrix: every value, no value sampling; the thresholds were applied when the
+        batches were measured)."""
+        st = LayerStats(name=self.name, type=self.type, order=self.order, shape=list(self.shape),
+                        kind=self.kind, abstraction=self.abstraction, channels=self.channels,
+                        values=self.values, notes=list(self.notes))
+        if self.values == 0:
+            st.notes.append("empty output; nothing to measure.")
+            return st, None
+        if self.finite == 0:
+            st.nonfinite_share = 1.0
+            st.notes.append("every value is NaN or Inf; no statistics, no clustering.")
+            return st, None
+        fill_stats(st, {
+            "values": self.values, "finite": self.finite, "s1": self.s1, "s2": self.s2,
+            "absmax": self.absmax, "near_zero": self.near_zero, "saturated": self.saturated,
+            "alive": self.alive, "dead_maps": self.dead_maps, "maps": self.maps,
+        })
+        cl = None
+        if self.gram is not None:
+            d, n_dead = gram_distances(self.gram)
+            sampled = len(self.index) < self.channels
+            note = (f"clustered {len(self.index)} of {self.channels} channels (seeded sample)"
+                    if sampled else "")
+            cl = cluster_distances(d, labels=self.index.cpu().numpy(), n_total=self.channels,
+                                   n_dead=n_dead, dendrogram=dendrogram, note=note)
+            st.clustered, st.sampled = cl.n, sampled
+            if note:
+                st.notes.append(note)
+            if cl.ok:
+                ms = merge_height_stats(cl)
+                st.merge_median, st.merge_iqr = ms["median"], ms["iqr"]
+                st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
+            elif cl.note:
+                st.notes.append(cl.note)
+        if self.sim_sum is not None:
+            live = self.alive.index_select(0, self.index.to(self.alive.device)).to(
+                self.sim_count.device)
+            count = int(self.sim_count[live].sum())
+            if count:
+                st.input_similarity = float(self.sim_sum[live].sum()) / count
+        return st, cl
+
+
+def _measure(x: torch.Tensor, image: torch.Tensor | None, m: OutputMoments, th: Thresholds,
+             module: nn.Module | None, max_channels: int, seed: int) -> OutputMoments:
+    """Statistics of one batch of one output (``m`` gives the name, type and level)."""
+    b = int(x.shape[0])
+    out = replace(m, shape=[b, *[int(s) for s in x.shape[1:]]], channels=int(x.shape[1]),
+                  notes=list(m.notes))
+    if x.numel() == 0:
+        return out
+    mb = measure_batch(x, thresholds=th, module_type=m.type, module=module)
+    xz = mb["xz"]
+    idx = sample_indices(out.channels, max_channels, seed, device=xz.device)
+    v = xz.transpose(0, 1).reshape(out.channels, -1).index_select(0, idx)  # [C', M]
+    out = replace(
+        out, values=mb["values"], finite=mb["finite"], s1=mb["s1"], s2=mb["s2"],
+        absmax=mb["absmax"], near_zero=mb["near_zero"], saturated=mb["saturated"],
+        alive=mb["alive"], dead_maps=mb["dead_maps"], maps=mb["maps"], index=idx,
+        gram=(v @ v.T).double(),
+    )
+    if m.abstraction == "low" and image is not None and x.dim() == 4:
+        terms = similarity_terms(xz.index_select(1, idx), image)
+        if terms is not None:
+            best, varies = terms
+            out.sim_sum = (best.double() * varies).sum(0)
+            out.sim_count = varies.sum(0).long()
+    return out
+
+
+def _layers_of(model: nn.Module, example: torch.Tensor, layers: Any
+               ) -> tuple[list[str], dict[str, nn.Module]]:
+    """The output names to follow and their modules, from one forward pass of ``example``."""
+    from ..model import capture
+    from ..model._common import split_call
+    from .core import _execution_order, default_layers
+
+    calls, _ = _execution_order(model, (example,))
+    if not calls:
+        raise ModelError(f"{type(model).__name__} ran no leaf module returning a tensor; there "
+                         "is nothing to diagnose.")
+    if layers is None:
+        names = default_layers(calls)
+    else:
+        names = list(capture(model, example[:1], layers))
+        if not names:
+            raise InputError("none of the chosen layers ran during the forward pass; choose "
+                             "layers the forward pass uses (see cs.model.leaf_modules(model)).")
+    named = dict(model.named_modules())
+    return names, {n: named[split_call(n)[0]] for n in names}
+
+
+def accumulate_outputs(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    layers: Any = None,
+    batch_size: int = 64,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    abstraction: Mapping[str, str] | None = None,
+    max_channels: int = MAX_CHANNELS,
+    seed: int = 0,
+    example: torch.Tensor | None = None,
+    quiet: bool = False,
+) -> dict[str, OutputMoments]:
+    """Stream ``dataset`` through ``model`` (eval mode, no gradients) and accumulate each chosen
+    output's :class:`OutputMoments`.
+
+    Args:
+        model: the network.
+        dataset: images ``[N, C, H, W]``, a map-style ``Dataset`` or an iterable of batches.
+        layers: as in :func:`~convscope.diagnose.diagnose` (``None``: every activation output
+            plus the head).
+        batch_size: images per forward pass (tensor and ``Dataset`` inputs).
+        thresholds: measurement settings (dead_atol, near_zero_eps, saturation_margin ...).
+        abstraction: ``{layer: "low" | "high"}`` overrides; by default maps at least
+            ``low_abstraction_min_scale`` of the input's size are low-abstraction.
+        max_channels, seed: layers with more channels keep a Gram matrix over a seeded sample.
+        example: a batch that fixes the layers and the input size (default: the first batch);
+            under sharding every rank passes the data set's first batch.
+        quiet: hide the progress bar.
+
+    Returns:
+        ``{output name: OutputMoments}`` in execution order.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.batching import iter_batches
+    from ..model import capture
+    from ..model._common import check_model, model_device
+
+    check_model(model)
+    th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
+                           else dict(thresholds))
+    abstraction = dict(abstraction or {})
+    for k, v in abstraction.items():
+        if v not in ("low", "high"):
+            raise InputError(f"abstraction[{k!r}] = {v!r}: use 'low' or 'high'.")
+    batches, total = iter_batches(dataset, batch_size)
+    device = model_device(model)
+    first = None
+    if example is None:
+        first = next(iter(batches), None)
+        if first is None:
+            raise InputError("the data set is empty: there is nothing to diagnose.")
+        example = first[1]
+    example = example.to(device)
+    names, modules = _layers_of(model, example, layers)
+    image = example.dim() == 4
+    side = min(int(example.shape[2]), int(example.shape[3])) if image else None
+    with torch.no_grad():
+        shapes = {k: v for k, v in capture(model, example[:1], names).items()}
+    templates: dict[str, OutputMoments] = {}
+    for order, name in enumerate(names):
+        t = shapes.get(name)
+        mtype = type(modules[name]).__name__
+        kind = "other" if not isinstance(t, torch.Tensor) or t.dim() < 2 else (
+            "features" if t.dim() == 2 else "maps")
+        level = abstraction.get(name)
+        if level is None:
+            level = "high"
+            if kind == "maps" and t.dim() == 4 and side is not None and \
+                    min(int(t.shape[2]), int(t.shape[3])) >= th.low_abstraction_min_scale * side:
+                level = "low"
+        templates[name] = OutputMoments(name=name, type=mtype, order=order, kind=kind,
+                                        abstraction=level)
+    acc: dict[str, OutputMoments | None] = {n: None for n in names}
+    bar = tqdm(total=total, disable=quiet, desc="diagnosis statistics", unit="img")
+
+    def run(x: torch.Tensor) -> None:
+        x = x.to(device)
+        outs = capture(model, x, names)
+        for name in names:
+            out = outs.get(name)
+            tm = templates[name]
+            if tm.kind == "other" or not isinstance(out, torch.Tensor):
+                continue
+            m = _measure(out, x if image else None, tm, th, modules[name], max_channels, seed)
+            acc[name] = m if acc[name] is None else acc[name].merge(m)
+        bar.update(int(x.shape[0]))
+
+    try:
+        if first is not None:
+            run(first[1])
+        for _, x, _ in batches:
+            run(x)
+    finally:
+        bar.close()
+    result = {}
+    for name in names:
+        m = acc[name]
+        if m is None:
+            m = replace(templates[name])
+            shape = shapes.get(name)
+            m.shape = list(shape.shape) if isinstance(shape, torch.Tensor) else []
+            if m.kind == "other":
+                m.notes.append("output has no channel dimension (or is not a tensor); "
+                               "not analysed.")
+        result[name] = m
+    return result
+
+
+def merge_outputs(parts: Sequence[Mapping[str, OutputMoments]]) -> dict[str, OutputMoments]:
+    """Merge :func:`accumulate_outputs` results over disjoint shares (in order)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        raise InputError("no statistics to merge: every share was empty.")
+    out = dict(parts[0])
+    for p in parts[1:]:
+        if list(p) != list(out):
+            raise InputError(f"cannot merge statistics of different layers: {list(out)} and "
+                             f"{list(p)}.")
+        for name, m in p.items():
+            out[name] = out[name].merge(m) if out[name].values or out[name].gram is not None \
+                else m
+    return out
+
+
+def report_of(
+    model: nn.Module,
+    moments: Mapping[str, OutputMoments],
+    *,
+    params: Any = None,
+    layers: Any = None,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    views_inputs: torch.Tensor | None = None,
+    seed: int = 0,
+    meta: Mapping[str, Any] | None = None,
+) -> Report:
+    """The :class:`Report` of accumulated statistics: the rules applied to every output's
+    :meth:`OutputMoments.layer_stats` and to the weights (``params`` as in
+    :func:`~convscope.diagnose.diagnose`). ``views_inputs``: a batch whose figure data (maps,
+    kernels, trees, KDEs) the report carries for the dashboard — the numbers and findings
+    always cover every item."""
+    from .core import choose_params, diagnose, finish_report
+
+    th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
+                           else dict(thresholds))
+    from ..model._common import split_call
+
+    named = dict(model.named_modules())
+    chosen = None if layers is None else {n: named[split_call(n)[0]] for n in moments}
+    pmods = choose_params(model, params, chosen)
+    layer_stats = [m.layer_stats()[0] for m in moments.values()]
+    param_list: list[ParamStats] = [
+        param_stats(m, name=n, order=i, thresholds=th, seed=seed)[0]
+        for i, (n, m) in enumerate(pmods.items())
+    ]
+    report = Report(thresholds=th, meta=dict(meta or {}))
+    if views_inputs is not None:
+        shown = diagnose(model, views_inputs, layers=list(moments), params=list(pmods) or False,
+                         thresholds=th, views=True, seed=seed, quiet=True)
+        report.output_views, report.param_views = shown.output_views, shown.param_views
+        report.meta["views_from"] = f"the first {int(views_inputs.shape[0])} images"
+    items = next((m.shape[0] for m in moments.values() if m.shape), 0)
+    report.meta.update({"model": type(model).__name__, "layers": list(moments),
+                        "params": list(pmods), "items": int(items)})
+    return finish_report(report, layer_stats, param_list, th)
+
+
+def diagnose_dataset(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    layers: Any = None,
+    params: Any = None,
+    batch_size: int = 64,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    abstraction: Mapping[str, str] | None = None,
+    views: bool = False,
+    max_channels: int = MAX_CHANNELS,
+    seed: int = 0,
+    quiet: bool = False,
+) -> Report:
+    """Seed 002's diagnosis with the layer statistics of a whole data set.
+
+    Like :func:`~convscope.diagnose.diagnose`, but every batch of ``dataset`` is measured and
+    the statistics add up (:class:`OutputMoments`): "dead" means dead on every image, the
+    channel trees use the cosine distances over every value of every image. ``views=True`` adds
+    the figure data of the first batch. Under ``torchrun``,
+    :func:`convscope.distributed.diagnose_sharded` splits the pass across processes.
+
+    Returns:
+        :class:`Report` (``report.meta["items"]``: images measured).
+    """
+    t0 = time.perf_counter()
+    moments = accumulate_outputs(model, dataset, layers=layers, batch_size=batch_size,
+                                 thresholds=thresholds, abstraction=abstraction,
+                                 max_channels=max_channels, seed=seed, quiet=quiet)
+    first = None
+    if views:
+        from ..data.batching import iter_batches
+
+        first = next(iter(iter_batches(dataset, batch_size)[0]))[1]
+    report = report_of(model, moments, params=params, layers=layers, thresholds=thresholds,
+                       views_inputs=first, seed=seed)
+    report.meta["seconds"] = time.perf_counter() - t0
+    return report

@@ -1,0 +1,286 @@
+"""Every attribution method over a whole data set, batch by batch, with the quality metrics.
+
+:func:`attribute_all` is what ``run.log_attributions`` stores and what
+:func:`convscope.distributed.attributions_sharded` splits across processes: each image's maps and
+metrics depend on that image alone (the model runs in eval mode), so results over disjoint
+shares, concatenated in order (:meth:`AttributionSet.cat`), are the results of one pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConvscopeError, InputError
+from ._core import auto_layer, check_model
+
+__all__ = ["ATTRIBUTION_METHODS", "AttributionSet", "attribute_all", "unit_scale"]
+
+#: Every method, in the order the Attribution page shows them.
+ATTRIBUTION_METHODS = ("saliency", "deconvnet", "guided_backprop", "cam", "grad_cam",
+                       "grad_cam_pp", "score_cam")
+_INPUT_SPACE = {"saliency", "deconvnet", "guided_backprop"}
+
+
+def unit_scale(maps: Tensor) -> Tensor:
+    """Min-max scale each map of ``[B, ...]`` to [0, 1] (a constant map becomes 0)."""
+    flat = maps.reshape(maps.shape[0], -1).float()
+    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
+
+
+@dataclass
+class AttributionSet:
+    """Maps and per-image metrics of several methods over ``N`` images.
+
+    Attributes:
+        methods: the methods computed, in order.
+        maps: ``{method: [N, H, W]}`` in [0, 1] (input-space methods reduced with
+            :func:`~convscope.explain.to_heatmap`, max |.| over channels; every map min-max
+            scaled per image).
+        indices: ``[N]`` position of each image in the data set.
+        labels: ``[N]`` true class, ``-1`` where unknown.
+        target: ``[N]`` class explained. pred: ``[N]`` predicted class. prob: ``[N]`` its
+            probability.
+        drop, increase: ``{method: [N]}`` the average-drop term ``max(0, y - o) / y`` and
+            whether the confidence rose (``o > y``) on ``image * map`` (Grad-CAM++ paper).
+        pointing: ``{method: [N]}`` pointing-game hits when object masks were given.
+        skipped: ``{method: reason}`` for methods that do not apply to the model.
+        seconds: ``{method: seconds}`` spent computing the maps.
+        layer: the layer Grad-CAM, Grad-CAM++ and Score-CAM used.
+    """
+
+    methods: list[str]
+    maps: dict[str, Tensor]
+    indices: Tensor
+    labels: Tensor
+    target: Tensor
+    pred: Tensor
+    prob: Tensor
+    drop: dict[str, Tensor]
+    increase: dict[str, Tensor]
+    pointing: dict[str, Tensor] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    layer: str = ""
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def to(self, device: Any) -> AttributionSet:
+        """A copy with every tensor on ``device``."""
+        def mv(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(device) for k, v in d.items()}
+
+        return AttributionSet(
+            methods=list(self.methods), maps=mv(self.maps), indices=self.indices.to(device),
+            labels=self.labels.to(device), target=self.target.to(device),
+            pred=self.pred.to(device), prob=self.prob.to(device), drop=mv(self.drop),
+            increase=mv(self.increase), pointing=mv(self.pointing), skipped=dict(self.skipped),
+            seconds=dict(self.seconds), layer=self.layer,
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[AttributionSet]) -> AttributionSet:
+        """Concatenate results over consecutive shares (in order); times add up."""
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            raise InputError("no attribution results to concatenate.")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.methods != first.methods or p.layer != first.layer:
+                raise InputError(
+                    f"cannot concatenate attribution results of different methods or layers: "
+                    f"{first.methods} at {first.layer!r} and {p.methods} at {p.layer!r}."
+                )
+
+        def cat_d(name: str) -> dict[str, Tensor]:
+            keys = getattr(first, name).keys()
+            return {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in keys}
+
+        seconds: dict[str, float] = {}
+        for p in parts:
+            for k, v in p.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+        skipped: dict[str, str] = {}
+        for p in parts:
+            skipped.update(p.skipped)
+        return cls(
+            methods=list(first.methods), maps=cat_d("maps"),
+            indices=torch.cat([p.indices for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            target=torch.cat([p.target for p in parts]),
+            pred=torch.cat([p.pred for p in parts]), prob=torch.cat([p.prob for p in parts]),
+            drop=cat_d("drop"), increase=cat_d("increase"), pointing=cat_d("pointing"),
+            skipped=skipped, seconds=seconds, layer=first.layer,
+        )
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown attribution method(s) {unknown or methods}: choose from "
+                         f"{list(ATTRIBUTION_METHODS)}.")
+    return methods
+
+
+def _target_slice(target: Any, a: int, b: int, n: int | None) -> Any:
+    """The part of ``target`` for images ``[a, b)`` of the pass."""
+    if target is None or isinstance(target, int) or callable(target):
+        return target
+    t = torch.as_tensor(target).reshape(-1)
+    if n is not None and t.numel() != n:
+        raise InputError(f"target has {t.numel()} entries for {n} images: give one class per "
+                         "image, one int, None (the predicted class) or a callable.")
+    return t[a:b]
+
+
+def attribute_all(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    methods: Sequence[str] = ATTRIBUTION_METHODS,
+    target: Any = None,
+    labels: Any = None,
+    masks: Tensor | None = None,
+    layer: Any = None,
+    batch_size: int = 64,
+    score_cam_batch_size: int = 64,
+    offset: int = 0,
+    quiet: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> AttributionSet:
+    """Every method in ``methods`` on every image of ``dataset``, ``batch_size`` images at a time.
+
+    Args:
+        model: the network (eval mode during the call; its mode is restored).
+        dataset: images ``[N, C, H, W]``, a map-style ``Dataset`` (items ``(image, label)``
+            give the labels) or an iterable of batches.
+        methods: any of :data:`ATTRIBUTION_METHODS`. A method that does not apply to the model
+            (CAM needs global pooling + a linear classifier) is skipped and the reason kept.
+        target: class to explain: ``None`` (the predicted class), an int, ``N`` ints or a
+            callable as in :mod:`convscope.explain`.
+        labels: ``[N]`` true classes (default: from the data set's items, else unknown).
+        masks: ``[N, H, W]`` object masks for the pointing game.
+        layer: Grad-CAM / Grad-CAM++ / Score-CAM layer (default :func:`auto_layer`).
+        batch_size: images per pass. score_cam_batch_size: masked images per Score-CAM pass.
+        offset: added to the running image positions (the share's start, when sharded).
+        quiet: hide the progress bar. progress: called with each batch's size.
+
+    Returns:
+        :class:`AttributionSet` on the model's device.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import explain
+    from ..data.batching import iter_batches
+    from . import metrics
+
+    check_model(model)
+    methods = _check_methods(methods)
+    if isinstance(dataset, Tensor) and dataset.dim() == 3:
+        dataset = dataset.unsqueeze(0)
+    batches, total = iter_batches(dataset, batch_size)
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1).long()
+        if total is not None and labels.numel() != total:
+            raise InputError(f"labels has {labels.numel()} entries for {total} images.")
+    if masks is not None and total is not None and int(masks.shape[0]) != total:
+        raise InputError(f"masks must be [N, H, W] with N = {total} images, got "
+                         f"{list(masks.shape)}.")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    parts: list[AttributionSet] = []
+    skipped: dict[str, str] = {}
+    cam_layer = layer
+    bar = tqdm(total=total, disable=quiet, desc="attributions", unit="img")
+    try:
+        pos = 0
+        for idx, x, y in batches:
+            b = int(x.shape[0])
+            x = x.to(device)
+            if x.dim() != 4:
+                raise InputError(f"images must be [B, C, H, W], got {list(x.shape)}.")
+            if cam_layer is None:
+                cam_layer = auto_layer(model, x)
+            with torch.no_grad():
+                probs = torch.softmax(model(x).float(), dim=1)
+            pred = probs.argmax(dim=1)
+            t = _target_slice(target, pos, pos + b, total)
+            if t is None:
+                tgt = pred
+            elif isinstance(t, int):
+                tgt = torch.full_like(pred, t)
+            elif callable(t):
+                tgt = t
+            else:
+                tgt = t.to(pred.device)
+            if labels is not None:
+                lab = labels[pos:pos + b]
+            elif y is not None:
+                lab = y
+            else:
+                lab = torch.full((b,), -1, dtype=torch.long)
+            m_b = masks[pos:pos + b].to(device) if masks is not None else None
+            maps: dict[str, Tensor] = {}
+            seconds: dict[str, float] = {}
+            for method in methods:
+                if method in skipped:
+                    continue
+                fn = getattr(explain, method)
+                t0 = time.perf_counter()
+                try:
+                    if method in _INPUT_SPACE:
+                        raw = explain.to_heatmap(fn(model, x, tgt))
+                    elif method == "cam":  # CAM: the map that feeds the global pooling
+                        raw = fn(model, x, tgt)
+                    elif method == "score_cam":
+                        raw = fn(model, x, tgt, layer=cam_layer,
+                                 batch_size=score_cam_batch_size, quiet=True)
+                    else:
+                        raw = fn(model, x, tgt, layer=cam_layer)
+                except ConvscopeError as exc:
+                    if parts or maps:  # it worked on earlier images: a real error
+                        raise
+                    skipped[method] = str(exc)
+                    continue
+                seconds[method] = time.perf_counter() - t0
+                maps[method] = unit_scale(raw.detach())
+            explained = tgt if isinstance(tgt, Tensor) else pred
+            if callable(tgt):  # the class a callable scored highest is not known: report pred
+                explained = pred
+            drop, inc, hit = {}, {}, {}
+            for method, mp in maps.items():
+                cc = metrics.confidence_change(model, x, mp, tgt)
+                drop[method] = cc.drop.float()
+                inc[method] = cc.increase
+                if m_b is not None:
+                    hit[method] = metrics.pointing_game(mp, m_b)
+            parts.append(AttributionSet(
+                methods=[m for m in methods if m in maps], maps=maps,
+                indices=idx.to(device) + offset, labels=lab.to(device).long(),
+                target=explained.long(), pred=pred, prob=probs.gather(1, pred[:, None])[:, 0],
+                drop=drop, increase=inc, pointing=hit, seconds=seconds,
+                layer=cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__,
+            ))
+            pos += b
+            bar.update(b)
+            if progress is not None:
+                progress(b)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if not parts:
+        raise InputError("the data set is empty: there is nothing to explain.")
+    out = AttributionSet.cat(parts)
+    out.skipped = skipped
+    return out
