@@ -1,11 +1,20 @@
-"""Benchmark a sharded top-examples pass (``convscope.distributed.top_examples_sharded``) with 1
-and 2 processes under torchrun (CPU, gloo).
+"""Benchmark a sharded data-set pass of ``convscope.distributed`` with 1 and 2 processes under
+torchrun (CPU, gloo).
 
-Run:  .venv/bin/python benchmarks/bench_distributed.py [--runs 3] [--images 4000] [--width 16]
-      [--procs 1,2]
+Run:  .venv/bin/python benchmarks/bench_distributed.py [--job top-examples] [--runs 3]
+      [--images 4000] [--width 16] [--procs 1,2]
 
-Workload: zoo ResNet (random weights, seed 0) of ``--width``, ``--images`` Shapes test images
-(32 x 32), top 9 per channel with crops for ``layer1`` and ``layer2``. Each worker runs with one
+Jobs (``--job``), on the zoo ResNet (random weights, seed 0) of ``--width`` and ``--images``
+Shapes test images (32 x 32):
+
+* ``top-examples``: top 9 per channel with crops for ``layer1`` and ``layer2``
+  (``top_examples_sharded``);
+* ``attributions``: all seven attribution methods with their metrics
+  (``attributions_sharded``, Grad-CAM / Score-CAM at ``layer3``);
+* ``diagnosis``: the mergeable statistics of every activation output and the report
+  (``diagnose_sharded``).
+
+Each worker runs with one
 thread (torchrun sets ``OMP_NUM_THREADS=1``); the time is measured inside the workers from a
 barrier after the data is rendered to the end of the gather and merge (rank 0's clock), so
 process start-up is excluded (it is reported apart as the launch's wall time). Baseline: the same
@@ -35,7 +44,12 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import convscope as cs
-    from convscope.distributed import rank_world, top_examples_sharded
+    from convscope.distributed import (
+        attributions_sharded,
+        diagnose_sharded,
+        rank_world,
+        top_examples_sharded,
+    )
     from convscope.zoo import resnet
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -49,8 +63,13 @@ def worker(args: argparse.Namespace) -> None:
     if world > 1:
         dist.barrier()
     t0 = time.perf_counter()
-    for layer in LAYERS:
-        top_examples_sharded(model, layer, images, k=9, quiet=True)
+    if args.job == "top-examples":
+        for layer in LAYERS:
+            top_examples_sharded(model, layer, images, k=9, quiet=True)
+    elif args.job == "attributions":
+        attributions_sharded(model, images, layer="layer3", quiet=True)
+    else:
+        diagnose_sharded(model, images, quiet=True)
     seconds = time.perf_counter() - t0
     if rank == 0:
         print("RESULT " + json.dumps({"seconds": seconds, "world": world,
@@ -69,7 +88,8 @@ def launch(nproc: int, args: argparse.Namespace, threads: int | None = None
            ) -> tuple[float, float]:
     """(seconds inside the workers, wall seconds of the whole launch)."""
     me = str(Path(__file__).resolve())
-    opts = ["--worker", "--images", str(args.images), "--width", str(args.width)]
+    opts = ["--worker", "--images", str(args.images), "--width", str(args.width),
+            "--job", args.job]
     if threads:
         cmd = [sys.executable, me, *opts, "--threads", str(threads)]
     else:
@@ -87,6 +107,8 @@ def launch(nproc: int, args: argparse.Namespace, threads: int | None = None
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--job", default="top-examples",
+                   choices=["top-examples", "attributions", "diagnosis"])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--width", type=int, default=16)
@@ -113,8 +135,11 @@ def main() -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"{platform.system()}, Python {platform.python_version()}  ")
     print(f"date: {dt.datetime.now().isoformat(timespec='minutes')}  ")
-    print(f"workload: zoo ResNet width {args.width}, {args.images} Shapes images 32x32, top 9 "
-          f"with crops of {', '.join(LAYERS)}; medians of {args.runs} runs\n")
+    what = {"top-examples": f"top 9 with crops of {', '.join(LAYERS)}",
+            "attributions": "all 7 attribution methods + metrics (CAMs at layer3)",
+            "diagnosis": "diagnosis statistics of every activation output + report"}[args.job]
+    print(f"workload: zoo ResNet width {args.width}, {args.images} Shapes images 32x32, {what}; "
+          f"medians of {args.runs} runs\n")
     print("| setup | pass (s, median) | speed-up vs 1 process | launch wall (s) | runs (s) |")
     print("|---|---:|---:|---:|---|")
     for label, med, wall, inner in rows:

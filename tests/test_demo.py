@@ -29,6 +29,15 @@ def test_demo_small_runs_end_to_end_and_records_training(tmp_path):
     assert ((steps["train/acc"] >= 0) & (steps["train/acc"] <= 1)).all()
     test_acc = df["test/acc"].dropna()
     assert len(test_acc) == 1 and 0.0 <= test_acc.iloc[0] <= 1.0
+    # attribution: 8 images with every method, and a paged set of 64 without Score-CAM
+    assert reader.objects("attributions") == ["samples", "test-64"]
+    assert reader.object("attributions", "test-64")["n"] == 64
+    assert "score_cam" not in reader.object("attributions", "test-64")["methods"]
+    # diagnosis: one batch, and the statistics of every test image
+    assert reader.objects("diagnosis") == ["model", "test-set"]
+    whole = reader.object("diagnosis", "test-set")
+    assert whole["meta"]["items"] == cfg["n_test"]
+    assert all(layer["shape"][0] == cfg["n_test"] for layer in whole["layers"])
 
 
 def test_failed_run_is_marked_failed(tmp_path):

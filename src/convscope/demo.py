@@ -81,16 +81,30 @@ def _record_features(run: Run, res: DemoResult, quiet: bool) -> None:
     run.log_top_examples(model, layers, res.test_images, k=9)
 
 
+def _record_attribution_set(run: Run, res: DemoResult, quiet: bool) -> None:
+    """The gradient methods and the CAMs (all but Score-CAM, the slow one) over the first 64
+    test images as one paged set, the way a validation set is explained."""
+    names = list(getattr(res.test, "class_names", []) or []) or None
+    run.log_attributions(res.model.eval(), res.test_images[:64], labels=res.test_labels[:64],
+                         masks=res.test_masks[:64], layer="layer3", key="test-64",
+                         methods=["saliency", "guided_backprop", "cam", "grad_cam",
+                                  "grad_cam_pp"], batch_size=32, class_names=names)
+
+
 def _record_diagnosis(run: Run, res: DemoResult, quiet: bool) -> None:
-    """Seed 002's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE."""
-    run.log_diagnosis(res.model.eval(), res.test_images[:64])
+    """Seed 002's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE, and
+    the statistics of every test image (mergeable, the figures from its first batch)."""
+    model = res.model.eval()
+    run.log_diagnosis(model, res.test_images[:64])
+    run.log_diagnosis(model, res.test_images, batch_size=64, key="test-set")
 
 
 # Each capability appends its recording here (model graph, feature maps, attribution, ...).
 RECORDINGS: list[Recording] = [
     Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
     Recording("attribution maps of 8 test images", _record_attribution),
-    Recording("diagnosis of 64 test images", _record_diagnosis),
+    Recording("attribution maps of 64 test images (a paged set)", _record_attribution_set),
+    Recording("diagnosis of 64 test images and of the whole test set", _record_diagnosis),
     Recording("preferred inputs and top-9 examples of 5 conv layers", _record_features),
 ]
 
