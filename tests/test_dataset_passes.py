@@ -219,3 +219,24 @@ def test_cli_analyze_diagnosis_in_one_process_and_its_errors(tmp_path, capsys):
     assert "stored diagnosis in" in capsys.readouterr().out
     rep = cs.open_run(path).object("diagnosis", "cli")
     assert rep["meta"]["items"] == 40 and rep["layers"]
+
+
+def test_log_attributions_from_a_shuffling_loader_keeps_images_and_maps_together(tmp_path):
+    net, x = _net(), _images(24)
+    loader = DataLoader(TensorDataset(x, torch.arange(24) % 4), batch_size=5, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    with cs.Run(tmp_path, "r", quiet=True) as run:
+        maps = run.log_attributions(net, loader, methods=["saliency"], key="shuffled")
+    reader = cs.open_run(tmp_path / "r")
+    stored = torch.as_tensor(reader.array("attr_images", "shuffled").astype(np.float32))
+    meta = reader.object("attributions", "shuffled")
+    # read twice, a shuffling loader gives another order: the stored images must be the ones
+    # that were explained, so the model's predictions and saliency maps on them match
+    with torch.no_grad():
+        assert net(stored).argmax(1).tolist() == meta["pred"]
+    again = unit_scale(cs.explain.to_heatmap(cs.explain.saliency(net, stored)))
+    torch.testing.assert_close(maps["saliency"], again, rtol=0, atol=2e-3)  # float16 images
+    # each stored image is one of the data set's (to float16 rounding), with its own label
+    which = torch.cdist(stored.flatten(1), x.flatten(1)).argmin(1)
+    assert sorted(which.tolist()) == list(range(24))
+    assert meta["labels"] == (which % 4).tolist()

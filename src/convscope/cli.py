@@ -172,7 +172,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             attributions = attributions_sharded(
                 model, data[:n], labels=None if labels is None else labels[:n],
                 masks=None if masks is None else masks[:n], batch_size=args.batch_size,
-                layer=args.cam_layer, quiet=quiet)
+                layer=args.cam_layer, keep_images=True, quiet=quiet)
         if "diagnosis" in what:
             report = diagnose_sharded(model, data, batch_size=args.batch_size, views=True,
                                       quiet=quiet, seed=args.seed)
@@ -186,8 +186,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                                                      "processes": world})
                 if attributions is not None:
                     key = args.key or "dataset"
-                    store_attributions(run, attributions, data[:len(attributions)], key=key,
-                                       class_names=class_names, has_masks=masks is not None)
+                    store_attributions(run, attributions, key=key, class_names=class_names,
+                                       has_masks=masks is not None)
                 if report is not None:
                     store_report(run, report, args.key or "dataset")
             done = ", ".join(what) + (f" of {', '.join(layers)}" if layers else "")

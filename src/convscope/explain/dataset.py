@@ -53,6 +53,8 @@ class AttributionSet:
         skipped: ``{method: reason}`` for methods that do not apply to the model.
         seconds: ``{method: seconds}`` spent computing the maps.
         layer: the layer Grad-CAM, Grad-CAM++ and Score-CAM used.
+        images: ``[N, C, H, W]`` the explained images (float32, CPU) when asked for with
+            ``keep_images=True``, else ``None``.
     """
 
     methods: list[str]
@@ -68,6 +70,7 @@ class AttributionSet:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     layer: str = ""
+    images: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -83,6 +86,7 @@ class AttributionSet:
             pred=self.pred.to(device), prob=self.prob.to(device), drop=mv(self.drop),
             increase=mv(self.increase), pointing=mv(self.pointing), skipped=dict(self.skipped),
             seconds=dict(self.seconds), layer=self.layer,
+            images=None if self.images is None else self.images.to(device),
         )
 
     @classmethod
@@ -118,6 +122,8 @@ class AttributionSet:
             pred=torch.cat([p.pred for p in parts]), prob=torch.cat([p.prob for p in parts]),
             drop=cat_d("drop"), increase=cat_d("increase"), pointing=cat_d("pointing"),
             skipped=skipped, seconds=seconds, layer=first.layer,
+            images=(torch.cat([p.images for p in parts])
+                    if all(p.images is not None for p in parts) else None),
         )
 
 
@@ -155,6 +161,7 @@ def attribute_all(
     batch_size: int = 64,
     score_cam_batch_size: int = 64,
     offset: int = 0,
+    keep_images: bool = False,
     quiet: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> AttributionSet:
@@ -173,6 +180,8 @@ def attribute_all(
         layer: Grad-CAM / Grad-CAM++ / Score-CAM layer (default :func:`auto_layer`).
         batch_size: images per pass. score_cam_batch_size: masked images per Score-CAM pass.
         offset: added to the running image positions (the share's start, when sharded).
+        keep_images: also return the images (``.images``, CPU float32), e.g. to store them
+            next to the maps (a shuffling loader could not be read in the same order twice).
         quiet: hide the progress bar. progress: called with each batch's size.
 
     Returns:
@@ -271,6 +280,7 @@ def attribute_all(
                 target=explained.long(), pred=pred, prob=probs.gather(1, pred[:, None])[:, 0],
                 drop=drop, increase=inc, pointing=hit, seconds=seconds,
                 layer=cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__,
+                images=x.detach().float().cpu() if keep_images else None,
             ))
             pos += b
             bar.update(b)

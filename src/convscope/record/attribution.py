@@ -56,7 +56,8 @@ def log_attributions(
     stores the whole set. Returns ``{method: maps [B, H, W]}`` (on every rank when sharded).
     """
     kwargs = dict(methods=methods, target=target, labels=labels, masks=masks, layer=layer,
-                  batch_size=batch_size, score_cam_batch_size=score_cam_batch_size)
+                  batch_size=batch_size, score_cam_batch_size=score_cam_batch_size,
+                  keep_images=True)
     if sharded:
         from ..distributed import attributions_sharded, rank_world
 
@@ -66,31 +67,24 @@ def log_attributions(
         result = attribute_all(model, images, quiet=run.quiet, **kwargs)
         write = True
     if write:
-        store_attributions(run, result, images, key=key, class_names=class_names,
+        store_attributions(run, result, key=key, class_names=class_names,
                            has_masks=masks is not None)
     return dict(result.maps)
 
 
-def _images_of(images: Any, n: int) -> torch.Tensor:
-    """The ``n`` explained images as one tensor (read again from a Dataset or loader)."""
-    from ..data.batching import iter_batches
-
-    if isinstance(images, torch.Tensor):
-        return images if images.dim() == 4 else images.unsqueeze(0)
-    batches, _ = iter_batches(images, 256)
-    out = torch.cat([x.detach().float().cpu() for _, x, _ in batches])
-    return out[:n]
-
-
-def store_attributions(run: Run, result: AttributionSet, images: Any, *, key: str = "samples",
+def store_attributions(run: Run, result: AttributionSet, *, key: str = "samples",
                        class_names: Sequence[str] | None = None,
                        has_masks: bool = False) -> None:
-    """Store an :class:`~convscope.explain.dataset.AttributionSet` under ``key`` (what the
-    Attribution page reads): the images, one float16 array per method, the metrics table and
-    the description object."""
+    """Store an :class:`~convscope.explain.dataset.AttributionSet` computed with
+    ``keep_images=True`` under ``key`` (what the Attribution page reads): the images, one
+    float16 array per method, the metrics table and the description object."""
+    from ..errors import InputError
+
+    if result.images is None:
+        raise InputError("store_attributions needs the images: compute the set with "
+                         "attribute_all(..., keep_images=True).")
     n = len(result)
-    run.log_array("attr_images", key, _images_of(images, n).detach().float().cpu(),
-                  dtype=np.float16)
+    run.log_array("attr_images", key, result.images.detach().float().cpu(), dtype=np.float16)
     for method, maps in result.maps.items():
         run.log_array("attributions", f"{key}.{method}", maps.detach().cpu(), dtype=np.float16)
     lab = result.labels.cpu().numpy().astype(np.int64)
