@@ -195,3 +195,40 @@ def test_collect_features_over_a_loader(resnet: nn.Module) -> None:
     with pytest.raises(LayerNotFoundError):
         cs.model.collect_features(resnet, loader, layer="layer9", quiet=True)
     assert no_hooks(resnet)
+
+
+def test_capture_first_stops_the_forward_pass_at_the_layer(resnet):
+    from convscope.model.capture import capture_first
+
+    ran = []
+    handle = resnet.layer4.register_forward_hook(lambda *a: ran.append("layer4"))
+    try:
+        out = capture_first(resnet, X, "layer2")
+        assert ran == []  # nothing after layer2 ran
+        ref = cs.model.capture(resnet, X, "layer2")["layer2"]
+        assert ran == ["layer4"]  # a full capture does run it
+    finally:
+        handle.remove()
+    assert torch.equal(out, ref)
+    assert no_hooks(resnet) and not resnet.training
+
+    # the k-th call of a module used twice
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.conv(x)))
+
+    torch.manual_seed(0)
+    twice = Twice()
+    x = torch.randn(2, 3, 8, 8)
+    second = capture_first(twice, x, "conv:2")
+    with torch.no_grad():
+        torch.testing.assert_close(second, twice(x))
+    with pytest.raises(InputError, match="ran 2 time"):
+        capture_first(twice, x, "conv:3")
+    with pytest.raises(LayerNotFoundError):
+        capture_first(twice, x, "convv")
+    assert no_hooks(twice)

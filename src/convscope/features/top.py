@@ -363,7 +363,7 @@ def top_examples(
     """
     from tqdm.auto import tqdm
 
-    from ..model import capture
+    from ..model.capture import capture_first
 
     check_model(model)
     if int(k) < 1:
@@ -382,8 +382,7 @@ def top_examples(
             if x.dim() != 4:
                 raise InputError(f"images must be [B, C, H, W], got {list(x.shape)}.")
             x = x.to(device)
-            out = capture(model, x, layer)
-            a = out.get(layer)
+            a = capture_first(model, x, layer)  # the layers after it do not run
             if not isinstance(a, Tensor):
                 raise InputError(
                     f"layer {layer!r} gives no tensor output; choose a convolutional layer."

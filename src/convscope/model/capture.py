@@ -30,6 +30,7 @@ from ._common import (
 
 __all__ = [
     "capture",
+    "capture_first",
     "capture_inputs",
     "default_feature_layer",
     "collect_features",
@@ -217,6 +218,49 @@ def capture(
         elif keep_out(key):
             result[key] = value
     return result
+
+
+class _StopForward(BaseException):
+    """Raised by :func:`capture_first`'s hook to end a forward pass once the output is in hand
+    (a BaseException, so no ``except Exception`` in a model's forward swallows it)."""
+
+
+def capture_first(model: nn.Module, inputs: Any, layer: str) -> Any:
+    """The output of the first call of module ``layer`` (a module path; ``path:k`` picks the
+    k-th call) from a forward pass in eval mode without gradients that **stops there**: the
+    layers after it do not run, so an early layer of a deep network costs a fraction of a full
+    pass. The value is the one :func:`capture` gives for that key.
+
+    Raises:
+        LayerNotFoundError for an unknown layer; ModelError / InputError when the forward fails;
+        InputError when the layer did not run.
+    """
+    check_model(model)
+    args = as_args(inputs)
+    path, k = split_call(layer)
+    module = resolve_layers(model, [path])[path]
+    seen = {"calls": 0}
+    found: dict[str, Any] = {}
+
+    def hook(mod: nn.Module, hook_args: Any, out: Any) -> None:
+        seen["calls"] += 1
+        if seen["calls"] == k:
+            found["out"] = _copy(out, clone=False, detach=True)
+            raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad(), restore_mode(model, True):
+            try:
+                forward(model, args, "capture")
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    if "out" not in found:
+        raise InputError(f"layer {layer!r} ran {seen['calls']} time(s) in the forward pass, "
+                         f"not {k}: choose a layer the forward pass uses.")
+    return found["out"]
 
 
 def capture_inputs(
