@@ -10,7 +10,14 @@ from torch import nn
 
 import convscope as cs
 from convscope.errors import InputError, InvalidValueError, LayerNotFoundError
-from convscope.track.stats import filter_stats, layer_stats, tensor_stats
+from convscope.track import stats as stats_mod
+from convscope.track.stats import (
+    LayerRecorder,
+    filter_stats,
+    finish_stats,
+    layer_stats,
+    tensor_stats,
+)
 
 
 def _np_stats(a: np.ndarray) -> list[float]:
@@ -59,6 +66,102 @@ def test_filter_stats_match_a_manual_computation():
         else:
             cos = a @ c / (np.linalg.norm(a) * np.linalg.norm(c))
             np.testing.assert_allclose(fs[f, 3], cos, rtol=1e-5, atol=1e-7)
+
+
+def _brute_layer(w, g, p):
+    """numpy float64 reference: the 15 layer columns and the [F, 4] filter columns."""
+    w64 = w.astype(np.float64)
+    row = _np_stats(w64) + (_np_stats(g) if g is not None else [np.nan] * 7)
+    wf = w64.reshape(len(w64), -1)
+    wn = np.linalg.norm(wf, axis=1)
+    gn = (np.linalg.norm(g.astype(np.float64).reshape(len(g), -1), axis=1) if g is not None
+          else np.full(len(wf), np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(wn > 0, gn / wn, np.nan)
+        if p is None:
+            row.append(np.nan)
+            cos = np.full(len(wf), np.nan)
+        else:
+            pf = p.astype(np.float64).reshape(len(p), -1)
+            pn = np.linalg.norm(pf, axis=1)
+            row.append(np.linalg.norm(wf - pf) / np.linalg.norm(pf))
+            cos = np.where(wn * pn > 0, (wf * pf).sum(1) / (wn * pn), np.nan)
+    return np.array(row), np.stack([wn, gn, ratio, cos], axis=1)
+
+
+def _fused(recorders, tensors, scratch=None):
+    outs = [recorders[i](w, g, scratch) for i, (w, g) in enumerate(tensors)]
+    raw = torch.stack([o[0] if len(o[0]) == 10 else torch.cat([o[0], torch.full((5,), np.nan)])
+                       for o in outs])
+    return finish_stats(raw.numpy(), torch.cat([o[1] for o in outs], dim=1).numpy(),
+                        np.array([o[2] for o in outs]),
+                        np.array([w.shape[0] for w, _ in tensors]),
+                        np.array([w.numel() for w, _ in tensors]))
+
+
+@pytest.mark.parametrize("small_exact_count", [False, True])
+def test_fused_recorder_matches_brute_force_over_steps(monkeypatch, small_exact_count):
+    """LayerRecorder + finish_stats (the watcher's fused path) against numpy float64 over
+    several snapshots: a conv weight, a linear weight, a depthwise and a grouped conv weight,
+    exact zeros (a whole zero filter: cosine and ratio undefined), a layer without gradient,
+    a batch-norm-like weight (mean >> spread: exact variance) and a shared scratch buffer."""
+    if small_exact_count:  # exercise the count_nonzero branch for "large" tensors
+        monkeypatch.setattr(stats_mod, "_EXACT_COUNT", 8)
+    g = torch.Generator().manual_seed(5)
+    shapes = [(6, 3, 3, 3), (5, 12), (8, 1, 3, 3), (6, 2, 1, 1), (4, 7), (3, 40)]
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    weights[0][1] = 0.0  # a dead filter
+    weights[0][2, 0, 0, :2] = 0.0
+    weights[5] = 1.0 + 1e-3 * torch.randn(shapes[5], generator=g)  # mean dominates
+    recorders = [LayerRecorder() for _ in shapes]
+    scratch = torch.empty(max(w.numel() for w in weights))
+    prev = [None] * len(shapes)
+    for t in range(4):
+        grads = [1e-2 * torch.randn(s, generator=g) for s in shapes]
+        grads[1][0] = 0.0
+        grads[4] = None  # no gradient for this layer
+        tensors = list(zip(weights, grads, strict=True))
+        rows, filt = _fused(recorders, tensors, scratch if t % 2 else None)
+        start = 0
+        for i, (w, gr) in enumerate(tensors):
+            exp_row, exp_f = _brute_layer(w.numpy(), None if gr is None else gr.numpy(),
+                                          prev[i])
+            np.testing.assert_allclose(rows[i], exp_row, rtol=2e-5, atol=1e-7,
+                                       err_msg=f"layer {i} step {t}")
+            got_f = filt[start:start + len(w)]
+            np.testing.assert_allclose(got_f[:, :3], exp_f[:, :3], rtol=2e-5, atol=1e-7)
+            np.testing.assert_allclose(got_f[:, 3], exp_f[:, 3], rtol=0, atol=2e-6)
+            start += len(w)
+        prev = [w.numpy().copy() for w in weights]
+        for i, w in enumerate(weights):  # an optimiser-like update (filter 1 stays zero)
+            weights[i] = w + 0.05 * torch.randn(w.shape, generator=g) * (w != 0)
+    assert np.isnan(filt[1, 3]) and np.isnan(filt[1, 2])  # the zero filter
+
+
+def test_fused_cosine_is_accurate_for_tiny_updates():
+    """cos from ‖w‖² + ‖p‖² - ‖Δ‖² (Δ formed directly) against float64, with updates of 1e-4
+    relative size (the every=1 regime) and the update ratio to float32 rounding."""
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(64, 576, generator=g)
+    w = p + 1e-4 * torch.randn(64, 576, generator=g)
+    rec = LayerRecorder()
+    rec(p, None)
+    raw, rows, exact = rec(w, None)
+    _, filt = finish_stats(torch.cat([raw, torch.full((5,), np.nan)]).numpy()[None],
+                           rows.numpy(), np.array([exact]), np.array([64]), np.array([w.numel()]))
+    exp_row, exp_f = _brute_layer(w.numpy(), None, p.numpy())
+    np.testing.assert_allclose(filt[:, 3], exp_f[:, 3], atol=1e-6, rtol=0)
+    lay, _ = finish_stats(torch.cat([raw, torch.full((5,), np.nan)]).numpy()[None],
+                          rows.numpy(), np.array([exact]), np.array([64]),
+                          np.array([w.numel()]))
+    np.testing.assert_allclose(lay[0, 14], exp_row[14], rtol=1e-3)  # ratio ~1e-4
+    assert (rec.snap.numpy() == w.numpy()).all()  # the snapshot buffer now holds w
+
+
+def test_fused_recorder_counts_nan_values_as_nonzero():
+    w = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 0.0, 2.0]])
+    raw, _, _ = LayerRecorder()(w, None)
+    assert raw[4].item() == 3.0  # non-zeros: NaN, 1, 2 (as count_nonzero)
 
 
 class Tiny(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, LayerNotFoundError, ModelError, suggest
-from .stats import FILTER_COLUMNS, LAYER_COLUMNS, filter_stats, layer_stats
+from .stats import FILTER_COLUMNS, LAYER_COLUMNS, LayerRecorder, finish_stats
 
 __all__ = ["Watcher", "watched_layers", "strip_wrapper"]
 
@@ -68,6 +68,7 @@ class _StepRecord:
     layers: list[str] = field(default_factory=list)
     stats: list[torch.Tensor] = field(default_factory=list)
     filters: list[torch.Tensor] = field(default_factory=list)
+    exact: list[list[float]] = field(default_factory=list)
     event: Any = None
     host: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -101,7 +102,9 @@ class Watcher:
         self.step = 0
         self._current: _StepRecord | None = None
         self._pending: list[_StepRecord] = []
-        self._prev: dict[str, torch.Tensor] = {}
+        # one recorder (preallocated snapshot) per layer, one scratch buffer for all of them
+        self._recorders = {name: LayerRecorder() for name in self.layers}
+        self._scratch: dict[Any, torch.Tensor] = {}
         self._handles: list[Any] = [model.register_forward_pre_hook(self._on_forward)]
         for name, module in self.layers.items():
             self._handles.append(
@@ -124,22 +127,32 @@ class Watcher:
             if rec is None or (rec.layers and name in rec.layers):
                 return
             w, g = param.detach(), param.grad
-            prev = self._prev.get(name)
+            raw, rows, exact = self._recorders[name](w, g, self._scratch_for(w))
+            if len(raw) == 5:  # no gradient
+                raw = torch.cat([raw, raw.new_full((5,), float("nan"))])
             rec.layers.append(name)
-            rec.stats.append(layer_stats(w, g, prev))
-            if self.filters:
-                rec.filters.append(filter_stats(w, g, prev))
-            self._prev[name] = w.clone()
+            rec.stats.append(raw)
+            rec.filters.append(rows)
+            rec.exact.append(exact)
 
         return hook
+
+    def _scratch_for(self, w: torch.Tensor) -> torch.Tensor:
+        """A float32 buffer on ``w``'s device as large as the largest watched weight."""
+        buf = self._scratch.get(w.device)
+        if buf is None or buf.numel() < w.numel():
+            size = max(max(m.weight.numel() for m in self.layers.values()), w.numel())
+            buf = self._scratch[w.device] = torch.empty(size, dtype=torch.float32,
+                                                        device=w.device)
+        return buf
 
     # -- hand-off ----------------------------------------------------------------------------
     def _finish_current(self) -> None:
         rec, self._current = self._current, None
         if rec is None or not rec.layers:
             return
-        stats = torch.stack(rec.stats)
-        filt = torch.cat(rec.filters) if rec.filters else torch.empty(0, 4)
+        stats = torch.stack(rec.stats)  # [L, 10] raw reductions
+        filt = torch.cat(rec.filters, dim=1)  # [4, ΣF] per-filter norms
         if stats.is_cuda:
             pin = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
             pin_f = torch.empty(filt.shape, dtype=filt.dtype, pin_memory=True)
@@ -164,7 +177,11 @@ class Watcher:
             self._emit(rec)
 
     def _emit(self, rec: _StepRecord) -> None:
-        stats, filt = (t.numpy() for t in rec.host)
+        raw, rows = (t.numpy() for t in rec.host)
+        weights = [self.layers[name].weight for name in rec.layers]
+        stats, filt = finish_stats(raw, rows, np.array(rec.exact),
+                                   np.array([w.shape[0] for w in weights]),
+                                   np.array([w.numel() for w in weights]))
         n = len(rec.layers)
         layer_cols: dict[str, Any] = {
             "step": np.full(n, rec.step, dtype=np.int64),
@@ -195,4 +212,5 @@ class Watcher:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._prev.clear()
+        self._recorders.clear()
+        self._scratch.clear()
