@@ -586,6 +586,9 @@ def bench_scale(args: argparse.Namespace) -> None:
         layers = resnet50_conv_layers()
         widest = next(n for n, c in layers if c == max(c for _, c in layers))
         f_bytes, f_rows, f_cols = _table_parquet_bytes(run_dir, "watch_filters")
+        w["summary_bytes"] = sum(
+            f.stat().st_size
+            for f in (run_dir / TABLES_DIR / "watch_filters" / "_summary").glob("part-*.parquet"))
         l_bytes, l_rows, _ = _table_parquet_bytes(run_dir, "watch_layers")
         v_bytes, _, _ = _table_parquet_bytes(run_dir, "validation")
         q_rows = bench_queries(run_dir, args, widest)
@@ -595,7 +598,10 @@ def bench_scale(args: argparse.Namespace) -> None:
         _print_scale(args, w, widest, (f_bytes, f_rows, f_cols), (l_bytes, l_rows), v_bytes,
                      q_rows, h_rows, mem, bitset)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"(kept the synthetic log: {root})")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset) -> None:
@@ -637,6 +643,11 @@ def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset
         if col in f_cols:
             print(f"|   column `{col}` | {f_cols[col]:,} | {f_rows:,} rows | "
                   f"{f_cols[col] / f_rows:.2f} per row |")
+    sb = w.get("summary_bytes", 0)
+    print(f"| watch_filters summaries (`_summary/`, written at compaction) | {sb:,} | "
+          f"{f_vals:,} | {sb / f_vals:.2f} |")
+    print(f"| **watch_filters including its summaries** | {f_bytes + sb:,} | {f_vals:,} | "
+          f"**{(f_bytes + sb) / f_vals:.2f}** |")
     print(f"| watch_layers (15 stats per row) | {l_bytes:,} | {l_vals:,} | "
           f"{l_bytes / l_vals:.2f} |")
     print(f"| validation (per image x checkpoint cell) | {v_bytes:,} | {w['val_cells']:,} "
@@ -691,6 +702,8 @@ def main() -> None:
     ap.add_argument("--no-compact", action="store_true",
                     help="scale: leave the parts as written (a live, unclosed run)")
     ap.add_argument("--no-serve", action="store_true", help="scale: skip the dashboard part")
+    ap.add_argument("--keep", action="store_true",
+                    help="scale: keep the synthetic log (its path is printed) instead of deleting")
     args = ap.parse_args()
     if not (args.overhead or args.scale):
         ap.error("pass --overhead and/or --scale")

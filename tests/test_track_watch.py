@@ -174,13 +174,15 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_watch_records_every_kth_step_with_exact_values(tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_watch_records_every_kth_step_with_exact_values(tmp_path, background):
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     snapshots: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     with cs.Run(tmp_path, "w") as run:
-        run.watch(model, every=3)
+        watcher = run.watch(model, every=3, background=background)
+        assert watcher.background is background
         for step in range(1, 10):
             x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
             loss = nn.functional.cross_entropy(model(x), y)
@@ -220,6 +222,57 @@ def test_watch_records_every_kth_step_with_exact_values(tmp_path):
     # hooks are gone after close
     assert not model._forward_pre_hooks
     assert not model.conv.weight._post_accumulate_grad_hooks
+
+
+class Grouped(nn.Module):
+    """A conv with bias, a depthwise and a grouped conv, a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.grp = nn.Conv2d(8, 6, 1, groups=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.grp(torch.relu(self.dw(torch.relu(self.conv(x))))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_watch_every_step_with_in_place_zero_grad(tmp_path, background):
+    """every=1 with gradients zeroed in place (set_to_none=False) and momentum: the worker
+    must see each step's weight before the update and its gradient before the zeroing."""
+    torch.manual_seed(1)
+    model = Grouped()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    names = ["conv", "dw", "grp", "fc"]
+    snaps: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    with cs.Run(tmp_path, "g") as run:
+        run.watch(model, every=1, background=background)
+        for step in range(1, 6):
+            opt.zero_grad(set_to_none=False)
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 5, 5)),
+                                               torch.randint(0, 3, (4,)))
+            loss.backward()
+            snaps[step] = {n: (getattr(model, n).weight.detach().numpy().copy(),
+                               getattr(model, n).weight.grad.numpy().copy()) for n in names}
+            opt.step()
+    reader = cs.open_run(tmp_path / "g")
+    lay = reader.table("watch_layers")
+    filt = reader.table("watch_filters")
+    assert len(lay) == 5 * 4
+    for _, row in lay.iterrows():
+        s, n = int(row["step"]), row["layer"]
+        w, g = snaps[s][n]
+        exp_row, exp_f = _brute_layer(w, g, snaps[s - 1][n][0] if s > 1 else None)
+        np.testing.assert_allclose(row[list(cs.track.columns.LAYER_COLUMNS)].to_numpy(float),
+                                   exp_row, rtol=2e-5, atol=1e-8, err_msg=f"{n} step {s}")
+        got = filt[(filt.layer == n) & (filt.step == s)].sort_values("filter")
+        np.testing.assert_allclose(got[["w_l2", "g_l2", "ratio"]].to_numpy(float),
+                                   exp_f[:, :3], rtol=2e-5, atol=1e-8)
+        np.testing.assert_allclose(got["cos_prev"].to_numpy(float), exp_f[:, 3], atol=2e-6,
+                                   rtol=0)
 
 
 def test_watch_bad_input(tmp_path):
@@ -313,7 +366,8 @@ def test_layer_series_and_filter_queries_match_brute_force(tmp_path):
     # filter matrix of one layer
     st, fl, mat = reader.filter_matrix("b.conv", "w_l2", max_steps=25)
     fb = fil[fil.layer == "b.conv"].copy()
-    fb["b"] = np.floor((fb["step"] - 1) * 25 / n_steps).astype(int)
+    k = next(k for k in range(20) if (n_steps >> k) - (1 >> k) + 1 <= 25)  # aligned buckets
+    fb["b"] = fb["step"].to_numpy() >> k
     exp_m = fb.pivot_table(index="filter", columns="b", values="w_l2", aggfunc="mean")
     np.testing.assert_allclose(mat, exp_m.to_numpy(), rtol=1e-6)
     assert fl.tolist() == list(range(filters))

@@ -9,15 +9,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..errors import InvalidValueError, StoreError, suggest
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from .layout import TABLES_DIR
 from .parts import list_parts
+from .summary import LEVELS_KEY, summary_file
 
 __all__ = ["TrainingQueries", "ValidationMatrix"]
 
@@ -96,37 +100,106 @@ class TrainingQueries:
                       rank: int = 0, steps: tuple[int, int] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(steps [S], filters [F], matrix [F, S])``: one per-filter statistic of ``layer``
-        over steps, averaged into at most ``max_steps`` step buckets."""
+        over steps, averaged (NaN values left out) into aligned step buckets.
+
+        Buckets are ``step >> k`` (blocks of 2**k steps aligned to multiples of 2**k), with the
+        smallest k that gives at most ``max_steps`` buckets over ``[lo, hi]``: the layer's first
+        and last recorded step, clipped to ``steps`` when given. So S lies between about
+        ``max_steps / 2`` and ``max_steps``, and the buckets are the blocks of the parts'
+        summaries (:mod:`convscope.store.summary`): summarised parts contribute per-bucket sums
+        and counts (~F × S rows), the rest raw rows, with the same result. ``steps[S]`` is the
+        first step present in each bucket; buckets and filters without rows are left out.
+        """
         if value not in FILTER_COLUMNS:
             raise InvalidValueError(f"unknown filter statistic {value!r}."
                                     + suggest(value, FILTER_COLUMNS))
-        extra, params = "", [layer, rank]
-        if steps:
-            extra, params = " AND step BETWEEN ? AND ?", [*params, int(steps[0]), int(steps[1])]
-        # Fetch the layer's rows (row groups of other layers are skipped: parts are sorted by
-        # layer) and bucket them in numpy: one bincount instead of a million-group GROUP BY.
-        cols = self.query_numpy(f'SELECT step, filter, "{value}" AS v FROM watch_filters '
-                                f"WHERE layer = ? AND rank = ?{extra}", params)
-        step = np.asarray(cols["step"])
-        if len(step) == 0:
-            return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
-        lo, span = int(step.min()), max(int(step.max()) - int(step.min()), 1)
-        # buckets and filter numbers are small integers already: index with them directly
-        bucket = (step - lo) * int(max_steps) // (span + 1)
-        fil = np.asarray(cols["filter"]).astype(np.int64)
-        nb, nf = int(bucket.max()) + 1, int(fil.max()) + 1
-        v = np.ma.filled(cols["v"].astype(np.float64), np.nan)
+        empty = (np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0)))
+        files = list_parts(self.path / TABLES_DIR / "watch_filters").files
+        if not files:
+            return empty
+        summed = [f for f in files if summary_file(f).is_file()]
+        raw = [f for f in files if f not in summed]
+        s0, s1 = (int(steps[0]), int(steps[1])) if steps else (None, None)
+        # the layer's first and last step: level -1 rows of the summaries, raw rows otherwise
+        bounds = []
+        if summed:
+            bounds.append(self._files_query(
+                "SELECT min(first) AS lo, max(last) AS hi FROM {S} "
+                "WHERE level = -1 AND layer = ? AND rank = ?", [layer, rank],
+                S=[summary_file(f) for f in summed]))
+        if raw:
+            bounds.append(self._files_query(
+                "SELECT min(step) AS lo, max(step) AS hi FROM {R} WHERE layer = ? AND rank = ?",
+                [layer, rank], R=raw))
+        los = [int(b["lo"][0]) for b in bounds if not np.ma.is_masked(b["lo"][0])]
+        his = [int(b["hi"][0]) for b in bounds if not np.ma.is_masked(b["hi"][0])]
+        if not los:
+            return empty
+        lo, hi = min(los), max(his)
+        if s0 is not None:
+            lo, hi = max(lo, s0), min(hi, s1)
+        if lo > hi:
+            return empty
+        k = 0
+        while (hi >> k) - (lo >> k) + 1 > max(int(max_steps), 1):
+            k += 1
+        # buckets entirely inside [lo, hi] can come from summaries; the edge buckets that are
+        # cut by the range, from raw rows
+        j_lo = lo >> k if (lo & ((1 << k) - 1)) == 0 or s0 is None else (lo >> k) + 1
+        j_hi = hi >> k if ((hi + 1) & ((1 << k) - 1)) == 0 or s1 is None else (hi >> k) - 1
+        parts: list[dict[str, np.ndarray]] = []
+        by_level: dict[int, list[Path]] = {}
+        for f in summed:
+            levels = _summary_levels(summary_file(f))
+            if levels is None or k < levels[0]:
+                raw.append(f)  # no summary this fine: the part's raw rows
+            else:
+                by_level.setdefault(min(k, levels[1]), []).append(f)
+        used = [f for group in by_level.values() for f in group]
+        if j_lo <= j_hi:
+            for lvl, group in by_level.items():
+                shift = k - lvl
+                parts.append(self._files_query(
+                    f'SELECT filter, block >> {shift} AS b, n, first, "{value}_sum" AS s, '
+                    f'"{value}_n" AS c FROM {{S}} WHERE level = ? AND layer = ? AND rank = ? '
+                    f"AND block BETWEEN ? AND ?",
+                    [lvl, layer, rank, j_lo << shift, ((j_hi + 1) << shift) - 1],
+                    S=[summary_file(f) for f in group]))
+            edges = [(lo, (j_lo << k) - 1), ((j_hi + 1) << k, hi)]
+        else:
+            edges = [(lo, hi)]
+        for a, b in edges:  # the buckets cut by the range: raw rows (simple ranges)
+            if used and a <= b:
+                parts.append(self._raw_rows(used, layer, rank, value, k, a, b))
+        if raw:
+            parts.append(self._raw_rows(raw, layer, rank, value, k, lo, hi))
+        return _bucket_means(parts)
+
+    def _raw_rows(self, files: list[Path], layer: str, rank: int, value: str, k: int,
+                  a: int, b: int) -> dict[str, np.ndarray]:
+        cols = self._files_query(
+            f'SELECT filter, step >> {k} AS b, step AS first, "{value}" AS v FROM {{R}} '
+            "WHERE layer = ? AND rank = ? AND step BETWEEN ? AND ?", [layer, rank, a, b], R=files)
+        v = np.ma.filled(np.ma.asarray(cols.pop("v")).astype(np.float64), np.nan)
         ok = ~np.isnan(v)
-        flat = fil * nb + bucket
-        total = np.bincount(flat[ok], weights=v[ok], minlength=nf * nb)
-        count = np.bincount(flat[ok], minlength=nf * nb)
-        present_b = np.bincount(bucket, minlength=nb) > 0
-        present_f = np.bincount(fil, minlength=nf) > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mat = (total / count).reshape(nf, nb)[np.ix_(present_f, present_b)]
-        first = np.full(nb, np.iinfo(np.int64).max)
-        np.minimum.at(first, bucket, step)
-        return first[present_b], np.flatnonzero(present_f), mat.astype(np.float32)
+        cols["s"], cols["c"] = np.where(ok, v, 0.0), ok.astype(np.int64)
+        cols["n"] = np.ones(len(v), dtype=np.int64)
+        return cols
+
+    def _files_query(self, sql: str, params: list[Any], **files: list[Path]
+                     ) -> dict[str, np.ndarray]:
+        """DuckDB over explicit Parquet files: ``{X}`` in ``sql`` becomes ``read_parquet(...)``
+        of ``files['X']``; numpy columns."""
+        srcs = {name: f"read_parquet({_sql_list(fs)}, union_by_name = true)"
+                for name, fs in files.items()}
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            return cur.execute(sql.format(**srcs), params).fetchnumpy()
+        except duckdb.Error as exc:
+            raise StoreError(f"query on run {self.name!r} failed: {exc}") from exc
+        finally:
+            cur.close()
 
     def top_changed_filters(self, step: int | None = None, *, window: tuple[int, int] | None
                             = None, k: int = 10, per_layer: bool = True, rank: int = 0
@@ -266,6 +339,62 @@ class TrainingQueries:
         values = err.to_numpy().T  # [C, T]
         values = np.where(np.isnan(values), np.nanmean(values, axis=1, keepdims=True), values)
         return class_clusters(values.T, k=k, seed=seed, classes=err.columns.to_numpy())
+
+
+_levels_cache: dict[tuple[str, int, int], tuple[int, int] | None] = {}
+
+
+def _summary_levels(path: Path) -> tuple[int, int] | None:
+    """``(k_min, k_max)`` of a summary file (its footer metadata), cached; None if unusable."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _levels_cache:
+        try:
+            meta = pq.read_metadata(path).metadata or {}
+            k_min, k_max = (int(x) for x in meta[LEVELS_KEY.encode()].decode().split(","))
+            _levels_cache[key] = (k_min, k_max)
+        except Exception:  # unreadable summary: the part is read raw
+            _levels_cache[key] = None
+        if len(_levels_cache) > 10_000:
+            _levels_cache.clear()
+    return _levels_cache.get(key)
+
+
+def _bucket_means(parts: list[dict[str, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Combine (filter, b, n, first, s = sum, c = count) rows into the ``[F, S]`` means."""
+    parts = [p for p in parts if len(p["b"])]
+    if not parts:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
+    fil = np.concatenate([np.asarray(p["filter"]) for p in parts]).astype(np.int64)
+    b = np.concatenate([np.asarray(p["b"]) for p in parts]).astype(np.int64)
+    first = np.concatenate([np.asarray(p["first"]) for p in parts]).astype(np.int64)
+    s = np.concatenate([np.ma.filled(np.ma.asarray(p["s"]).astype(np.float64), 0.0)
+                        for p in parts])
+    c = np.concatenate([np.asarray(p["c"]) for p in parts]).astype(np.float64)
+    n = np.concatenate([np.asarray(p["n"]) for p in parts]).astype(np.int64)
+    keep = n > 0
+    fil, b, first, s, c = fil[keep], b[keep], first[keep], s[keep], c[keep]
+    b0 = int(b.min())
+    b -= b0
+    nb, nf = int(b.max()) + 1, int(fil.max()) + 1
+    flat = fil * nb + b
+    total = np.bincount(flat, weights=s, minlength=nf * nb)
+    count = np.bincount(flat, weights=c, minlength=nf * nb)
+    present_b = np.bincount(b, minlength=nb) > 0
+    present_f = np.bincount(fil, minlength=nf) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mat = (total / count).reshape(nf, nb)[np.ix_(present_f, present_b)]
+    firsts = np.full(nb, np.iinfo(np.int64).max)
+    np.minimum.at(firsts, b, first)
+    return firsts[present_b], np.flatnonzero(present_f), mat.astype(np.float32)
+
+
+def _sql_list(files: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
 def _forward_fill(correct: np.ndarray, known: np.ndarray) -> np.ndarray:

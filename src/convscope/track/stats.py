@@ -143,14 +143,17 @@ class LayerRecorder:
     def __init__(self) -> None:
         self.snap: torch.Tensor | None = None
         self.snap_rows: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None  # the replaced snapshot buffer (``own=True``)
 
     @torch.no_grad()
     def __call__(self, w: torch.Tensor, g: torch.Tensor | None,
-                 scratch: torch.Tensor | None = None
+                 scratch: torch.Tensor | None = None, *, own: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """``w``, ``g``: the weight and its gradient (output channels in dim 0); ``scratch``:
         a flat float32 buffer of at least ``w.numel()`` values on ``w``'s device (shared
-        between layers; allocated per call when None)."""
+        between layers; allocated per call when None). ``own``: ``w`` is a float32 copy the
+        recorder may keep as its next snapshot (no copy; the previous snapshot buffer is left
+        in :attr:`spare` for the caller's next copy)."""
         f = w.shape[0]
         x = w.detach().reshape(f, -1)
         if x.dtype != torch.float32:
@@ -175,9 +178,12 @@ class LayerRecorder:
                 and snap.device == x.device:
             snap.sub_(x)  # prev - w, in place
             dn = torch.linalg.vector_norm(snap, dim=1)
-            snap.copy_(x)
+            if own and x.data_ptr() == w.data_ptr():
+                self.snap, self.spare = x, snap
+            else:
+                snap.copy_(x)
         else:
-            self.snap = snap = x.clone()
+            self.snap = x if own and x.data_ptr() == w.data_ptr() else x.clone()
             pn = None
         self.snap_rows = wn
         raw = torch.stack(parts)
