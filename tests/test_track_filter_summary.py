@@ -133,11 +133,17 @@ def test_summary_rows_carry_sums_and_counts_not_means():
         g = d.groupby(["layer", "filter", "block"])
         exp = pd.DataFrame({"n": g.size(), "first": g.step.min(), "last": g.step.max(),
                             "cos_prev_sum": g.cos_prev.sum(), "cos_prev_n": g.cos_prev.count()})
-        got = s[s.level == k].set_index(["layer", "filter", "block"]).sort_index()
+        at_k = s[s.level == k]
+        got = at_k[at_k["filter"] >= 0].set_index(["layer", "filter", "block"]).sort_index()
         exp = exp.sort_index()
         np.testing.assert_array_equal(got[["n", "first", "last", "cos_prev_n"]].to_numpy(),
                                       exp[["n", "first", "last", "cos_prev_n"]].to_numpy())
         np.testing.assert_allclose(got["cos_prev_sum"], exp["cos_prev_sum"], rtol=1e-6)
+        # filter -1: the whole layer per block
+        gl = d.groupby(["layer", "block"])
+        lay = at_k[at_k["filter"] == -1].set_index(["layer", "block"]).sort_index()
+        np.testing.assert_array_equal(lay[["n", "first", "last"]].to_numpy(), pd.DataFrame(
+            {"n": gl.size(), "first": gl.step.min(), "last": gl.step.max()}).to_numpy())
     bounds = s[s.level == -1].set_index("layer")
     assert bounds.loc["x", "first"] == df[df.layer == "x"].step.min()
     assert bounds.loc["y", "last"] == df[df.layer == "y"].step.max()
@@ -160,3 +166,33 @@ def test_compaction_replaces_and_removes_summaries(tmp_path):
         assert {f.name for f in list_parts(table_dir).files} == second
     df = pd.concat(frames, ignore_index=True)
     _check(cs.open_run(tmp_path / "c"), df, "l", "g_l2", 30)
+
+
+def test_whole_buckets_come_from_the_summaries(mixed_log, monkeypatch):
+    """A full-range query at a level the summaries hold reads raw rows only of the parts
+    without a summary; the footer index points at exactly the rows of one level and layer."""
+    from convscope.store.reader import RunReader
+    from convscope.store.summary import open_summary
+
+    reader, df, _ = mixed_log
+    read: list[str] = []
+    orig = RunReader._raw_rows
+
+    def spy(self, files, *args, **kw):
+        read.extend(f.name for f in files)
+        return orig(self, files, *args, **kw)
+
+    monkeypatch.setattr(RunReader, "_raw_rows", spy)
+    _check(reader, df, "b.conv", "ratio", 20)
+    table_dir = reader.path / TABLES_DIR / "watch_filters"
+    summarised = {f.name for f in list_parts(table_dir).files if summary_file(f).is_file()}
+    assert read and not (set(read) & summarised)
+    sf = open_summary(summary_file(table_dir / sorted(summarised)[0]))
+    key = next(iter(sf.ranges))
+    level, rank, layer = key.split("|")
+    rows = sf.rows(int(level), int(rank), layer, ["filter", "block", "level"])
+    table = sf.pf.read().to_pandas()
+    exp = table[(table.level == int(level)) & (table["rank"] == int(rank))
+                & (table.layer == layer)]
+    np.testing.assert_array_equal(rows["block"], exp.block.to_numpy())
+    assert (rows["level"] == int(level)).all()

@@ -15,13 +15,12 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from ..errors import InvalidValueError, StoreError, suggest
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from .layout import TABLES_DIR
 from .parts import list_parts
-from .summary import LEVELS_KEY, summary_file
+from .summary import open_summary, summary_file
 
 __all__ = ["TrainingQueries", "ValidationMatrix"]
 
@@ -117,25 +116,22 @@ class TrainingQueries:
         files = list_parts(self.path / TABLES_DIR / "watch_filters").files
         if not files:
             return empty
-        summed = [f for f in files if summary_file(f).is_file()]
-        raw = [f for f in files if f not in summed]
+        opened = {f: open_summary(summary_file(f)) for f in files}
+        summed = [f for f in files if opened[f] is not None]
+        raw = [f for f in files if opened[f] is None]
         s0, s1 = (int(steps[0]), int(steps[1])) if steps else (None, None)
-        # the layer's first and last step: level -1 rows of the summaries, raw rows otherwise
-        bounds = []
-        if summed:
-            bounds.append(self._files_query(
-                "SELECT min(first) AS lo, max(last) AS hi FROM {S} "
-                "WHERE level = -1 AND layer = ? AND rank = ?", [layer, rank],
-                S=[summary_file(f) for f in summed]))
-        if raw:
-            bounds.append(self._files_query(
-                "SELECT min(step) AS lo, max(step) AS hi FROM {R} WHERE layer = ? AND rank = ?",
-                [layer, rank], R=raw))
-        los = [int(b["lo"][0]) for b in bounds if not np.ma.is_masked(b["lo"][0])]
-        his = [int(b["hi"][0]) for b in bounds if not np.ma.is_masked(b["hi"][0])]
-        if not los:
+        # the layer's first and last step (summary index, or once per raw part: cached)
+        span_of: dict[Path, tuple[int, int]] = {}
+        for f in files:
+            sf = opened[f]
+            b = sf.bounds.get(f"{rank}|{layer}") if sf is not None \
+                else self._part_bounds(f).get((rank, layer))
+            if b is not None:
+                span_of[f] = (int(b[0]), int(b[1]))
+        spans = list(span_of.values())
+        if not spans:
             return empty
-        lo, hi = min(los), max(his)
+        lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
         if s0 is not None:
             lo, hi = max(lo, s0), min(hi, s1)
         if lo > hi:
@@ -147,43 +143,70 @@ class TrainingQueries:
         # cut by the range, from raw rows
         j_lo = lo >> k if (lo & ((1 << k) - 1)) == 0 or s0 is None else (lo >> k) + 1
         j_hi = hi >> k if ((hi + 1) & ((1 << k) - 1)) == 0 or s1 is None else (hi >> k) - 1
-        parts: list[dict[str, np.ndarray]] = []
-        by_level: dict[int, list[Path]] = {}
+        cells: list[dict[str, np.ndarray]] = []  # filter, b, s (sum), c (count)
+        firsts: list[tuple[np.ndarray, np.ndarray]] = []  # (b, first step)
+        used = []
         for f in summed:
-            levels = _summary_levels(summary_file(f))
-            if levels is None or k < levels[0]:
+            sf = opened[f]
+            if k < sf.levels[0]:
                 raw.append(f)  # no summary this fine: the part's raw rows
-            else:
-                by_level.setdefault(min(k, levels[1]), []).append(f)
-        used = [f for group in by_level.values() for f in group]
-        if j_lo <= j_hi:
-            for lvl, group in by_level.items():
-                shift = k - lvl
-                parts.append(self._files_query(
-                    f'SELECT filter, block >> {shift} AS b, n, first, "{value}_sum" AS s, '
-                    f'"{value}_n" AS c FROM {{S}} WHERE level = ? AND layer = ? AND rank = ? '
-                    f"AND block BETWEEN ? AND ?",
-                    [lvl, layer, rank, j_lo << shift, ((j_hi + 1) << shift) - 1],
-                    S=[summary_file(f) for f in group]))
-            edges = [(lo, (j_lo << k) - 1), ((j_hi + 1) << k, hi)]
-        else:
-            edges = [(lo, hi)]
+                continue
+            used.append(f)
+            if j_lo > j_hi:
+                continue
+            lvl = min(k, sf.levels[1])
+            shift = k - lvl
+            rows = sf.rows(lvl, rank, layer, ["filter", "block", "first", f"{value}_sum",
+                                              f"{value}_n"])
+            if rows is None:
+                continue
+            b = rows["block"] >> shift
+            keep = (b >= j_lo) & (b <= j_hi)
+            is_f = rows["filter"] >= 0
+            sel, lay = keep & is_f, keep & ~is_f
+            cells.append({"filter": rows["filter"][sel], "b": b[sel],
+                          "s": rows[f"{value}_sum"][sel], "c": rows[f"{value}_n"][sel]})
+            firsts.append((b[lay], rows["first"][lay]))
+        edges = [(lo, (j_lo << k) - 1), ((j_hi + 1) << k, hi)] if j_lo <= j_hi else [(lo, hi)]
+        def overlapping(fs: list[Path], a: int, b: int) -> list[Path]:
+            return [f for f in fs if f in span_of and span_of[f][0] <= b and span_of[f][1] >= a]
+
         for a, b in edges:  # the buckets cut by the range: raw rows (simple ranges)
-            if used and a <= b:
-                parts.append(self._raw_rows(used, layer, rank, value, k, a, b))
-        if raw:
-            parts.append(self._raw_rows(raw, layer, rank, value, k, lo, hi))
-        return _bucket_means(parts)
+            if a <= b and (fs := overlapping(used, a, b)):
+                cells.append(self._raw_rows(fs, layer, rank, value, k, a, b, firsts))
+        if fs := overlapping(raw, lo, hi):
+            cells.append(self._raw_rows(fs, layer, rank, value, k, lo, hi, firsts))
+        return _bucket_means(cells, firsts)
+
+    def _part_bounds(self, part: Path) -> dict[tuple[int, str], tuple[int, int]]:
+        """``{(rank, layer): (first step, last step)}`` of one raw watch_filters part, cached
+        per file (parts never change)."""
+        try:
+            st = part.stat()
+        except OSError:
+            return {}
+        key = (str(part), st.st_size, st.st_mtime_ns)
+        hit = _bounds_cache.get(key)
+        if hit is None:
+            cols = self._files_query("SELECT rank, layer, min(step) AS lo, max(step) AS hi "
+                                     "FROM {X} GROUP BY rank, layer", [], X=[part])
+            hit = {(int(r), str(name)): (int(a), int(b)) for r, name, a, b in
+                   zip(cols["rank"], cols["layer"], cols["lo"], cols["hi"], strict=True)}
+            if len(_bounds_cache) > 20_000:
+                _bounds_cache.clear()
+            _bounds_cache[key] = hit
+        return hit
 
     def _raw_rows(self, files: list[Path], layer: str, rank: int, value: str, k: int,
-                  a: int, b: int) -> dict[str, np.ndarray]:
+                  a: int, b: int, firsts: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> dict[str, np.ndarray]:
         cols = self._files_query(
-            f'SELECT filter, step >> {k} AS b, step AS first, "{value}" AS v FROM {{R}} '
+            f'SELECT filter, step >> {k} AS b, step, "{value}" AS v FROM {{R}} '
             "WHERE layer = ? AND rank = ? AND step BETWEEN ? AND ?", [layer, rank, a, b], R=files)
         v = np.ma.filled(np.ma.asarray(cols.pop("v")).astype(np.float64), np.nan)
         ok = ~np.isnan(v)
-        cols["s"], cols["c"] = np.where(ok, v, 0.0), ok.astype(np.int64)
-        cols["n"] = np.ones(len(v), dtype=np.int64)
+        firsts.append((cols["b"], cols.pop("step")))
+        cols["s"], cols["c"] = np.where(ok, v, 0.0), ok
         return cols
 
     def _files_query(self, sql: str, params: list[Any], **files: list[Path]
@@ -341,56 +364,37 @@ class TrainingQueries:
         return class_clusters(values.T, k=k, seed=seed, classes=err.columns.to_numpy())
 
 
-_levels_cache: dict[tuple[str, int, int], tuple[int, int] | None] = {}
+_bounds_cache: dict[tuple[str, int, int], dict[tuple[int, str], tuple[int, int]]] = {}
 
 
-def _summary_levels(path: Path) -> tuple[int, int] | None:
-    """``(k_min, k_max)`` of a summary file (its footer metadata), cached; None if unusable."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _levels_cache:
-        try:
-            meta = pq.read_metadata(path).metadata or {}
-            k_min, k_max = (int(x) for x in meta[LEVELS_KEY.encode()].decode().split(","))
-            _levels_cache[key] = (k_min, k_max)
-        except Exception:  # unreadable summary: the part is read raw
-            _levels_cache[key] = None
-        if len(_levels_cache) > 10_000:
-            _levels_cache.clear()
-    return _levels_cache.get(key)
-
-
-def _bucket_means(parts: list[dict[str, np.ndarray]]
+def _bucket_means(cells: list[dict[str, np.ndarray]],
+                  firsts: list[tuple[np.ndarray, np.ndarray]]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Combine (filter, b, n, first, s = sum, c = count) rows into the ``[F, S]`` means."""
-    parts = [p for p in parts if len(p["b"])]
-    if not parts:
+    """Combine (filter, b, s = sum, c = count) rows and (b, first step) pairs into the
+    ``[F, S]`` means of the filters and buckets that have rows."""
+    cells = [p for p in cells if len(p["b"])]
+    firsts = [p for p in firsts if len(p[0])]
+    if not cells or not firsts:
         return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
-    fil = np.concatenate([np.asarray(p["filter"]) for p in parts]).astype(np.int64)
-    b = np.concatenate([np.asarray(p["b"]) for p in parts]).astype(np.int64)
-    first = np.concatenate([np.asarray(p["first"]) for p in parts]).astype(np.int64)
-    s = np.concatenate([np.ma.filled(np.ma.asarray(p["s"]).astype(np.float64), 0.0)
-                        for p in parts])
-    c = np.concatenate([np.asarray(p["c"]) for p in parts]).astype(np.float64)
-    n = np.concatenate([np.asarray(p["n"]) for p in parts]).astype(np.int64)
-    keep = n > 0
-    fil, b, first, s, c = fil[keep], b[keep], first[keep], s[keep], c[keep]
-    b0 = int(b.min())
-    b -= b0
-    nb, nf = int(b.max()) + 1, int(fil.max()) + 1
-    flat = fil * nb + b
+    fb = np.concatenate([p[0] for p in firsts]).astype(np.int64)
+    fs = np.concatenate([p[1] for p in firsts]).astype(np.int64)
+    b0 = int(fb.min())
+    nb = int(fb.max()) - b0 + 1
+    first = np.full(nb, np.iinfo(np.int64).max)
+    np.minimum.at(first, fb - b0, fs)
+    fil = np.concatenate([np.asarray(p["filter"], dtype=np.int64) for p in cells])
+    flat = fil * nb + (np.concatenate([np.asarray(p["b"], dtype=np.int64) for p in cells]) - b0)
+    s = np.concatenate([np.ma.filled(p["s"], 0.0).astype(np.float64) for p in cells])
+    c = np.concatenate([np.asarray(p["c"], dtype=np.float64) for p in cells])
+    nf = int(fil.max()) + 1
     total = np.bincount(flat, weights=s, minlength=nf * nb)
     count = np.bincount(flat, weights=c, minlength=nf * nb)
-    present_b = np.bincount(b, minlength=nb) > 0
-    present_f = np.bincount(fil, minlength=nf) > 0
+    present = np.zeros(nf, dtype=bool)
+    present[fil] = True
+    present_b = first != np.iinfo(np.int64).max
     with np.errstate(invalid="ignore", divide="ignore"):
-        mat = (total / count).reshape(nf, nb)[np.ix_(present_f, present_b)]
-    firsts = np.full(nb, np.iinfo(np.int64).max)
-    np.minimum.at(firsts, b, first)
-    return firsts[present_b], np.flatnonzero(present_f), mat.astype(np.float32)
+        mat = (total / count).reshape(nf, nb)[np.ix_(present, present_b)]
+    return first[present_b], np.flatnonzero(present), mat.astype(np.float32)
 
 
 def _sql_list(files: Sequence[Path]) -> str:
