@@ -275,6 +275,40 @@ def test_watch_every_step_with_in_place_zero_grad(tmp_path, background):
                                    rtol=0)
 
 
+def test_background_gradients_changed_in_place_are_never_reported_wrong(tmp_path):
+    """Gradients replaced each step (set_to_none) but clipped in place right after backward,
+    while the worker may be reading them by reference: a record's gradient statistics are
+    the pre-clip values or NaN, never a mix; after the first in-place change they are copied
+    (exact) for good."""
+    torch.manual_seed(2)
+    model = Grouped()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre: dict[int, dict[str, np.ndarray]] = {}
+    with cs.Run(tmp_path, "clip") as run:
+        watcher = run.watch(model, every=1, background=True)
+        for step in range(1, 9):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(4, 3, 5, 5)),
+                                        torch.randint(0, 3, (4,))).backward()
+            pre[step] = {n: getattr(model, n).weight.grad.numpy().copy()
+                         for n in ("conv", "dw", "grp", "fc")}
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # in place, every step
+            opt.step()
+        watcher.flush()
+        voided = watcher._grad_ref_voided
+    lay = cs.open_run(tmp_path / "clip").table("watch_layers")
+    nan_steps = set()
+    for _, row in lay.iterrows():
+        got = row[[f"g_{s}" for s in ("min", "max", "mean", "std", "l1", "l2", "zeros")]]
+        if got.isna().all():
+            nan_steps.add(int(row["step"]))
+            continue
+        np.testing.assert_allclose(got.to_numpy(float), _np_stats(pre[row["step"]][row["layer"]]),
+                                   rtol=2e-5, atol=1e-9)
+    assert voided == bool(nan_steps)
+    assert max(nan_steps, default=0) <= 3  # once voided, gradients are copied
+
+
 def test_watch_bad_input(tmp_path):
     with cs.Run(tmp_path, "bad") as run:
         with pytest.raises(LayerNotFoundError, match="Did you mean 'conv'"):

@@ -127,6 +127,14 @@ class Watcher:
             if self.background else None
         self._inflight: dict[str, Future] = {}
         self._grad_buf: dict[str, torch.Tensor] = {}
+        # Gradients are copied until the loop is seen to replace them (zero_grad with
+        # set_to_none=True, the default): from then on the worker reads the gradient tensor
+        # itself, checking its version counter; an in-place change (zero_grad(set_to_none=
+        # False), clipping, accumulation) while it reads voids that record's gradient
+        # statistics (NaN) and switches back to copying for good.
+        self._grad_by_ref = False
+        self._grad_ref_voided = False  # an in-place change was seen: copy from then on
+        self._held: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = [model.register_forward_pre_hook(self._on_forward)]
         for name, module in self.layers.items():
             self._handles.append(
@@ -138,6 +146,10 @@ class Watcher:
             return
         if self._current is not None:
             self._finish_current()
+        if self._held:  # were last record's gradients replaced (not zeroed in place)?
+            self._grad_by_ref = not self._grad_ref_voided and all(
+                self.layers[n].weight.grad is not g for n, g in self._held.items())
+            self._held.clear()
         self._emit_ready()
         self.step += 1
         if self.step % self.every == 0:
@@ -170,23 +182,36 @@ class Watcher:
             wb = torch.empty(shape, dtype=torch.float32)
         recorder.spare = None
         wb.copy_(w.reshape(shape))
-        gb = None
+        gb, version = None, None
         if g is not None:
-            gb = self._grad_buf.get(name)
-            if gb is None or gb.shape != shape:
-                gb = self._grad_buf[name] = torch.empty(shape, dtype=torch.float32)
-            gb.copy_(g.detach().reshape(shape))
-        fut = self._pool.submit(self._work, recorder, wb, gb)
+            if self._grad_by_ref:
+                gb, version = g.detach(), g._version
+            else:
+                self._held[name] = g
+                gb = self._grad_buf.get(name)
+                if gb is None or gb.shape != shape:
+                    gb = self._grad_buf[name] = torch.empty(shape, dtype=torch.float32)
+                gb.copy_(g.detach().reshape(shape))
+        fut = self._pool.submit(self._work, recorder, wb, gb, g, version)
         self._inflight[name] = fut
         return fut
 
-    def _work(self, recorder: LayerRecorder, w: torch.Tensor, g: torch.Tensor | None
+    def _work(self, recorder: LayerRecorder, w: torch.Tensor, g: torch.Tensor | None,
+              grad: torch.Tensor | None, version: int | None
               ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         scratch = self._scratch.get("worker")
         if scratch is None or scratch.numel() < w.numel():
             size = max(max(m.weight.numel() for m in self.layers.values()), w.numel())
             scratch = self._scratch["worker"] = torch.empty(size, dtype=torch.float32)
-        return recorder(w, g, scratch, own=True)
+        raw, rows, exact = recorder(w, g, scratch, own=True)
+        if version is not None and grad is not None and grad._version != version:
+            # the gradient changed in place while (or before) it was read: void its stats
+            self._grad_ref_voided, self._grad_by_ref = True, False
+            raw = torch.cat([raw[:5], raw.new_full((5,), float("nan"))])
+            rows = rows.clone()
+            rows[1] = float("nan")
+            exact = [exact[0], float("nan")]
+        return raw, rows, exact
 
     def _scratch_for(self, w: torch.Tensor) -> torch.Tensor:
         """A float32 buffer on ``w``'s device as large as the largest watched weight."""
