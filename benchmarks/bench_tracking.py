@@ -7,7 +7,8 @@
 ``--overhead``: torchvision resnet18 (``weights=None``, 10 classes), batches of 32 x 3 x 32 x 32,
 SGD, on the CPU with ``--threads`` torch threads for every configuration. Configurations:
 baseline (plain training, no logging), ``run.watch(every=10)`` and ``run.watch(every=1)`` (per-
-filter stats on), and TensorBoard ``add_histogram`` of every parameter and every gradient every
+filter stats on; default ``background``, and ``background=False`` as ``watch10sync`` /
+``watch1sync``), and TensorBoard ``add_histogram`` of every parameter and every gradient every
 10 steps / every step. They run in interleaved blocks of ``--block`` steps (the order rotates
 each round: A B C D E, B C D E A, ...) after ``--warmup`` steps each, so machine drift hits all
 alike. Reported per configuration: median and mean step time, the slowdown ratios to the
@@ -112,8 +113,10 @@ def _table_parquet_bytes(run_dir: Path, table: str) -> tuple[int, int, dict[str,
 
 # (key, kind, every); the baseline is always measured and comes first
 OVERHEAD_CONFIGS = [("baseline", "none", 1), ("watch10", "watch", 10), ("watch1", "watch", 1),
+                    ("watch10sync", "watchsync", 10), ("watch1sync", "watchsync", 1),
                     ("tb10", "tb", 10), ("tb1", "tb", 1)]
-_LABELS = {"none": "baseline (no logging)", "watch": "run.watch every={}",
+_LABELS = {"none": "baseline (no logging)", "watch": "run.watch every={} (default)",
+           "watchsync": "run.watch every={}, background=False",
            "tb": "TensorBoard add_histogram every={}"}
 
 
@@ -136,9 +139,11 @@ class _Config:
         self.rows_before_close = 0
         self.rows_after_close = 0
         self.bytes_per_value = float("nan")
-        if kind == "watch":
+        if kind in ("watch", "watchsync"):
             self.run = cs.Run(root, name, quiet=True)
-            self.run.watch(self.model, every=every, filters=True)
+            w = self.run.watch(self.model, every=every, filters=True,
+                               background=False if kind == "watchsync" else None)
+            self.name += f" [{'background worker' if w.background else 'in the hook'}]"
         elif kind == "tb":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -239,7 +244,7 @@ def _print_overhead(args: argparse.Namespace, cfgs: list[_Config], wall: float) 
           "watch_filters bytes per value |")
     print("|---|---|---|---|")
     for c in cfgs:
-        if c.kind == "watch":
+        if c.kind in ("watch", "watchsync"):
             print(f"| {c.name} | {c.rows_before_close:,} | {c.rows_after_close:,} | "
                   f"{c.bytes_per_value:.2f} |")
     print()
@@ -421,8 +426,25 @@ def bench_queries(path: Path, args: argparse.Namespace, widest: str) -> list[tup
     ts, df = _timed(lambda: reader.layer_series("update_ratio", max_points=600), rep)
     rows.append(("layer_series('update_ratio', all 53 layers, max_points=600)", ts,
                  f"{len(df):,} points"))
+    from convscope.store import summary as summary_mod
+
+    def cold_filter_matrix() -> Any:
+        summary_mod._open_cache.clear()  # forget the opened summaries: first call in a process
+        return RunReader(path).filter_matrix(widest, "cos_prev", max_steps=600)
+
+    ts, res = _timed(cold_filter_matrix, max(3, rep // 4))
+    rows.append((f"filter_matrix('{widest}', max_steps=600), cold (new process state: opens "
+                 "every summary file)", ts, ""))
     ts, res = _timed(lambda: reader.filter_matrix(widest, "cos_prev", max_steps=600), rep)
     rows.append((f"filter_matrix('{widest}', 2048 filters, max_steps=600)", ts,
+                 f"{res[2].shape[0]} x {res[2].shape[1]} cells"))
+    recorded_all = reader.recorded_filter_steps()
+    a = int(recorded_all[len(recorded_all) // 3])
+    b = int(recorded_all[2 * len(recorded_all) // 3]) + 7
+    ts, res = _timed(lambda: reader.filter_matrix(widest, "g_l2", max_steps=300, steps=(a, b)),
+                     rep)
+    rows.append((f"filter_matrix('{widest}', max_steps=300, steps=({a}, {b})) (a range "
+                 "selection: cut edge buckets read raw)", ts,
                  f"{res[2].shape[0]} x {res[2].shape[1]} cells"))
     ts, _ = _timed(lambda: RunReader(path).class_error(), max(3, rep // 4))
     rows.append(("class_error(), cold (new reader: decode all bitsets)", ts, ""))
@@ -586,6 +608,9 @@ def bench_scale(args: argparse.Namespace) -> None:
         layers = resnet50_conv_layers()
         widest = next(n for n, c in layers if c == max(c for _, c in layers))
         f_bytes, f_rows, f_cols = _table_parquet_bytes(run_dir, "watch_filters")
+        w["summary_bytes"] = sum(
+            f.stat().st_size
+            for f in (run_dir / TABLES_DIR / "watch_filters" / "_summary").glob("part-*.parquet"))
         l_bytes, l_rows, _ = _table_parquet_bytes(run_dir, "watch_layers")
         v_bytes, _, _ = _table_parquet_bytes(run_dir, "validation")
         q_rows = bench_queries(run_dir, args, widest)
@@ -595,7 +620,10 @@ def bench_scale(args: argparse.Namespace) -> None:
         _print_scale(args, w, widest, (f_bytes, f_rows, f_cols), (l_bytes, l_rows), v_bytes,
                      q_rows, h_rows, mem, bitset)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"(kept the synthetic log: {root})")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset) -> None:
@@ -637,6 +665,11 @@ def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset
         if col in f_cols:
             print(f"|   column `{col}` | {f_cols[col]:,} | {f_rows:,} rows | "
                   f"{f_cols[col] / f_rows:.2f} per row |")
+    sb = w.get("summary_bytes", 0)
+    print(f"| watch_filters summaries (`_summary/`, written at compaction) | {sb:,} | "
+          f"{f_vals:,} | {sb / f_vals:.2f} |")
+    print(f"| **watch_filters including its summaries** | {f_bytes + sb:,} | {f_vals:,} | "
+          f"**{(f_bytes + sb) / f_vals:.2f}** |")
     print(f"| watch_layers (15 stats per row) | {l_bytes:,} | {l_vals:,} | "
           f"{l_bytes / l_vals:.2f} |")
     print(f"| validation (per image x checkpoint cell) | {v_bytes:,} | {w['val_cells']:,} "
@@ -649,7 +682,7 @@ def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset
     print("|---|---|---|---|---|---|")
     for name, ts, note in q_rows + h_rows:
         goal = next((f"<= {g} ms" for k, g in goals.items()
-                     if name.startswith(k) and "cold" not in name), "")
+                     if name.startswith(k) and "cold" not in name and "range" not in name), "")
         print(f"| {name} | {_ms(statistics.median(ts))} | {_ms(_p(ts, 95))} | "
               f"{_ms(max(ts))} | {goal} | {note} |")
     print()
@@ -691,6 +724,8 @@ def main() -> None:
     ap.add_argument("--no-compact", action="store_true",
                     help="scale: leave the parts as written (a live, unclosed run)")
     ap.add_argument("--no-serve", action="store_true", help="scale: skip the dashboard part")
+    ap.add_argument("--keep", action="store_true",
+                    help="scale: keep the synthetic log (its path is printed) instead of deleting")
     args = ap.parse_args()
     if not (args.overhead or args.scale):
         ap.error("pass --overhead and/or --scale")

@@ -10,7 +10,14 @@ from torch import nn
 
 import convscope as cs
 from convscope.errors import InputError, InvalidValueError, LayerNotFoundError
-from convscope.track.stats import filter_stats, layer_stats, tensor_stats
+from convscope.track import stats as stats_mod
+from convscope.track.stats import (
+    LayerRecorder,
+    filter_stats,
+    finish_stats,
+    layer_stats,
+    tensor_stats,
+)
 
 
 def _np_stats(a: np.ndarray) -> list[float]:
@@ -61,6 +68,102 @@ def test_filter_stats_match_a_manual_computation():
             np.testing.assert_allclose(fs[f, 3], cos, rtol=1e-5, atol=1e-7)
 
 
+def _brute_layer(w, g, p):
+    """numpy float64 reference: the 15 layer columns and the [F, 4] filter columns."""
+    w64 = w.astype(np.float64)
+    row = _np_stats(w64) + (_np_stats(g) if g is not None else [np.nan] * 7)
+    wf = w64.reshape(len(w64), -1)
+    wn = np.linalg.norm(wf, axis=1)
+    gn = (np.linalg.norm(g.astype(np.float64).reshape(len(g), -1), axis=1) if g is not None
+          else np.full(len(wf), np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(wn > 0, gn / wn, np.nan)
+        if p is None:
+            row.append(np.nan)
+            cos = np.full(len(wf), np.nan)
+        else:
+            pf = p.astype(np.float64).reshape(len(p), -1)
+            pn = np.linalg.norm(pf, axis=1)
+            row.append(np.linalg.norm(wf - pf) / np.linalg.norm(pf))
+            cos = np.where(wn * pn > 0, (wf * pf).sum(1) / (wn * pn), np.nan)
+    return np.array(row), np.stack([wn, gn, ratio, cos], axis=1)
+
+
+def _fused(recorders, tensors, scratch=None):
+    outs = [recorders[i](w, g, scratch) for i, (w, g) in enumerate(tensors)]
+    raw = torch.stack([o[0] if len(o[0]) == 10 else torch.cat([o[0], torch.full((5,), np.nan)])
+                       for o in outs])
+    return finish_stats(raw.numpy(), torch.cat([o[1] for o in outs], dim=1).numpy(),
+                        np.array([o[2] for o in outs]),
+                        np.array([w.shape[0] for w, _ in tensors]),
+                        np.array([w.numel() for w, _ in tensors]))
+
+
+@pytest.mark.parametrize("small_exact_count", [False, True])
+def test_fused_recorder_matches_brute_force_over_steps(monkeypatch, small_exact_count):
+    """LayerRecorder + finish_stats (the watcher's fused path) against numpy float64 over
+    several snapshots: a conv weight, a linear weight, a depthwise and a grouped conv weight,
+    exact zeros (a whole zero filter: cosine and ratio undefined), a layer without gradient,
+    a batch-norm-like weight (mean >> spread: exact variance) and a shared scratch buffer."""
+    if small_exact_count:  # exercise the count_nonzero branch for "large" tensors
+        monkeypatch.setattr(stats_mod, "_EXACT_COUNT", 8)
+    g = torch.Generator().manual_seed(5)
+    shapes = [(6, 3, 3, 3), (5, 12), (8, 1, 3, 3), (6, 2, 1, 1), (4, 7), (3, 40)]
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    weights[0][1] = 0.0  # a dead filter
+    weights[0][2, 0, 0, :2] = 0.0
+    weights[5] = 1.0 + 1e-3 * torch.randn(shapes[5], generator=g)  # mean dominates
+    recorders = [LayerRecorder() for _ in shapes]
+    scratch = torch.empty(max(w.numel() for w in weights))
+    prev = [None] * len(shapes)
+    for t in range(4):
+        grads = [1e-2 * torch.randn(s, generator=g) for s in shapes]
+        grads[1][0] = 0.0
+        grads[4] = None  # no gradient for this layer
+        tensors = list(zip(weights, grads, strict=True))
+        rows, filt = _fused(recorders, tensors, scratch if t % 2 else None)
+        start = 0
+        for i, (w, gr) in enumerate(tensors):
+            exp_row, exp_f = _brute_layer(w.numpy(), None if gr is None else gr.numpy(),
+                                          prev[i])
+            np.testing.assert_allclose(rows[i], exp_row, rtol=2e-5, atol=1e-7,
+                                       err_msg=f"layer {i} step {t}")
+            got_f = filt[start:start + len(w)]
+            np.testing.assert_allclose(got_f[:, :3], exp_f[:, :3], rtol=2e-5, atol=1e-7)
+            np.testing.assert_allclose(got_f[:, 3], exp_f[:, 3], rtol=0, atol=2e-6)
+            start += len(w)
+        prev = [w.numpy().copy() for w in weights]
+        for i, w in enumerate(weights):  # an optimiser-like update (filter 1 stays zero)
+            weights[i] = w + 0.05 * torch.randn(w.shape, generator=g) * (w != 0)
+    assert np.isnan(filt[1, 3]) and np.isnan(filt[1, 2])  # the zero filter
+
+
+def test_fused_cosine_is_accurate_for_tiny_updates():
+    """cos from ‖w‖² + ‖p‖² - ‖Δ‖² (Δ formed directly) against float64, with updates of 1e-4
+    relative size (the every=1 regime) and the update ratio to float32 rounding."""
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(64, 576, generator=g)
+    w = p + 1e-4 * torch.randn(64, 576, generator=g)
+    rec = LayerRecorder()
+    rec(p, None)
+    raw, rows, exact = rec(w, None)
+    _, filt = finish_stats(torch.cat([raw, torch.full((5,), np.nan)]).numpy()[None],
+                           rows.numpy(), np.array([exact]), np.array([64]), np.array([w.numel()]))
+    exp_row, exp_f = _brute_layer(w.numpy(), None, p.numpy())
+    np.testing.assert_allclose(filt[:, 3], exp_f[:, 3], atol=1e-6, rtol=0)
+    lay, _ = finish_stats(torch.cat([raw, torch.full((5,), np.nan)]).numpy()[None],
+                          rows.numpy(), np.array([exact]), np.array([64]),
+                          np.array([w.numel()]))
+    np.testing.assert_allclose(lay[0, 14], exp_row[14], rtol=1e-3)  # ratio ~1e-4
+    assert (rec.snap.numpy() == w.numpy()).all()  # the snapshot buffer now holds w
+
+
+def test_fused_recorder_counts_nan_values_as_nonzero():
+    w = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 0.0, 2.0]])
+    raw, _, _ = LayerRecorder()(w, None)
+    assert raw[4].item() == 3.0  # non-zeros: NaN, 1, 2 (as count_nonzero)
+
+
 class Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -71,13 +174,15 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_watch_records_every_kth_step_with_exact_values(tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_watch_records_every_kth_step_with_exact_values(tmp_path, background):
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     snapshots: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     with cs.Run(tmp_path, "w") as run:
-        run.watch(model, every=3)
+        watcher = run.watch(model, every=3, background=background)
+        assert watcher.background is background
         for step in range(1, 10):
             x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
             loss = nn.functional.cross_entropy(model(x), y)
@@ -117,6 +222,91 @@ def test_watch_records_every_kth_step_with_exact_values(tmp_path):
     # hooks are gone after close
     assert not model._forward_pre_hooks
     assert not model.conv.weight._post_accumulate_grad_hooks
+
+
+class Grouped(nn.Module):
+    """A conv with bias, a depthwise and a grouped conv, a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.grp = nn.Conv2d(8, 6, 1, groups=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.grp(torch.relu(self.dw(torch.relu(self.conv(x))))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_watch_every_step_with_in_place_zero_grad(tmp_path, background):
+    """every=1 with gradients zeroed in place (set_to_none=False) and momentum: the worker
+    must see each step's weight before the update and its gradient before the zeroing."""
+    torch.manual_seed(1)
+    model = Grouped()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    names = ["conv", "dw", "grp", "fc"]
+    snaps: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    with cs.Run(tmp_path, "g") as run:
+        run.watch(model, every=1, background=background)
+        for step in range(1, 6):
+            opt.zero_grad(set_to_none=False)
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 5, 5)),
+                                               torch.randint(0, 3, (4,)))
+            loss.backward()
+            snaps[step] = {n: (getattr(model, n).weight.detach().numpy().copy(),
+                               getattr(model, n).weight.grad.numpy().copy()) for n in names}
+            opt.step()
+    reader = cs.open_run(tmp_path / "g")
+    lay = reader.table("watch_layers")
+    filt = reader.table("watch_filters")
+    assert len(lay) == 5 * 4
+    for _, row in lay.iterrows():
+        s, n = int(row["step"]), row["layer"]
+        w, g = snaps[s][n]
+        exp_row, exp_f = _brute_layer(w, g, snaps[s - 1][n][0] if s > 1 else None)
+        np.testing.assert_allclose(row[list(cs.track.columns.LAYER_COLUMNS)].to_numpy(float),
+                                   exp_row, rtol=2e-5, atol=1e-8, err_msg=f"{n} step {s}")
+        got = filt[(filt.layer == n) & (filt.step == s)].sort_values("filter")
+        np.testing.assert_allclose(got[["w_l2", "g_l2", "ratio"]].to_numpy(float),
+                                   exp_f[:, :3], rtol=2e-5, atol=1e-8)
+        np.testing.assert_allclose(got["cos_prev"].to_numpy(float), exp_f[:, 3], atol=2e-6,
+                                   rtol=0)
+
+
+def test_background_gradients_changed_in_place_are_never_reported_wrong(tmp_path):
+    """Gradients replaced each step (set_to_none) but clipped in place right after backward,
+    while the worker may be reading them by reference: a record's gradient statistics are
+    the pre-clip values or NaN, never a mix; after the first in-place change they are copied
+    (exact) for good."""
+    torch.manual_seed(2)
+    model = Grouped()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre: dict[int, dict[str, np.ndarray]] = {}
+    with cs.Run(tmp_path, "clip") as run:
+        watcher = run.watch(model, every=1, background=True)
+        for step in range(1, 9):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(4, 3, 5, 5)),
+                                        torch.randint(0, 3, (4,))).backward()
+            pre[step] = {n: getattr(model, n).weight.grad.numpy().copy()
+                         for n in ("conv", "dw", "grp", "fc")}
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # in place, every step
+            opt.step()
+        watcher.flush()
+        voided = watcher._grad_ref_voided
+    lay = cs.open_run(tmp_path / "clip").table("watch_layers")
+    nan_steps = set()
+    for _, row in lay.iterrows():
+        got = row[[f"g_{s}" for s in ("min", "max", "mean", "std", "l1", "l2", "zeros")]]
+        if got.isna().all():
+            nan_steps.add(int(row["step"]))
+            continue
+        np.testing.assert_allclose(got.to_numpy(float), _np_stats(pre[row["step"]][row["layer"]]),
+                                   rtol=2e-5, atol=1e-9)
+    assert voided == bool(nan_steps)
+    assert max(nan_steps, default=0) <= 3  # once voided, gradients are copied
 
 
 def test_watch_bad_input(tmp_path):
@@ -210,7 +400,8 @@ def test_layer_series_and_filter_queries_match_brute_force(tmp_path):
     # filter matrix of one layer
     st, fl, mat = reader.filter_matrix("b.conv", "w_l2", max_steps=25)
     fb = fil[fil.layer == "b.conv"].copy()
-    fb["b"] = np.floor((fb["step"] - 1) * 25 / n_steps).astype(int)
+    k = next(k for k in range(20) if (n_steps >> k) - (1 >> k) + 1 <= 25)  # aligned buckets
+    fb["b"] = fb["step"].to_numpy() >> k
     exp_m = fb.pivot_table(index="filter", columns="b", values="w_l2", aggfunc="mean")
     np.testing.assert_allclose(mat, exp_m.to_numpy(), rtol=1e-6)
     assert fl.tolist() == list(range(filters))

@@ -29,10 +29,12 @@ __all__ = ["start_watch", "ValidationLog"]
 
 
 def start_watch(run: Run, model: Any, *, every: int = 10, layers: Any = None,
-                filters: bool = True, ranks: int | str = 0) -> Any:
+                filters: bool = True, ranks: int | str = 0, background: bool | None = None
+                ) -> Any:
     """Attach a :class:`~convscope.track.watch.Watcher` whose sink writes to ``run``.
 
     ``ranks``: the rank that records (default 0) or ``"all"``; other ranks attach nothing.
+    ``background``: see :class:`~convscope.track.watch.Watcher`.
     """
     from ..track.watch import Watcher
 
@@ -47,7 +49,8 @@ def start_watch(run: Run, model: Any, *, every: int = 10, layers: Any = None,
             filter_cols["rank"] = np.full(len(filter_cols["step"]), rank)
             run.log_rows("watch_filters", filter_cols)
 
-    return Watcher(model, sink, every=every, layers=layers, filters=filters)
+    return Watcher(model, sink, every=every, layers=layers, filters=filters,
+                   background=background)
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:

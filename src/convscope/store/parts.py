@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import PART_GLOB, TABLES_DIR
+from .summary import SUMMARIZED_TABLES, SUMMARY_DIR, remove_summary, summary_file, write_summary
 from .writer import write_part
 
 __all__ = ["PartListing", "list_parts", "compact_table", "compact_run"]
@@ -122,6 +123,7 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
                 rows = 0
             groups[-1].append(f)
             rows += n
+        summarize = table_dir.name in SUMMARIZED_TABLES
         after = 0
         for group in groups:
             after += 1
@@ -131,15 +133,33 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
                                       promote_options="permissive")
             merged = merged.replace_schema_metadata(None)
             name = f"part-c{time.time_ns():020d}-{os.urandom(2).hex()}.parquet"
-            write_part(table_dir, name, merged,
-                       {REPLACES_KEY.decode(): json.dumps([f.name for f in group])})
+            path = write_part(table_dir, name, merged,
+                              {REPLACES_KEY.decode(): json.dumps([f.name for f in group])})
+            if summarize:
+                write_summary(path, merged)
             del merged
             for f in group:
                 try:
                     f.unlink()
                 except FileNotFoundError:
                     pass
+                remove_summary(f)
+        if summarize:
+            _summarize_missing(table_dir)
         return before, after
+
+
+def _summarize_missing(table_dir: Path) -> None:
+    """Summaries for compacted parts that lack one (killed compaction, older runs); drop the
+    summaries of parts that are gone."""
+    listing = list_parts(table_dir)
+    for f in listing.files:
+        if f.name.startswith("part-c") and not summary_file(f).exists():
+            write_summary(f, pq.read_table(f).replace_schema_metadata(None))
+    visible = {f.name for f in listing.files}
+    for s in (table_dir / SUMMARY_DIR).glob(PART_GLOB):
+        if s.name not in visible and not (table_dir / s.name).exists():
+            s.unlink(missing_ok=True)
 
 
 def compact_run(run_dir: Path, min_parts: int = 2) -> dict[str, tuple[int, int]]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,7 @@ from ..errors import InvalidValueError, StoreError, suggest
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from .layout import TABLES_DIR
 from .parts import list_parts
+from .summary import open_summary, summary_file
 
 __all__ = ["TrainingQueries", "ValidationMatrix"]
 
@@ -96,37 +99,130 @@ class TrainingQueries:
                       rank: int = 0, steps: tuple[int, int] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(steps [S], filters [F], matrix [F, S])``: one per-filter statistic of ``layer``
-        over steps, averaged into at most ``max_steps`` step buckets."""
+        over steps, averaged (NaN values left out) into aligned step buckets.
+
+        Buckets are ``step >> k`` (blocks of 2**k steps aligned to multiples of 2**k), with the
+        smallest k that gives at most ``max_steps`` buckets over ``[lo, hi]``: the layer's first
+        and last recorded step, clipped to ``steps`` when given. So S lies between about
+        ``max_steps / 2`` and ``max_steps``, and the buckets are the blocks of the parts'
+        summaries (:mod:`convscope.store.summary`): summarised parts contribute per-bucket sums
+        and counts (~F × S rows), the rest raw rows, with the same result. ``steps[S]`` is the
+        first step present in each bucket; buckets and filters without rows are left out.
+        """
         if value not in FILTER_COLUMNS:
             raise InvalidValueError(f"unknown filter statistic {value!r}."
                                     + suggest(value, FILTER_COLUMNS))
-        extra, params = "", [layer, rank]
-        if steps:
-            extra, params = " AND step BETWEEN ? AND ?", [*params, int(steps[0]), int(steps[1])]
-        # Fetch the layer's rows (row groups of other layers are skipped: parts are sorted by
-        # layer) and bucket them in numpy: one bincount instead of a million-group GROUP BY.
-        cols = self.query_numpy(f'SELECT step, filter, "{value}" AS v FROM watch_filters '
-                                f"WHERE layer = ? AND rank = ?{extra}", params)
-        step = np.asarray(cols["step"])
-        if len(step) == 0:
-            return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
-        lo, span = int(step.min()), max(int(step.max()) - int(step.min()), 1)
-        # buckets and filter numbers are small integers already: index with them directly
-        bucket = (step - lo) * int(max_steps) // (span + 1)
-        fil = np.asarray(cols["filter"]).astype(np.int64)
-        nb, nf = int(bucket.max()) + 1, int(fil.max()) + 1
-        v = np.ma.filled(cols["v"].astype(np.float64), np.nan)
+        empty = (np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0)))
+        files = list_parts(self.path / TABLES_DIR / "watch_filters").files
+        if not files:
+            return empty
+        opened = {f: open_summary(summary_file(f)) for f in files}
+        summed = [f for f in files if opened[f] is not None]
+        raw = [f for f in files if opened[f] is None]
+        s0, s1 = (int(steps[0]), int(steps[1])) if steps else (None, None)
+        # the layer's first and last step (summary index, or once per raw part: cached)
+        span_of: dict[Path, tuple[int, int]] = {}
+        for f in files:
+            sf = opened[f]
+            b = sf.bounds.get(f"{rank}|{layer}") if sf is not None \
+                else self._part_bounds(f).get((rank, layer))
+            if b is not None:
+                span_of[f] = (int(b[0]), int(b[1]))
+        spans = list(span_of.values())
+        if not spans:
+            return empty
+        lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
+        if s0 is not None:
+            lo, hi = max(lo, s0), min(hi, s1)
+        if lo > hi:
+            return empty
+        k = 0
+        while (hi >> k) - (lo >> k) + 1 > max(int(max_steps), 1):
+            k += 1
+        # buckets entirely inside [lo, hi] can come from summaries; the edge buckets that are
+        # cut by the range, from raw rows
+        j_lo = lo >> k if (lo & ((1 << k) - 1)) == 0 or s0 is None else (lo >> k) + 1
+        j_hi = hi >> k if ((hi + 1) & ((1 << k) - 1)) == 0 or s1 is None else (hi >> k) - 1
+        cells: list[dict[str, np.ndarray]] = []  # filter, b, s (sum), c (count)
+        firsts: list[tuple[np.ndarray, np.ndarray]] = []  # (b, first step)
+        used = []
+        for f in summed:
+            sf = opened[f]
+            if k < sf.levels[0]:
+                raw.append(f)  # no summary this fine: the part's raw rows
+                continue
+            used.append(f)
+            if j_lo > j_hi:
+                continue
+            lvl = min(k, sf.levels[1])
+            shift = k - lvl
+            rows = sf.rows(lvl, rank, layer, ["filter", "block", "first", f"{value}_sum",
+                                              f"{value}_n"])
+            if rows is None:
+                continue
+            b = rows["block"] >> shift
+            keep = (b >= j_lo) & (b <= j_hi)
+            is_f = rows["filter"] >= 0
+            sel, lay = keep & is_f, keep & ~is_f
+            cells.append({"filter": rows["filter"][sel], "b": b[sel],
+                          "s": rows[f"{value}_sum"][sel], "c": rows[f"{value}_n"][sel]})
+            firsts.append((b[lay], rows["first"][lay]))
+        edges = [(lo, (j_lo << k) - 1), ((j_hi + 1) << k, hi)] if j_lo <= j_hi else [(lo, hi)]
+        def overlapping(fs: list[Path], a: int, b: int) -> list[Path]:
+            return [f for f in fs if f in span_of and span_of[f][0] <= b and span_of[f][1] >= a]
+
+        for a, b in edges:  # the buckets cut by the range: raw rows (simple ranges)
+            if a <= b and (fs := overlapping(used, a, b)):
+                cells.append(self._raw_rows(fs, layer, rank, value, k, a, b, firsts))
+        if fs := overlapping(raw, lo, hi):
+            cells.append(self._raw_rows(fs, layer, rank, value, k, lo, hi, firsts))
+        return _bucket_means(cells, firsts)
+
+    def _part_bounds(self, part: Path) -> dict[tuple[int, str], tuple[int, int]]:
+        """``{(rank, layer): (first step, last step)}`` of one raw watch_filters part, cached
+        per file (parts never change)."""
+        try:
+            st = part.stat()
+        except OSError:
+            return {}
+        key = (str(part), st.st_size, st.st_mtime_ns)
+        hit = _bounds_cache.get(key)
+        if hit is None:
+            cols = self._files_query("SELECT rank, layer, min(step) AS lo, max(step) AS hi "
+                                     "FROM {X} GROUP BY rank, layer", [], X=[part])
+            hit = {(int(r), str(name)): (int(a), int(b)) for r, name, a, b in
+                   zip(cols["rank"], cols["layer"], cols["lo"], cols["hi"], strict=True)}
+            if len(_bounds_cache) > 20_000:
+                _bounds_cache.clear()
+            _bounds_cache[key] = hit
+        return hit
+
+    def _raw_rows(self, files: list[Path], layer: str, rank: int, value: str, k: int,
+                  a: int, b: int, firsts: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> dict[str, np.ndarray]:
+        cols = self._files_query(
+            f'SELECT filter, step >> {k} AS b, step, "{value}" AS v FROM {{R}} '
+            "WHERE layer = ? AND rank = ? AND step BETWEEN ? AND ?", [layer, rank, a, b], R=files)
+        v = np.ma.filled(np.ma.asarray(cols.pop("v")).astype(np.float64), np.nan)
         ok = ~np.isnan(v)
-        flat = fil * nb + bucket
-        total = np.bincount(flat[ok], weights=v[ok], minlength=nf * nb)
-        count = np.bincount(flat[ok], minlength=nf * nb)
-        present_b = np.bincount(bucket, minlength=nb) > 0
-        present_f = np.bincount(fil, minlength=nf) > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mat = (total / count).reshape(nf, nb)[np.ix_(present_f, present_b)]
-        first = np.full(nb, np.iinfo(np.int64).max)
-        np.minimum.at(first, bucket, step)
-        return first[present_b], np.flatnonzero(present_f), mat.astype(np.float32)
+        firsts.append((cols["b"], cols.pop("step")))
+        cols["s"], cols["c"] = np.where(ok, v, 0.0), ok
+        return cols
+
+    def _files_query(self, sql: str, params: list[Any], **files: list[Path]
+                     ) -> dict[str, np.ndarray]:
+        """DuckDB over explicit Parquet files: ``{X}`` in ``sql`` becomes ``read_parquet(...)``
+        of ``files['X']``; numpy columns."""
+        srcs = {name: f"read_parquet({_sql_list(fs)}, union_by_name = true)"
+                for name, fs in files.items()}
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            return cur.execute(sql.format(**srcs), params).fetchnumpy()
+        except duckdb.Error as exc:
+            raise StoreError(f"query on run {self.name!r} failed: {exc}") from exc
+        finally:
+            cur.close()
 
     def top_changed_filters(self, step: int | None = None, *, window: tuple[int, int] | None
                             = None, k: int = 10, per_layer: bool = True, rank: int = 0
@@ -266,6 +362,43 @@ class TrainingQueries:
         values = err.to_numpy().T  # [C, T]
         values = np.where(np.isnan(values), np.nanmean(values, axis=1, keepdims=True), values)
         return class_clusters(values.T, k=k, seed=seed, classes=err.columns.to_numpy())
+
+
+_bounds_cache: dict[tuple[str, int, int], dict[tuple[int, str], tuple[int, int]]] = {}
+
+
+def _bucket_means(cells: list[dict[str, np.ndarray]],
+                  firsts: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Combine (filter, b, s = sum, c = count) rows and (b, first step) pairs into the
+    ``[F, S]`` means of the filters and buckets that have rows."""
+    cells = [p for p in cells if len(p["b"])]
+    firsts = [p for p in firsts if len(p[0])]
+    if not cells or not firsts:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0))
+    fb = np.concatenate([p[0] for p in firsts]).astype(np.int64)
+    fs = np.concatenate([p[1] for p in firsts]).astype(np.int64)
+    b0 = int(fb.min())
+    nb = int(fb.max()) - b0 + 1
+    first = np.full(nb, np.iinfo(np.int64).max)
+    np.minimum.at(first, fb - b0, fs)
+    fil = np.concatenate([np.asarray(p["filter"], dtype=np.int64) for p in cells])
+    flat = fil * nb + (np.concatenate([np.asarray(p["b"], dtype=np.int64) for p in cells]) - b0)
+    s = np.concatenate([np.ma.filled(p["s"], 0.0).astype(np.float64) for p in cells])
+    c = np.concatenate([np.asarray(p["c"], dtype=np.float64) for p in cells])
+    nf = int(fil.max()) + 1
+    total = np.bincount(flat, weights=s, minlength=nf * nb)
+    count = np.bincount(flat, weights=c, minlength=nf * nb)
+    present = np.zeros(nf, dtype=bool)
+    present[fil] = True
+    present_b = first != np.iinfo(np.int64).max
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mat = (total / count).reshape(nf, nb)[np.ix_(present, present_b)]
+    return first[present_b], np.flatnonzero(present), mat.astype(np.float32)
+
+
+def _sql_list(files: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
 def _forward_fill(correct: np.ndarray, known: np.ndarray) -> np.ndarray:

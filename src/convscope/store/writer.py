@@ -42,7 +42,8 @@ def writer_id(rank: int | None = None) -> str:
 
 
 def write_part(
-    table_dir: Path, name: str, table: pa.Table, metadata: Mapping[str, str] | None = None
+    table_dir: Path, name: str, table: pa.Table, metadata: Mapping[str, str] | None = None,
+    row_group_size: int = ROW_GROUP_ROWS,
 ) -> Path:
     """Write ``table`` durably as ``table_dir/name`` (temp file, fsync, rename, fsync dir)."""
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def write_part(
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     others = [f.name for f in table.schema if f.name not in floats]
     with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression=_COMPRESSION, row_group_size=ROW_GROUP_ROWS,
+        pq.write_table(table, fh, compression=_COMPRESSION, row_group_size=row_group_size,
                        use_dictionary=others or False, use_byte_stream_split=floats or False)
         fh.flush()
         os.fsync(fh.fileno())

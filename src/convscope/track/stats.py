@@ -8,10 +8,11 @@ against the previous recorded snapshot. Per filter (output channel): weight L2, 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["STAT_NAMES", "LAYER_COLUMNS", "FILTER_COLUMNS", "tensor_stats", "layer_stats",
-           "filter_stats"]
+           "filter_stats", "LayerRecorder", "finish_stats"]
 
 from .columns import FILTER_COLUMNS, LAYER_COLUMNS, STAT_NAMES
 
@@ -84,3 +85,168 @@ def filter_stats(w: torch.Tensor, g: torch.Tensor | None, prev: torch.Tensor | N
     else:
         cos = nan
     return torch.stack([wn, gn, ratio, cos], dim=1)
+
+
+# Largest count of 0/1 values a float32 sum adds exactly (partial sums stay below 2**24).
+_EXACT_COUNT = 1 << 24
+RAW_TENSOR = ("min", "max", "sum", "l1", "nonzero")  # raw reductions of one tensor
+
+
+def _raw_moments(x: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
+    """Raw reductions of ``x: [F, K]`` in :data:`RAW_TENSOR` order (0-d tensors);
+    ``scratch: [F, K]`` is overwritten.
+
+    L1 and the count of non-zeros come from one ``abs`` pass into the (cache-resident, shared)
+    scratch buffer, summed; on the CPU the zeros are counted only when ``min |x|`` is 0 (by
+    ``sign_`` and a sum of the 0/1 values, exact up to 2**24 values; ``count_nonzero`` above):
+    about half the cost of ``vector_norm(ord=1)`` + ``count_nonzero``.
+    The sum of squares comes from the row norms.
+    """
+    lo, hi = torch.aminmax(x)
+    total = x.sum()
+    torch.abs(x, out=scratch)
+    l1 = scratch.sum()
+    if x.is_cuda:
+        nonzero = torch.count_nonzero(x)
+    elif float(scratch.amin()) > 0:  # no zero at all (the usual case): no count needed
+        nonzero = x.new_tensor(float(x.numel()))
+    elif x.numel() > _EXACT_COUNT:
+        nonzero = torch.count_nonzero(x)
+    else:
+        nonzero = scratch.sign_().sum()  # wrong with NaN in x: see LayerRecorder
+    return [lo, hi, total, l1, nonzero]
+
+
+class LayerRecorder:
+    """Statistics of one layer at successive recorded steps, with a preallocated snapshot.
+
+    Each call returns the *raw* reductions of the current weight and gradient against the
+    snapshot taken at the previous call, then overwrites the snapshot with the current weight
+    (``copy_`` into the buffer: no new allocation). :func:`finish_stats` turns the raw values
+    of any number of layers into :func:`layer_stats` rows and :func:`filter_stats` matrices
+    with a few vectorised numpy operations (float64).
+
+    Fused to few passes over memory: per-filter L2 norms give the layer's L2; the weight
+    difference is formed in place in the snapshot buffer (``snap -= w``), whose per-filter
+    norms ``‖Δ_f‖`` give the update ratio ``sqrt(Σ‖Δ_f‖²) / sqrt(Σ‖p_f‖²)`` and the cosine
+    ``(‖w_f‖² + ‖p_f‖² - ‖Δ_f‖²) / (2 ‖w_f‖ ‖p_f‖)``; ``‖p_f‖`` is kept from the previous
+    call. Agrees with :func:`layer_stats` / :func:`filter_stats` to float32 rounding (the
+    cosine to ~1e-6 absolute).
+
+    Returns ``(raw [10] or [5], rows [4, F], exact)``: ``raw``: min, max, sum, L1, count of
+    non-zeros (:data:`RAW_TENSOR`) of the weight, then of the gradient when there is one;
+    ``rows``: per filter ``‖w_f‖``, ``‖g_f‖``, ``‖Δ_f‖``, ``‖p_f‖`` (NaN where undefined);
+    ``exact``: the exact population variance of the weight and of the gradient where
+    ``E[x²] - mean²`` would cancel (CPU only), else NaN.
+    """
+
+    def __init__(self) -> None:
+        self.snap: torch.Tensor | None = None
+        self.snap_rows: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None  # the replaced snapshot buffer (``own=True``)
+
+    @torch.no_grad()
+    def __call__(self, w: torch.Tensor, g: torch.Tensor | None,
+                 scratch: torch.Tensor | None = None, *, own: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """``w``, ``g``: the weight and its gradient (output channels in dim 0); ``scratch``:
+        a flat float32 buffer of at least ``w.numel()`` values on ``w``'s device (shared
+        between layers; allocated per call when None). ``own``: ``w`` is a float32 copy the
+        recorder may keep as its next snapshot (no copy; the previous snapshot buffer is left
+        in :attr:`spare` for the caller's next copy)."""
+        f = w.shape[0]
+        x = w.detach().reshape(f, -1)
+        if x.dtype != torch.float32:
+            x = x.float()
+        if scratch is None:
+            scr = torch.empty_like(x)
+        else:
+            scr = scratch.reshape(-1)[: x.numel()].view(x.shape)
+        wn = torch.linalg.vector_norm(x, dim=1)
+        parts = _raw_moments(x, scr)
+        gn = None
+        gx = None
+        if g is not None:
+            gx = g.detach().reshape(f, -1)
+            if gx.dtype != torch.float32:
+                gx = gx.float()
+            gn = torch.linalg.vector_norm(gx, dim=1)
+            parts += _raw_moments(gx, scr)
+        snap, pn = self.snap, self.snap_rows
+        dn = None
+        if snap is not None and pn is not None and snap.shape == x.shape \
+                and snap.device == x.device:
+            snap.sub_(x)  # prev - w, in place
+            dn = torch.linalg.vector_norm(snap, dim=1)
+            if own and x.data_ptr() == w.data_ptr():
+                self.snap, self.spare = x, snap
+            else:
+                snap.copy_(x)
+        else:
+            self.snap = x if own and x.data_ptr() == w.data_ptr() else x.clone()
+            pn = None
+        self.snap_rows = wn
+        raw = torch.stack(parts)
+        exact = [float("nan"), float("nan")]
+        if not x.is_cuda:
+            self._exact_fixes(raw, exact, x, wn, gx, gn, scr)
+        nan = torch.full_like(wn, float("nan")) if gn is None or dn is None else None
+        rows = torch.stack([wn, gn if gn is not None else nan,
+                            dn if dn is not None else nan, pn if pn is not None else nan])
+        return raw, rows, exact
+
+    @staticmethod
+    def _exact_fixes(raw: torch.Tensor, exact: list[float], x: torch.Tensor, wn: torch.Tensor,
+                     gx: torch.Tensor | None, gn: torch.Tensor | None,
+                     scr: torch.Tensor) -> None:
+        """CPU only (reading values back is free there): exact counts for tensors with NaN,
+        and the two-pass variance where ``E[x²] - mean²`` cancels (batch-norm-like scales)."""
+        vals = raw.tolist()
+        for i, (t, rn) in enumerate(((x, wn), (gx, gn))):
+            if t is None or rn is None:
+                continue
+            n = t.numel()
+            if vals[5 * i + 3] != vals[5 * i + 3]:  # a NaN in t (L1 is NaN): count it as
+                # count_nonzero does (the 0/1 sum of sign() would not: sign(NaN) is 0)
+                raw[5 * i + 4] = float(torch.count_nonzero(t))
+            mean = vals[5 * i + 2] / n
+            sq = float(torch.dot(rn, rn)) / n
+            if mean * mean > 0.9 * sq:
+                torch.sub(t, mean, out=scr)
+                exact[i] = float(torch.linalg.vector_norm(scr)) ** 2 / n
+
+
+def finish_stats(raw: np.ndarray, rows: np.ndarray, exact: np.ndarray, filters: np.ndarray,
+                 sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Layer rows ``[L, 15]`` (:data:`LAYER_COLUMNS`) and filter rows ``[ΣF, 4]``
+    (:data:`FILTER_COLUMNS`), float32, from :class:`LayerRecorder` outputs of L layers.
+
+    ``raw: [L, 10]`` (NaN for the gradient part of a layer without gradient), ``rows: [4, ΣF]``
+    (the layers' ``rows`` concatenated along filters), ``exact: [L, 2]``, ``filters: [L]``
+    filters per layer, ``sizes: [L]`` values per weight.
+    """
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1, 2, 5)
+    exact = np.asarray(exact, dtype=np.float64).reshape(-1, 2)
+    rows = np.asarray(rows, dtype=np.float64)
+    filters = np.asarray(filters, dtype=np.int64)
+    n = np.asarray(sizes, dtype=np.float64)[:, None]
+    wn, gn, dn, pn = rows
+    starts = np.concatenate([[0], np.cumsum(filters)[:-1]])
+
+    def seg(v: np.ndarray) -> np.ndarray:  # per-layer sum of per-filter values
+        return np.add.reduceat(v, starts) if len(v) else np.zeros(0)
+
+    sq = np.stack([seg(wn * wn), seg(gn * gn)], axis=1)  # [L, 2]
+    mean = raw[:, :, 2] / n
+    var = np.where(np.isnan(exact), np.maximum(sq / n - mean * mean, 0.0), exact)
+    stats = np.stack([raw[:, :, 0], raw[:, :, 1], mean, np.sqrt(var), raw[:, :, 3],
+                      np.sqrt(sq), (n - raw[:, :, 4]) / n], axis=2)  # [L, 2, 7]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prev_l2 = np.sqrt(seg(pn * pn))
+        update = np.where(prev_l2 > 0, np.sqrt(seg(dn * dn)) / prev_l2, np.nan)
+        ratio = np.where(wn > 0, gn / wn, np.nan)
+        denom = 2 * wn * pn
+        cos = np.where(denom > 0, np.clip((wn * wn + pn * pn - dn * dn) / denom, -1.0, 1.0),
+                       np.nan)
+    layer = np.concatenate([stats.reshape(len(raw), 14), update[:, None]], axis=1)
+    return layer.astype(np.float32), np.stack([wn, gn, ratio, cos], axis=1).astype(np.float32)
