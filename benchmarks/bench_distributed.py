@@ -95,14 +95,19 @@ def launch(nproc: int, args: argparse.Namespace, threads: int | None = None
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", me, *opts]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    # torchrun sets OMP_NUM_THREADS=1 only with several processes: pin it for every launch, so
+    # "1 process x 1 thread" is one thread (the plain 2-thread row overrides it)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"worker failed:\n{res.stderr[-3000:]}")
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])["seconds"], wall
+    out = json.loads(line[len("RESULT "):])
+    if out["threads"] != (threads or 1):
+        raise SystemExit(f"worker ran {out['threads']} threads, expected {threads or 1}")
+    return out["seconds"], wall
 
 
 def main() -> None:
@@ -120,16 +125,19 @@ def main() -> None:
         worker(args)
         return
     procs = [int(x) for x in args.procs.split(",")]
-    rows = []
-    for label, nproc, threads in [*((f"{n} process{'es' if n > 1 else ''} x 1 thread "
-                                     "(torchrun)", n, None) for n in procs),
-                                  ("1 process x 2 threads (plain)", 1, 2)]:
-        inner, walls = [], []
-        for _ in range(args.runs):
+    setups = [*((f"{n} process{'es' if n > 1 else ''} x 1 thread (torchrun)", n, None)
+                for n in procs), ("1 process x 2 threads (plain)", 1, 2)]
+    inner: list[list[float]] = [[] for _ in setups]
+    walls: list[list[float]] = [[] for _ in setups]
+    for _ in range(args.runs):  # interleaved rounds: a slow spell of the machine hits them all
+        for i, (_, nproc, threads) in enumerate(setups):
             s, w = launch(nproc, args, threads)
-            inner.append(s)
-            walls.append(w)
-        rows.append((label, statistics.median(inner), statistics.median(walls), inner))
+            inner[i].append(s)
+            walls[i].append(w)
+    rows = [(label, statistics.median(inner[i]), statistics.median(walls[i]), inner[i])
+            for i, (label, _, _) in enumerate(setups)]
+    paired = [statistics.median(b / x for b, x in zip(inner[0], inner[i], strict=True))
+              for i in range(len(setups))]
     base = rows[0][1]
     print(f"command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
@@ -140,11 +148,12 @@ def main() -> None:
             "diagnosis": "diagnosis statistics of every activation output + report"}[args.job]
     print(f"workload: zoo ResNet width {args.width}, {args.images} Shapes images 32x32, {what}; "
           f"medians of {args.runs} runs\n")
-    print("| setup | pass (s, median) | speed-up vs 1 process | launch wall (s) | runs (s) |")
-    print("|---|---:|---:|---:|---|")
-    for label, med, wall, inner in rows:
-        print(f"| {label} | {med:.2f} | {base / med:.2f}x | {wall:.1f} | "
-              f"{', '.join(f'{x:.2f}' for x in inner)} |")
+    print("| setup | pass (s, median) | speed-up vs 1 process (medians) | speed-up, median of "
+          "per-round ratios | launch wall (s) | runs (s) |")
+    print("|---|---:|---:|---:|---:|---|")
+    for (label, med, wall, runs), pr in zip(rows, paired, strict=True):
+        print(f"| {label} | {med:.2f} | {base / med:.2f}x | {pr:.2f}x | {wall:.1f} | "
+              f"{', '.join(f'{x:.2f}' for x in runs)} |")
 
 
 if __name__ == "__main__":
