@@ -164,6 +164,8 @@ def test_compaction_replaces_and_removes_summaries(tmp_path):
         second = {f.name for f in (table_dir / "_summary").glob("part-*.parquet")}
         assert second and not (second & first)  # old summaries went with their parts
         assert {f.name for f in list_parts(table_dir).files} == second
+        tops = {f.name for f in (table_dir / "_summary").glob("top-part-*.parquet")}
+        assert tops == {"top-" + name for name in second}  # and their top-changed indexes
     df = pd.concat(frames, ignore_index=True)
     _check(cs.open_run(tmp_path / "c"), df, "l", "g_l2", 30)
 
@@ -196,3 +198,75 @@ def test_whole_buckets_come_from_the_summaries(mixed_log, monkeypatch):
                 & (table.layer == layer)]
     np.testing.assert_array_equal(rows["block"], exp.block.to_numpy())
     assert (rows["level"] == int(level)).all()
+
+
+def _brute_top(df: pd.DataFrame, steps, k: int, rank: int) -> pd.DataFrame:
+    d = df[(df["rank"] == rank) & df.step.isin(steps) & df.cos_prev.notna()]
+    d = d.sort_values(["step", "cos_prev", "layer", "filter"], kind="stable")
+    return d.groupby("step").head(k).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("k", [1, 5, 16, 17])
+def test_top_filters_at_equals_brute_force_over_indexed_and_raw_parts(mixed_log, k):
+    """Per step, the k lowest cos_prev over all layers: compacted parts answer from their
+    top-changed index (k <= 16), the live parts raw, k = 17 all raw; same rows either way."""
+    reader, df, steps = mixed_log
+    rng = np.random.default_rng(k)
+    pick = [int(s) for s in rng.choice(steps, 40, replace=False)] + [int(steps[0]) - 1]
+    for rank in (0, 1):
+        got = reader.top_filters_at(pick, k=k, rank=rank)
+        exp = _brute_top(df, pick, k, rank)
+        assert got["step"].tolist() == exp["step"].tolist()
+        assert got["layer"].tolist() == exp["layer"].tolist()
+        assert got["filter"].tolist() == exp["filter"].tolist()
+        np.testing.assert_allclose(got["cos_prev"].to_numpy(dtype=float),
+                                   exp["cos_prev"].to_numpy(dtype=float), rtol=1e-6)
+        assert (got.groupby("step")["rank_in"].apply(list)
+                == got.groupby("step")["rank_in"].apply(lambda r: list(range(1, len(r) + 1)))
+                ).all()
+
+
+def test_top_filters_at_reads_the_index_of_compacted_parts(mixed_log, monkeypatch):
+    from convscope.store.reader import RunReader
+    from convscope.store.summary import top_file
+
+    reader, df, steps = mixed_log
+    seen: list[str] = []
+    orig = RunReader._files_query
+
+    def spy(self, sql, params, **files):
+        for fs in files.values():
+            seen.extend(f.name for f in fs)
+        return orig(self, sql, params, **files)
+
+    monkeypatch.setattr(RunReader, "_files_query", spy)
+    reader.top_filters_at([int(s) for s in steps[:50]], k=10)
+    table_dir = reader.path / TABLES_DIR / "watch_filters"
+    files = list_parts(table_dir).files
+    indexed = {f.name for f in files if top_file(f).is_file()}
+    assert indexed and {"top-" + n for n in indexed} <= set(seen)
+    assert not (indexed & set(seen))  # their raw rows were not read
+
+
+def test_nan_rows_are_left_out_although_parquet_statistics_omit_nan(tmp_path):
+    """Parquet min/max statistics leave NaN out; DuckDB's statistics propagation would then
+    fold isnan() to false and let NaN rows (a filter's first snapshot) into the rankings."""
+    n = 12
+    cos = np.linspace(0.1, 0.9, n).astype(np.float32)
+    cos[[2, 5, 7]] = np.nan
+    with cs.Run(tmp_path, "nan", quiet=True) as run:
+        run.log_rows("watch_filters", {
+            "step": np.full(n, 10, dtype=np.int64), "layer": np.array(["l"] * n, dtype=object),
+            "filter": np.arange(n, dtype=np.int32), "w_l2": np.ones(n, np.float32),
+            "g_l2": np.ones(n, np.float32), "ratio": np.ones(n, np.float32), "cos_prev": cos,
+            "rank": np.zeros(n, dtype=np.int16)})
+    reader = cs.open_run(tmp_path / "nan")
+    valid = [i for i in range(n) if not np.isnan(cos[i])]
+    top = reader.top_filters_at([10], k=n)
+    assert top["filter"].tolist() == valid and not top["cos_prev"].isna().any()
+    changed = reader.top_changed_filters(10, k=n)
+    assert changed["filter"].tolist() == valid
+    assert reader.query("SELECT sum(isnan(cos_prev)::INT) AS c FROM watch_filters")[
+        "c"].iloc[0] == 3
+    assert reader.query("SELECT count(*) AS c FROM watch_filters WHERE NOT isnan(cos_prev)")[
+        "c"].iloc[0] == n - 3

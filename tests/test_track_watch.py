@@ -278,8 +278,8 @@ def test_watch_every_step_with_in_place_zero_grad(tmp_path, background):
 def test_background_gradients_changed_in_place_are_never_reported_wrong(tmp_path):
     """Gradients replaced each step (set_to_none) but clipped in place right after backward,
     while the worker may be reading them by reference: a record's gradient statistics are
-    the pre-clip values or NaN, never a mix; after the first in-place change they are copied
-    (exact) for good."""
+    the pre-clip values or NaN, never a mix; after the first in-place change is caught they
+    are copied (exact) for good."""
     torch.manual_seed(2)
     model = Grouped()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -306,7 +306,10 @@ def test_background_gradients_changed_in_place_are_never_reported_wrong(tmp_path
         np.testing.assert_allclose(got.to_numpy(float), _np_stats(pre[row["step"]][row["layer"]]),
                                    rtol=2e-5, atol=1e-9)
     assert voided == bool(nan_steps)
-    assert max(nan_steps, default=0) <= 3  # once voided, gradients are copied
+    # Whether and when the worker catches a clip depends on timing (a read before the clip is
+    # the pre-clip gradient, exact). Once it catches one at step s, every later submission
+    # copies: only step s and the layers of step s + 1 already handed over can be void.
+    assert not nan_steps or max(nan_steps) - min(nan_steps) <= 1
 
 
 def test_watch_bad_input(tmp_path):

@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import PART_GLOB, TABLES_DIR
-from .summary import SUMMARIZED_TABLES, SUMMARY_DIR, remove_summary, summary_file, write_summary
+from .summary import (
+    SUMMARIZED_TABLES,
+    SUMMARY_DIR,
+    TOP_PREFIX,
+    remove_summary,
+    top_file,
+    write_summary,
+)
 from .writer import write_part
 
 __all__ = ["PartListing", "list_parts", "compact_table", "compact_run"]
@@ -154,11 +161,15 @@ def _summarize_missing(table_dir: Path) -> None:
     summaries of parts that are gone."""
     listing = list_parts(table_dir)
     for f in listing.files:
-        if f.name.startswith("part-c") and not summary_file(f).exists():
+        if f.name.startswith("part-c") and not top_file(f).exists():
             write_summary(f, pq.read_table(f).replace_schema_metadata(None))
     visible = {f.name for f in listing.files}
     for s in (table_dir / SUMMARY_DIR).glob(PART_GLOB):
         if s.name not in visible and not (table_dir / s.name).exists():
+            s.unlink(missing_ok=True)
+    for s in (table_dir / SUMMARY_DIR).glob(TOP_PREFIX + PART_GLOB):
+        name = s.name[len(TOP_PREFIX):]
+        if name not in visible and not (table_dir / name).exists():
             s.unlink(missing_ok=True)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..errors import NotARunError, StoreError
 from .arrays import load_array
+from .duck import connect
 from .layout import RUN_FILE, TABLES_DIR, dir_size, is_run_dir, read_json
 from .objects import list_objects, load_object, object_path
 from .parts import list_parts
@@ -60,7 +61,7 @@ class RunReader(TrainingQueries):
         self.path = Path(path).expanduser().resolve()
         if not is_run_dir(self.path):
             raise NotARunError(_not_a_run_message(self.path))
-        self._con = duckdb.connect(":memory:")
+        self._con = connect()
         self._lock = threading.Lock()
         self._meta: dict[str, Any] | None = None
 

@@ -22,26 +22,58 @@ import math
 import threading
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..track.columns import FILTER_COLUMNS
+from .duck import connect
 
-__all__ = ["SUMMARY_DIR", "INDEX_KEY", "summary_index", "SummaryFile", "open_summary", "SUMMARIZED_TABLES", "summary_file", "build_filter_summary",
-           "write_summary", "remove_summary"]
+__all__ = ["SUMMARY_DIR", "INDEX_KEY", "TOP_K", "summary_index", "SummaryFile", "open_summary",
+           "SUMMARIZED_TABLES", "summary_file", "top_file", "build_filter_summary",
+           "build_top_changed", "write_summary", "remove_summary"]
 
 SUMMARY_DIR = "_summary"
 INDEX_KEY = "convscope.index"  # footer metadata: see summary_index
 SUMMARIZED_TABLES = ("watch_filters",)
 STEPS_PER_BLOCK = 4  # recorded steps in a block of the finest level (about)
 SUMMARY_ROW_GROUP = 8192
+TOP_K = 16  # filters kept per (rank, step) in the top-changed index
+TOP_PREFIX = "top-"
 
 
 def summary_file(part: Path) -> Path:
     """Where the summary of raw part ``part`` lives."""
     return part.parent / SUMMARY_DIR / part.name
+
+
+def top_file(part: Path) -> Path:
+    """Where the top-changed index of raw part ``part`` lives."""
+    return part.parent / SUMMARY_DIR / (TOP_PREFIX + part.name)
+
+
+def build_top_changed(table: pa.Table, k: int = TOP_K) -> pa.Table | None:
+    """Per (rank, step) of one ``watch_filters`` part, the ``k`` filters with the lowest
+    non-NaN ``cos_prev`` (rank, step, layer, filter, cos_prev; sorted by rank, step, cos_prev).
+    The k lowest of a step over all parts are the k lowest of these per-part lists, so the
+    correlation view reads ~k rows per step instead of every filter's. None without the
+    column."""
+    if "cos_prev" not in table.column_names:
+        return None
+    con = connect()
+    try:
+        con.register("t", table)
+        return con.sql(f"""
+            SELECT rank::SMALLINT AS rank, step::BIGINT AS step, x.layer AS layer,
+                   x.filter::INTEGER AS filter, x.cos_prev::FLOAT AS cos_prev
+            FROM (SELECT rank, step,
+                         unnest(min_by({{'layer': layer, 'filter': filter,
+                                        'cos_prev': cos_prev}}, cos_prev, {int(k)})) AS x
+                  FROM t WHERE cos_prev IS NOT NULL AND NOT isnan(cos_prev)
+                  GROUP BY rank, step)
+            ORDER BY rank, step, cos_prev, layer, filter""").to_arrow_table()
+    finally:
+        con.close()
 
 
 def _levels(steps: np.ndarray) -> tuple[int, int] | None:
@@ -61,7 +93,7 @@ def build_filter_summary(table: pa.Table) -> tuple[pa.Table, tuple[int, int]] | 
     """The summary rows of one ``watch_filters`` part (an arrow table) and its levels
     ``(k_min, k_max)``, or None when the part holds too few steps to be worth one."""
     values = [c for c in FILTER_COLUMNS if c in table.column_names]
-    con = duckdb.connect(":memory:")
+    con = connect()
     try:
         con.register("t", table)
         steps = con.execute("SELECT DISTINCT step FROM t ORDER BY step").fetchnumpy()["step"]
@@ -138,9 +170,14 @@ def summary_index(summary: pa.Table, levels: tuple[int, int]) -> dict:
 
 
 def write_summary(part: Path, table: pa.Table) -> Path | None:
-    """Build and durably write the summary of raw part ``part`` holding ``table``."""
+    """Build and durably write the summary and the top-changed index of raw part ``part``
+    holding ``table``; returns the summary's path (None when the part is too short for one)."""
     from .writer import write_part
 
+    top = build_top_changed(table)
+    if top is not None:
+        target = top_file(part)
+        write_part(target.parent, target.name, top, {}, row_group_size=SUMMARY_ROW_GROUP)
     built = build_filter_summary(table)
     if built is None:
         return None
@@ -154,10 +191,12 @@ def write_summary(part: Path, table: pa.Table) -> Path | None:
 
 
 def remove_summary(part: Path) -> None:
-    try:
-        summary_file(part).unlink()
-    except FileNotFoundError:
-        pass
+    """Delete the summary and the top-changed index of raw part ``part``."""
+    for f in (summary_file(part), top_file(part)):
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class SummaryFile:

@@ -20,7 +20,7 @@ from ..errors import InvalidValueError, StoreError, suggest
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from .layout import TABLES_DIR
 from .parts import list_parts
-from .summary import open_summary, summary_file
+from .summary import TOP_K, open_summary, summary_file, top_file
 
 __all__ = ["TrainingQueries", "ValidationMatrix"]
 
@@ -247,25 +247,46 @@ class TrainingQueries:
     def top_filters_at(self, steps: Sequence[int], k: int = 10, rank: int = 0) -> pd.DataFrame:
         """For each recorded step in ``steps``, the ``k`` filters (over all layers) with the
         lowest cosine similarity to their previous snapshot. Columns: step, layer, filter,
-        cos_prev, rank_in."""
-        steps = [int(s) for s in steps]
+        cos_prev, rank_in (ties in cos_prev by layer, then filter).
+
+        Compacted parts carry a top-changed index (the :data:`~convscope.store.summary.TOP_K`
+        lowest per step, :func:`~convscope.store.summary.build_top_changed`); for
+        ``k <= TOP_K`` those are read instead of every filter's row, the other parts raw. The k
+        lowest of the union are the k lowest of the per-part lists, so the result is the same.
+        """
+        cols = ["step", "layer", "filter", "cos_prev", "rank_in"]
+        steps = sorted({int(s) for s in steps})
         if not steps or not self.has_table("watch_filters"):
-            return pd.DataFrame(columns=["step", "layer", "filter", "cos_prev", "rank_in"])
-        # min_by with a count keeps k rows per step without sorting whole partitions
-        top = self.query(f"""
-            SELECT step, unnest(min_by({{'layer': layer, 'filter': filter,
-                                          'cos_prev': cos_prev}}, cos_prev, ?)) AS t
-            FROM watch_filters
-            WHERE rank = ? AND step IN ({', '.join('?' for _ in steps)})
-              AND cos_prev IS NOT NULL AND NOT isnan(cos_prev)
-            GROUP BY step""", [int(k), rank, *steps])
-        if top.empty:
-            return pd.DataFrame(columns=["step", "layer", "filter", "cos_prev", "rank_in"])
-        out = pd.DataFrame({"step": top["step"].to_numpy(),
-                            "layer": [t["layer"] for t in top["t"]],
-                            "filter": [t["filter"] for t in top["t"]],
-                            "cos_prev": [t["cos_prev"] for t in top["t"]]})
+            return pd.DataFrame(columns=cols)
+        files = list_parts(self.path / TABLES_DIR / "watch_filters").files
+        indexed = [f for f in files if int(k) <= TOP_K and top_file(f).exists()]
+        raw = [f for f in files if f not in set(indexed)]
+        marks = ", ".join("?" for _ in steps)
+        got: list[dict[str, np.ndarray]] = []
+        if indexed:
+            got.append(self._files_query(
+                f"SELECT step, layer, filter, cos_prev FROM {{X}} "
+                f"WHERE rank = ? AND step IN ({marks})", [rank, *steps],
+                X=[top_file(f) for f in indexed]))
+        if raw:
+            top = self._files_query(f"""
+                SELECT step, unnest(min_by({{{{'layer': layer, 'filter': filter,
+                                              'cos_prev': cos_prev}}}}, cos_prev, ?)) AS t
+                FROM {{X}}
+                WHERE rank = ? AND step IN ({marks})
+                  AND cos_prev IS NOT NULL AND NOT isnan(cos_prev)
+                GROUP BY step""", [int(k), rank, *steps], X=raw)
+            got.append({"step": top["step"],
+                        "layer": np.array([t["layer"] for t in top["t"]], dtype=object),
+                        "filter": np.array([t["filter"] for t in top["t"]], dtype=np.int64),
+                        "cos_prev": np.array([t["cos_prev"] for t in top["t"]],
+                                             dtype=np.float64)})
+        out = pd.concat([pd.DataFrame({c: np.asarray(g[c]) for c in cols[:4]}) for g in got],
+                        ignore_index=True)
+        if out.empty:
+            return pd.DataFrame(columns=cols)
         out = out.sort_values(["step", "cos_prev", "layer", "filter"], kind="stable")
+        out = out.groupby("step", sort=False).head(int(k))
         out["rank_in"] = out.groupby("step").cumcount() + 1
         return out.reset_index(drop=True)
 
