@@ -608,9 +608,9 @@ def bench_scale(args: argparse.Namespace) -> None:
         layers = resnet50_conv_layers()
         widest = next(n for n, c in layers if c == max(c for _, c in layers))
         f_bytes, f_rows, f_cols = _table_parquet_bytes(run_dir, "watch_filters")
-        w["summary_bytes"] = sum(
-            f.stat().st_size
-            for f in (run_dir / TABLES_DIR / "watch_filters" / "_summary").glob("part-*.parquet"))
+        summary_dir = run_dir / TABLES_DIR / "watch_filters" / "_summary"
+        w["summary_bytes"] = sum(f.stat().st_size for f in summary_dir.glob("*.parquet"))
+        w["top_bytes"] = sum(f.stat().st_size for f in summary_dir.glob("top-*.parquet"))
         l_bytes, l_rows, _ = _table_parquet_bytes(run_dir, "watch_layers")
         v_bytes, _, _ = _table_parquet_bytes(run_dir, "validation")
         q_rows = bench_queries(run_dir, args, widest)
@@ -666,8 +666,10 @@ def _print_scale(args, w, widest, fil, lay, v_bytes, q_rows, h_rows, mem, bitset
             print(f"|   column `{col}` | {f_cols[col]:,} | {f_rows:,} rows | "
                   f"{f_cols[col] / f_rows:.2f} per row |")
     sb = w.get("summary_bytes", 0)
-    print(f"| watch_filters summaries (`_summary/`, written at compaction) | {sb:,} | "
-          f"{f_vals:,} | {sb / f_vals:.2f} |")
+    tb = w.get("top_bytes", 0)
+    print(f"| watch_filters summaries and top-changed indexes (`_summary/`, written at "
+          f"compaction) | {sb:,} | {f_vals:,} | {sb / f_vals:.2f} |")
+    print(f"|   of which the top-changed indexes (`top-*`) | {tb:,} | | {tb / f_vals:.3f} |")
     print(f"| **watch_filters including its summaries** | {f_bytes + sb:,} | {f_vals:,} | "
           f"**{(f_bytes + sb) / f_vals:.2f}** |")
     print(f"| watch_layers (15 stats per row) | {l_bytes:,} | {l_vals:,} | "
