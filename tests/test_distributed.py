@@ -247,8 +247,11 @@ SCRIPT_SHARDED = """
                                methods=["saliency", "grad_cam", "score_cam"],
                                score_cam_batch_size=8, quiet=True)
     rep = diagnose_sharded(model, images, batch_size=16, quiet=True)
+    strict = diagnose_sharded(model, images, batch_size=16, quiet=True,
+                              thresholds={"dead_atol": 1e3}, layers=["layer1.0.relu2"])
     if rank == 0:
-        torch.save({"att": att.to("cpu"), "rep": rep.to_dict()}, sys.argv[1])
+        torch.save({"att": att.to("cpu"), "rep": rep.to_dict(), "strict": strict.to_dict()},
+                   sys.argv[1])
     dist.barrier()
     dist.destroy_process_group()
 """
@@ -278,6 +281,8 @@ def test_sharded_attributions_and_diagnosis_equal_one_process(tmp_path):
                             methods=["saliency", "grad_cam", "score_cam"],
                             score_cam_batch_size=8, quiet=True)
         rep = diagnose_dataset(model, images, batch_size=16, quiet=True)
+        strict = diagnose_dataset(model, images, batch_size=16, quiet=True,
+                                  thresholds={"dead_atol": 1e3}, layers=["layer1.0.relu2"])
     finally:
         torch.set_num_threads(threads)
     att = got["att"]
@@ -307,6 +312,11 @@ def test_sharded_attributions_and_diagnosis_equal_one_process(tmp_path):
                 assert a[key] is None
             else:
                 assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (a["name"], key)
+    # settings reach every rank's measurement: a high dead_atol counts more channels dead
+    (got_s,), (ref_s,) = got["strict"]["layers"], strict.to_dict()["layers"]
+    assert got_s["dead_fraction"] == ref_s["dead_fraction"]
+    assert got_s["dead_fraction"] > [x for x in r["layers"]
+                                     if x["name"] == "layer1.0.relu2"][0]["dead_fraction"]
 
 
 @pytest.mark.slow

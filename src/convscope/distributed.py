@@ -339,7 +339,7 @@ def diagnose_sharded(
     t0 = time.perf_counter()
     piece = _share(dataset, batch_size, group, "diagnose_sharded")[2]
     views = bool(kwargs.pop("views", False))
-    report_kw = {k: kwargs.pop(k) for k in ("params", "thresholds") if k in kwargs}
+    params = kwargs.pop("params", None)  # the rest goes to accumulate_outputs
     first = _first_images(dataset, batch_size)
     part = None
     if piece is not None:
@@ -349,8 +349,7 @@ def diagnose_sharded(
     merged = merge_outputs(gather_objects(part, group))
     report = report_of(model, merged, layers=kwargs.get("layers"), seed=kwargs.get("seed", 0),
                        views_inputs=first if views else None,
-                       thresholds=report_kw.get("thresholds") or kwargs.get("thresholds"),
-                       params=report_kw.get("params"))
+                       thresholds=kwargs.get("thresholds"), params=params)
     report.meta.update({"seconds": time.perf_counter() - t0, "processes": world})
     return report
 

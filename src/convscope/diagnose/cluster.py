@@ -29,6 +29,7 @@ __all__ = [
     "cluster_distances",
     "gram_distances",
     "channel_clustering",
+    "cluster_rows",
     "merge_height_stats",
     "sample_indices",
 ]
@@ -310,24 +311,42 @@ def channel_clustering(
         sample (every feature is one number), an empty tree whose ``note`` says why.
     """
     v = channel_vectors(x)
-    c, m = int(v.shape[0]), int(v.shape[1])
-    notes = []
+    c = int(v.shape[0])
     if x.dim() == 2 and x.shape[0] < 2:
         return _empty(
             np.arange(c, dtype=np.int64), c, 0, False,
             "no clustering: a 2-D output of one sample gives each feature a single value; "
             "pass a batch of at least two inputs.",
         )
-    idx = sample_indices(c, max_channels, seed, device=v.device)
-    if len(idx) < c:
+    return cluster_rows(v, max_channels=max_channels, max_values=max_values, seed=seed,
+                        dendrogram=dendrogram)
+
+
+def cluster_rows(
+    v: torch.Tensor,
+    *,
+    max_channels: int = MAX_CHANNELS,
+    max_values: int | None = None,
+    seed: int = 0,
+    dendrogram: bool = True,
+    unit: str = "channels",
+    value: str = "values",
+) -> Clustering:
+    """Cluster the rows of ``v [N, D]`` (channels, or a weight's outputs), sampling more than
+    ``max_channels`` rows and cutting rows longer than ``max_values`` to seeded positions; the
+    sampling is reported in the note (``unit`` / ``value`` name the rows and their entries)."""
+    n, m = int(v.shape[0]), int(v.shape[1])
+    notes = []
+    idx = sample_indices(n, max_channels, seed, device=v.device)
+    if len(idx) < n:
         v = v.index_select(0, idx)
-        notes.append(f"clustered {len(idx)} of {c} channels (seeded sample, seed={seed})")
+        notes.append(f"clustered {len(idx)} of {n} {unit} (seeded sample, seed={seed})")
     if max_values is not None and m > max_values:
         pos = sample_indices(m, max_values, seed + 1, device=v.device)
         v = v.index_select(1, pos)
-        notes.append(f"{max_values} of {m} values per channel (seeded sample)")
+        notes.append(f"{max_values} of {m} {value} per {unit.rstrip('s')} (seeded sample)")
     cl = cluster_vectors(
-        v, labels=idx.cpu().numpy(), n_total=c, dendrogram=dendrogram, note="; ".join(notes)
+        v, labels=idx.cpu().numpy(), n_total=n, dendrogram=dendrogram, note="; ".join(notes)
     )
     cl.sampled = bool(notes)
     return cl

@@ -103,10 +103,10 @@ class OutputMoments:
                 return a + b.to(a.device)
             return a + b
 
-        alive = (self.alive | other.alive.to(self.alive.device)) \
-            if self.alive is not None and other.alive is not None else (self.alive
-                                                                        if other.alive is None
-                                                                        else other.alive)
+        if self.alive is None or other.alive is None:
+            alive = self.alive if other.alive is None else other.alive
+        else:
+            alive = self.alive | other.alive.to(self.alive.device)
         return replace(
             self, shape=[self.shape[0] + other.shape[0], *self.shape[1:]],
             values=self.values + other.values, finite=self.finite + other.finite,
@@ -272,7 +272,7 @@ def accumulate_outputs(
     image = example.dim() == 4
     side = min(int(example.shape[2]), int(example.shape[3])) if image else None
     with torch.no_grad():
-        shapes = {k: v for k, v in capture(model, example[:1], names).items()}
+        shapes = capture(model, example[:1], names)
     templates: dict[str, OutputMoments] = {}
     for order, name in enumerate(names):
         t = shapes.get(name)
@@ -355,7 +355,7 @@ def report_of(
     :func:`~convscope.diagnose.diagnose`). ``views_inputs``: a batch whose figure data (maps,
     kernels, trees, KDEs) the report carries for the dashboard — the numbers and findings
     always cover every item."""
-    from .core import choose_params, diagnose, finish_report
+    from .core import choose_params, finish_report
 
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
                            else dict(thresholds))
@@ -370,10 +370,22 @@ def report_of(
         for i, (n, m) in enumerate(pmods.items())
     ]
     report = Report(thresholds=th, meta=dict(meta or {}))
-    if views_inputs is not None:
-        shown = diagnose(model, views_inputs, layers=list(moments), params=list(pmods) or False,
-                         thresholds=th, views=True, seed=seed, quiet=True)
-        report.output_views, report.param_views = shown.output_views, shown.param_views
+    if views_inputs is not None:  # the figures of one batch, captioned with the whole set's numbers
+        from ..model import capture
+        from .views import output_view, param_view
+
+        image = views_inputs if views_inputs.dim() == 4 else None
+        acts = capture(model, views_inputs, list(moments))
+        for st in layer_stats:
+            x = acts.get(st.name)
+            if st.kind in ("maps", "features") and isinstance(x, torch.Tensor) and x.numel():
+                report.output_views[st.name] = output_view(
+                    x, name=st.name, module_type=st.type,
+                    reference=image if x.dim() == 4 else None, thresholds=th, seed=seed,
+                    stats=st.to_dict())
+        for ps, (name, module) in zip(param_list, pmods.items(), strict=True):
+            report.param_views[name] = param_view(module, None, name=name, thresholds=th,
+                                                  seed=seed, stats=ps.to_dict())
         report.meta["views_from"] = f"the first {int(views_inputs.shape[0])} images"
     items = next((m.shape[0] for m in moments.values() if m.shape), 0)
     report.meta.update({"model": type(model).__name__, "layers": list(moments),

@@ -18,6 +18,7 @@ from .cluster import (
     MAX_CHANNELS,
     Clustering,
     channel_clustering,
+    cluster_rows,
     merge_height_stats,
     sample_indices,
 )
@@ -522,7 +523,8 @@ def param_stats(
     if clustering:
         rows = torch.nan_to_num(w.detach().float().reshape(st.outputs, -1))
         cap = values_cap(st.outputs, max_channels, max_elements)
-        cl = _rows_clustering(rows, max_channels, cap, seed)
+        cl = cluster_rows(rows, max_channels=max_channels, max_values=cap, seed=seed,
+                          dendrogram=False, unit="outputs", value="weights")
         st.clustered = cl.n
         st.sampled = cl.sampled
         if cl.note:
@@ -532,27 +534,3 @@ def param_stats(
             st.merge_median, st.merge_iqr = ms["median"], ms["iqr"]
             st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
     return st, cl
-
-
-def _rows_clustering(
-    rows: torch.Tensor, max_channels: int, max_values: int | None, seed: int,
-    dendrogram: bool = False,
-) -> Clustering:
-    """Cluster the rows of ``[N, D]`` (one per output channel / feature)."""
-    from .cluster import cluster_vectors
-
-    n, m = int(rows.shape[0]), int(rows.shape[1])
-    notes = []
-    idx = sample_indices(n, max_channels, seed, device=rows.device)
-    if len(idx) < n:
-        rows = rows.index_select(0, idx)
-        notes.append(f"clustered {len(idx)} of {n} outputs (seeded sample, seed={seed})")
-    if max_values is not None and m > max_values:
-        pos = sample_indices(m, max_values, seed + 1, device=rows.device)
-        rows = rows.index_select(1, pos)
-        notes.append(f"{max_values} of {m} weights per output (seeded sample)")
-    cl = cluster_vectors(
-        rows, labels=idx.cpu().numpy(), n_total=n, dendrogram=dendrogram, note="; ".join(notes)
-    )
-    cl.sampled = bool(notes)
-    return cl

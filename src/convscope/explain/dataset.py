@@ -264,9 +264,8 @@ def attribute_all(
                     continue
                 seconds[method] = time.perf_counter() - t0
                 maps[method] = unit_scale(raw.detach())
+            # a callable target scores classes itself: report the predicted class for it
             explained = tgt if isinstance(tgt, Tensor) else pred
-            if callable(tgt):  # the class a callable scored highest is not known: report pred
-                explained = pred
             drop, inc, hit = {}, {}, {}
             for method, mp in maps.items():
                 cc = metrics.confidence_change(model, x, mp, tgt)

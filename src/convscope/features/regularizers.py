@@ -22,6 +22,7 @@ them in that order whatever order the list has.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,14 +157,15 @@ def clip_small_contribution(x: Tensor, grad: Tensor, percentile: float) -> Tenso
 # configured regularisers
 
 
-class Regularizer:
+class Regularizer(ABC):
     """Base of the configured regularisers. ``order`` sorts them into the paper's sequence;
     ``__call__(x, grad, step)`` returns the regularised centred image."""
 
     order: int = 100
 
-    def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:
+        """Apply to ``x``; every subclass defines it."""
 
 
 @dataclass(frozen=True)

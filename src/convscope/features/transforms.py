@@ -14,6 +14,7 @@ the whole batch); pad grows it and jitter crops it, like lucid.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,13 +28,14 @@ from ..errors import InputError
 __all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "standard_transforms"]
 
 
-class Transform:
+class Transform(ABC):
     """Base class: ``draws`` uniform numbers per batch item per step."""
 
     draws: ClassVar[int] = 0
 
-    def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:
+        """Apply to ``x``; every subclass defines it."""
 
 
 def _pick(values: Sequence[float], u: Tensor) -> Tensor:

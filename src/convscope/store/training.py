@@ -260,7 +260,7 @@ class TrainingQueries:
             return pd.DataFrame(columns=cols)
         files = list_parts(self.path / TABLES_DIR / "watch_filters").files
         indexed = [f for f in files if int(k) <= TOP_K and top_file(f).exists()]
-        raw = [f for f in files if f not in set(indexed)]
+        raw = [f for f in files if f not in indexed]
         marks = ", ".join("?" for _ in steps)
         got: list[dict[str, np.ndarray]] = []
         if indexed:
