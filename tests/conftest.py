@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,22 +31,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (from /proc; [] where there is no /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class Server:
-    def __init__(self, logdir: Path, refresh_ms: int = 1000) -> None:
+    """A `python -m convscope serve` subprocess on 127.0.0.1.
+
+    ``workers`` (default 1: one process, the old mode; None: the server's default), ``token``
+    (passed as ``--token``; the readiness probe then sends it) and ``args`` (more command-line
+    arguments) are optional.
+    """
+
+    def __init__(self, logdir: Path, refresh_ms: int = 1000, *, workers: int | None = 1,
+                 token: str | None = None, args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
         env = dict(os.environ, CONVSCOPE_REFRESH_MS=str(refresh_ms))
+        env.pop("CONVSCOPE_TOKEN", None)
+        cmd = [sys.executable, "-m", "convscope", "serve", "--logdir", str(logdir),
+               "--port", str(self.port)]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
+        if token is not None:
+            cmd += ["--token", token]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convscope", "serve", "--logdir", str(logdir),
-             "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
         )
+        headers = {"Authorization": f"token {token}"} if token else {}
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"convscope serve exited: {self.proc.stdout.read()}")
             try:
-                urllib.request.urlopen(self.url + "/_dash-layout", timeout=2)
+                req = urllib.request.Request(self.url + "/_dash-layout", headers=headers)
+                urllib.request.urlopen(req, timeout=2)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -53,12 +91,29 @@ class Server:
                     raise RuntimeError("convscope serve did not answer within 60 s") from None
                 time.sleep(0.2)
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes serving (the server's own pid when it has no workers)."""
+        return child_pids(self.proc.pid) or [self.proc.pid]
+
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s) and any worker left behind."""
+        if self.proc.poll() is not None:
+            return
+        workers = child_pids(self.proc.pid)
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in workers:
+            if pid_alive(p):
+                os.kill(p, signal.SIGKILL)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -66,8 +121,8 @@ def serve() -> Iterator[Callable[..., Server]]:
     """Start `python -m convscope serve --logdir ...`; stopped at the end of the test."""
     servers: list[Server] = []
 
-    def start(logdir: Path, refresh_ms: int = 1000) -> Server:
-        s = Server(logdir, refresh_ms)
+    def start(logdir: Path, refresh_ms: int = 1000, **kw) -> Server:
+        s = Server(logdir, refresh_ms, **kw)
         servers.append(s)
         return s
 
@@ -81,8 +136,8 @@ def module_serve() -> Iterator[Callable[..., Server]]:
     """Like ``serve`` but shared by the tests of one module."""
     servers: list[Server] = []
 
-    def start(logdir: Path, refresh_ms: int = 1000) -> Server:
-        s = Server(logdir, refresh_ms)
+    def start(logdir: Path, refresh_ms: int = 1000, **kw) -> Server:
+        s = Server(logdir, refresh_ms, **kw)
         servers.append(s)
         return s
 

@@ -148,7 +148,8 @@ def test_mode_grad_and_hooks_are_restored(resnet: nn.Module) -> None:
     kept = cs.model.capture(m, X, "layer4", no_grad=False, clone=False)
     assert kept["layer4"].requires_grad
     train_mode = cs.model.capture(m, X, "bn1", eval=False)
-    assert not torch.equal(m.bn1.running_mean, before)  # train mode updated the statistics
+    # batch statistics are used in the pass, and the running ones are restored afterwards
+    torch.testing.assert_close(m.bn1.running_mean, before)
     assert train_mode["bn1"].mean(dim=(0, 2, 3)).abs().max() < 1e-4  # batch statistics used
     assert no_hooks(m)
 

@@ -355,9 +355,9 @@ def test_arrays_round_trip_and_index(tmp_path):
 def test_writer_failure_surfaces_on_the_caller(tmp_path):
     run_dir = _make_run(tmp_path)
     w = PartWriter(run_dir)
-    w.append("t", {"x": [1, "mixed"]})  # arrow cannot build one column from int and str
-    with pytest.raises(StoreError, match="writing the run directory failed"):
-        w.flush()
+    # arrow cannot build one column from int and str: refused at the call, nothing buffered
+    with pytest.raises(InvalidValueError, match="column 'x' of table 't'"):
+        w.append("t", {"x": [1, "mixed"]})
     w.append("t", {"x": [1, 2]})
     w.close()
     assert open_run(run_dir).query("SELECT x FROM t")["x"].tolist() == [1, 2]

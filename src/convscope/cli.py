@@ -12,10 +12,20 @@ from ._version import __version__
 from .errors import ConvscopeError
 
 
+def _serve_kwargs(args: argparse.Namespace) -> dict:
+    if args.token is not None and args.no_token:
+        from .errors import ServeError
+
+        raise ServeError("--token and --no-token contradict each other: pass one of them.")
+    token = False if args.no_token else args.token
+    return dict(host=args.host, port=args.port, workers=args.workers, token=token,
+                allow_hosts=args.allow_host or [], trust_checkpoints=args.trust_checkpoints)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
-    serve(args.logdir, host=args.host, port=args.port)
+    serve(args.logdir, **_serve_kwargs(args))
     return 0
 
 
@@ -61,7 +71,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from .store import open_run
 
     reader = open_run(args.run)
-    model = reader.load_model(args.checkpoint)
+    model = reader.load_model(args.checkpoint, trust=args.trust_checkpoints)
     if args.inputs:
         inputs = torch.as_tensor(np.load(args.inputs)).float()
     else:
@@ -96,7 +106,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from .app import serve
 
-    serve(args.logdir, host=args.host, port=args.port)
+    serve(args.logdir, **_serve_kwargs(args))
     return 0
 
 
@@ -140,7 +150,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         rank, world = rank_world()
         quiet = args.quiet or rank != 0
         reader = open_run(args.run)
-        model = reader.load_model(args.checkpoint)
+        model = reader.load_model(args.checkpoint, trust=args.trust_checkpoints)
         data = labels = masks = class_names = None
         if {"top-examples", "attributions", "diagnosis"} & set(what):
             if args.dataset_npy:
@@ -214,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1, this machine only)")
         sp.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+        sp.add_argument("--token", default=None, help="access token to require (default: "
+                        "$CONVSCOPE_TOKEN, else one generated and printed when --host is not "
+                        "a loopback address; none on loopback)")
+        sp.add_argument("--no-token", action="store_true", help="require no token even off "
+                        "loopback (anyone who reaches the port can use the dashboard)")
+        sp.add_argument("--allow-host", action="append", metavar="NAME", help="accept "
+                        "requests whose Host header is NAME (repeatable; '*' for any). On "
+                        "loopback only loopback names are accepted otherwise (DNS rebinding)")
+        sp.add_argument("--workers", type=int, default=None, help="worker processes (default: "
+                        "the usable cores, at most 8; 1 serves in one process)")
+        trust_opt(sp)
+
+    def trust_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--trust-checkpoints", action="store_true", help="allow unpickling "
+                        "whole-module checkpoints (checkpoints/*.pt); unpickling runs code, so "
+                        "only for runs you trust")
 
     d = sub.add_parser("demo", help="train a small CNN on procedural shapes, record "
                        "everything, serve the dashboard")
@@ -249,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Diagnosis page)")
     dg.add_argument("--strict", action="store_true", help="exit 1 when there are warnings or "
                     "errors (for CI)")
+    trust_opt(dg)
     dg.set_defaults(func=_cmd_diagnose)
 
     ls = sub.add_parser("runs", help="list the runs in a logdir")
@@ -287,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--checkpoint", default="model", help="checkpoint key (default: model)")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
+    trust_opt(an)
     an.set_defaults(func=_cmd_analyze)
     return p
 

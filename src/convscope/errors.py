@@ -18,6 +18,7 @@ __all__ = [
     "InvalidValueError",
     "LayerNotFoundError",
     "ModelError",
+    "NotApplicableError",
     "InputError",
     "TargetError",
     "ServeError",
@@ -55,6 +56,13 @@ class LayerNotFoundError(ConvscopeError, KeyError):
 
 class ModelError(ConvscopeError):
     """The model is not usable as given (not an nn.Module, forward fails, wrong form)."""
+
+
+class NotApplicableError(ModelError):
+    """An analysis method does not apply to this model's architecture (CAM on a model without
+    global pooling and one linear classifier, a CAM method on a model without spatial maps).
+    :func:`convscope.explain.attribute_all` skips such a method and keeps the reason; every other
+    error stops it."""
 
 
 class InputError(ConvscopeError, ValueError):

@@ -111,8 +111,9 @@ def _attribution(reader: RunReader) -> list[go.Figure] | None:
     figs = []
     for k in keys:
         meta = reader.object("attributions", k)
-        images = reader.array("attr_images", meta["file_key"]).astype("float32")
-        maps = {m: reader.array("attributions", f"{meta['file_key']}.{m}").astype("float32")
+        fkey = meta.get("key", meta["file_key"])  # as logged; the store maps it to its file
+        images = reader.array("attr_images", fkey).astype("float32")
+        maps = {m: reader.array("attributions", f"{fkey}.{m}").astype("float32")
                 for m in meta["methods"]}
         figs.append(attribution_gallery(images, maps, opacity=0.5))
     return figs

@@ -29,14 +29,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from ._version import __version__
 from .errors import InvalidValueError, RunExistsError, StoreError
 from .store.arrays import index_row, save_array
 from .store.layout import (
+    KEY_SCHEME,
     RUN_FILE,
     SCHEMA_VERSION,
     atomic_write_json,
     check_name,
+    clean_orphans,
+    hold_writer_lock,
     read_json,
 )
 from .store.objects import save_object
@@ -45,6 +51,10 @@ from .store.reader import RunReader
 from .store.writer import PartWriter, writer_id
 
 __all__ = ["Run", "default_run_name"]
+
+# the scalars table's arrow types (log_scalars checks its values itself)
+_SCALAR_TYPES = {"step": pa.int64(), "tag": pa.string(), "value": pa.float64(),
+                 "wall_time": pa.float64()}
 
 
 def default_run_name() -> str:
@@ -62,22 +72,55 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    """A numpy dtype an array can be stored as (``.npy`` without pickles), or
+    InvalidValueError."""
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(
+            f"dtype {dtype!r} is not a numpy dtype ({exc}): pass e.g. np.float16, "
+            "np.float32, 'float32' or 'uint8'."
+        ) from exc
+    if dt.hasobject or dt.kind == "V":
+        raise InvalidValueError(
+            f"dtype {dtype!r} cannot be stored without pickling: pass a numeric or bool dtype "
+            "such as np.float32."
+        )
+    return dt
+
+
 def _as_float(tag: str, value: Any) -> float:
     """A loggable scalar as float; NaN and inf are data and kept."""
-    if hasattr(value, "detach") and hasattr(value, "numel"):  # torch tensor
-        if value.numel() != 1:
-            raise InvalidValueError(
-                f"scalar {tag!r} is a tensor of shape {tuple(value.shape)}: log one number "
-                f"(e.g. {tag}=t.mean()) or use run.log_array for arrays."
-            )
-        return float(value.detach().item())
-    if isinstance(value, numbers.Real):  # int, float, bool, numpy scalars
-        return float(value)
-    if hasattr(value, "shape") and getattr(value, "size", None) == 1:  # 0-d / 1-elem numpy
-        try:
-            return float(value.item())
-        except (TypeError, ValueError):
-            pass
+    try:
+        if hasattr(value, "detach") and hasattr(value, "numel"):  # torch tensor
+            if value.numel() != 1:
+                raise InvalidValueError(
+                    f"scalar {tag!r} is a tensor of shape {tuple(value.shape)}: log one number "
+                    f"(e.g. {tag}=t.mean()) or use run.log_array for arrays."
+                )
+            out = value.detach().item()
+            if isinstance(out, numbers.Real):
+                return float(out)
+        elif isinstance(value, numbers.Real):  # int, float, bool, numpy scalars
+            return float(value)
+        elif hasattr(value, "shape") and getattr(value, "size", None) == 1:  # 1-elem numpy
+            out = value.item()
+            if isinstance(out, numbers.Real):
+                return float(out)
+    except OverflowError as exc:
+        raise InvalidValueError(
+            f"scalar {tag!r} = {value!r} is too large for a 64-bit float: log a value below "
+            "about 1.8e308 (e.g. its logarithm), or float('inf') if it is meant to be infinite."
+        ) from exc
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise InvalidValueError(
+            f"scalar {tag!r} cannot be read as a number ({type(exc).__name__}: {exc}): log a "
+            "real number, e.g. a Python float or a one-element CPU tensor."
+        ) from exc
     raise InvalidValueError(
         f"scalar {tag!r} = {value!r} is a {type(value).__name__}, not a number: "
         "log_scalars takes ints, floats, bools, numpy scalars or one-element tensors."
@@ -122,13 +165,16 @@ class Run:
         self.logdir = Path(logdir).expanduser().resolve()
         self.path = self.logdir / self.name
         self._open_dir(resume)
+        # held until close (or until the process dies): readers tell a live run from a dead one
+        self._lock_fh = hold_writer_lock(self.path)
         self._writer = PartWriter(
             self.path, writer_id(self.rank), max_age_s=flush_interval
         )
         self._closed = False
         self._watchers: list[Any] = []
         self._validation: Any = None
-        self._finalizer = weakref.finalize(self, _close_writer, self._writer)
+        self._finalizer = weakref.finalize(
+            self, _finish_unclosed, self._writer, self.path, self.rank, self._lock_fh)
         atexit.register(self._finalizer)
 
     # -- creation ----------------------------------------------------------------------------
@@ -173,6 +219,9 @@ class Run:
             meta.setdefault("resumed", []).append(_now())
             meta.pop("ended", None)
             meta["status"] = "running"
+            meta["host"], meta["pid"] = socket.gethostname(), os.getpid()
+            # what killed writers left: temporary files of dead processes
+            clean_orphans(self.path, recursive=True)
             if self.config:
                 meta["config"] = {**meta.get("config", {}), **self.config}
             atomic_write_json(run_file, meta)
@@ -191,6 +240,7 @@ class Run:
             "pid": os.getpid(),
             "world_size": self.world_size,
             "status": "running",
+            "key_scheme": KEY_SCHEME,
             "config": self.config,
         }
         atomic_write_json(run_file, meta)
@@ -213,13 +263,22 @@ class Run:
         for tag, v in items.items():
             if not isinstance(tag, str) or not tag:
                 raise InvalidValueError(f"scalar names must be non-empty strings, got {tag!r}.")
+            try:
+                tag.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidValueError(
+                    f"scalar name {tag!r} is not valid text ({exc.reason}): use a name without "
+                    "lone surrogate characters."
+                ) from exc
             tags.append(tag)
             vals.append(_as_float(tag, v))
         now = time.time()
         n = len(tags)
+        # every value checked above: the writer need not convert them again to check them
         self._writer.append(
             "scalars",
             {"step": [step] * n, "tag": tags, "value": vals, "wall_time": [now] * n},
+            types=_SCALAR_TYPES,
         )
 
     def log_rows(self, table: str, columns: Mapping[str, Any]) -> None:
@@ -236,7 +295,13 @@ class Run:
         meta: Mapping[str, Any] | None = None,
         dtype: Any = None,
     ) -> Path:
-        """Store an n-d array (tensor or numpy) as ``arrays/<kind>/<key>.npy``; returns its path."""
+        """Store an n-d array (tensor or numpy) as ``arrays/<kind>/<key>.npy``; returns its path.
+
+        ``dtype``: a numpy dtype to store it as (e.g. ``np.float16``); ``step``: an integer."""
+        if step is not None:
+            step = self._check_step(step)
+        if dtype is not None:
+            dtype = _check_dtype(dtype)
         path, arr = save_array(self.path, kind, key, value, dtype=dtype)
         self._writer.append("arrays", index_row(kind, key, arr, step, meta))
         return path
@@ -294,25 +359,21 @@ class Run:
         return log_top_examples(self, model, layers, dataset, k, **kwargs)
 
     # -- checkpoints -------------------------------------------------------------------------
-    def log_checkpoint(self, model: Any, key: str = "model") -> Path:
-        """Save the whole module (``torch.save(model)``, pickled: its class must be importable
-        where it is loaded) as ``checkpoints/<key>.pt``, plus its ``state_dict`` as
-        ``checkpoints/<key>.state.pt``. Lets the dashboard's Live page and ``convscope diagnose``
-        run the model later. Returns the path."""
-        import io
-
-        import torch
-
-        from .store.layout import atomic_write_bytes, safe_key
+    def log_checkpoint(self, model: Any, key: str = "model", *, example_inputs: Any = None,
+                       arch: Any = None) -> Path:
+        """Save ``model`` so that the dashboard's Live page and ``convscope diagnose`` can run it
+        later, in a form that loads without running code: its ``state_dict`` as
+        ``checkpoints/<key>.state.pt`` plus ``checkpoints/<key>.arch.json`` naming the
+        allow-listed builder that rebuilds it (convscope.zoo and torchvision models are
+        recognised; ``arch=("torchvision.resnet50", {"num_classes": 10})`` names one, see
+        :mod:`convscope.store.checkpoints`). A model no builder reproduces is also pickled as
+        ``checkpoints/<key>.pt`` with a warning: loading that needs ``trust=True``.
+        ``example_inputs`` records the input shape. Returns the path of the record."""
+        from .store.checkpoints import save_checkpoint
         from .track.watch import strip_wrapper
 
-        inner = strip_wrapper(model)
-        path = self.path / "checkpoints" / f"{safe_key(key)}.pt"
-        for target, obj in ((path, inner), (path.with_suffix(".state.pt"), inner.state_dict())):
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            atomic_write_bytes(target, buf.getvalue())
-        return path
+        return save_checkpoint(self.path, strip_wrapper(model), key,
+                               example_inputs=example_inputs, arch=arch)
 
     # -- diagnosis ---------------------------------------------------------------------------
     def log_diagnosis(self, model: Any, inputs: Any = None, **kwargs: Any) -> Any:
@@ -437,13 +498,27 @@ class Run:
 
     @staticmethod
     def _check_step(step: Any) -> int:
+        """The step as an int in the 64-bit range the tables store, or InvalidValueError."""
         if hasattr(step, "item") and callable(step.item):
-            step = step.item()
+            try:
+                step = step.item()
+            except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+                raise InvalidValueError(
+                    f"step must be one integer, got {step!r} ({exc}): pass e.g. an int or a "
+                    "one-element CPU tensor."
+                ) from exc
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             if isinstance(step, float) and math.isfinite(step) and step.is_integer():
-                return int(step)
-            raise InvalidValueError(f"step must be an integer, got {step!r}.")
-        return int(step)
+                step = int(step)
+            else:
+                raise InvalidValueError(f"step must be an integer, got {step!r}.")
+        step = int(step)
+        if not _INT64[0] <= step <= _INT64[1]:
+            raise InvalidValueError(
+                f"step {step} is outside the 64-bit integer range the run stores "
+                f"({_INT64[0]} .. {_INT64[1]}): count steps from 0 (e.g. the batch index)."
+            )
+        return step
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -458,18 +533,19 @@ class Run:
         for w in self._watchers:
             w.remove()
         self._watchers = []
-        self._writer.close()
+        self._finalizer.detach()
         atexit.unregister(self._finalizer)
-        if compact:
-            compact_run(self.path, min_parts=8)
-        if self.rank == 0:
-            try:
-                meta = read_json(self.path / RUN_FILE)
-                meta["ended"] = _now()
-                meta["status"] = "failed" if failed else "ended"
-                atomic_write_json(self.path / RUN_FILE, meta)
-            except OSError:
-                pass
+        written = False
+        try:
+            self._writer.close()
+            written = True
+            if compact:
+                compact_run(self.path, min_parts=8)
+        finally:  # a writer or compaction error still ends the run (and is raised)
+            if self.rank == 0:
+                _mark_ended(self.path, "failed" if failed or not written else "ended")
+            if self._lock_fh is not None:
+                self._lock_fh.close()
 
     @property
     def closed(self) -> bool:
@@ -489,11 +565,30 @@ class Run:
         return f"Run(name={self.name!r}, path={str(self.path)!r})"
 
 
-def _close_writer(writer: PartWriter) -> None:
+def _mark_ended(path: Path, status: str, only_if_open: bool = False) -> None:
+    try:
+        meta = read_json(path / RUN_FILE)
+        if only_if_open and meta.get("ended"):
+            return
+        meta["ended"] = _now()
+        meta["status"] = status
+        atomic_write_json(path / RUN_FILE, meta)
+    except (OSError, ValueError):
+        pass
+
+
+def _finish_unclosed(writer: PartWriter, path: Path, rank: int, lock_fh: Any) -> None:
+    """At exit (or when a never-closed Run is garbage-collected): write what is buffered, mark
+    the run ended, release the writer lock. A process that is killed never gets here; its run
+    then shows as "died" (see RunInfo.of)."""
     try:
         writer.close()
     except Exception:
         pass
+    if rank == 0:
+        _mark_ended(path, "ended", only_if_open=True)
+    if lock_fh is not None:
+        lock_fh.close()
 
 
 def _now() -> str:

@@ -1,22 +1,120 @@
-"""Serve the dashboard with waitress."""
+"""Serve the dashboard with waitress, in one process or several worker processes.
+
+Python's GIL runs one callback at a time per process, so with ``workers > 1`` the listening socket
+is opened once and ``workers`` forked processes each run waitress on it (the kernel hands each
+connection to one of them). The parent only supervises: it restarts a worker that dies, forwards
+Ctrl+C / SIGTERM to the workers and waits for them; a worker exits when its parent dies.
+
+Every request goes through :class:`~convscope.app.auth.AccessGuard` (Host check against DNS
+rebinding, the access token, cross-site callback refusal).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import re
+import signal
+import socket
 import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import ServeError
+from .auth import AccessGuard, is_loopback_host, new_token
+
+__all__ = ["serve", "default_workers", "resolve_token"]
+
+MAX_DEFAULT_WORKERS = 8
+TOKEN_ENV = "CONVSCOPE_TOKEN"
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~-]+$")
+log = logging.getLogger("convscope.app")
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    return is_loopback_host(host)
+
+
+def default_workers() -> int:
+    """Worker processes by default: the usable cores (at least 1, at most 8); 1 without fork."""
+    if not hasattr(os, "fork"):
+        return 1
     try:
-        return ipaddress.ip_address(host).is_loopback
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores))
+
+
+def resolve_token(token: str | bool | None, loopback: bool) -> tuple[str | None, bool]:
+    """``(token or None, generated)`` for ``serve``'s ``token`` argument.
+
+    ``None``: ``$CONVSCOPE_TOKEN`` if set, else a new one on a non-loopback bind, else none.
+    ``True``: ``$CONVSCOPE_TOKEN`` or a new one. ``False``: none. A string: that token.
+    """
+    if token is False:
+        return None, False
+    if isinstance(token, str):
+        value = token.strip()
+        if not value:
+            raise ServeError("--token is empty: pass a token (letters, digits, '-', '_', '.', "
+                             "'~'), or leave it out to have one generated.")
+    else:
+        value = os.environ.get(TOKEN_ENV, "").strip()
+        if not value:
+            if token is None and loopback:
+                return None, False
+            return new_token(), True
+    if not _TOKEN_CHARS.match(value):
+        raise ServeError("the access token may hold only letters, digits and '-', '_', '.', '~' "
+                         "(it travels in URLs and cookies): pick another --token or "
+                         f"${TOKEN_ENV}.")
+    if len(value) < 16:
+        print(f"WARNING: the access token is only {len(value)} characters long; a guessable "
+              "token protects nothing. Leave --token out to have a strong one generated.",
+              file=sys.stderr)
+    return value, False
+
+
+def _listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot resolve --host {host!r} ({exc.strerror or exc}): pass an "
+                         "address such as 127.0.0.1 or 0.0.0.0.") from exc
+    family, socktype, proto, _, addr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port."
+        ) from exc
+    sock.setblocking(False)
+    return sock
+
+
+def _bound_is_loopback(sock: socket.socket, host: str) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
     except ValueError:
-        return False
+        return _is_loopback(host)
+
+
+def _urls(host: str, port: int, token: str | None) -> list[str]:
+    q = f"?token={quote(token)}" if token else ""
+    if host in ("0.0.0.0", "::", ""):
+        names = [socket.gethostname(), "127.0.0.1"]
+    else:
+        names = [host]
+    return [f"http://{f'[{n}]' if ':' in n else n}:{port}/{q}" for n in names]
 
 
 def serve(
@@ -24,16 +122,33 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8050,
     *,
-    threads: int = 8,
+    threads: int | None = None,
+    workers: int | None = None,
+    token: str | bool | None = None,
+    allow_hosts: Sequence[str] = (),
+    trust_checkpoints: bool = False,
     quiet: bool = False,
 ) -> None:
     """Serve ``logdir`` at ``http://host:port`` until interrupted.
 
-    Binds the loopback address by default; any other address prints a warning, since the
-    dashboard has no authentication and shows everything in the logdir.
+    Args:
+        logdir: a directory of runs (or one run).
+        host: the address to bind; the loopback address by default. Any other address needs the
+            access token (generated and printed unless given) since the dashboard shows
+            everything in the logdir.
+        port: the TCP port.
+        threads: waitress threads per worker process (default 8 with one worker, else 4).
+        workers: worker processes (default :func:`default_workers`: the usable cores, at most
+            8). ``1`` serves in this process.
+        token: ``None``: ``$CONVSCOPE_TOKEN``, else a generated token on a non-loopback bind and
+            none on loopback. A string: that token. ``True``: a token even on loopback.
+            ``False``: no token (a warning off loopback).
+        allow_hosts: ``Host`` names accepted besides the loopback names (``"*"``: any). On a
+            non-loopback bind, none given means any.
+        trust_checkpoints: let the dashboard unpickle whole-module checkpoints (runs you trust
+            only: unpickling runs code).
+        quiet: print nothing but the access URL of a generated token.
     """
-    from waitress import serve as waitress_serve
-
     from .shell import create_app
 
     logdir = Path(logdir).expanduser().resolve()
@@ -42,25 +157,199 @@ def serve(
             f"logdir {logdir} does not exist: record a run first (cs.Run(logdir=...) or "
             "`convscope demo`), or pass --logdir pointing at your runs."
         )
-    if not _is_loopback(host):
-        print(
-            f"WARNING: serving on {host}, reachable from other machines. The dashboard has no "
-            "authentication and shows everything in the logdir; use --host 127.0.0.1 unless you "
-            "mean it.",
-            file=sys.stderr,
-        )
+    if workers is None:
+        workers = default_workers()
+    if workers < 1:
+        raise ServeError(f"--workers must be at least 1, got {workers}.")
+    if workers > 1 and not hasattr(os, "fork"):
+        workers = 1  # no fork here (Windows): one process with threads
+    if threads is None:
+        threads = 8 if workers == 1 else 4
+    if threads < 1:
+        raise ServeError(f"threads must be at least 1, got {threads}.")
     if not logging.getLogger("convscope").handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         logging.getLogger("convscope").addHandler(handler)
-    app = create_app(logdir)
-    if not quiet:
-        shown = f"[{host}]" if ":" in host else host
-        print(f"convscope: serving {logdir} at http://{shown}:{port}/  (Ctrl+C to stop)",
-              flush=True)
+
+    sock = _listen(host, port)
     try:
-        waitress_serve(app.server, host=host, port=port, threads=threads, _quiet=True)
-    except OSError as exc:
-        raise ServeError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port."
-        ) from exc
+        port = sock.getsockname()[1]
+        loopback = _bound_is_loopback(sock, host)
+        secret, generated = resolve_token(token, loopback)
+        if secret is None and not loopback:
+            print(
+                f"WARNING: serving on {host} without an access token (--no-token): anyone who "
+                "can reach this port sees everything in the logdir and can use the dashboard. "
+                "Leave --no-token out, or use --host 127.0.0.1.",
+                file=sys.stderr,
+            )
+        elif not loopback:
+            print(
+                f"WARNING: serving on {host}, reachable from other machines; every request "
+                "needs the access token. Plain HTTP carries it in clear text: use a trusted "
+                "network or an HTTPS proxy in front.",
+                file=sys.stderr, flush=True,
+            )
+        app = create_app(logdir, trust_checkpoints=trust_checkpoints)
+        _warm_up(app)
+        wsgi = AccessGuard(app.server, token=secret, loopback=loopback,
+                           allowed_hosts=list(allow_hosts))
+        urls = _urls(host, port, secret)
+        if not quiet or generated:
+            mode = f"{workers} worker processes" if workers > 1 else "1 process"
+            print(f"convscope: serving {logdir} ({mode}) at {urls[0]}  (Ctrl+C to stop)",
+                  flush=True)
+            for u in urls[1:]:
+                print(f"    or {u}", flush=True)
+        if workers == 1:
+            _run_waitress(wsgi, sock, threads)
+        else:
+            _supervise(wsgi, sock, threads, workers)
+    finally:
+        sock.close()
+
+
+def _warm_up(app) -> None:
+    """Render the index page once, here, before any worker is forked.
+
+    Dash registers the script files it may serve (``/_dash-component-suites/...``) while it
+    renders the index page, per process. A worker that had not rendered it yet answered 500 to
+    the browser's script requests (the page then stayed at "Loading..."); forked after this, every
+    worker inherits the registration.
+    """
+    client = app.server.test_client()
+    for path in ("/", "/_dash-layout", "/_dash-dependencies"):
+        resp = client.get(path)
+        if resp.status_code != 200:
+            raise ServeError(f"the dashboard failed to render {path} (HTTP {resp.status_code}); "
+                             "see the error above, and report it if it persists.")
+
+
+def _run_waitress(wsgi: Callable[..., Iterable[bytes]], sock: socket.socket,
+                  threads: int) -> None:
+    from waitress import serve as waitress_serve
+
+    from .shell import MAX_REQUEST_BYTES
+
+    # request bodies above MAX_REQUEST_BYTES are refused by waitress before they are read in
+    # full (its default is 1 GiB, spooled to disk); Flask's MAX_CONTENT_LENGTH says the same
+    waitress_serve(wsgi, sockets=[sock], threads=threads, _quiet=True,
+                   channel_timeout=120, connection_limit=1000, asyncore_use_poll=True,
+                   max_request_body_size=MAX_REQUEST_BYTES)
+
+
+# -- worker processes ---------------------------------------------------------------------------
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _worker(wsgi: Callable[..., Iterable[bytes]], sock: socket.socket, threads: int,
+            workers: int, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the parent, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
+    if "torch" in sys.modules:  # share the cores among the workers, not cores x workers threads
+        sys.modules["torch"].set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    code = 0
+    try:
+        _run_waitress(wsgi, sock, threads)
+    except BaseException:  # noqa: BLE001 - a worker reports and exits; the parent restarts it
+        log.exception("dashboard worker %d failed", os.getpid())
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _supervise(wsgi: Callable[..., Iterable[bytes]], sock: socket.socket, threads: int,
+               workers: int) -> None:
+    parent = os.getpid()
+    children: set[int] = set()
+    stopping: list[int] = []
+
+    def spawn() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker never returns from here
+            try:
+                _worker(wsgi, sock, threads, workers, parent)
+            finally:
+                os._exit(1)
+        children.add(pid)
+
+    def on_signal(signum, _frame) -> None:
+        stopping.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    restarts: list[float] = []
+    try:
+        for _ in range(workers):
+            spawn()
+        while not stopping:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = 0, 0
+            if pid == 0:
+                time.sleep(0.2)
+                continue
+            if pid not in children:
+                continue
+            children.discard(pid)
+            if stopping:
+                break
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 30] + [now]
+            if len(restarts) > 3 * workers:
+                raise ServeError(
+                    f"dashboard workers keep dying (last exit status {status}); see the errors "
+                    "above, or run with --workers 1 to debug."
+                )
+            log.warning("dashboard worker %d exited (status %d); starting another", pid, status)
+            spawn()
+    finally:
+        _stop_children(children)
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopping and stopping[0] == signal.SIGINT:
+        raise KeyboardInterrupt
+
+
+def _stop_children(children: set[int], grace: float = 5.0) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    pending = set(children)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.05)
+    for pid in pending:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    children.clear()

@@ -18,17 +18,28 @@ log = logging.getLogger("convscope.app")
 ASSETS = Path(__file__).parent / "assets"
 REFRESH_MS = 5000
 DEFAULT_SELECTED = 4
+#: Largest request body accepted (Flask answers 413 beyond): an upload at the Live page's limit
+#: plus the rest of a callback request.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
-def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
+def create_app(logdir: str | Path, refresh_ms: int | None = None, *,
+               trust_checkpoints: bool = False) -> dash.Dash:
     """Build the Dash app serving ``logdir`` (a directory of runs, or one run).
 
     The pages re-read the runs every ``refresh_ms`` milliseconds (default 5000, or
     ``$CONVSCOPE_REFRESH_MS``), so a run still being written updates in place.
+
+    ``trust_checkpoints``: let the Live page unpickle whole-module checkpoints (runs recorded by
+    older versions, or models no allow-listed builder rebuilds). Unpickling runs code from the
+    run directory, so it is off by default and the page says how to opt in
+    (``convscope serve --trust-checkpoints``). Request bodies are capped at
+    :data:`MAX_REQUEST_BYTES` (HTTP 413 beyond).
     """
     if refresh_ms is None:
         refresh_ms = int(os.environ.get("CONVSCOPE_REFRESH_MS", REFRESH_MS))
     state = AppState(logdir)
+    state.trust_checkpoints = bool(trust_checkpoints)
     pages = all_pages()
     app = dash.Dash(
         __name__,
@@ -129,6 +140,8 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None) -> dash.Dash:
 
     _add_file_route(app, state)
     app.server.wsgi_app = PathGuard(app.server.wsgi_app)
+    # the largest request a page sends is the Live page's upload (10 MB as a data URI, ~14 MB)
+    app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.convscope_state = state  # for tests and embedding
     return app
 

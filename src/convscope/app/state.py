@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import NotARunError
 from ..store import RunInfo, RunReader, list_runs
 from ..store.layout import is_run_dir
 
+MAX_READERS = 32
+
 
 class AppState:
     """The logdir being served and a cache of :class:`RunReader` objects.
 
     Run names from the browser are only ever looked up among the runs found in the logdir, so a
-    crafted name cannot reach a directory outside it.
+    crafted name cannot reach a directory outside it. The cache keeps the ``max_readers`` most
+    recently used readers (each holds a DuckDB connection and cached query results); an evicted
+    reader is dropped, not closed, so a request still using it finishes normally.
+
+    ``trust_checkpoints`` (set by ``create_app``) says whether pages may unpickle whole-module
+    checkpoints.
     """
 
-    def __init__(self, logdir: str | Path) -> None:
+    trust_checkpoints: bool = False
+
+    def __init__(self, logdir: str | Path, max_readers: int = MAX_READERS) -> None:
         self.logdir = Path(logdir).expanduser().resolve()
-        self._readers: dict[str, RunReader] = {}
+        self.max_readers = max(1, int(max_readers))
+        self._readers: OrderedDict[str, RunReader] = OrderedDict()
         self._lock = threading.Lock()
 
     def runs(self) -> list[RunInfo]:
@@ -45,6 +56,9 @@ class AppState:
             r = self._readers.get(name)
             if r is None or r.path != path:
                 r = self._readers[name] = RunReader(path)
+            self._readers.move_to_end(name)
+            while len(self._readers) > self.max_readers:
+                self._readers.popitem(last=False)
             return r
 
     def readers(self, names: list[str] | None) -> list[RunReader]:

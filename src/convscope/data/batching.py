@@ -78,9 +78,9 @@ def iter_batches(
     ``image``, ``(image, label, ...)`` or ``{"image": ..., "label": ...}``; a ``Subset`` reports
     its parent's indices) or an iterable of batches such as a ``DataLoader`` without shuffling
     (indices count from ``offset``). ``total`` is the number of items when known."""
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    from ..model._common import positive_int
+
+    batch_size = positive_int(batch_size, "batch_size")
     if isinstance(dataset, Tensor):
         if dataset.dim() != 4:
             raise InputError(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelError
+from ..errors import ConvscopeError, InputError, ModelError
 from .cluster import MAX_CHANNELS
 from .report import Report
 from .rules import STAGES, output_findings, param_findings
@@ -77,6 +77,13 @@ def _execution_order(model: nn.Module, args: tuple[Any, ...]) -> tuple[list[tupl
         for h in handles:
             h.remove()
     return calls, out
+
+
+def _nonfinite(output: Any) -> bool:
+    """Whether the model output is a floating-point tensor holding NaN or infinity (then the
+    output itself, under the name ``""``, is analysed too, so the report says so)."""
+    return (isinstance(output, torch.Tensor) and output.is_floating_point()
+            and not output.is_meta and not bool(torch.isfinite(output).all()))
 
 
 def default_layers(calls: list[tuple[str, nn.Module]]) -> list[str]:
@@ -371,6 +378,8 @@ def diagnose(
                 "none of the chosen layers ran during the forward pass; choose layers the "
                 "forward pass uses (see cs.model.leaf_modules(model))."
             )
+    if "" not in acts and _nonfinite(output):  # NaN/inf only at the output: still a finding
+        acts[""] = output.detach()
     named = dict(model.named_modules())
     mods = {n: named[split_call(n)[0]] for n in acts}
 
@@ -412,30 +421,54 @@ def diagnose_checkpoint(
 ) -> Report:
     """Diagnose a saved model: ``model = model_fn()``, load ``checkpoint`` (a path to a
     ``torch.save`` d state dict, a state dict, or a dict holding one under ``"state_dict"`` /
-    ``"model"``), then :func:`diagnose` with ``kwargs``. Loading uses ``weights_only=True`` on
-    the CPU."""
+    ``"model"`` / ``"model_state_dict"``), then :func:`diagnose` with ``kwargs``.
+
+    Loading uses ``torch.load(weights_only=True)`` on the CPU, whose restricted unpickler builds
+    tensors and plain containers only: a file holding a pickled module or other objects is
+    refused (unpickling it would run code from the file), never executed."""
     if isinstance(checkpoint, Mapping):
         state = checkpoint
     else:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise InputError(f"no checkpoint file at {checkpoint!s}; pass an existing path.") from None
+            raise InputError(f"no checkpoint file at {checkpoint!s}; pass the path of a file "
+                             "saved with torch.save(model.state_dict(), path).") from None
+        except (IsADirectoryError, PermissionError) as exc:
+            raise InputError(f"cannot open the checkpoint {checkpoint!s} ({exc.strerror}): pass "
+                             "the path of a readable file saved with "
+                             "torch.save(model.state_dict(), path).") from None
         except Exception as exc:  # unpickling errors come in many types
             raise InputError(
-                f"cannot read the checkpoint {checkpoint!s}: {exc}. Save it with "
-                "torch.save(model.state_dict(), path)."
-            ) from exc
+                f"cannot read the checkpoint {checkpoint!s} as weights only "
+                f"({str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}). It "
+                "must hold tensors (a state dict), not a pickled module or other objects, which "
+                "are not unpickled since that runs code from the file: save it with "
+                "torch.save(model.state_dict(), path), or for a convscope run use "
+                "cs.open_run(path).load_model()."
+            ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
             break
-    model = model_fn()
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise InputError(
+            f"the checkpoint holds a {type(state).__name__}, not a state dict (parameter names "
+            "-> tensors): pass one saved with torch.save(model.state_dict(), path).")
+    try:
+        model = model_fn()
+    except ConvscopeError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model_fn() failed ({type(exc).__name__}: {str(exc)[:300]}): pass a "
+                         "callable that builds the architecture the checkpoint was saved from."
+                         ) from exc
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model_fn() must return an nn.Module, got {type(model).__name__}.")
+        raise ModelError(f"model_fn() must return an nn.Module, got {type(model).__name__}: pass "
+                         "a callable that builds the model, e.g. lambda: cs.zoo.resnet().")
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise ModelError(
             f"the checkpoint does not fit the model built by model_fn: {exc}".split("\n")[0]
             + " Build the same architecture the checkpoint was saved from."

@@ -196,9 +196,9 @@ def _layers_of(model: nn.Module, example: torch.Tensor, layers: Any
     """The output names to follow and their modules, from one forward pass of ``example``."""
     from ..model import capture
     from ..model._common import split_call
-    from .core import _execution_order, default_layers
+    from .core import _execution_order, _nonfinite, default_layers
 
-    calls, _ = _execution_order(model, (example,))
+    calls, output = _execution_order(model, (example,))
     if not calls:
         raise ModelError(f"{type(model).__name__} ran no leaf module returning a tensor; there "
                          "is nothing to diagnose.")
@@ -209,6 +209,8 @@ def _layers_of(model: nn.Module, example: torch.Tensor, layers: Any
         if not names:
             raise InputError("none of the chosen layers ran during the forward pass; choose "
                              "layers the forward pass uses (see cs.model.leaf_modules(model)).")
+    if "" not in names and _nonfinite(output):  # NaN/inf only at the output: a finding too
+        names.append("")
     named = dict(model.named_modules())
     return names, {n: named[split_call(n)[0]] for n in names}
 
@@ -250,7 +252,7 @@ def accumulate_outputs(
 
     from ..data.batching import iter_batches
     from ..model import capture
-    from ..model._common import check_model, model_device
+    from ..model._common import check_args, check_model, model_device
 
     check_model(model)
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
@@ -267,6 +269,9 @@ def accumulate_outputs(
         if first is None:
             raise InputError("the data set is empty: there is nothing to diagnose.")
         example = first[1]
+    if not isinstance(example, torch.Tensor):
+        raise InputError(f"images must be a tensor batch, got {type(example).__name__}.")
+    check_args((example,), "images")  # meta, empty, NaN/inf: before moving them
     example = example.to(device)
     names, modules = _layers_of(model, example, layers)
     image = example.dim() == 4
@@ -291,6 +296,7 @@ def accumulate_outputs(
     bar = tqdm(total=total, disable=quiet, desc="diagnosis statistics", unit="img")
 
     def run(x: torch.Tensor) -> None:
+        check_args((x,), "images")
         x = x.to(device)
         outs = capture(model, x, names)
         for name in names:

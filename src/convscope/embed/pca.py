@@ -55,7 +55,18 @@ def _check(features: torch.Tensor, k: int) -> torch.Tensor:
             pass
     if not isinstance(features, torch.Tensor):
         raise InputError(
-            f"features must be a tensor [N, D] (or a NumPy array), got {type(features).__name__}."
+            f"features must be a tensor [N, D] (or a NumPy array), got {type(features).__name__}; "
+            "convert with torch.as_tensor(features)."
+        )
+    if features.is_meta:
+        raise InputError(
+            "features are on the meta device (no values); pass real features, e.g. from "
+            "cs.model.collect_features(model, loader)."
+        )
+    if features.is_complex() or features.dtype == torch.bool:
+        raise InputError(
+            f"features must be real numbers, got dtype {features.dtype}; convert with "
+            "features.float()."
         )
     if features.dim() != 2:
         raise InputError(
@@ -64,9 +75,12 @@ def _check(features: torch.Tensor, k: int) -> torch.Tensor:
         )
     n, d = features.shape
     if n < 2:
-        raise InputError(f"PCA needs at least 2 samples, got {n}.")
+        raise InputError(f"PCA needs at least 2 samples, got {n}; pass more rows.")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(n, d):
-        raise InputError(f"k must be an int in 1..{min(n, d)} (min of N={n}, D={d}), got {k!r}.")
+        raise InputError(
+            f"k must be an int in 1..{min(n, d)} (min of N={n}, D={d}), got {k!r}; pass k in "
+            "that range."
+        )
     if not torch.isfinite(features).all():
         raise InputError("features contain NaN or infinite values; drop or fix those rows first.")
     if not features.is_floating_point():
@@ -93,7 +107,9 @@ def pca(features: torch.Tensor, k: int = 3, *, method: str = "auto") -> PCAResul
     factorisation for a covariance matrix, about 3x faster on the CPU). ``"gram"`` takes the SVD
     of the ``[N, N]`` Gram matrix instead (same result, cheaper when
     ``D > N``). ``"lowrank"`` uses ``torch.svd_lowrank`` on ``X_c`` (randomised, fastest for small
-    ``k``, approximate). ``"auto"`` picks ``"gram"`` when ``D > N`` and ``D > 4096``, else
+    ``k``, approximate directions); its explained variances are measured on its own
+    projections (the variance of each projected column), so they are exact for the directions
+    it returns. ``"auto"`` picks ``"gram"`` when ``D > N`` and ``D > 4096``, else
     ``"covariance"``.
 
     Returns:
@@ -125,12 +141,19 @@ def pca(features: torch.Tensor, k: int = 3, *, method: str = "auto") -> PCAResul
         components = (xc.T @ u[:, :k] / torch.sqrt(variance.clamp_min(1e-30) * (n - 1))).T
     elif method == "lowrank":
         q = min(max(2 * k, k + 10), n, d)
-        _, s, v = torch.svd_lowrank(xc, q=q, niter=6)
+        _, _, v = torch.svd_lowrank(xc, q=q, niter=6)
         components = v[:, :k].T
-        variance = s[:k] ** 2 / (n - 1)
+        # The randomised singular values are those of the sketch Q^T X_c, which underestimate
+        # the variance along the returned directions. Report the variance of the projections
+        # themselves (what a user can check), and order the components by it.
+        proj = xc @ components.T
+        variance = (proj * proj).sum(dim=0) / (n - 1)
+        order = torch.argsort(variance, descending=True)
+        components, variance = components[order], variance[order]
     else:
         raise InputError(
-            f"method must be 'auto', 'covariance', 'eigh', 'gram' or 'lowrank', got {method!r}."
+            f"method must be 'auto', 'covariance', 'eigh', 'gram' or 'lowrank', got {method!r}; "
+            "pass one of those."
         )
     components = _fix_signs(components)
     projections = xc @ components.T

@@ -22,9 +22,12 @@ from ..errors import (
     InputError,
     LayerNotFoundError,
     ModelError,
+    NotApplicableError,
     TargetError,
     suggest,
 )
+from ..model._common import NONFINITE_MODEL_FIX, check_args, check_finite, preserved
+from ..model._common import check_model as _check_model
 
 logger = logging.getLogger("convscope.explain")
 
@@ -40,25 +43,25 @@ Layer = None | str | nn.Module
 # checks
 # --------------------------------------------------------------------------------------------
 def check_model(model: Any) -> nn.Module:
-    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise ModelError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}; pass the network itself "
-            "(e.g. torchvision.models.resnet18()), not its output or state_dict."
-        )
-    return model
+    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module`` with real (not meta)
+    tensors (:func:`convscope.model._common.check_model`)."""
+    return _check_model(model)
 
 
 def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
-    """Return ``inputs`` detached; raise :class:`InputError` unless it is a float ``[B, C, H, W]``."""
+    """Return ``inputs`` detached; raise :class:`InputError` unless it is a float ``[B, C, H, W]``
+    batch of at least one image, with real (not meta) finite values."""
     if not isinstance(inputs, Tensor):
         raise InputError(
             f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(inputs).__name__}; "
             "convert with torch.as_tensor(...) and stack images into one batch."
         )
+    if inputs.is_meta:
+        check_args((inputs,), name)
     if inputs.ndim != 4:
         hint = (
-            " For a single image use x.unsqueeze(0)." if inputs.ndim == 3 else ""
+            " For a single image use x.unsqueeze(0)." if inputs.ndim == 3
+            else " Pass one batch of images, e.g. torch.stack(images) or x.reshape(-1, C, H, W)."
         )
         raise InputError(
             f"{name} must have 4 dimensions [B, C, H, W], got shape {list(inputs.shape)}.{hint}"
@@ -68,8 +71,7 @@ def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
             f"{name} must be a floating-point tensor, got dtype {inputs.dtype}; convert with "
             "x.float() (and scale/normalise it the way the model was trained)."
         )
-    if inputs.shape[0] == 0:
-        raise InputError(f"{name} is an empty batch (shape {list(inputs.shape)}); pass >= 1 image.")
+    check_args((inputs,), name)  # empty batch, NaN/inf
     x = inputs.detach()
     if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it
         with torch.inference_mode(False):
@@ -90,12 +92,80 @@ def check_maps(maps: Any, inputs: Tensor, name: str = "maps") -> Tensor:
             f"got {list(maps.shape)}; reduce attributions with cs.explain.to_heatmap(...) and "
             "upsample with torch.nn.functional.interpolate to the input size."
         )
+    check_finite(maps, name, "Compute the maps from finite inputs and a finite model.",
+                 InputError)
     return maps.detach().to(device=inputs.device, dtype=inputs.dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------------------------
+def _target_entry_ok(e: Any) -> bool:
+    if isinstance(e, Tensor):
+        return e.ndim == 0 and not e.is_floating_point() and not e.is_complex() \
+            and e.dtype != torch.bool
+    return isinstance(e, numbers.Integral) and not isinstance(e, bool) \
+        and type(e).__name__ != "bool_"
+
+
+def check_target(target: Any, batch: int) -> None | Callable[[Any], Tensor] | Tensor:
+    """The one check of ``target=``: ``None``, a callable, or a CPU ``long`` tensor ``[batch]``.
+
+    Raises :class:`TargetError` for a bool (``True`` is not class 1), a string (``'cat'``), a
+    float, a nested or ragged list, or the wrong number of entries. Ranges are checked against
+    the model output by :meth:`TargetSpec.resolve`.
+    """
+    if target is None:
+        return None
+    if callable(target) and not isinstance(target, Tensor):
+        return target
+    if isinstance(target, (str, bytes)):
+        raise TargetError(
+            f"target must be a class index (int), B ints or a callable, got the string "
+            f"{target!r}; map class names to indices first, e.g. target=classes.index('cat')."
+        )
+    if isinstance(target, bool) or type(target).__name__ == "bool_":
+        raise TargetError(f"target must be a class index, got {target!r}; pass an int.")
+    if isinstance(target, numbers.Integral):
+        return torch.full((batch,), int(target), dtype=torch.long)
+    if isinstance(target, (Tensor, Sequence)) or hasattr(target, "__array__"):
+        if isinstance(target, Sequence) and not isinstance(target, Tensor):
+            bad = [e for e in target if not _target_entry_ok(e)]
+            if bad:
+                raise TargetError(
+                    f"target entries must be class indices (ints), got {bad[0]!r} "
+                    f"({type(bad[0]).__name__}) in {list(target)[:8]!r}; pass e.g. [3, 7, 1, 0] "
+                    "(a bool is not a class index: True is not class 1)."
+                )
+        try:
+            t = torch.as_tensor(target) if not isinstance(target, Tensor) else target.detach()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TargetError(
+                f"target cannot be read as class indices ({exc}); pass one int or a list of "
+                f"{batch} ints."
+            ) from None
+        if t.is_meta:
+            raise TargetError("target is a meta-device tensor with no values; pass real ints.")
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.ndim != 1 or t.numel() != batch:
+            raise TargetError(
+                f"target has {t.numel()} entries (shape {list(t.shape)}) but the batch has "
+                f"{batch} images; pass one int for all images or exactly {batch} ints."
+            )
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TargetError(
+                f"target must hold integer class indices, got dtype {t.dtype}; "
+                "pass e.g. [3, 7, 1, 0] or torch.tensor([...], dtype=torch.long)."
+            )
+        return t.to(torch.long).cpu()
+    raise TargetError(
+        f"target must be None, an int, a sequence of {batch} ints or a callable on the "
+        f"model output; got {type(target).__name__}. pass e.g. target=3 or target=None (the "
+        "predicted class)."
+    )
+
+
 class TargetSpec:
     """Turns ``target=`` into per-image scores of a model output.
 
@@ -108,34 +178,11 @@ class TargetSpec:
         self.fn: Callable[[Any], Tensor] | None = None
         self.fixed: Tensor | None = None
         self.classes: Tensor | None = None
-        if target is None:
-            pass
-        elif callable(target) and not isinstance(target, Tensor):
-            self.fn = target
-        elif isinstance(target, bool):
-            raise TargetError(f"target must be a class index, got {target!r}; pass an int.")
-        elif isinstance(target, numbers.Integral):
-            self.fixed = torch.full((batch,), int(target), dtype=torch.long)
-        elif isinstance(target, (Tensor, Sequence)) or hasattr(target, "__array__"):
-            t = torch.as_tensor(target) if not isinstance(target, Tensor) else target.detach()
-            if t.ndim == 0:
-                t = t.expand(batch)
-            if t.ndim != 1 or t.numel() != batch:
-                raise TargetError(
-                    f"target has {t.numel()} entries (shape {list(t.shape)}) but the batch has "
-                    f"{batch} images; pass one int for all images or exactly {batch} ints."
-                )
-            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-                raise TargetError(
-                    f"target must hold integer class indices, got dtype {t.dtype}; "
-                    "pass e.g. [3, 7, 1, 0] or torch.tensor([...], dtype=torch.long)."
-                )
-            self.fixed = t.to(torch.long).cpu()
-        else:
-            raise TargetError(
-                f"target must be None, an int, a sequence of {batch} ints or a callable on the "
-                f"model output; got {type(target).__name__}."
-            )
+        checked = check_target(target, batch)
+        if isinstance(checked, Tensor):
+            self.fixed = checked
+        elif checked is not None:
+            self.fn = checked
 
     # -- helpers -------------------------------------------------------------------------
     def _class_scores(self, output: Any) -> Tensor:
@@ -148,6 +195,8 @@ class TargetSpec:
                     f"a callable target must return a tensor of [B] scores or [B, K] class "
                     f"scores, got {got}; e.g. target=lambda out: out['logits']."
                 )
+            check_finite(value, "the scores the callable target returned",
+                         NONFINITE_MODEL_FIX)
             return value
         if not isinstance(output, Tensor):
             raise TargetError(
@@ -212,32 +261,22 @@ class TargetSpec:
         if self.classes is None:
             raise TargetError("internal: probabilities() before resolve()")
         cls = self.classes if rows is None else self.classes[rows.to(self.classes.device)]
-        return values.softmax(dim=1).gather(1, cls.to(values.device).view(-1, 1)).squeeze(1)
+        probs = values.float().softmax(dim=1)  # float32: fp16 softmax loses small probabilities
+        return probs.gather(1, cls.to(values.device).view(-1, 1)).squeeze(1)
 
 
 # --------------------------------------------------------------------------------------------
 # model state
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def prepared(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Put ``model`` in eval mode with parameters frozen; restore both on exit (even on error).
+def prepared(model: nn.Module, eval_mode: bool = True) -> contextlib.AbstractContextManager:
+    """Put ``model`` in eval mode with parameters frozen; on exit (even on error) the model is as
+    it came in: modes, ``requires_grad``, batch-norm statistics, hooks (see
+    :func:`convscope.model._common.preserved`).
 
     Freezing parameters (``requires_grad=False``) means no parameter gradients are computed and
     autograd records only what the gradients to the input/layer need.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in grads:
-            p.requires_grad_(flag)
+    return preserved(model, True if eval_mode else None, freeze=True)
 
 
 @contextlib.contextmanager
@@ -252,9 +291,10 @@ def hooks() -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
 
 
 def run_forward(model: nn.Module, inputs: Tensor) -> Any:
-    """Call the model, turning its exceptions into :class:`ModelError` with the input shape."""
+    """Call the model, turning its exceptions into :class:`ModelError` with the input shape;
+    a NaN or infinite output is a :class:`ModelError` too (never an all-zero map)."""
     try:
-        return model(inputs)
+        out = model(inputs)
     except ConvscopeError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with context
@@ -262,6 +302,8 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Any:
             f"the model's forward failed on inputs of shape {list(inputs.shape)}: "
             f"{type(exc).__name__}: {exc}. Check the input size/channels the model expects."
         ) from exc
+    check_finite(out, f"the output of {type(model).__name__}", NONFINITE_MODEL_FIX)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +331,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         )
     raise InputError(
         f"layer must be a module path (str), an nn.Module of the model or None, got "
-        f"{type(layer).__name__}."
+        f"{type(layer).__name__}; pass e.g. layer='layer4' or layer=None (automatic)."
     )
 
 
@@ -337,7 +379,7 @@ def auto_layer(model: nn.Module, inputs: Tensor) -> str:
                 handles.append(module.register_forward_hook(make_hook(name)))
         run_forward(model, x[:1])
     if not seen:
-        raise ModelError(
+        raise NotApplicableError(
             "no layer of the model outputs a 4-D feature map [B, C, h, w] with h*w > 1 for "
             f"inputs of shape {list(x.shape)}; pass layer=... naming a convolutional layer, or "
             "use larger inputs."
@@ -424,23 +466,56 @@ def forward_capture(
 # --------------------------------------------------------------------------------------------
 # maps
 # --------------------------------------------------------------------------------------------
-def finish_map(raw: Tensor, size: tuple[int, int], normalize: bool) -> Tensor:
-    """``[B, h, w]`` -> ``[B, H, W]``: ReLU, bilinear upsampling, per-image min-max to [0, 1].
+def f32(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a reduced-precision float (float16, bfloat16): every
+    reduction (channel weights, sums, min-max, metrics) is computed in float32 and only the
+    result is cast back to the inputs' dtype."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def layer_grad_check(grad: Tensor, name: str) -> Tensor:
+    """Raise :class:`ModelError` when the gradient at layer ``name`` is NaN or infinite."""
+    check_finite(grad, f"the gradient of the target score at {name}", NONFINITE_MODEL_FIX)
+    return grad
+
+
+def finish_map(
+    raw: Tensor, size: tuple[int, int], normalize: bool, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``[B, h, w]`` -> ``[B, H, W]``: ReLU, bilinear upsampling, per-image min-max to [0, 1],
+    computed in (at least) float32 and returned in ``dtype`` (default: ``raw``'s dtype).
 
     With ``normalize=False`` only the upsampling is applied (sign and shared scale kept).
+    A NaN or infinite map raises :class:`ModelError`.
     """
+    dtype = raw.dtype if dtype is None else dtype
+    raw = f32(raw)
+    check_finite(raw, "the attribution map", NONFINITE_MODEL_FIX)
     if normalize:
         raw = raw.clamp(min=0)
     up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     if not normalize:
-        return up
-    return minmax(up)
+        if dtype in (torch.float16, torch.bfloat16) and not bool(
+            torch.isfinite(up.to(dtype)).all()
+        ):
+            raise ModelError(
+                f"the raw map's values (up to {float(up.abs().max()):.3g}) overflow {dtype}; "
+                "use normalize=True or run the model in float32 (model.float(), x.float())."
+            )
+        return up.to(dtype)
+    return minmax(up).to(dtype)
 
 
 def minmax(maps: Tensor) -> Tensor:
-    """Per-image min-max scaling of ``[B, ...]`` to [0, 1]; a constant map becomes all zeros."""
-    flat = maps.reshape(maps.shape[0], -1)
+    """Per-image min-max scaling of ``[B, ...]`` to [0, 1]; a constant map becomes all zeros.
+
+    Computed in float32 for reduced-precision maps and returned in the maps' dtype; NaN or
+    infinite values raise :class:`InputError` (min-max would silently turn them into 0).
+    """
+    check_finite(maps, "the maps to scale", "Pass finite maps (see torch.isfinite).",
+                 InputError)
+    flat = f32(maps).reshape(maps.shape[0], -1)
     lo = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - lo
     out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, 1.0), 0.0)
-    return out.reshape(maps.shape)
+    return out.reshape(maps.shape).to(maps.dtype)

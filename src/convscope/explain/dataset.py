@@ -8,6 +8,7 @@ shares, concatenated in order (:meth:`AttributionSet.cat`), are the results of o
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConvscopeError, InputError
-from ._core import auto_layer, check_model
+from ..errors import InputError, NotApplicableError, TargetError
+from ..model._common import positive_int, preserved
+from ._core import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionSet", "attribute_all", "unit_scale"]
 
@@ -28,10 +30,11 @@ _INPUT_SPACE = {"saliency", "deconvnet", "guided_backprop"}
 
 
 def unit_scale(maps: Tensor) -> Tensor:
-    """Min-max scale each map of ``[B, ...]`` to [0, 1] (a constant map becomes 0)."""
-    flat = maps.reshape(maps.shape[0], -1).float()
-    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
+    """Min-max scale each map of ``[B, ...]`` to [0, 1] in float32 (a constant map becomes 0;
+    NaN or inf raises :class:`~convscope.errors.InputError`)."""
+    from ._core import minmax
+
+    return minmax(maps.float())
 
 
 @dataclass
@@ -138,15 +141,35 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return methods
 
 
-def _target_slice(target: Any, a: int, b: int, n: int | None) -> Any:
-    """The part of ``target`` for images ``[a, b)`` of the pass."""
-    if target is None or isinstance(target, int) or callable(target):
+def _pass_target(target: Any, n: int | None) -> Any:
+    """``target`` checked once for the whole pass: None, a callable, an int, or ``[N]`` longs."""
+    if target is None or (callable(target) and not isinstance(target, Tensor)):
         return target
-    t = torch.as_tensor(target).reshape(-1)
-    if n is not None and t.numel() != n:
-        raise InputError(f"target has {t.numel()} entries for {n} images: give one class per "
-                         "image, one int, None (the predicted class) or a callable.")
-    return t[a:b]
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, Tensor):
+        count = target.numel() if target.ndim <= 1 else -1
+    elif isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
+        count = len(target)
+    else:
+        count = 1
+    try:
+        return check_target(target, n if n is not None else count)
+    except TargetError as exc:
+        if n is not None and count not in (n, -1) and count >= 0:
+            raise TargetError(f"target has {count} entries for {n} images: give one class per "
+                              "image, one int, None (the predicted class) or a callable.") from None
+        raise exc from None
+
+
+def _target_slice(target: Any, a: int, b: int) -> Any:
+    """The part of the checked ``target`` for images ``[a, b)`` of the pass."""
+    if isinstance(target, Tensor):
+        if target.numel() < b:
+            raise TargetError(f"target has {target.numel()} entries but the data set has more "
+                              "images; give one class per image, one int or None.")
+        return target[a:b]
+    return target
 
 
 def attribute_all(
@@ -195,99 +218,123 @@ def attribute_all(
 
     check_model(model)
     methods = _check_methods(methods)
+    batch_size = positive_int(batch_size, "batch_size")
+    score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+        raise InputError(f"offset must be an int >= 0, got {offset!r}.")
     if isinstance(dataset, Tensor) and dataset.dim() == 3:
         dataset = dataset.unsqueeze(0)
     batches, total = iter_batches(dataset, batch_size)
+    if total == 0:
+        raise InputError("the data set is empty: there is nothing to explain.")
+    target = _pass_target(target, total)
     if labels is not None:
-        labels = torch.as_tensor(labels).reshape(-1).long()
+        try:
+            labels = torch.as_tensor(labels).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"labels must be {total} ints (class per image): {exc}.") from None
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise InputError(f"labels must hold integer classes, got dtype {labels.dtype}.")
+        labels = labels.long()
         if total is not None and labels.numel() != total:
             raise InputError(f"labels has {labels.numel()} entries for {total} images.")
-    if masks is not None and total is not None and int(masks.shape[0]) != total:
-        raise InputError(f"masks must be [N, H, W] with N = {total} images, got "
-                         f"{list(masks.shape)}.")
+    if masks is not None and (not isinstance(masks, Tensor) or masks.dim() != 3 or (
+            total is not None and int(masks.shape[0]) != total)):
+        got = list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+        raise InputError(f"masks must be a tensor [N, H, W] with N = {total} images, got "
+                         f"{got}.")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
     parts: list[AttributionSet] = []
     skipped: dict[str, str] = {}
     cam_layer = layer
     bar = tqdm(total=total, disable=quiet, desc="attributions", unit="img")
-    try:
-        pos = 0
-        for idx, x, y in batches:
-            b = int(x.shape[0])
-            x = x.to(device)
-            if x.dim() != 4:
-                raise InputError(f"images must be [B, C, H, W], got {list(x.shape)}.")
-            if cam_layer is None:
-                cam_layer = auto_layer(model, x)
-            with torch.no_grad():
-                probs = torch.softmax(model(x).float(), dim=1)
-            pred = probs.argmax(dim=1)
-            t = _target_slice(target, pos, pos + b, total)
-            if t is None:
-                tgt = pred
-            elif isinstance(t, int):
-                tgt = torch.full_like(pred, t)
-            elif callable(t):
-                tgt = t
-            else:
-                tgt = t.to(pred.device)
-            if labels is not None:
-                lab = labels[pos:pos + b]
-            elif y is not None:
-                lab = y
-            else:
-                lab = torch.full((b,), -1, dtype=torch.long)
-            m_b = masks[pos:pos + b].to(device) if masks is not None else None
-            maps: dict[str, Tensor] = {}
-            seconds: dict[str, float] = {}
-            for method in methods:
-                if method in skipped:
-                    continue
-                fn = getattr(explain, method)
-                t0 = time.perf_counter()
-                try:
-                    if method in _INPUT_SPACE:
-                        raw = explain.to_heatmap(fn(model, x, tgt))
-                    elif method == "cam":  # CAM: the map that feeds the global pooling
-                        raw = fn(model, x, tgt)
-                    elif method == "score_cam":
-                        raw = fn(model, x, tgt, layer=cam_layer,
-                                 batch_size=score_cam_batch_size, quiet=True)
-                    else:
-                        raw = fn(model, x, tgt, layer=cam_layer)
-                except ConvscopeError as exc:
-                    if parts or maps:  # it worked on earlier images: a real error
-                        raise
-                    skipped[method] = str(exc)
-                    continue
-                seconds[method] = time.perf_counter() - t0
-                maps[method] = unit_scale(raw.detach())
-            # a callable target scores classes itself: report the predicted class for it
-            explained = tgt if isinstance(tgt, Tensor) else pred
-            drop, inc, hit = {}, {}, {}
-            for method, mp in maps.items():
-                cc = metrics.confidence_change(model, x, mp, tgt)
-                drop[method] = cc.drop.float()
-                inc[method] = cc.increase
-                if m_b is not None:
-                    hit[method] = metrics.pointing_game(mp, m_b)
-            parts.append(AttributionSet(
-                methods=[m for m in methods if m in maps], maps=maps,
-                indices=idx.to(device) + offset, labels=lab.to(device).long(),
-                target=explained.long(), pred=pred, prob=probs.gather(1, pred[:, None])[:, 0],
-                drop=drop, increase=inc, pointing=hit, seconds=seconds,
-                layer=cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__,
-                images=x.detach().float().cpu() if keep_images else None,
-            ))
-            pos += b
-            bar.update(b)
-            if progress is not None:
-                progress(b)
-    finally:
-        bar.close()
-        model.train(was_training)
+    with preserved(model, True):  # modes, requires_grad, batch-norm statistics, hooks
+        try:
+            pos = 0
+            for idx, x, y in batches:
+                b = int(x.shape[0])
+                x = check_inputs(x, "images").to(device)  # [B, C, H, W] float, finite
+                if cam_layer is None:
+                    try:
+                        cam_layer = auto_layer(model, x)
+                    except NotApplicableError as exc:  # no spatial maps: only input-space methods
+                        cam_layer = ""
+                        for m in methods:
+                            if m not in _INPUT_SPACE:
+                                skipped[m] = str(exc)
+                with torch.no_grad():
+                    out = run_forward(model, x)  # NaN/inf outputs raise here
+                t = _target_slice(target, pos, pos + b)
+                if not isinstance(out, Tensor) or out.ndim != 2:
+                    raise InputError(
+                        f"attribute_all needs a model returning [B, K] class scores, got "
+                        f"{list(out.shape) if isinstance(out, Tensor) else type(out).__name__}.")
+                spec = TargetSpec(t, b)
+                spec.resolve(out)  # out-of-range classes raise here, never skip a method
+                probs = torch.softmax(out.float(), dim=1)
+                pred = probs.argmax(dim=1)
+                if t is None:
+                    tgt = pred
+                elif isinstance(t, int):
+                    tgt = torch.full_like(pred, t)
+                elif callable(t):
+                    tgt = t
+                else:
+                    tgt = t.to(pred.device)
+                if labels is not None:
+                    lab = labels[pos:pos + b]
+                elif y is not None:
+                    lab = y
+                else:
+                    lab = torch.full((b,), -1, dtype=torch.long)
+                m_b = masks[pos:pos + b].to(device) if masks is not None else None
+                maps: dict[str, Tensor] = {}
+                seconds: dict[str, float] = {}
+                for method in methods:
+                    if method in skipped:
+                        continue
+                    fn = getattr(explain, method)
+                    t0 = time.perf_counter()
+                    try:
+                        if method in _INPUT_SPACE:
+                            raw = explain.to_heatmap(fn(model, x, tgt))
+                        elif method == "cam":  # CAM: the map that feeds the global pooling
+                            raw = fn(model, x, tgt)
+                        elif method == "score_cam":
+                            raw = fn(model, x, tgt, layer=cam_layer,
+                                     batch_size=score_cam_batch_size, quiet=True)
+                        else:
+                            raw = fn(model, x, tgt, layer=cam_layer)
+                    except NotApplicableError as exc:  # the method does not fit the model
+                        if any(method in p.maps for p in parts):  # it worked on earlier images
+                            raise
+                        skipped[method] = str(exc)
+                        continue
+                    seconds[method] = time.perf_counter() - t0
+                    maps[method] = unit_scale(raw.detach())
+                # a callable target scores classes itself: report the predicted class for it
+                explained = tgt if isinstance(tgt, Tensor) else pred
+                drop, inc, hit = {}, {}, {}
+                for method, mp in maps.items():
+                    cc = metrics.confidence_change(model, x, mp, tgt)
+                    drop[method] = cc.drop.float()
+                    inc[method] = cc.increase
+                    if m_b is not None:
+                        hit[method] = metrics.pointing_game(mp, m_b)
+                parts.append(AttributionSet(
+                    methods=[m for m in methods if m in maps], maps=maps,
+                    indices=idx.to(device) + offset, labels=lab.to(device).long(),
+                    target=explained.long(), pred=pred, prob=probs.gather(1, pred[:, None])[:, 0],
+                    drop=drop, increase=inc, pointing=hit, seconds=seconds,
+                    layer=cam_layer if isinstance(cam_layer, str) else type(cam_layer).__name__,
+                    images=x.detach().float().cpu() if keep_images else None,
+                ))
+                pos += b
+                bar.update(b)
+                if progress is not None:
+                    progress(b)
+        finally:
+            bar.close()
     if not parts:
         raise InputError("the data set is empty: there is nothing to explain.")
     out = AttributionSet.cat(parts)

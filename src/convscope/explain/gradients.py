@@ -22,11 +22,14 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError
+from ..model._common import check_args
 from ._core import (
     Target,
     TargetSpec,
     check_inputs,
     check_model,
+    f32,
+    layer_grad_check,
     logger,
     minmax,
     prepared,
@@ -139,6 +142,7 @@ def _input_gradient(model: nn.Module, inputs: Tensor, target: Target, rule: str 
                 "the model does not detach its input or run under torch.no_grad() internally."
             )
         (grad,) = torch.autograd.grad(score.sum(), x)
+    layer_grad_check(grad, "the inputs")
     if rule is not None and mode.calls == 0:  # type: ignore[union-attr]
         logger.warning(
             "%s: the model applied no ReLU (nn.ReLU, F.relu, torch.relu), so the rule had "
@@ -208,7 +212,7 @@ def to_heatmap(attributions: Tensor, reduce: str = "max_abs", normalize: bool = 
         normalize: scale each map to [0, 1] (per-image min-max; a constant map becomes zeros).
 
     Returns:
-        ``[B, H, W]`` on the same device.
+        ``[B, H, W]`` on the same device and in the same dtype (reduced in float32).
     """
     if not isinstance(attributions, Tensor) or attributions.ndim != 4:
         got = list(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
@@ -216,16 +220,26 @@ def to_heatmap(attributions: Tensor, reduce: str = "max_abs", normalize: bool = 
             f"to_heatmap expects attributions of shape [B, C, H, W], got {got}; CAM methods "
             "already return [B, H, W] maps."
         )
-    if reduce == "max_abs":
-        out = attributions.abs().amax(dim=1)
-    elif reduce == "sum_abs":
-        out = attributions.abs().sum(dim=1)
-    elif reduce == "l2":
-        out = attributions.pow(2).sum(dim=1).sqrt()
-    elif reduce == "sum":
-        out = attributions.sum(dim=1)
-    elif reduce == "max":
-        out = attributions.amax(dim=1)
-    else:
+    if reduce not in _REDUCTIONS:
         raise InputError(f"reduce must be one of {', '.join(_REDUCTIONS)}; got {reduce!r}.")
-    return minmax(out) if normalize else out
+    check_args((attributions,), "attributions")  # meta, empty, NaN/inf
+    a = f32(attributions)  # sums and squares in float32; the result in the attributions' dtype
+    if reduce == "max_abs":
+        out = a.abs().amax(dim=1)
+    elif reduce == "sum_abs":
+        out = a.abs().sum(dim=1)
+    elif reduce == "l2":
+        out = a.pow(2).sum(dim=1).sqrt()
+    elif reduce == "sum":
+        out = a.sum(dim=1)
+    else:
+        out = a.amax(dim=1)
+    out = minmax(out) if normalize else out
+    if not normalize and attributions.dtype != out.dtype and not bool(
+        torch.isfinite(out.to(attributions.dtype)).all()
+    ):
+        raise InputError(
+            f"the reduced map overflows {attributions.dtype}; pass normalize=True or "
+            "attributions.float()."
+        )
+    return out.to(attributions.dtype)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..model._common import check_args, check_finite, positive_int
 from ._core import Target, TargetSpec, check_inputs, check_maps, check_model, prepared, run_forward
 
 __all__ = [
@@ -63,6 +64,7 @@ class ConfidenceChange:
 
 
 def _scores(model: nn.Module, images: Tensor, spec: TargetSpec, rows: Tensor, batch_size: int) -> Tensor:
+    batch_size = positive_int(batch_size, "batch_size")
     out = []
     for start in range(0, images.shape[0], batch_size):
         sl = slice(start, start + batch_size)
@@ -158,14 +160,21 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 def _background(value: float | Tensor, x: Tensor, name: str) -> Tensor:
     if isinstance(value, Tensor):
+        if value.is_meta:
+            raise InputError(f"{name} is a meta-device tensor with no values; pass real values.")
         try:
-            return torch.broadcast_to(value.to(device=x.device, dtype=x.dtype), x.shape)
+            out = torch.broadcast_to(value.to(device=x.device, dtype=x.dtype), x.shape)
         except RuntimeError as exc:
             raise InputError(
                 f"{name} tensor of shape {list(value.shape)} does not broadcast to the inputs "
                 f"{list(x.shape)}; pass a float or a tensor of the inputs' shape."
             ) from exc
-    return torch.full_like(x, float(value))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = torch.full_like(x, float(value))
+    else:
+        raise InputError(f"{name} must be a float or a tensor, got {value!r}.")
+    check_finite(out, name, f"Pass a finite {name} (e.g. 0.0).", InputError)
+    return out
 
 
 def _curve(
@@ -181,8 +190,8 @@ def _curve(
     desc: str,
 ) -> Curve:
     """Image at step s: the top ``n_s`` pixels of the map come from ``first``, the rest ``second``."""
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive int, got {steps!r}.")
+    steps = positive_int(steps, "steps")
+    batch_size = positive_int(batch_size, "batch_size")
     b, c, h, w = x.shape
     hw = h * w
     order = maps.reshape(b, -1).argsort(dim=1, descending=True, stable=True)
@@ -273,6 +282,11 @@ def insertion(
         if isinstance(start, str):
             if start != "blur":
                 raise InputError(f"start must be 'blur', a float or a tensor, got {start!r}.")
+            if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)) or not (
+                0 < blur_sigma < float("inf")
+            ):
+                raise InputError(f"blur_sigma must be a positive number of pixels, got "
+                                 f"{blur_sigma!r}; e.g. blur_sigma=5.0.")
             canvas = _gaussian_blur(x, float(blur_sigma))
         else:
             canvas = _background(start, x, "start")
@@ -300,8 +314,11 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> Tensor
         raise InputError(
             f"masks must be a tensor of the maps' shape {list(maps.shape)}, got {got}."
         )
-    if tolerance < 0:
-        raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}.")
+    check_args((maps, masks), "maps and masks")  # meta, empty, NaN/inf
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not (
+        0 <= tolerance < float("inf")
+    ):
+        raise InputError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}.")
     b, h, w = maps.shape
     idx = maps.reshape(b, -1).argmax(dim=1)
     y0, x0 = (idx // w).view(b, 1, 1), (idx % w).view(b, 1, 1)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import numbers
 import operator
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConvscopeError, InputError, LayerNotFoundError, ModelError
-from ..model._common import check_model, model_device, resolve_layers, restore_mode, split_call
+from ..model._common import (
+    check_model,
+    model_device,
+    positive_int,
+    resolve_layers,
+    restore_mode,
+    split_call,
+)
 from .objectives import OUTPUT, Objective, channel, class_logit, neuron
 from .param import FFTImage, PixelImage
 from .regularizers import Preset, sort_regularizers
@@ -144,7 +153,12 @@ def _infer_size(model: nn.Module) -> int:
 
 
 def _as_vector(v: Any, c: int, name: str) -> Tensor:
-    t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+    try:
+        t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"{name} must be {c} numbers (one per channel), got {v!r}.") from None
+    if not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} must be finite numbers, got {t.tolist()}.")
     if t.numel() == 1:
         t = t.expand(c)
     if t.numel() != c:
@@ -177,7 +191,8 @@ def _build_objective(objective: Any, layer: str | None, units: list[Any]) -> Obj
             return channel(layer, keys)
         if all(isinstance(k, tuple) for k in keys):
             if any(len(k) != 3 for k in keys):
-                raise InputError("neuron units must be channel indices or (c, y, x) triples.")
+                raise InputError("neuron units must be channel indices or (c, y, x) triples; pass "
+                                 "e.g. units=[(0, 4, 4)].")
             return neuron(
                 layer, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
             )
@@ -203,20 +218,25 @@ def _check_units(units: Any) -> list[Any]:
         units = list(units)
     except TypeError:
         raise InputError(
-            f"units must be a list of channel indices (or (c, y, x) triples), got {units!r}."
+            f"units must be a list of channel indices (or (c, y, x) triples), got {units!r}; "
+            "pass e.g. units=[0, 1, 2]."
         ) from None
     if not units:
         raise InputError("units is empty: give at least one channel index, e.g. units=[0, 1, 2].")
     out: list[Any] = []
     for u in units:
         try:
+            parts = u if isinstance(u, (tuple, list)) else (u,)
+            if any(isinstance(v, bool) or type(v).__name__ == "bool_" for v in parts):
+                raise TypeError("bool")  # True is not unit 1
             if isinstance(u, (tuple, list)):
                 out.append(tuple(operator.index(v) for v in u))
             else:
                 out.append(operator.index(u))
         except TypeError:
             raise InputError(
-                f"unit {u!r} is not a channel index (int) or a (c, y, x) tuple of ints."
+                f"unit {u!r} is not a channel index (int) or a (c, y, x) tuple of ints; pass e.g. "
+                "units=[0, 3] (a bool is not an index: True is not unit 1)."
             ) from None
     return out
 
@@ -315,23 +335,31 @@ def maximize(
         optimizer = preset.get("optimizer") if optimizer is None else optimizer
         transforms = preset.get("transforms") if transforms is None else transforms
         param = preset.get("param") if param is None else param
-    steps = int(DEFAULTS["steps"] if steps is None else steps)
+    steps = positive_int(DEFAULTS["steps"] if steps is None else steps, "steps")
     optimizer = (optimizer or DEFAULTS["optimizer"]).lower()
     if optimizer not in _OPTIMIZERS:
-        raise InputError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}.")
-    lr = float(DEFAULTS["lr"] if lr is None else lr)
+        raise InputError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}; pass "
+                         "one of those.")
+    lr = DEFAULTS["lr"] if lr is None else lr
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 <= lr < float("inf"):
+        raise InputError(f"lr must be a finite number >= 0, got {lr!r}; e.g. lr=0.05.")
+    lr = float(lr)
     param = (param or DEFAULTS["param"]).lower()
     if param not in ("fft", "pixel"):
-        raise InputError(f"param must be 'fft' or 'pixel', got {param!r}.")
+        raise InputError(f"param must be 'fft' or 'pixel', got {param!r}; pass one of those.")
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}.")
     units = _check_units(units)
     if layer is not None and not isinstance(layer, str):
-        raise LayerNotFoundError(f"layer must be a module path string, got {type(layer).__name__}.")
+        raise LayerNotFoundError(
+            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
+            "layer='layer2' (see model.named_modules())."
+        )
     if layer is not None and split_call(layer)[0] != OUTPUT:
         resolve_layers(model, split_call(layer)[0])  # clear error with suggestions
 
-    c = int(channels) if channels is not None else _infer_channels(model)
+    batch_size = positive_int(batch_size, "batch_size", allow_none=True)
+    c = positive_int(channels, "channels") if channels is not None else _infer_channels(model)
     if c is None:
         raise InputError(
             f"cannot tell how many input channels {type(model).__name__} takes (it has no "
@@ -339,22 +367,34 @@ def maximize(
         )
     if size is None:
         size = _infer_size(model)
-    h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    lo, hi = float(value_range[0]), float(value_range[1])
-    if not hi > lo:
-        raise InputError(f"value_range must be (low, high) with high > low, got {value_range!r}.")
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        h, w = positive_int(size[0], "size"), positive_int(size[1], "size")
+    elif isinstance(size, (tuple, list)):
+        raise InputError(f"size must be an int or (H, W), got {size!r}.")
+    else:
+        h = w = positive_int(size, "size")
+    try:
+        lo, hi = float(value_range[0]), float(value_range[1])
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"value_range must be (low, high) numbers, got {value_range!r}; pass "
+                         "e.g. (0.0, 1.0).") from None
+    if not (hi > lo and math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"value_range must be (low, high) with high > low, got "
+                         f"{value_range!r}; pass e.g. (0.0, 1.0).")
     if (mean is None) != (std is None):
         raise InputError("give both mean and std (or neither, for raw inputs).")
     mean_t = _as_vector(mean, c, "mean") if mean is not None else None
     std_t = _as_vector(std, c, "std") if std is not None else None
     if std_t is not None and (std_t <= 0).any():
-        raise InputError(f"std must be positive, got {std_t.tolist()}.")
+        raise InputError(f"std must be positive, got {std_t.tolist()}; pass the data set's "
+                         "standard deviations.")
     centre = mean_t.clone() if mean_t is not None else torch.full((c,), (lo + hi) / 2)
 
     if transforms is None or (isinstance(transforms, str) and transforms == "standard"):
         tlist: list[Any] = standard_transforms(min(h, w))
     elif isinstance(transforms, str):
-        raise InputError(f"transforms must be 'standard' or a list of transforms, got {transforms!r}.")
+        raise InputError(f"transforms must be 'standard' or a list of transforms, got "
+                         f"{transforms!r}; pass e.g. transforms=() for none.")
     else:
         tlist = list(transforms)
     regs = sort_regularizers(regularizers or [])
@@ -388,13 +428,13 @@ def maximize(
         unit="step",
     )
     with restore_mode(model, True), torch.enable_grad(), hooks.active():
-        # probe: shapes of the objective's layers, checked once
-        with torch.no_grad():
-            probe = model_input(fill.view(1, -1, 1, 1).expand(1, c, h, w).contiguous())
-            acts = hooks.run(probe)
-        shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
-        obj.check(shapes)
         try:
+            # probe: shapes of the objective's layers, checked once
+            with torch.no_grad():
+                probe = model_input(fill.view(1, -1, 1, 1).expand(1, c, h, w).contiguous())
+                acts = hooks.run(probe)
+            shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
+            obj.check(shapes)
             for a in range(0, n_all, chunk):
                 part = units[a : a + chunk]
                 sub = obj if chunk == n_all else _build_objective(objective, layer, part)

@@ -17,6 +17,7 @@ the input gradient of the layer's centre position over a few random inputs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,7 +26,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, LayerNotFoundError, ModelError
-from ..model._common import check_model, model_device, resolve_layers, restore_mode, split_call
+from ..model._common import (
+    NONFINITE_MODEL_FIX,
+    check_args,
+    check_finite,
+    check_model,
+    model_device,
+    positive_int,
+    resolve_layers,
+    restore_mode,
+    split_call,
+)
 
 __all__ = ["ReceptiveField", "receptive_field", "TopExamples", "top_examples", "merge", "live"]
 
@@ -186,7 +197,16 @@ def receptive_field(model: nn.Module, layer: str, example: Tensor) -> ReceptiveF
     """Receptive field of ``layer``'s positions for inputs shaped like ``example [1, C, H, W]``:
     from the graph when every operation on the way is understood, else from input gradients."""
     check_model(model)
+    if not isinstance(layer, str):
+        raise LayerNotFoundError(
+            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
+            "layer='layer2' (see model.named_modules())."
+        )
     resolve_layers(model, split_call(layer)[0])
+    if not isinstance(example, Tensor) or example.dim() != 4:
+        got = list(example.shape) if isinstance(example, Tensor) else type(example).__name__
+        raise InputError(f"example must be an image batch [1, C, H, W], got {got}.")
+    check_args((example,), "example")
     example = example[:1].detach()
     with restore_mode(model, True):
         try:
@@ -366,11 +386,15 @@ def top_examples(
     from ..model.capture import capture_first
 
     check_model(model)
-    if int(k) < 1:
-        raise InputError(f"k must be >= 1, got {k}.")
-    if int(batch_size) < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-    k = int(k)
+    k = positive_int(k, "k")
+    batch_size = positive_int(batch_size, "batch_size")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+        raise InputError(f"offset must be an int >= 0, got {offset!r}.")
+    if not isinstance(layer, str):
+        raise LayerNotFoundError(
+            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
+            "layer='layer2' (see model.named_modules())."
+        )
     resolve_layers(model, split_call(layer)[0])
     device = model_device(model)
     batches, total = _batches(dataset, int(batch_size), int(offset))
@@ -381,6 +405,9 @@ def top_examples(
         for idx, x in batches:
             if x.dim() != 4:
                 raise InputError(f"images must be [B, C, H, W], got {list(x.shape)}.")
+            if not x.is_floating_point():
+                raise InputError(f"images must be floating-point, got {x.dtype}; use x.float().")
+            check_args((x,), "images")  # meta, empty, NaN/inf
             x = x.to(device)
             a = capture_first(model, x, layer)  # the layers after it do not run
             if not isinstance(a, Tensor):
@@ -394,6 +421,7 @@ def top_examples(
                     f"layer {layer!r} outputs shape {list(a.shape)}; top_examples needs "
                     "[B, C, H, W] or [B, C] (channels to rank)."
                 )
+            check_finite(a, f"the output of layer {layer!r}", NONFINITE_MODEL_FIX)
             if state is None:
                 fld = receptive_field(model, layer, x[:1]) if tuple(a.shape[2:]) != (1, 1) \
                     else ReceptiveField(None, (1, 1), (0, 0), "graph")
@@ -518,10 +546,17 @@ def live(model: nn.Module, layer: str, image: Tensor) -> Tensor:
             "cs.model.capture."
         )
     x = image if image.dim() == 4 else image.unsqueeze(0)
+    check_args((x,), "image")
     x = x.to(model_device(model))
+    if not isinstance(layer, str):
+        raise LayerNotFoundError(
+            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
+            "layer='layer2' (see model.named_modules())."
+        )
     a = capture(model, x, layer).get(layer)
     if not isinstance(a, Tensor) or a.dim() < 2:
         raise InputError(f"layer {layer!r} gives no [1, C, ...] tensor; choose a conv layer.")
+    check_finite(a, f"the output of layer {layer!r}", NONFINITE_MODEL_FIX)
     a = a[0]
     if a.dim() == 1:
         return a[:, None, None]

@@ -1,8 +1,16 @@
 """Seed 002's views of one layer: the dendrogram of channels (cosine distance, single linkage)
-drawn above the grid of samples × channels in leaf order, and a KDE curve per channel."""
+drawn above the grid of samples × channels in leaf order, and a KDE curve per channel.
+
+Each figure is bounded whatever the stored view holds (a dashboard answer stays well under
+1 MB): the grid keeps at most :data:`MAX_GRID_VALUES` values (maps are area-averaged, then
+samples dropped; a parameter grid keeps evenly spaced outputs and inputs, whole kernel cells),
+at most :data:`MAX_CURVES` density curves of :data:`MAX_CURVE_POINTS` points are drawn, and
+what was left out is listed in ``fig.layout.meta["capped"]`` ("showing N of M ...").
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,85 +18,278 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import theme
-from .maps import mosaic
+from .maps import GAP, mosaic
 
-__all__ = ["layer_view_figure", "param_view_figure", "SEVERITY_COLORS"]
+__all__ = ["layer_view_figure", "param_view_figure", "SEVERITY_COLORS", "MAX_GRID_VALUES",
+           "MAX_CURVES", "MAX_CURVE_POINTS", "MAX_TREE_LEAVES", "evenly"]
 
 SEVERITY_COLORS = {"error": "#b42318", "warning": "#b54708", "info": "#0072B2", "note": "#667085"}
 
+MAX_GRID_VALUES = 50_000  #: heatmap cells per figure (float32: ~270 kB in a Dash answer)
+MAX_CURVES = 128  #: density curves per figure (the recorded default of a conv)
+MAX_CURVE_POINTS = 256  #: points per density curve
+MAX_TREE_LEAVES = 1024  #: dendrograms with more leaves are not drawn
+
+
+def evenly(n: int, k: int) -> np.ndarray:
+    """``min(n, k)`` distinct positions in ``range(n)``, evenly spaced, first and last kept."""
+    if k >= n:
+        return np.arange(n)
+    if k <= 1:
+        return np.zeros(max(k, 0), dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
 
 def _dendrogram(fig: go.Figure, tree: dict[str, Any], cell: float, row: int) -> None:
-    """scipy's dendrogram coordinates put leaf i at x = 10 i + 5; rescale to grid columns."""
-    for xs, ys in zip(tree.get("icoord", []), tree.get("dcoord", []), strict=True):
+    """scipy's dendrogram coordinates put leaf i at x = 10 i + 5; rescale to grid columns.
+    One trace, links separated by gaps (a trace per link costs ~200 bytes each)."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for x4, y4 in zip(tree.get("icoord", []), tree.get("dcoord", []), strict=True):
+        xs += [(x - 5) / 10 * cell + cell / 2 for x in x4] + [None]
+        ys += [float(y) for y in y4] + [None]
+    if xs:
         fig.add_trace(go.Scatter(
-            x=[(x - 5) / 10 * cell + cell / 2 for x in xs], y=ys, mode="lines",
-            line={"color": "#344054", "width": 1}, hoverinfo="skip", showlegend=False,
+            x=xs, y=ys, mode="lines", line={"color": "#344054", "width": 1},
+            hoverinfo="skip", showlegend=False, connectgaps=False,
         ), row=row, col=1)
     fig.update_yaxes(title_text="cosine distance", range=[0, 2.05], row=row, col=1)
 
 
 def _kde(fig: go.Figure, grid: np.ndarray, density: np.ndarray, labels: list[str], row: int,
          col: int = 1) -> None:
+    grid = np.asarray(grid, dtype=np.float64)
+    step = np.diff(grid)
+    # an evenly spaced grid (the usual case) is sent once as x0 + dx, not once per curve
+    even = len(grid) > 1 and np.allclose(step, step[0], rtol=1e-4, atol=0)
+    xs = {"x0": float(grid[0]), "dx": float(step[0])} if even else \
+        {"x": grid.astype(np.float32)}
     for i in range(density.shape[0]):
         fig.add_trace(go.Scatter(
-            x=grid, y=density[i], mode="lines", line={"width": 1, "color": theme.color(i)},
-            name=labels[i], showlegend=False, opacity=0.7,
+            **xs, y=np.asarray(density[i], dtype=np.float32), mode="lines",
+            line={"width": 1, "color": theme.color(i)}, name=labels[i], showlegend=False,
+            opacity=0.7,
             hovertemplate=f"{labels[i]}<br>value %{{x:.3g}}<br>density %{{y:.3g}}<extra></extra>",
         ), row=row, col=col)
     fig.update_xaxes(title_text="value", row=row, col=col)
     fig.update_yaxes(title_text="density", row=row, col=col)
 
 
-def layer_view_figure(view: dict[str, Any], data: np.ndarray, density: np.ndarray
-                      ) -> go.Figure:
+def _curves(grid: Any, density: Any, pick: np.ndarray, what: str, notes: list[str]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(grid, curves, rows)``: the density rows ``pick`` (at most :data:`MAX_CURVES` of them,
+    evenly spaced), each thinned to at most :data:`MAX_CURVE_POINTS` points."""
+    density = np.asarray(density)
+    if density.ndim != 2:
+        raise ValueError(f"density curves must be [curves, points], not shape {density.shape}")
+    n_all = density.shape[0]
+    pick = np.asarray(pick, dtype=np.int64)
+    pick = pick[(pick >= 0) & (pick < n_all)]
+    if len(pick) > MAX_CURVES:
+        pick = pick[evenly(len(pick), MAX_CURVES)]
+    if len(pick) < n_all:
+        notes.append(f"density curves: showing {len(pick)} of {n_all} {what} (evenly spaced; "
+                     f"at most {MAX_CURVES} curves per figure)")
+    grid = np.asarray(grid, dtype=np.float32).reshape(-1)
+    pts = evenly(min(len(grid), density.shape[1]), MAX_CURVE_POINTS)
+    if len(pts) < density.shape[1]:
+        notes.append(f"density curves: {len(pts)} of {density.shape[1]} points each")
+    return grid[pts], np.asarray(density[pick][:, pts], dtype=np.float32), pick
+
+
+def _shrink(x: np.ndarray, f: int) -> np.ndarray:
+    """``[..., H, W]`` area-averaged by ``f`` on each side (at most the side's length)."""
+    h, w = x.shape[-2:]
+    fh, fw = min(f, h), min(f, w)
+    if fh <= 1 and fw <= 1:
+        return x
+    h2, w2 = h // fh * fh, w // fw * fw
+    x = x[..., :h2, :w2]
+    return x.reshape(*x.shape[:-2], h2 // fh, fh, w2 // fw, fw).mean(axis=(-3, -1))
+
+
+def fit_maps(data: Any, max_values: int = MAX_GRID_VALUES
+             ) -> tuple[np.ndarray | None, list[str]]:
+    """Maps ``[b, c, h, w]`` whose mosaic has at most ``max_values`` cells: area-averaged by
+    the smallest integer factor that fits, then (1x1 maps still too many) the first samples
+    only; None when even one sample of 1x1 maps does not fit. Reads only what it keeps (``data``
+    may be a memory map)."""
+    b, c, h, w = (int(s) for s in data.shape)
+
+    def cells(n: int, hh: int, ww: int) -> int:
+        return (n * (hh + GAP) - GAP) * (c * (ww + GAP) - GAP)
+
+    notes: list[str] = []
+    f, h2, w2 = 1, h, w
+    while cells(b, h2, w2) > max_values and (h2 > 1 or w2 > 1):
+        f += 1
+        h2, w2 = h // min(f, h), w // min(f, w)
+    n = b
+    if cells(n, h2, w2) > max_values:
+        per = (c * (w2 + GAP) - GAP)
+        n = max(1, (max_values // per + GAP) // (h2 + GAP))
+        if cells(n, h2, w2) > max_values:
+            return None, [f"grid not drawn: {c} channels are more than one answer holds "
+                          f"({max_values:,} values at most); the dendrogram and curves still "
+                          "show them"]
+    out = np.asarray(data[:n], dtype=np.float32)
+    if f > 1:
+        out = _shrink(out, f)
+        notes.append(f"grid: maps averaged from {h}x{w} to {out.shape[2]}x{out.shape[3]} "
+                     f"pixels (at most {max_values:,} values per figure)")
+    if n < b:
+        notes.append(f"grid: showing the first {n} of {b} samples")
+    return out, notes
+
+
+def fit_features(data: Any, max_values: int = MAX_GRID_VALUES
+                 ) -> tuple[np.ndarray | None, list[str]]:
+    """Features ``[b, c]`` with at most ``max_values`` cells: the first samples only."""
+    b, c = (int(s) for s in data.shape)
+    if b * c <= max_values:
+        return np.asarray(data, dtype=np.float32), []
+    n = max_values // c
+    if n < 1:
+        return None, [f"grid not drawn: {c} features are more than one answer holds "
+                      f"({max_values:,} values at most)"]
+    return np.asarray(data[:n], dtype=np.float32), [f"grid: showing the first {n} of {b} "
+                                                    "samples"]
+
+
+def layer_view_figure(view: dict[str, Any], data: np.ndarray, density: np.ndarray, *,
+                      max_values: int = MAX_GRID_VALUES) -> go.Figure:
     """``view``: the stored ``diag_view`` object; ``data``: maps ``[b, c, h, w]`` or features
-    ``[b, c]``; ``density``: ``[c, G]``."""
-    leaves = list(view["clustering"].get("leaves") or range(data.shape[1]))
+    ``[b, c]`` (may be a memory map: only what is drawn is read); ``density``: ``[c, G]``.
+    What was left out to stay within the bounds is listed in ``layout.meta["capped"]``."""
     channels = list(view["channels"])
+    if data.ndim not in (2, 4) or data.shape[1] != len(channels):
+        raise ValueError(f"the grid has shape {list(data.shape)}, not [samples, "
+                         f"{len(channels)} channels(, h, w)]: record the diagnosis again")
+    leaves = list(view["clustering"].get("leaves") or range(data.shape[1]))
     labels = [f"ch {channels[i]}" for i in range(len(channels))]
+    notes: list[str] = []
     fig = make_subplots(rows=3, cols=1, row_heights=[0.25, 0.5, 0.25], vertical_spacing=0.06,
                         subplot_titles=["dendrogram of channels (single linkage)",
                                         "samples × channels, in leaf order",
                                         "KDE of each channel's values"])
     if data.ndim == 4:
-        tiles, h, w = mosaic(data, leaves)
-        cell = w + 1
-        fig.add_trace(go.Heatmap(z=tiles, colorscale="Viridis", showscale=False,
-                                 hoverongaps=False, hoverinfo="skip"), row=2, col=1)
+        shown, more = fit_maps(data, max_values)
+        notes += more
+        w = shown.shape[3] if shown is not None else 1
+        cell = w + GAP
+        if shown is not None:
+            tiles, _, _ = mosaic(shown, leaves)
+            fig.add_trace(go.Heatmap(z=tiles, colorscale="Viridis", showscale=False,
+                                     hoverongaps=False, hoverinfo="skip"), row=2, col=1)
         fig.update_yaxes(autorange="reversed", showticklabels=False, row=2, col=1)
     else:
-        z = data[:, leaves]
+        shown, more = fit_features(data, max_values)
+        notes += more
         cell = 1.0
-        fig.add_trace(go.Heatmap(z=z, x=np.arange(len(leaves)) + 0.5, colorscale="RdBu",
-                                 zmid=0, showscale=False,
-                                 hovertemplate="sample %{y}<br>value %{z:.3g}<extra></extra>"),
-                      row=2, col=1)
+        if shown is not None:
+            fig.add_trace(go.Heatmap(z=shown[:, leaves], x=np.arange(len(leaves)) + 0.5,
+                                     colorscale="RdBu", zmid=0, showscale=False,
+                                     hovertemplate="sample %{y}<br>value %{z:.3g}<extra></extra>"),
+                          row=2, col=1)
         fig.update_yaxes(autorange="reversed", title_text="sample", row=2, col=1)
-    _dendrogram(fig, view["clustering"], cell, row=1)
-    ticks = [i * cell + cell / 2 for i in range(len(leaves))]
-    for r in (1, 2):
-        fig.update_xaxes(tickvals=ticks, ticktext=[str(channels[i]) for i in leaves],
-                         tickfont={"size": 8}, range=[0, len(leaves) * cell], row=r, col=1)
-    _kde(fig, np.asarray(view["kde"]["grid"]), density, labels, row=3)
+    if len(leaves) <= MAX_TREE_LEAVES:
+        _dendrogram(fig, view["clustering"], cell, row=1)
+    else:
+        notes.append(f"dendrogram not drawn: {len(leaves)} leaves (at most {MAX_TREE_LEAVES})")
+    if len(leaves) <= MAX_TREE_LEAVES:
+        ticks = [i * cell + cell / 2 for i in range(len(leaves))]
+        for r in (1, 2):
+            fig.update_xaxes(tickvals=ticks, ticktext=[str(channels[i]) for i in leaves],
+                             tickfont={"size": 8}, range=[0, len(leaves) * cell], row=r, col=1)
+    grid, dens, pick = _curves(view["kde"]["grid"], density, np.asarray(leaves), "channels",
+                               notes)
+    _kde(fig, grid, dens, [labels[i] for i in pick], row=3)
     theme.apply(fig, height=820, title=f"{view['name']}: {view['kind']} {view['shape']}")
     fig.update_layout(meta={"kind": "diagnosis_layer", "layer": view["name"],
-                            "leaves": [int(channels[i]) for i in leaves]})
+                            "leaves": [int(channels[i]) for i in leaves], "capped": notes})
     return fig
 
 
-def param_view_figure(view: dict[str, Any], grid: np.ndarray, density: np.ndarray
-                      ) -> go.Figure:
+def _layer_sizes(view: dict[str, Any], n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(outputs, inputs) of the whole layer from the view's weight shape (the drawn rows and
+    columns are a sample of them)."""
+    shape = view.get("shape") or []
+    try:
+        o, i = int(shape[0]), int(shape[1])
+    except (IndexError, TypeError, ValueError):
+        return n_rows, n_cols
+    return (i, o) if view.get("kind") == "deconv" else (o, i)
+
+
+def fit_param_grid(view: dict[str, Any], grid: Any, max_values: int = MAX_GRID_VALUES
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(grid, kept rows of the view, notes)``: the parameter grid with at most ``max_values``
+    cells. Evenly spaced outputs (row blocks of ``kh`` rows) and inputs (column blocks of
+    ``kw``) are kept whole, with the bias column; a grid of another layout keeps evenly spaced
+    rows and columns. Reads only what it keeps (``grid`` may be a memory map)."""
+    if grid.ndim != 2:
+        raise ValueError(f"the parameter grid has shape {list(grid.shape)}, not 2-D: record "
+                         "the diagnosis again")
+    big_h, big_w = (int(s) for s in grid.shape)
+    rows = list(view.get("rows") or [])
+    n_r, n_c = len(rows), len(view.get("cols") or [])
+    all_rows = np.arange(n_r)
+    if big_h * big_w <= max_values:
+        return np.asarray(grid, dtype=np.float32), all_rows, []
+    try:
+        kh, kw = (int(v) for v in (view.get("cell") or [1, 1]))
+    except (TypeError, ValueError):
+        kh, kw = 0, 0
+    bias = 1 if view.get("has_bias") else 0
+    if n_r and n_c and kh >= 1 and kw >= 1 and n_r * kh == big_h and n_c * kw + bias == big_w:
+        scale = math.sqrt(max_values / (big_h * big_w))
+        ro, co = max(1, int(n_r * scale)), max(1, int(n_c * scale))
+        while ro * kh * (co * kw + bias) > max_values and (ro > 1 or co > 1):
+            if ro >= co and ro > 1:
+                ro -= 1
+            else:
+                co -= 1
+        ri, ci = evenly(n_r, ro), evenly(n_c, co)
+        r_idx = (ri[:, None] * kh + np.arange(kh)[None, :]).reshape(-1)
+        c_idx = (ci[:, None] * kw + np.arange(kw)[None, :]).reshape(-1)
+        if bias:
+            c_idx = np.append(c_idx, big_w - 1)
+        outs, ins = _layer_sizes(view, n_r, n_c)
+        note = (f"weights: showing {len(ri)} of {outs} outputs × {len(ci)} of {ins} inputs "
+                f"(evenly spaced among the {n_r} × {n_c} recorded; at most {max_values:,} "
+                "values per figure)")
+    else:  # an unknown layout: evenly spaced rows and columns
+        scale = math.sqrt(max_values / (big_h * big_w))
+        r_idx = evenly(big_h, max(1, int(big_h * scale)))
+        c_idx = evenly(big_w, max(1, max_values // len(r_idx)))
+        ri = all_rows[evenly(n_r, len(r_idx))] if n_r == big_h else all_rows
+        note = (f"weights: showing {len(r_idx)} of {big_h} rows × {len(c_idx)} of {big_w} "
+                "columns of the grid (evenly spaced)")
+    out = np.asarray(np.asarray(grid)[np.ix_(r_idx, c_idx)], dtype=np.float32)
+    return out, ri, [note]
+
+
+def param_view_figure(view: dict[str, Any], grid: np.ndarray, density: np.ndarray, *,
+                      max_values: int = MAX_GRID_VALUES) -> go.Figure:
     """The seed's parameter grid (c_in × c_out cells of kh × kw, bias as the last column; rows
-    = outputs in leaf order) with the dendrogram of outputs and their weight KDEs."""
+    = outputs in leaf order) with the dendrogram of outputs and their weight KDEs. What was
+    left out to stay within the bounds is listed in ``layout.meta["capped"]``."""
+    density = np.asarray(density)
     rows = list(view.get("rows", range(density.shape[0])))
-    labels = [f"out {r}" for r in rows]
+    labels = [f"out {r}" for r in rows] + [f"out #{i}" for i in range(len(rows),
+                                                                       density.shape[0])]
+    shown, kept, notes = fit_param_grid(view, grid, max_values)
+    curves = kept if len(kept) else np.arange(density.shape[0])
+    kde_grid, dens, pick = _curves(view["kde"]["grid"], density, curves, "outputs", notes)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.08,
                         subplot_titles=["weights (each cell scaled to 0–1; bias last column)",
                                         "KDE of each output's weights"])
-    fig.add_trace(go.Heatmap(z=grid, colorscale="Greys", showscale=False, hoverongaps=False,
+    fig.add_trace(go.Heatmap(z=shown, colorscale="Greys", showscale=False, hoverongaps=False,
                              hovertemplate="value %{z:.3g}<extra></extra>"), row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=1)
-    _kde(fig, np.asarray(view["kde"]["grid"]), density, labels, row=1, col=2)
+    _kde(fig, kde_grid, dens, [labels[i] for i in pick], row=1, col=2)
     theme.apply(fig, height=420, title=f"{view.get('name', '')}: {view.get('kind', '')} "
                                        f"parameters {view.get('shape', '')}")
+    fig.update_layout(meta={"kind": "diagnosis_params", "layer": view.get("name", ""),
+                            "capped": notes})
     return fig

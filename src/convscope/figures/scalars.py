@@ -44,7 +44,9 @@ def _x(df: pd.DataFrame, x: str) -> pd.Series:
     if x == "relative":
         return df["wall_time"] - df["wall_time"].min()
     if x == "wall":
-        return pd.to_datetime(df["wall_time"], unit="s")
+        # milliseconds since the epoch on a date axis: plotly.js draws them as UTC dates, as
+        # pd.to_datetime(unit="s") would, but they travel as 8-byte numbers, not ISO strings
+        return df["wall_time"].astype(np.float64) * 1000.0
     raise ValueError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
 
 
@@ -105,7 +107,8 @@ def scalar_figure(
                     ),
                     row=row, col=col,
                 )
-        fig.update_xaxes(title_text=X_AXES[x], row=row, col=col, title_font={"size": 11})
+        fig.update_xaxes(title_text=X_AXES[x], row=row, col=col, title_font={"size": 11},
+                         **({"type": "date"} if x == "wall" else {}))
     theme.apply(fig, height=max(320, 300 * rows))
     fig.update_layout(uirevision=uirevision)
     return fig

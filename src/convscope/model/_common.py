@@ -8,6 +8,8 @@ Nothing here is public API; the public functions live in ``graph``, ``capture`` 
 from __future__ import annotations
 
 import contextlib
+import numbers
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -16,11 +18,13 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from ..errors import InputError, LayerNotFoundError, ModelError, suggest
+from ..errors import ConvscopeError, InputError, LayerNotFoundError, ModelError, suggest
 
 __all__ = [
     "LayerSpec",
     "as_args",
+    "check_args",
+    "check_finite",
     "check_model",
     "flat_tensors",
     "forward",
@@ -28,6 +32,8 @@ __all__ = [
     "leaf_modules",
     "model_device",
     "module_names",
+    "positive_int",
+    "preserved",
     "resolve_layers",
     "restore_mode",
     "shape_of",
@@ -47,23 +53,106 @@ _CALL_RE = re.compile(r"^(.*):(\d+)$")
 
 
 def check_model(model: Any, what: str = "model") -> nn.Module:
-    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module``."""
+    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module`` whose parameters and
+    buffers hold data (none on the ``meta`` device)."""
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"{what} must be a torch.nn.Module, got {type(model).__name__}. Pass the network "
             "itself (e.g. torchvision.models.resnet18(weights=None)), not its state_dict or output."
         )
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta:
+            raise ModelError(
+                f"{what} has tensors on the meta device (first: {name!r}), which hold no values "
+                "to compute with. Materialise it first: model.to_empty(device='cpu') and then "
+                "model.load_state_dict(...) (or re-create it without device='meta')."
+            )
     return model
+
+
+def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int >= 1`` (``None`` passes when ``allow_none``); bools, floats such as
+    ``2.5``, strings and numbers below 1 raise :class:`InputError`. The one check of every
+    ``batch_size=``, ``k=``, ``steps=`` style argument."""
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, (bool, str, bytes)) and isinstance(value, numbers.Integral)
+    if not ok and isinstance(value, torch.Tensor) and value.ndim == 0:
+        ok = not value.is_floating_point() and value.dtype != torch.bool
+    if not ok:
+        extra = " or None" if allow_none else ""
+        raise InputError(
+            f"{name} must be a positive int{extra}, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}=32."
+        )
+    n = operator.index(value)
+    if n < 1:
+        raise InputError(f"{name} must be a positive int (>= 1), got {n}; pass e.g. {name}=32.")
+    return n
+
+
+def check_finite(
+    value: Any,
+    what: str,
+    fix: str,
+    error: type[ConvscopeError] = ModelError,
+) -> None:
+    """Raise ``error`` naming ``what`` and ``fix`` when a floating-point tensor in ``value`` (a
+    tensor or a nested structure) holds NaN or infinity. The one NaN/inf check of convscope:
+    NaN or inf outputs, gradients and maps are an error, never an all-zero map."""
+    for t in flat_tensors(value):
+        if not (t.is_floating_point() or t.is_complex()) or t.is_meta or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            n_nan = int(torch.isnan(t).sum())
+            n_inf = int(torch.isinf(t).sum())
+            raise error(
+                f"{what} contains non-finite values ({n_nan} NaN, {n_inf} inf of {t.numel()} "
+                f"values, shape {list(t.shape)}), so the result would be meaningless. {fix}"
+            )
+
+
+#: The advice given when a model's output (or a layer's) is NaN or infinite.
+NONFINITE_MODEL_FIX = (
+    "Check the weights (all(torch.isfinite(p).all() for p in model.parameters())), the input "
+    "scale, and reduced-precision overflow (run in float32: model.float(), x.float()); "
+    "cs.diagnose(model, x) names the first layer with NaN/inf."
+)
+
+
+def check_args(args: tuple[Any, ...], name: str = "inputs") -> tuple[Any, ...]:
+    """Check the tensors among forward arguments: none on the meta device, none with an empty
+    first (batch) dimension, no NaN or infinity in floating-point ones. Raises
+    :class:`InputError` saying what to do."""
+    for t in flat_tensors(args):
+        if t.is_meta:
+            raise InputError(
+                f"{name} include a tensor on the meta device (shape {list(t.shape)}), which holds "
+                "no values; pass real data, e.g. torch.rand(...) or a batch from a DataLoader."
+            )
+        if t.ndim >= 1 and t.shape[0] == 0:
+            raise InputError(
+                f"{name} are an empty batch (shape {list(t.shape)}): there is nothing to "
+                "analyse; pass at least one item."
+            )
+    check_finite(
+        args, name,
+        "Replace or drop the NaN/inf items (torch.nan_to_num, or filter with "
+        "torch.isfinite(x).flatten(1).all(1)) before analysing them.",
+        InputError,
+    )
+    return args
 
 
 def as_args(inputs: Any) -> tuple[Any, ...]:
     """Normalise ``inputs`` to the positional-argument tuple handed to ``model(*args)``.
 
     A tensor becomes ``(tensor,)``; a tuple or list is used as the argument list. Anything else,
-    or an argument list without a single tensor, raises :class:`InputError`.
+    an argument list without a single tensor, or tensors that :func:`check_args` refuses (meta
+    device, empty batch, NaN/inf) raise :class:`InputError`.
     """
     if isinstance(inputs, torch.Tensor):
-        return (inputs,)
+        return check_args((inputs,))
     if isinstance(inputs, (tuple, list)):
         args = tuple(inputs)
         if not any(isinstance(t, torch.Tensor) for t in flat_tensors(args)):
@@ -71,7 +160,7 @@ def as_args(inputs: Any) -> tuple[Any, ...]:
                 "inputs hold no tensor: pass a tensor [B, C, H, W] or a tuple of forward arguments "
                 "that contains tensors."
             )
-        return args
+        return check_args(args)
     raise InputError(
         f"inputs must be a tensor [B, C, H, W] or a tuple of forward arguments, got "
         f"{type(inputs).__name__}. Convert images with torchvision.transforms.ToTensor() and add "
@@ -124,20 +213,81 @@ def split_call(name: str) -> tuple[str, int]:
     return name, 1
 
 
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
 @contextlib.contextmanager
-def restore_mode(model: nn.Module, eval_mode: bool | None) -> Iterator[None]:
-    """Put ``model`` in eval (``True``) or train (``False``) mode, or leave it (``None``), and
-    restore every sub-module's own ``training`` flag afterwards, even on error."""
-    saved = [(m, m.training) for m in model.modules()]
+def preserved(
+    model: nn.Module, eval_mode: bool | None = None, *, freeze: bool = False
+) -> Iterator[None]:
+    """The one way convscope borrows a user's model: whatever happens inside the block (also an
+    error), the model leaves it as it came in.
+
+    Saved and restored: every sub-module's ``training`` flag, every parameter's
+    ``requires_grad`` and ``.grad``, the running statistics of every normalisation layer
+    (``running_mean``, ``running_var``, ``num_batches_tracked`` of batch / instance norms) and
+    the hooks (any forward/backward hook added inside the block and still registered is
+    removed).
+
+    Args:
+        model: the user's network.
+        eval_mode: ``True`` puts it in eval mode, ``False`` in train mode, ``None`` leaves it.
+        freeze: set ``requires_grad=False`` on every parameter inside the block (no parameter
+            gradients are computed; autograd records only what the input/layer gradients need).
+    """
+    modules = list(model.modules())
+    modes = [(m, m.training) for m in modules]
+    params = list(model.parameters())
+    flags = [(p, p.requires_grad, p.grad) for p in params]
+    stats: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = []
+    with torch.no_grad():
+        for m in modules:
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                for bname, buf in m.named_buffers(recurse=False):
+                    if buf is not None:
+                        stats.append((m, bname, buf, buf.detach().clone()))
+    hooks = [(m, {d: set(getattr(m, d, {}) or {}) for d in _HOOK_DICTS}) for m in modules]
     try:
         if eval_mode is True:
             model.eval()
         elif eval_mode is False:
             model.train()
+        if freeze:
+            for p in params:
+                p.requires_grad_(False)
         yield
     finally:
-        for m, flag in saved:
+        for m, flag in modes:
             m.training = flag
+        for p, flag, grad in flags:
+            p.requires_grad_(flag)
+            p.grad = grad
+        with torch.no_grad():
+            for m, bname, buf, saved in stats:
+                m._buffers[bname] = buf
+                if not torch.equal(buf, saved):
+                    buf.copy_(saved)
+        for m, before in hooks:
+            for d, keys in before.items():
+                table = getattr(m, d, None)
+                if table:
+                    for key in [k for k in table if k not in keys]:
+                        del table[key]
+
+
+def restore_mode(model: nn.Module, eval_mode: bool | None) -> contextlib.AbstractContextManager:
+    """Put ``model`` in eval (``True``) or train (``False``) mode, or leave it (``None``), and
+    restore it afterwards, even on error: see :func:`preserved` (modes, ``requires_grad``,
+    normalisation statistics, hooks)."""
+    return preserved(model, eval_mode)
 
 
 def resolve_layers(
@@ -175,7 +325,7 @@ def resolve_layers(
                 raise LayerNotFoundError(
                     f"no layer named {spec!r} in {type(model).__name__}."
                     + suggest(path, [n for n in named if n])
-                    + " Layer names are module paths as listed by model.named_modules()."
+                    + " Pass a module path as listed by model.named_modules()."
                 )
             chosen.add(path)
         elif isinstance(spec, nn.Module):

@@ -23,6 +23,7 @@ from ._common import (
     check_model,
     forward,
     model_device,
+    positive_int,
     resolve_layers,
     restore_mode,
     split_call,
@@ -354,6 +355,12 @@ def collect_features(
     check_model(model)
     if pool not in (None, "avg", "max"):
         raise InputError(f"pool must be None, 'avg' or 'max', got {pool!r}.")
+    max_items = positive_int(max_items, "max_items", allow_none=True)
+    if layer is not None and not isinstance(layer, str):
+        raise LayerNotFoundError(
+            f"layer must be None or a module path string, got {type(layer).__name__}; "
+            "pass e.g. layer='fc:input' (see model.named_modules())."
+        )
     if layer is None:
         layer = default_feature_layer(model) + INPUT_SUFFIX
     want_input = layer.endswith(INPUT_SUFFIX)

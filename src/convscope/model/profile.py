@@ -43,6 +43,7 @@ from ._common import (
     forward,
     is_leaf,
     module_names,
+    preserved,
 )
 
 __all__ = ["profile"]
@@ -194,6 +195,8 @@ def profile(
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    keep = preserved(model)  # requires_grad, hooks, normalisation statistics
+    keep.__enter__()
     state = _State(model, train)
     try:
         with torch.set_grad_enabled(grad_on):
@@ -288,6 +291,7 @@ def profile(
             bar.close()
     finally:
         state.restore()
+        keep.__exit__(None, None, None)
         torch.set_num_threads(saved_threads)
 
     rows = []

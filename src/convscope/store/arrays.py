@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidValueError, StoreError
-from .layout import ARRAYS_DIR, atomic_write_bytes, check_name, safe_key
+from .layout import ARRAYS_DIR, atomic_write_bytes, check_name, find_key_file, safe_key
 
 __all__ = ["array_path", "save_array", "load_array", "to_numpy"]
+
+_MAGIC = b"\x93NUMPY"
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -62,10 +65,73 @@ def save_array(
 
 
 def load_array(run_dir: Path, kind: str, key: str, mmap: bool = False) -> np.ndarray:
+    """The stored array ``kind/key`` (memory-mapped with ``mmap=True``).
+
+    Never unpickles: a file holding Python objects is refused. A missing, empty, truncated or
+    foreign file raises :class:`StoreError` naming the file relative to the run directory.
+    """
+    run_dir = Path(run_dir)
     path = array_path(run_dir, kind, key)
-    if not path.is_file():
-        raise StoreError(f"the run has no array {kind}/{key} (looked for {path}).")
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    path = find_key_file(run_dir, path.parent, key, ".npy")  # runs recorded before key_scheme 2
+    rel = f"{ARRAYS_DIR}/{kind}/{path.name}"
+    again = ("record it again (run.log_array or the call that made it), or delete the file "
+             "to drop it from the dashboard")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"{rel} is missing: the run has no array {kind}/{key}. Record it with "
+                         "run.log_array (or the call that made it).") from None
+    except OSError as exc:
+        raise StoreError(f"{rel} is unreadable ({exc.strerror or exc}): check the file's "
+                         f"permissions, or {again}.") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{rel} is not a regular file: {again}.")
+    if st.st_size == 0:
+        raise StoreError(f"{rel} is damaged: it is empty (0 bytes); {again}.")
+    try:
+        with open(path, "rb") as fh:
+            shape, dtype, offset = _read_header(fh)
+    except OSError as exc:
+        raise StoreError(f"{rel} is unreadable ({exc.strerror or exc}): check the file's "
+                         f"permissions, or {again}.") from exc
+    except ValueError as exc:
+        raise StoreError(f"{rel} is damaged: {exc}; {again}.") from None
+    if dtype.hasobject:
+        raise StoreError(f"{rel} holds Python objects, which convscope never unpickles (that "
+                         f"could run code): store numbers only, then {again}.")
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if st.st_size < need:
+        raise StoreError(f"{rel} is damaged: truncated ({st.st_size:,} of {need:,} bytes); "
+                         f"{again}.")
+    try:
+        if mmap and need > offset:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise StoreError(f"{rel} is damaged ({exc}); {again}.") from None
+
+
+def _read_header(fh: Any) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of an ``.npy`` file; ValueError names what is wrong."""
+    head = fh.read(len(_MAGIC) + 2)
+    if len(head) < len(_MAGIC) + 2 or not head.startswith(_MAGIC):
+        raise ValueError("not an .npy file (no NumPy header)")
+    major = head[len(_MAGIC)]
+    fh.seek(0)
+    try:
+        np.lib.format.read_magic(fh)
+        if major == 1:
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif major in (2, 3):
+            # 3.0 differs from 2.0 only in the header's text encoding (utf-8 vs latin-1)
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown .npy format version {major}")
+    except ValueError as exc:
+        raise ValueError(f"its .npy header is unreadable ({exc})") from None
+    except (EOFError, UnicodeDecodeError, SyntaxError) as exc:
+        raise ValueError(f"its .npy header is cut short or garbled ({exc})") from None
+    return tuple(int(n) for n in shape), np.dtype(dtype), fh.tell()
 
 
 def index_row(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidValueError, StoreError
-from .layout import atomic_write_bytes, check_name, safe_key
+from .layout import atomic_write_bytes, check_name, find_key_file, safe_key
 
 OBJECTS_DIR = "objects"
 
@@ -46,11 +46,34 @@ def _default(o: Any) -> Any:
 
 
 def load_object(run_dir: Path, kind: str, key: str) -> Any:
+    """The JSON document ``kind/key``. A missing, empty or malformed file raises
+    :class:`StoreError` naming the file relative to the run directory."""
     path = object_path(run_dir, kind, key)
-    if not path.is_file():
-        raise StoreError(f"the run has no object {kind}/{key} (looked for {path}).")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    path = find_key_file(run_dir, path.parent, key, ".json")  # runs recorded before key_scheme 2
+    rel = f"{OBJECTS_DIR}/{kind}/{path.name}"
+    again = ("record it again (run.log_object or the call that made it), or delete the file to "
+             "drop it from the dashboard")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{rel} is missing: the run has no object {kind}/{key}. Record it with "
+                         "run.log_object (or the call that made it).") from None
+    except OSError as exc:
+        raise StoreError(f"{rel} is unreadable ({exc.strerror or exc}): check the file's "
+                         f"permissions, or {again}.") from exc
+    if not data.strip():
+        what = "empty (0 bytes)" if not data else f"blank ({len(data)} bytes of whitespace)"
+        raise StoreError(f"{rel} is damaged: it is {what}; {again}.")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{rel} is damaged: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start}); {again}.") from None
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{rel} is damaged: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno}); {again}.") from None
+    except RecursionError:
+        raise StoreError(f"{rel} is damaged: its JSON is nested too deeply; {again}.") from None
 
 
 def list_objects(run_dir: Path, kind: str) -> list[str]:

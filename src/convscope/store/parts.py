@@ -1,9 +1,22 @@
 """Which part files of a table a reader may use, and compaction of small parts.
 
-A part becomes visible when it is renamed to ``part-*.parquet``. Compaction writes one merged part
-whose Parquet metadata lists the parts it replaces (``convscope.replaces``) and then deletes them;
-a reader that lists the directory in between sees both and drops the replaced ones, so a query
-never counts a row twice, whenever it runs and even if compaction is killed half way.
+A part becomes visible when it is renamed to ``part-*.parquet``. Compaction of a table, under
+an exclusive ``flock`` on ``tables/<table>/.compact.lock``, goes:
+
+1. finish what an earlier, killed compaction left: delete every part that a present, readable
+   merged part lists as replaced (and those parts' summaries), and the orphaned temporary files;
+2. write each merged part to a temporary file, fsync, rename it into place: its Parquet footer
+   lists the parts it replaces (``convscope.replaces``); a part is visible only complete;
+3. write the merged part's summaries (``watch_filters``), the top-changed index last;
+4. delete the replaced parts and their summaries;
+5. build missing summaries, drop summaries whose part is gone.
+
+A reader lists the directory and drops every part named in the ``replaces`` list of a present,
+readable part, so whatever step a compaction is killed at, a query reads each logged row exactly
+once: before step 2 completes the old parts are the only copy; after it, the merged part hides
+them until they are deleted, and step 1 deletes them before any later merge could drop the part
+that hides them. (Compaction used to skip step 1: a later compaction merged and deleted the
+hiding part, and the replaced parts it had left behind became visible again.)
 """
 
 from __future__ import annotations
@@ -13,13 +26,13 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import PART_GLOB, TABLES_DIR
+from .layout import PART_GLOB, TABLES_DIR, clean_orphans
 from .summary import (
     SUMMARIZED_TABLES,
     SUMMARY_DIR,
@@ -75,6 +88,9 @@ class PartListing:
     files: list[Path]
     rows: int
     problems: list[str]
+    # parts still present but replaced by a merged part (a compaction was killed before it
+    # deleted them): never read; the next compaction deletes them
+    replaced: list[Path] = field(default_factory=list)
 
 
 def list_parts(table_dir: Path) -> PartListing:
@@ -82,7 +98,16 @@ def list_parts(table_dir: Path) -> PartListing:
     files: list[tuple[Path, _Footer]] = []
     problems: list[str] = []
     replaced: set[str] = set()
-    for f in sorted(Path(table_dir).glob(PART_GLOB)):
+    table_dir = Path(table_dir)
+    if table_dir.is_symlink():
+        # writers make real directories only; a link could point the reader outside the run
+        return PartListing([], 0, [f"{table_dir.name}/ is a symbolic link (left out: tables "
+                                   "must be real directories in the run)"], [])
+    for f in sorted(table_dir.glob(PART_GLOB)):
+        if f.is_symlink():  # ditto for a part: never follow it out of the run
+            problems.append(f"{table_dir.name}/{f.name} is a symbolic link (left out: parts "
+                            "must be regular files written by the run)")
+            continue
         info = _footer(f)
         if isinstance(info, str):
             if f.exists():  # vanished files were compacted away meanwhile: not a problem
@@ -91,7 +116,8 @@ def list_parts(table_dir: Path) -> PartListing:
         replaced.update(info.replaces)
         files.append((f, info))
     kept = [(f, i) for f, i in files if f.name not in replaced and f.exists()]
-    return PartListing([f for f, _ in kept], sum(i.rows for _, i in kept), problems)
+    hidden = [f for f, _ in files if f.name in replaced]
+    return PartListing([f for f, _ in kept], sum(i.rows for _, i in kept), problems, hidden)
 
 
 class _Lock:
@@ -118,8 +144,16 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
     table_dir = Path(table_dir)
     with _Lock(table_dir / ".compact.lock"):
         listing = list_parts(table_dir)
+        summarize = table_dir.name in SUMMARIZED_TABLES
+        # 1. what a killed compaction left: replaced parts first (while their merged part is
+        # still there to hide them), then temporary files of dead processes
+        _delete_replaced(listing.replaced)
+        clean_orphans(table_dir)
+        clean_orphans(table_dir / SUMMARY_DIR)
         before = len(listing.files)
         if before < min_parts:
+            if summarize and listing.replaced:
+                _summarize_missing(table_dir)
             return before, before
         groups: list[list[Path]] = [[]]
         rows = 0
@@ -130,7 +164,6 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
                 rows = 0
             groups[-1].append(f)
             rows += n
-        summarize = table_dir.name in SUMMARIZED_TABLES
         after = 0
         for group in groups:
             after += 1
@@ -139,7 +172,7 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
             merged = pa.concat_tables([pq.read_table(f) for f in group],
                                       promote_options="permissive")
             merged = merged.replace_schema_metadata(None)
-            name = f"part-c{time.time_ns():020d}-{os.urandom(2).hex()}.parquet"
+            name = f"part-c{time.time_ns():020d}-{os.urandom(4).hex()}.parquet"
             path = write_part(table_dir, name, merged,
                               {REPLACES_KEY.decode(): json.dumps([f.name for f in group])})
             if summarize:
@@ -156,12 +189,31 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
         return before, after
 
 
+def _delete_replaced(parts: list[Path]) -> None:
+    """Delete replaced parts, a part that itself hides others of the list after them (so a
+    crash in between never uncovers rows: a chain left by older versions stays hidden)."""
+    left = {f.name: f for f in parts}
+    while left:
+        ready = []
+        for _name, f in sorted(left.items()):
+            info = _footer(f)
+            hides = () if isinstance(info, str) else info.replaces
+            if not any(n in left for n in hides):
+                ready.append(f)
+        for f in ready or list(left.values()):
+            f.unlink(missing_ok=True)
+            remove_summary(f)
+            del left[f.name]
+
+
 def _summarize_missing(table_dir: Path) -> None:
     """Summaries for compacted parts that lack one (killed compaction, older runs); drop the
     summaries of parts that are gone."""
     listing = list_parts(table_dir)
     for f in listing.files:
+        # the top-changed index is written last: without it, the summary may be missing too
         if f.name.startswith("part-c") and not top_file(f).exists():
+            remove_summary(f)
             write_summary(f, pq.read_table(f).replace_schema_metadata(None))
     visible = {f.name for f in listing.files}
     for s in (table_dir / SUMMARY_DIR).glob(PART_GLOB):
@@ -174,8 +226,10 @@ def _summarize_missing(table_dir: Path) -> None:
 
 
 def compact_run(run_dir: Path, min_parts: int = 2) -> dict[str, tuple[int, int]]:
-    """Compact every table of a run; returns ``{table: (parts before, parts after)}``."""
+    """Compact every table of a run; returns ``{table: (parts before, parts after)}``. Also
+    removes what killed writers and compactions left (replaced parts, temporary files)."""
     out: dict[str, tuple[int, int]] = {}
+    clean_orphans(Path(run_dir))
     root = Path(run_dir) / TABLES_DIR
     if not root.is_dir():
         return out

@@ -7,6 +7,7 @@ afresh, so a reader sees rows as soon as a writer's part lands, while training s
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -19,15 +20,28 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..errors import NotARunError, StoreError
+from ..errors import InvalidValueError, NotARunError, StoreError
 from .arrays import load_array
-from .duck import connect
-from .layout import RUN_FILE, TABLES_DIR, dir_size, is_run_dir, read_json
+from .duck import check_select, connect, identifier, integer, quote_ident, sql_path_list
+from .layout import (
+    RUN_FILE,
+    TABLES_DIR,
+    check_name,
+    dir_size,
+    find_key_file,
+    is_run_dir,
+    read_json,
+)
 from .objects import list_objects, load_object, object_path
 from .parts import list_parts
 from .training import TrainingQueries
 
-__all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES"]
+__all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES", "PROFILE_SHARES"]
+
+# the share columns of the profile table (convscope.model.profile): the only column names
+# RunReader.profile_shares lets into SQL text
+PROFILE_SHARES = ("time_share", "memory_share", "param_share", "activation_share",
+                  "forward_share", "backward_share")
 
 # Which call records each table: used in messages and on dashboard pages that lack data.
 TABLE_SOURCES: dict[str, str] = {
@@ -46,10 +60,6 @@ TABLE_SOURCES: dict[str, str] = {
 }
 
 
-def _sql_list(files: Sequence[Path]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-
-
 class RunReader(TrainingQueries):
     """Read access to one run directory.
 
@@ -58,10 +68,9 @@ class RunReader(TrainingQueries):
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser().resolve()
-        if not is_run_dir(self.path):
-            raise NotARunError(_not_a_run_message(self.path))
-        self._con = connect()
+        self.path = _run_path(path)
+        # DuckDB can read the run's files and nothing else (store/duck.py)
+        self._con = connect(self.path)
         self._lock = threading.Lock()
         self._meta: dict[str, Any] | None = None
 
@@ -102,15 +111,19 @@ class RunReader(TrainingQueries):
         return out
 
     def has_table(self, name: str) -> bool:
+        try:
+            check_name(name, "table name")  # no path parts: never lists outside the run
+        except InvalidValueError:
+            return False
         return bool(list_parts(self.path / TABLES_DIR / name).files)
 
     @property
     def problems(self) -> list[str]:
-        """Damaged files found in the run (they are left out of every query)."""
-        out: list[str] = []
-        for t in self.table_names():
-            out.extend(list_parts(self.path / TABLES_DIR / t).problems)
-        return out
+        """Damaged files found in the run (they are left out of every query), named relative to
+        the run directory: ``tables/<table>/<part> is not a readable Parquet file (...)``, and
+        a ``tables/<name>`` entry that cannot be listed (a file, a dangling link, no
+        permission) with what to do about it."""
+        return _scan_tables(self.path)[1]
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run SQL in DuckDB with one view per table of the run (``SELECT * FROM scalars``)."""
@@ -125,6 +138,7 @@ class RunReader(TrainingQueries):
         with self._lock:
             cur = self._con.cursor()
         try:
+            check_select(cur, sql)  # one SELECT: no COPY/ATTACH/SET/stacked statements
             for t in self.table_names():
                 # views only for the tables the query names: a view over many parts costs
                 # a schema read of each (union_by_name), ~20 ms for a large run's table
@@ -133,8 +147,8 @@ class RunReader(TrainingQueries):
                 files = list_parts(self.path / TABLES_DIR / t).files
                 if files:
                     cur.execute(
-                        f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT * FROM '
-                        f"read_parquet({_sql_list(files)}, union_by_name = true)"
+                        f"CREATE OR REPLACE TEMP VIEW {quote_ident(t)} AS SELECT * FROM "
+                        f"read_parquet({sql_path_list(files)}, union_by_name = true)"
                     )
             return fetch(cur.execute(sql, params or []))
         except duckdb.CatalogException as exc:
@@ -151,10 +165,13 @@ class RunReader(TrainingQueries):
 
     def table(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """A whole table as a DataFrame (empty DataFrame when the run has none)."""
+        check_name(name, "table name")  # a name, never a path or SQL
         if not self.has_table(name):
             return pd.DataFrame()
-        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
-        return self.query(f'SELECT {cols} FROM "{name}"')
+        if isinstance(columns, str):
+            columns = [columns]
+        cols = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
+        return self.query(f"SELECT {cols} FROM {quote_ident(name)}")
 
     # -- scalars -----------------------------------------------------------------------------
     def scalar_tags(self) -> list[str]:
@@ -174,7 +191,7 @@ class RunReader(TrainingQueries):
             return pd.DataFrame({c: [] for c in cols})
         where, params = "", []
         if tags is not None:
-            tags = list(tags)
+            tags = [tags] if isinstance(tags, str) else list(tags)  # bound, never SQL text
             where = f"WHERE tag IN ({', '.join('?' for _ in tags)})"
             params = tags
         df = self.query(
@@ -195,6 +212,7 @@ class RunReader(TrainingQueries):
         Columns: step, value (bucket mean), vmin, vmax, wall_time. When the series is short
         enough, every point is returned and vmin = vmax = value.
         """
+        max_points = max(integer(max_points, "max_points"), 1)
         n = int(
             self.query("SELECT count(*) AS n FROM scalars WHERE tag = ?", [tag])["n"].iloc[0]
         )
@@ -217,6 +235,17 @@ class RunReader(TrainingQueries):
             """,
             [tag, max_points],
         )
+
+    # -- profile -----------------------------------------------------------------------------
+    def profile_shares(self, column: str, model: str = "model") -> dict[str, float]:
+        """``{module path: share}`` of one share column of the ``profile`` table (recorded by
+        ``run.log_model``); ``{}`` without one. ``column`` must be one of
+        :data:`PROFILE_SHARES` (it names a column, so it is checked, never pasted as given)."""
+        column = identifier(column, PROFILE_SHARES, "profile share")
+        if not self.has_table("profile"):
+            return {}
+        df = self.query(f'SELECT name, "{column}" AS v FROM profile WHERE model = ?', [model])
+        return dict(zip(df["name"].astype(str), df["v"].astype(float), strict=True))
 
     # -- arrays ------------------------------------------------------------------------------
     def arrays(self, kind: str | None = None) -> pd.DataFrame:
@@ -247,34 +276,28 @@ class RunReader(TrainingQueries):
         return list_objects(self.path, kind)
 
     def has_object(self, kind: str, key: str) -> bool:
-        return object_path(self.path, kind, key).is_file()
+        path = object_path(self.path, kind, key)
+        return find_key_file(self.path, path.parent, key, ".json").is_file()
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoints(self) -> list[str]:
-        """Keys of the models saved with ``run.log_checkpoint``."""
-        root = self.path / "checkpoints"
-        if not root.is_dir():
-            return []
-        return sorted(p.name[: -len(".pt")] for p in root.glob("*.pt")
-                      if not p.name.endswith(".state.pt"))
+        """Keys (file-name form) of the models saved with ``run.log_checkpoint``, whatever their
+        form (including whole-module pickles written by older versions)."""
+        from .checkpoints import checkpoint_keys
 
-    def load_model(self, key: str = "model", map_location: str = "cpu") -> Any:
-        """The module saved with ``run.log_checkpoint(model, key)`` (in eval mode). Unpickles
-        the file: open only runs you trust. Its class must be importable here."""
-        import torch
+        return checkpoint_keys(self.path)
 
-        path = self.path / "checkpoints" / f"{key}.pt"
-        if not path.is_file():
-            raise StoreError(f"run {self.name!r} has no checkpoint {key!r}: save one with "
-                             "run.log_checkpoint(model).")
-        try:
-            model = torch.load(path, map_location=map_location, weights_only=False)
-        except (AttributeError, ModuleNotFoundError, ImportError) as exc:
-            raise StoreError(f"cannot load checkpoint {key!r} of run {self.name!r}: its class "
-                             f"is not importable here ({exc}). Import the module that defines "
-                             "the model first, or load checkpoints/*.state.pt into your own "
-                             "instance with load_state_dict.") from exc
-        return model.eval()
+    def load_model(self, key: str = "model", map_location: Any = "cpu", *,
+                   trust: bool = False) -> Any:
+        """The module saved with ``run.log_checkpoint(model, key)``, in eval mode.
+
+        Rebuilt from its weights (``weights_only=True``) and an allow-listed architecture
+        record, so nothing from the run directory runs. A whole-module pickle (runs of older
+        versions, or models no builder reproduces) loads only with ``trust=True``; without it a
+        :class:`StoreError` says how to opt in. See :mod:`convscope.store.checkpoints`."""
+        from .checkpoints import load_checkpoint
+
+        return load_checkpoint(self.path, key, map_location, trust=trust, run_name=self.name)
 
     # -- summary -----------------------------------------------------------------------------
     def size_bytes(self) -> int:
@@ -287,6 +310,40 @@ class RunReader(TrainingQueries):
 def open_run(path: str | Path) -> RunReader:
     """Open a run directory for reading (``cs.open_run("runs/my-run").scalars()``)."""
     return RunReader(path)
+
+
+def _as_path(path: Any, what: str) -> Path:
+    """``path`` as an absolute, resolved Path, or a :class:`ConvscopeError` saying what to pass
+    (None, numbers, empty strings and impossible paths would otherwise give raw tracebacks)."""
+    example = "cs.open_run('runs/my-run')" if what == "run" else "convscope.store.list_runs('runs')"
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidValueError(f"a {what} path must be a str or pathlib.Path, not "
+                                f"{type(path).__name__} ({path!r}): e.g. {example}.")
+    raw = os.fspath(path)
+    if not isinstance(raw, str):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise NotARunError(f"the {what} path is empty: pass a directory, e.g. {example}.")
+    try:
+        out = Path(raw).expanduser().resolve()
+        out.stat()  # "file name too long", NUL bytes, ...
+    except FileNotFoundError:
+        return out
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise NotARunError(f"{path!r} is not a usable {what} path ({exc}): pass an existing "
+                           f"directory, e.g. {example}.") from exc
+    return out
+
+
+def _run_path(path: Any) -> Path:
+    out = _as_path(path, "run")
+    try:
+        ok = is_run_dir(out)
+    except (OSError, ValueError) as exc:
+        raise NotARunError(f"{out} cannot be read ({exc}): check its permissions.") from exc
+    if not ok:
+        raise NotARunError(_not_a_run_message(out))
+    return out
 
 
 def _not_a_run_message(path: Path) -> str:
@@ -329,15 +386,18 @@ class RunInfo:
             info.ended = meta.get("ended")
             info.status = meta.get("status") or ("ended" if info.ended else "running")
             info.config = dict(meta.get("config") or {})
+            if not info.ended and info.status == "running":
+                # "running" only while a writer holds the run's lock (or its pid lives)
+                from .layout import writer_alive
+
+                if writer_alive(path, meta) is False:
+                    # killed or crashed without close: what it flushed is kept, and
+                    # Run(..., resume=True) continues the run
+                    info.status = "died"
         except (OSError, ValueError) as exc:
             info.problems.append(f"run.json is unreadable ({exc})")
-        tables_root = path / TABLES_DIR
-        if tables_root.is_dir():
-            for t in sorted(p for p in tables_root.iterdir() if p.is_dir()):
-                listing = list_parts(t)
-                info.problems.extend(listing.problems)
-                if listing.files:
-                    info.tables[t.name] = listing.rows
+        info.tables, problems = _scan_tables(path)
+        info.problems.extend(problems)
         for sub, target in (("arrays", info.array_kinds), ("objects", info.object_kinds)):
             root = path / sub
             if root.is_dir():
@@ -353,9 +413,55 @@ class RunInfo:
             return None
 
 
+def _table_entry_problem(entry: Path) -> str | None:
+    """Why ``tables/<name>`` cannot be listed as a table directory (a file, a dangling link,
+    no permission), or None when it is a readable directory."""
+    rel = f"{TABLES_DIR}/{entry.name}"
+    try:
+        if entry.is_symlink() and not entry.exists():
+            return (f"{rel} is a dangling link (to {os.readlink(entry)}): restore the table "
+                    "directory or remove the link.")
+        if not entry.is_dir():
+            return (f"{rel} is not a directory: restore the table directory from a backup "
+                    "or move the file away.")
+        with os.scandir(entry) as it:
+            next(it, None)
+    except OSError as exc:
+        return f"{rel} is unreadable ({exc.strerror or exc}): check its permissions."
+    return None
+
+
+def _scan_tables(run_dir: Path) -> tuple[dict[str, int], list[str]]:
+    """``({table: rows}, problems)`` over every entry of the run's ``tables/`` directory: rows
+    of the tables with complete parts; damaged parts and entries that are not readable table
+    directories, each named relative to the run directory (``tables/...``)."""
+    root = Path(run_dir) / TABLES_DIR
+    try:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:
+        return {}, [f"{TABLES_DIR}/ is unreadable ({exc.strerror or exc}): check its "
+                    "permissions."]
+    rows: dict[str, int] = {}
+    problems: list[str] = []
+    for entry in entries:
+        why = _table_entry_problem(entry)
+        if why is not None:
+            problems.append(why)
+            continue
+        listing = list_parts(entry)
+        for p in listing.problems:  # "<table>/<part> ..." or "<part>: ..."
+            rel = p if p.startswith(f"{entry.name}/") else f"{entry.name}/{p}"
+            problems.append(f"{TABLES_DIR}/{rel}")
+        if listing.files:
+            rows[entry.name] = listing.rows
+    return rows, problems
+
+
 def list_runs(logdir: str | Path) -> list[RunInfo]:
     """Every run directly under ``logdir`` (or ``logdir`` itself if it is a run), by name."""
-    root = Path(logdir).expanduser().resolve()
+    root = _as_path(logdir, "logdir")
     if is_run_dir(root):
         return [RunInfo.of(root)]
     if not root.is_dir():

@@ -174,20 +174,22 @@ def write_summary(part: Path, table: pa.Table) -> Path | None:
     holding ``table``; returns the summary's path (None when the part is too short for one)."""
     from .writer import write_part
 
+    # the top-changed index last: compaction takes its presence for "summaries complete"
+    built = build_filter_summary(table)
+    out = None
+    if built is not None:
+        summary, levels = built
+        target = summary_file(part)
+        # small row groups: a query reads one layer at one level, ~F x (blocks in the part)
+        # rows, found through the footer index
+        out = write_part(target.parent, target.name, summary,
+                         {INDEX_KEY: json.dumps(summary_index(summary, levels))},
+                         row_group_size=SUMMARY_ROW_GROUP)
     top = build_top_changed(table)
     if top is not None:
         target = top_file(part)
         write_part(target.parent, target.name, top, {}, row_group_size=SUMMARY_ROW_GROUP)
-    built = build_filter_summary(table)
-    if built is None:
-        return None
-    summary, levels = built
-    target = summary_file(part)
-    # small row groups: a query reads one layer at one level, ~F x (blocks in the part) rows,
-    # found through the footer index
-    return write_part(target.parent, target.name, summary,
-                      {INDEX_KEY: json.dumps(summary_index(summary, levels))},
-                      row_group_size=SUMMARY_ROW_GROUP)
+    return out
 
 
 def remove_summary(part: Path) -> None:

@@ -16,13 +16,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..errors import InvalidValueError, StoreError, suggest
+from ..errors import InvalidValueError, StoreError
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
+from .duck import check_select, identifier, integer, sql_path_list
 from .layout import TABLES_DIR
 from .parts import list_parts
 from .summary import TOP_K, open_summary, summary_file, top_file
 
-__all__ = ["TrainingQueries", "ValidationMatrix"]
+__all__ = ["TrainingQueries", "ValidationMatrix", "most_changed_rows"]
 
 
 @dataclass
@@ -62,9 +63,14 @@ class TrainingQueries:
         return sorted(df["layer"].tolist(), key=lambda n: order.get(n, 1 << 30))
 
     def _layer_order(self) -> dict[str, int]:
+        """Module order from the recorded graph; ``{}`` (no sort) when it is missing or damaged:
+        a damaged graph object loses the model-order sort, not the whole view."""
         if self.has_object("graph", "model"):
-            nodes = self.object("graph", "model")["nodes"]
-            return {n.get("module") or n["name"]: i for i, n in enumerate(nodes)}
+            try:
+                nodes = self.object("graph", "model")["nodes"]
+                return {n.get("module") or n["name"]: i for i, n in enumerate(nodes)}
+            except (StoreError, KeyError, TypeError, AttributeError):
+                return {}
         return {}
 
     def layer_series(self, stat: str = "w_l2", layers: Sequence[str] | None = None, *,
@@ -75,16 +81,16 @@ class TrainingQueries:
         Columns: layer, step (first step of the bucket), value (mean), vmin, vmax. At most
         ``max_points`` buckets per layer.
         """
-        if stat not in LAYER_COLUMNS:
-            raise InvalidValueError(f"unknown layer statistic {stat!r}."
-                                    + suggest(stat, LAYER_COLUMNS))
-        where, params = ["rank = ?"], [rank]
+        # identifiers only from the fixed column set; every value a bound parameter
+        stat = identifier(stat, LAYER_COLUMNS, "layer statistic")
+        where, params = ["rank = ?"], [integer(rank, "rank")]
         if layers:
+            layers = _names(layers, "layers")
             where.append(f"layer IN ({', '.join('?' for _ in layers)})")
-            params += list(layers)
+            params += layers
         if steps:
             where.append("step BETWEEN ? AND ?")
-            params += [int(steps[0]), int(steps[1])]
+            params += list(_step_range(steps))
         sql = f"""
             WITH s AS (SELECT step, layer, "{stat}" AS v FROM watch_layers
                        WHERE {' AND '.join(where)}),
@@ -92,7 +98,7 @@ class TrainingQueries:
             SELECT layer, min(step) AS step, avg(v) AS value, min(v) AS vmin, max(v) AS vmax
             FROM s, r GROUP BY layer, floor((step - lo) * ? / (span + 1))
             ORDER BY layer, step"""
-        return self.query(sql, [*params, int(max_points)])
+        return self.query(sql, [*params, max(integer(max_points, "max_points"), 1)])
 
     # -- filter view -------------------------------------------------------------------------
     def filter_matrix(self, layer: str, value: str = "cos_prev", *, max_steps: int = 400,
@@ -109,9 +115,10 @@ class TrainingQueries:
         and counts (~F × S rows), the rest raw rows, with the same result. ``steps[S]`` is the
         first step present in each bucket; buckets and filters without rows are left out.
         """
-        if value not in FILTER_COLUMNS:
-            raise InvalidValueError(f"unknown filter statistic {value!r}."
-                                    + suggest(value, FILTER_COLUMNS))
+        value = identifier(value, FILTER_COLUMNS, "filter statistic")
+        layer = _names([layer], "layer")[0]
+        rank = integer(rank, "rank")
+        max_steps = integer(max_steps, "max_steps")
         empty = (np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.zeros((0, 0)))
         files = list_parts(self.path / TABLES_DIR / "watch_filters").files
         if not files:
@@ -119,7 +126,7 @@ class TrainingQueries:
         opened = {f: open_summary(summary_file(f)) for f in files}
         summed = [f for f in files if opened[f] is not None]
         raw = [f for f in files if opened[f] is None]
-        s0, s1 = (int(steps[0]), int(steps[1])) if steps else (None, None)
+        s0, s1 = _step_range(steps) if steps else (None, None)
         # the layer's first and last step (summary index, or once per raw part: cached)
         span_of: dict[Path, tuple[int, int]] = {}
         for f in files:
@@ -200,9 +207,11 @@ class TrainingQueries:
     def _raw_rows(self, files: list[Path], layer: str, rank: int, value: str, k: int,
                   a: int, b: int, firsts: list[tuple[np.ndarray, np.ndarray]]
                   ) -> dict[str, np.ndarray]:
+        value = identifier(value, FILTER_COLUMNS, "filter statistic")
         cols = self._files_query(
-            f'SELECT filter, step >> {k} AS b, step, "{value}" AS v FROM {{R}} '
-            "WHERE layer = ? AND rank = ? AND step BETWEEN ? AND ?", [layer, rank, a, b], R=files)
+            f'SELECT filter, step >> ? AS b, step, "{value}" AS v FROM {{R}} '
+            "WHERE layer = ? AND rank = ? AND step BETWEEN ? AND ?",
+            [integer(k, "k"), layer, rank, a, b], R=files)
         v = np.ma.filled(np.ma.asarray(cols.pop("v")).astype(np.float64), np.nan)
         ok = ~np.isnan(v)
         firsts.append((cols["b"], cols.pop("step")))
@@ -213,12 +222,14 @@ class TrainingQueries:
                      ) -> dict[str, np.ndarray]:
         """DuckDB over explicit Parquet files: ``{X}`` in ``sql`` becomes ``read_parquet(...)``
         of ``files['X']``; numpy columns."""
-        srcs = {name: f"read_parquet({_sql_list(fs)}, union_by_name = true)"
+        srcs = {name: f"read_parquet({sql_path_list(fs)}, union_by_name = true)"
                 for name, fs in files.items()}
         with self._lock:
             cur = self._con.cursor()
         try:
-            return cur.execute(sql.format(**srcs), params).fetchnumpy()
+            text = sql.format(**srcs)
+            check_select(cur, text)
+            return cur.execute(text, params).fetchnumpy()
         except duckdb.Error as exc:
             raise StoreError(f"query on run {self.name!r} failed: {exc}") from exc
         finally:
@@ -232,7 +243,7 @@ class TrainingQueries:
         filter, cos_prev, step, rank_in (1 = changed most); ``k`` per layer or overall."""
         if step is None and window is None:
             raise InvalidValueError("pass step=... or window=(first, last).")
-        lo, hi = (int(step), int(step)) if window is None else (int(window[0]), int(window[1]))
+        lo, hi = (integer(step, "step"),) * 2 if window is None else _step_range(window)
         part = "PARTITION BY layer" if per_layer else ""
         return self.query(f"""
             WITH m AS (SELECT layer, filter, arg_min(step, cos_prev) AS step,
@@ -242,7 +253,8 @@ class TrainingQueries:
                        GROUP BY layer, filter)
             SELECT layer, filter, cos_prev, step,
                    row_number() OVER ({part} ORDER BY cos_prev, layer, filter) AS rank_in
-            FROM m QUALIFY rank_in <= ? ORDER BY layer, rank_in""", [lo, hi, rank, int(k)])
+            FROM m QUALIFY rank_in <= ? ORDER BY layer, rank_in""",
+            [lo, hi, integer(rank, "rank"), integer(k, "k")])
 
     def top_filters_at(self, steps: Sequence[int], k: int = 10, rank: int = 0) -> pd.DataFrame:
         """For each recorded step in ``steps``, the ``k`` filters (over all layers) with the
@@ -255,7 +267,10 @@ class TrainingQueries:
         lowest of the union are the k lowest of the per-part lists, so the result is the same.
         """
         cols = ["step", "layer", "filter", "cos_prev", "rank_in"]
-        steps = sorted({int(s) for s in steps})
+        k, rank = integer(k, "k"), integer(rank, "rank")
+        if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+            raise InvalidValueError(f"steps must be a list of integers, not {steps!r}.")
+        steps = sorted({integer(s, "a step") for s in steps})
         if not steps or not self.has_table("watch_filters"):
             return pd.DataFrame(columns=cols)
         files = list_parts(self.path / TABLES_DIR / "watch_filters").files
@@ -294,9 +309,10 @@ class TrainingQueries:
         if not self.has_table("watch_filters"):
             return np.array([], dtype=np.int64)
         # filters are recorded at the same steps as the (far smaller) layer table
-        table = "watch_layers" if self.has_table("watch_layers") else "watch_filters"
+        table = identifier("watch_layers" if self.has_table("watch_layers") else "watch_filters",
+                           ("watch_layers", "watch_filters"), "table")
         return self.query(f"SELECT DISTINCT step FROM {table} WHERE rank = ? ORDER BY step",
-                          [rank])["step"].to_numpy()
+                          [integer(rank, "rank")])["step"].to_numpy()
 
     # -- validation view ---------------------------------------------------------------------
     def validation_matrix(self) -> ValidationMatrix:
@@ -418,8 +434,51 @@ def _bucket_means(cells: list[dict[str, np.ndarray]],
     return first[present_b], np.flatnonzero(present), mat.astype(np.float32)
 
 
-def _sql_list(files: Sequence[Path]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+def most_changed_rows(matrix: np.ndarray, value: str, n: int) -> np.ndarray:
+    """Positions (ascending) of the ``n`` rows of a :meth:`TrainingQueries.filter_matrix`
+    ``[F, S]`` matrix whose filters changed most over the steps: for ``cos_prev`` (similarity
+    to the previous snapshot) the lowest value reached, for the other statistics the widest
+    range (max - min). NaN cells are left out; rows without values rank last; ties go to the
+    lower filter position. All rows when there are at most ``n``."""
+    value = identifier(value, FILTER_COLUMNS, "filter statistic")
+    n = max(integer(n, "n"), 0)
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2:
+        raise InvalidValueError(f"matrix must be [filters, steps], not shape {m.shape}.")
+    if len(m) <= n:
+        return np.arange(len(m))
+    finite = np.isfinite(m)
+    has = finite.any(axis=1)
+    lo = np.where(finite, m, np.inf).min(axis=1)
+    hi = np.where(finite, m, -np.inf).max(axis=1)
+    score = -lo if value == "cos_prev" else hi - lo
+    score = np.where(has, score, -np.inf)
+    order = np.lexsort((np.arange(len(m)), -score))  # highest score first, then position
+    return np.sort(order[:n])
+
+
+def _names(values: Any, what: str) -> list[str]:
+    """Layer names (bound as parameters, never SQL text): strings only."""
+    try:
+        out = None if isinstance(values, (str, bytes)) else list(values)
+    except TypeError:
+        out = None
+    if out is None or not all(isinstance(v, str) for v in out):
+        raise InvalidValueError(f"{what} must be layer names (a list of str such as "
+                                f"['conv1', 'layer1.0.conv1']), not {values!r}.")
+    return out
+
+
+def _step_range(steps: Any) -> tuple[int, int]:
+    """``(first, last)`` integer steps from a pair, or :class:`InvalidValueError`."""
+    try:
+        if isinstance(steps, (str, bytes)):
+            raise TypeError
+        first, last = steps
+    except (TypeError, ValueError):
+        raise InvalidValueError(f"a step range must be (first, last), not {steps!r}: pass e.g. "
+                                "steps=(0, 1000).") from None
+    return integer(first, "the first step"), integer(last, "the last step")
 
 
 def _forward_fill(correct: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -6,12 +6,27 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, dash_table, dcc, html
 
+from ...errors import StoreError
 from ...figures.attribution import METHOD_TITLES, attribution_gallery
-from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    error_figure,
+    graph,
+    no_runs_selected,
+    page_header,
+    picker_status,
+    run_picker,
+    shrink,
+    survive,
+)
 from . import Page
 
 #: Images (rows) shown at once; larger sets are paged.
 PAGE_SIZE = 8
+#: Pixels a side of the images and maps sent (larger ones are area-averaged).
+MAX_SIDE = 128
 
 
 def _has(reader) -> bool:
@@ -39,6 +54,7 @@ def layout() -> html.Div:
                        className="control", id="attr-paging", style={"display": "none"}),
         ], className="controls"),
         html.Div(id="attr-status"),
+        html.Div(id="attr-key-notes"),
         html.Div([graph("attr-gallery")], className="panel", id="attr-body",
                  style={"display": "none"}),
         html.H3("Quality of the maps"),
@@ -52,30 +68,32 @@ def register(app, state) -> None:
         Output("attr-status", "children"),
         Input("run-select", "value"), State("attr-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, _has)
-        note = missing("attribution maps", "run.log_attributions(model, images)", lacking) \
-            if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, _has, "attribution maps",
+                             "run.log_attributions(model, images)", ["attribution_metrics"])
 
     @app.callback(
         Output("attr-key", "options"), Output("attr-key", "value"),
+        Output("attr-key-notes", "children"),
         Input("attr-run", "value"), State("attr-key", "value"),
     )
+    @survive([], None, NOTICE)
     def _keys(run, current):
         if not run:
-            return [], None
-        keys = [state.reader(run).object("attributions", k)["key"]
-                for k in state.reader(run).objects("attributions")]
-        return keys, current if current in keys else (keys[0] if keys else None)
+            return [], None, None
+        dmg = Damage()
+        keys = [m["key"] for m in _metas(state.reader(run), dmg)]
+        return keys, current if current in keys else (keys[0] if keys else None), dmg.notice()
 
     @app.callback(
         Output("attr-methods", "options"), Output("attr-methods", "value"),
         Output("attr-page", "value"), Output("attr-page", "max"),
         Input("attr-run", "value"), Input("attr-key", "value"), State("attr-methods", "value"),
     )
+    @survive([], [], 1, 1)
     def _methods(run, key, current):
         if not run or not key:
             return [], [], 1, 1
@@ -92,20 +110,34 @@ def register(app, state) -> None:
         Input("attr-run", "value"), Input("attr-key", "value"), Input("attr-methods", "value"),
         Input("attr-opacity", "value"), Input("attr-page", "value"),
     )
+    @survive(FIGURE, {}, NOTICE, {"display": "none"}, "")
     def _gallery(run, key, methods, opacity, page):
         if not run or not key:
             return {}, {"display": "none"}, "", {"display": "none"}, ""
         reader = state.reader(run)
+        dmg = Damage()
         meta = _meta(reader, key)
-        fkey = meta["file_key"]
+        # the key as logged: the store maps it to its file (safe_key, or the old scheme's name)
+        fkey = meta.get("key", meta["file_key"])
         n = int(meta["n"])
         pages = max(1, -(-n // PAGE_SIZE))
         page = min(max(1, int(page or 1)), pages)
         first, last = (page - 1) * PAGE_SIZE, min(n, page * PAGE_SIZE)
-        images = np.asarray(reader.array("attr_images", fkey, mmap=True)[first:last], dtype=np.float32)
-        maps = {m: np.asarray(reader.array("attributions", f"{fkey}.{m}", mmap=True)[first:last],
-                              dtype=np.float32)
-                for m in meta["methods"]}
+        images = None
+        with dmg.guard(run, "the input images"):
+            images = np.asarray(reader.array("attr_images", fkey, mmap=True)[first:last],
+                                dtype=np.float32)
+        maps = {}
+        for m in meta["methods"]:
+            with dmg.guard(run, f"the {METHOD_TITLES.get(m, m)} maps"):
+                maps[m] = np.asarray(reader.array("attributions", f"{fkey}.{m}",
+                                                  mmap=True)[first:last], dtype=np.float32)
+        # bounded response: cells are shown at most 130 px tall
+        images = None if images is None else shrink(images, MAX_SIDE)
+        maps = {m: shrink(v, MAX_SIDE) for m, v in maps.items()}
+        if images is None and maps:  # the maps alone, over black
+            b, h, w = next(iter(maps.values())).shape
+            images = np.zeros((b, 3, h, w), np.float32)
         names = meta.get("class_names")
         rows = []
         for i in range(first, last):
@@ -113,23 +145,48 @@ def register(app, state) -> None:
                 return names[c] if names and 0 <= c < len(names) else str(c)
             lab = meta["labels"][i]
             rows.append(f"{'true ' + nm(lab) if lab >= 0 else ''}<br>pred {nm(meta['pred'][i])}")
-        fig = attribution_gallery(images, maps, methods=methods or [],
-                                  opacity=float(0.5 if opacity is None else opacity),
-                                  row_labels=rows)
+        shown = [m for m in (methods or []) if m in maps]
+        if images is None or (methods and not shown and dmg):
+            fig = error_figure([t for _, t in dmg.items])
+        else:
+            fig = attribution_gallery(images, maps, methods=shown,
+                                      opacity=float(0.5 if opacity is None else opacity),
+                                      row_labels=rows)
         paging = {} if pages > 1 else {"display": "none"}
         text = f" page {page} of {pages}: images {first + 1}-{last} of {n}"
-        return fig, {}, _metrics_table(reader, key, meta), paging, text
+        table = None
+        with dmg.guard(run, "the quality table"):
+            dmg.check(reader, ["attribution_metrics"], run_file=False)
+            table = _metrics_table(reader, key, meta)
+        return fig, {}, [dmg.notice(), table], paging, text
+
+
+def _metas(reader, dmg: Damage) -> list[dict]:
+    """The settings of every stored attribution set; damaged ones are left out (and named)."""
+    out = []
+    for k in reader.objects("attributions"):
+        with dmg.guard(reader.name, f"attribution set {k}"):
+            meta = reader.object("attributions", k)
+            if not isinstance(meta, dict) or "key" not in meta:
+                raise StoreError(f"objects/attributions/{k}.json is damaged (no 'key' field): "
+                                 "record the attributions again.")
+            out.append(meta)
+    return out
 
 
 def _meta(reader, key: str) -> dict:
-    for k in reader.objects("attributions"):
-        meta = reader.object("attributions", k)
+    dmg = Damage()
+    for meta in _metas(reader, dmg):
         if meta["key"] == key:
             return meta
-    raise KeyError(key)
+    if dmg:
+        raise StoreError("; ".join(t for _, t in dmg.items))
+    raise StoreError(f"run {reader.name!r} has no attribution set {key!r}: pick another set.")
 
 
 def _metrics_table(reader, key: str, meta: dict):
+    if not reader.has_table("attribution_metrics"):
+        return ""
     df = reader.query("SELECT * FROM attribution_metrics WHERE key = ?", [key])
     if df.empty:
         return ""

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from ...figures.diagnosis import SEVERITY_COLORS, layer_view_figure, param_view_figure
-from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    damage_notice,
+    error_figure,
+    graph,
+    no_runs_selected,
+    page_header,
+    picker_status,
+    run_picker,
+    survive,
+)
 from . import Page
 
 STAGES = {1: "low-abstraction outputs", 2: "high-abstraction outputs", 3: "conv parameters",
@@ -78,18 +89,19 @@ def register(app, state) -> None:
         Output("diag-status", "children"),
         Input("run-select", "value"), State("diag-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, _has)
-        note = missing("diagnosis", "run.log_diagnosis(model, inputs)", lacking) \
-            if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, _has, "diagnosis",
+                             "run.log_diagnosis(model, inputs)",
+                             ["diagnosis_findings", "diagnosis_layers"])
 
     @app.callback(
         Output("diag-key", "options"), Output("diag-key", "value"),
         Input("diag-run", "value"), State("diag-key", "value"),
     )
+    @survive([], None)
     def _keys(run, current):
         if not run:
             return [], None
@@ -100,6 +112,7 @@ def register(app, state) -> None:
         Output("diag-findings", "children"), Output("diag-layer", "options"),
         Input("diag-run", "value"), Input("diag-key", "value"),
     )
+    @survive(NOTICE, [])
     def _findings(run, key):
         if not run or not key:
             return "", []
@@ -107,6 +120,10 @@ def register(app, state) -> None:
         if not reader.has_object("diagnosis", key):
             return "", []
         report = reader.object("diagnosis", key)
+        if not isinstance(report, dict):
+            return damage_notice([f"objects/diagnosis/{key}.json is damaged (it holds a "
+                                  f"{type(report).__name__}, not a report): record the "
+                                  "diagnosis again."]), []
         layers = sorted(set(reader.objects("diag_view")) | set(reader.objects("diag_param_view")))
         n = len([f for f in report.get("findings", []) if f.get("severity") in ("error",
                                                                                 "warning")])
@@ -130,6 +147,7 @@ def register(app, state) -> None:
         Input({"type": "diag-open", "layer": ALL}, "n_clicks"),
         prevent_initial_call=True,
     )
+    @survive(no_update)
     def _open(clicks):
         if not ctx.triggered_id or not any(clicks or []):
             return no_update
@@ -141,6 +159,7 @@ def register(app, state) -> None:
         Output("diag-view-box", "style"), Output("diag-view-notes", "children"),
         Input("diag-layer", "value"), State("diag-run", "value"),
     )
+    @survive(FIGURE, {}, {}, {"display": "none"}, {}, NOTICE)
     def _view(layer, run):
         hidden = {"display": "none"}
         if not run or not layer:
@@ -150,29 +169,49 @@ def register(app, state) -> None:
 
         key = safe_key(layer)
         out_fig, out_style, par_fig, par_style, notes = {}, hidden, {}, hidden, []
+        dmg = Damage()
         if reader.has_object("diag_view", key):
-            view = reader.object("diag_view", key)
-            data = reader.array("diag_maps", layer).astype(np.float32)
-            dens = reader.array("diag_kde", layer)
-            out_fig, out_style = layer_view_figure(view, data, dens), {}
-            notes += view.get("notes", [])
-            st = view.get("stats", {})
-            if st:
-                notes.append("numbers: " + json.dumps(
-                    {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()
-                     if not isinstance(v, (list, dict))}))
+            with dmg.guard(run, f"the view of {layer}"):
+                view = reader.object("diag_view", key)
+                # memory maps: the figure reads only what it draws (bounded answers)
+                data = reader.array("diag_maps", layer, mmap=True)
+                dens = reader.array("diag_kde", layer, mmap=True)
+                out_fig, out_style = layer_view_figure(view, data, dens), {}
+                notes += _texts(view.get("notes"))
+                notes += out_fig.layout.meta["capped"]
+                st = view.get("stats", {})
+                if st:
+                    notes.append("numbers: " + json.dumps(
+                        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()
+                         if not isinstance(v, (list, dict))}))
+            if dmg and out_style is hidden:
+                out_fig, out_style = error_figure([t for _, t in dmg.items]), {}
         pkey = safe_key(layer.rsplit(".", 1)[0]) if not reader.has_object(
             "diag_param_view", key) else key
         if reader.has_object("diag_param_view", pkey):
-            pview = reader.object("diag_param_view", pkey)
-            par_fig = param_view_figure(pview, reader.array("diag_param", pview["name"]),
-                                        reader.array("diag_param_kde", pview["name"]))
-            par_style = {}
+            before = len(dmg.items)
+            with dmg.guard(run, f"the parameter view of {pkey}"):
+                pview = reader.object("diag_param_view", pkey)
+                par_fig = param_view_figure(
+                    pview, reader.array("diag_param", pview["name"], mmap=True),
+                    reader.array("diag_param_kde", pview["name"], mmap=True))
+                par_style = {}
+                pnotes = _texts(pview.get("notes")) + par_fig.layout.meta["capped"]
+                notes += [f"parameters: {t}" for t in pnotes]
+            if len(dmg.items) > before:
+                par_fig, par_style = error_figure([t for _, t in dmg.items[before:]]), {}
         if out_style is hidden and par_style is hidden:
             notes.append(f"No view stored for {layer}: record with "
                          "run.log_diagnosis(model, inputs, views=True).")
-        return (out_fig, out_style, par_fig, par_style, {},
-                html.Ul([html.Li(n) for n in notes]) if notes else "")
+        body = [html.Ul([html.Li(n) for n in notes])] if notes else []
+        if dmg:
+            body.insert(0, dmg.notice())
+        return out_fig, out_style, par_fig, par_style, {}, body or ""
+
+
+def _texts(items) -> list[str]:
+    """A stored list of notes as strings (anything else in a damaged object: none)."""
+    return [str(t) for t in items] if isinstance(items, list) else []
 
 
 PAGE = Page(

@@ -7,8 +7,23 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from ...figures.embedding import embedding_figure
 from ...figures.images import png_data_uri
-from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from ...store.arrays import array_path
+from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    error_figure,
+    graph,
+    no_runs_selected,
+    page_header,
+    picker_status,
+    run_picker,
+    survive,
+)
 from . import Page
+
+#: Points drawn at most (a 50,000-point Scatter3d is ~1 MB per answer and slow to rotate).
+MAX_POINTS = 20_000
 
 
 def layout() -> html.Div:
@@ -34,16 +49,16 @@ def register(app, state) -> None:
         Output("emb-run", "options"), Output("emb-run", "value"), Output("emb-status", "children"),
         Input("run-select", "value"), State("emb-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, has_embedding)
-        note = missing("embeddings", "run.log_embedding(features, labels, images=...)",
-                       lacking) if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, has_embedding, "embeddings",
+                             "run.log_embedding(features, labels, images=...)", ["embedding"])
 
     @app.callback(Output("emb-name", "options"), Output("emb-name", "value"),
                   Input("emb-run", "value"), State("emb-name", "value"))
+    @survive([], None)
     def _names(run, current):
         if not run:
             return [], None
@@ -54,22 +69,37 @@ def register(app, state) -> None:
     @app.callback(Output("emb-graph", "figure"), Output("emb-notes", "children"),
                   Output("emb-body", "style"),
                   Input("emb-run", "value"), Input("emb-name", "value"))
+    @survive(FIGURE, NOTICE, {})
     def _figure(run, name):
         if not run or not name:
             return {}, "", {"display": "none"}
         reader = state.reader(run)
-        df = reader.query("SELECT * FROM embedding WHERE name = ? ORDER BY idx", [name])
-        meta = reader.object("embedding", name) if reader.has_object("embedding", name) else {}
+        dmg = Damage()
+        damaged = dmg.check(reader, ["embedding"])
+        df = None
+        if not (damaged and not reader.has_table("embedding")):  # else: the notice says why
+            with dmg.guard(run, "the embedding"):
+                df = reader.query("SELECT * FROM embedding WHERE name = ? ORDER BY idx", [name])
+        meta = _meta(reader, name, dmg)
+        if df is None:
+            return error_figure([t for _, t in dmg.items]), dmg.notice(), {}
         ev = meta.get("explained_variance_ratio") or []
+        total = len(df)
+        if total > MAX_POINTS:  # bounded response: every k-th item (classes keep their shares)
+            df = df.iloc[:: -(-total // MAX_POINTS)]
         fig = embedding_figure(df, class_names=meta.get("class_names"), explained=ev)
-        note = (f"{len(df):,} items, {meta.get('dim', '?')}-d features; the three components "
-                f"explain {sum(ev):.1%} of the variance.") if ev else ""
-        return fig, note, {}
+        note = (f"{total:,} items, {meta.get('dim', '?')}-d features; the three components "
+                f"explain {sum(ev):.1%} of the variance.") if ev else f"{total:,} items."
+        if len(df) < total:
+            note += (f" Showing {len(df):,} of {total:,} points (one item in "
+                     f"{-(-total // MAX_POINTS)}).")
+        return fig, [note, dmg.notice()] if dmg else note, {}
 
     @app.callback(Output("emb-tip", "show"), Output("emb-tip", "bbox"),
                   Output("emb-tip", "children"),
                   Input("emb-graph", "hoverData"),
                   State("emb-run", "value"), State("emb-name", "value"))
+    @survive(False, no_update, no_update)
     def _tip(hover, run, name):
         if not hover or not run:
             return False, no_update, no_update
@@ -77,14 +107,30 @@ def register(app, state) -> None:
         idx = int(pt["customdata"]) if not isinstance(pt["customdata"], list) \
             else int(pt["customdata"][0])
         reader = state.reader(run)
-        meta = reader.object("embedding", name) if reader.has_object("embedding", name) else {}
+        dmg = Damage()
+        meta = _meta(reader, name, dmg)
         label = pt.get("data", {}).get("name") if isinstance(pt.get("data"), dict) else None
         body = [html.Div(f"item {idx}" + (f" · {label}" if label else ""), className="tip-text")]
-        if meta.get("has_images"):
-            thumbs = reader.array("embedding_images", name, mmap=True)
-            body.insert(0, html.Img(src=png_data_uri(thumbs[idx], scale=2), className="tip-img",
-                                    id="emb-tip-img"))
+        if meta.get("has_images") or (
+                not meta and array_path(reader.path, "embedding_images", name).exists()):
+            with dmg.guard(run, "the thumbnail"):
+                thumbs = reader.array("embedding_images", name, mmap=True)
+                if 0 <= idx < len(thumbs):
+                    body.insert(0, html.Img(src=png_data_uri(thumbs[idx], scale=2),
+                                            className="tip-img", id="emb-tip-img"))
+        if dmg:
+            body.append(html.Div([t for _, t in dmg.items], className="tip-text damage-notice"))
         return True, pt.get("bbox"), body
+
+
+def _meta(reader, name: str, dmg: Damage) -> dict:
+    """The embedding's settings (class names, variance), or {} when missing or damaged."""
+    if not name or not reader.has_object("embedding", name):
+        return {}
+    with dmg.guard(reader.name, "the embedding's settings"):
+        meta = reader.object("embedding", name)
+        return meta if isinstance(meta, dict) else {}
+    return {}
 
 
 PAGE = Page(

@@ -1,36 +1,125 @@
 """Live: upload an image (or pick a stored sample) and see every channel of a layer respond
-(the deep-visualization toolbox's live view). Runs the run's saved model on the server."""
+(the deep-visualization toolbox's live view; Yosinski et al. 2015). Runs the run's saved model on
+the server.
+
+Bounded work per request:
+
+* The saved model is rebuilt from weights and an allow-listed architecture record
+  (:mod:`convscope.store.checkpoints`); nothing from the run directory runs. A whole-module pickle
+  loads only when the server was started with ``--trust-checkpoints``; otherwise the page says so.
+* Uploads: at most :data:`MAX_UPLOAD_BYTES` (checked on the data-URI string, before base64
+  decoding), PNG or JPEG only, at most :data:`MAX_SIDE` pixels a side and :data:`MAX_PIXELS`
+  pixels (checked on the image header, before any pixel is decoded). The image is shrunk to the
+  model's input at once, and only that small copy travels back to the browser.
+* The model's input may be at most :data:`MAX_MODEL_SIDE` pixels a side.
+* The channel grid shows at most :data:`MAX_GRID_CHANNELS` channels (the most active ones) and
+  :data:`MAX_GRID_VALUES` values (maps shrunk by area averaging); the page says when it does.
+* At most :data:`MAX_MODELS` loaded models are cached per server process (least recently used
+  are dropped), keyed by run and by the checkpoint files' identity.
+
+The request size itself is capped by the app (``create_app``: ``MAX_CONTENT_LENGTH``), so a
+body far larger than an accepted upload is refused before it is parsed.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import math
 import threading
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
+from ...errors import ConvscopeError, InputError
 from ...figures.features import channel_grid
 from ...figures.images import png_data_uri, to_rgb
+from ...store.checkpoints import TRUST_HINT, checkpoint_form, checkpoint_identity, input_shape
 from ..components import graph, missing, no_runs_selected, notice, page_header, pick_run, run_picker
 from . import Page
 
-_models: dict[tuple[str, float], object] = {}
+#: Largest upload accepted, in bytes of the file (its data URI is about 4/3 as long).
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_URI_CHARS = 4 * math.ceil(MAX_UPLOAD_BYTES / 3) + 256  # base64 plus the "data:...," header
+#: Largest image side and pixel count decoded from an upload (a 4096 x 4096 RGB image is 48 MB).
+MAX_SIDE = 4096
+MAX_PIXELS = 4096 * 4096
+#: Largest model input side the live view runs (the upload is resized to the model's input).
+MAX_MODEL_SIDE = 1024
+#: What one channel grid may show: channels, and values over all tiles.
+MAX_GRID_CHANNELS = 256
+MAX_GRID_VALUES = 512 * 512
+#: Loaded models kept per server process.
+MAX_MODELS = 2
+FORMATS = ("PNG", "JPEG")
+
+_models: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
 _lock = threading.Lock()
+
+
+def _trust(state) -> bool:
+    return bool(getattr(state, "trust_checkpoints", False))
 
 
 def _has(reader) -> bool:
     return bool(reader.checkpoints())
 
 
-def _model(reader):
-    """The run's saved model, loaded once per checkpoint file version."""
-    path = reader.path / "checkpoints" / "model.pt"
-    key = (str(path), path.stat().st_mtime)
+def _key(reader) -> str:
+    """The checkpoint the page runs: ``model`` when there is one, else the first."""
+    keys = reader.checkpoints()
+    return "model" if "model" in keys or not keys else keys[0]
+
+
+def _model(reader, key: str, trust: bool) -> tuple[Any, threading.Lock]:
+    """The run's saved model with a lock for running it, loaded once per checkpoint version;
+    the :data:`MAX_MODELS` most recently used stay loaded."""
+    ident = (str(reader.path), key, checkpoint_identity(reader.path, key), trust)
     with _lock:
-        if key not in _models:
-            _models[key] = reader.load_model("model")
-        return _models[key]
+        if ident in _models:
+            _models.move_to_end(ident)
+            return _models[ident]
+        entry = (reader.load_model(key, trust=trust), threading.Lock())
+        _models[ident] = entry
+        while len(_models) > MAX_MODELS:
+            _models.popitem(last=False)
+        return entry
+
+
+def _trust_note(reader, key: str, trust: bool) -> html.Div | None:
+    if trust or checkpoint_form(reader.path, key) != "pickle":
+        return None
+    return notice(f"The saved model {key!r} of run {reader.name!r} is a whole-module pickle, "
+                  "so the live view does not load it. " + TRUST_HINT, "warn")
+
+
+def _input_shape(reader, key: str) -> tuple[int, int, int]:
+    """The model's input ``(C, H, W)``: the stored samples' shape, else the graph's input, else
+    the shape recorded with the checkpoint, else 3 x 32 x 32."""
+    shape = None
+    samples = reader.arrays("samples")
+    if len(samples):
+        shape = list(samples.iloc[0]["shape"][1:])
+    elif reader.has_object("graph", "model"):
+        nodes = reader.object("graph", "model").get("nodes") or []
+        first = next((n for n in nodes if isinstance(n, dict) and n.get("op") == "input"), None)
+        if first and first.get("output_shapes"):
+            shape = list(first["output_shapes"][0][1:])
+    if shape is None:
+        shape = input_shape(reader.path, key) or [3, 32, 32]
+    try:
+        c, h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"the recorded model input {shape!r} is not [C, H, W]: record samples "
+                         "with run.log_feature_maps(model, images).") from None
+    if c not in (1, 3) or not (1 <= h <= MAX_MODEL_SIDE and 1 <= w <= MAX_MODEL_SIDE):
+        raise InputError(f"the live view runs models taking 1 or 3 channels of at most "
+                         f"{MAX_MODEL_SIDE} x {MAX_MODEL_SIDE} pixels; this one takes {c} x {h} x "
+                         f"{w}. Use cs.features.live in Python for it.")
+    return c, h, w
 
 
 def layout() -> html.Div:
@@ -44,9 +133,11 @@ def layout() -> html.Div:
                        className="control control-wide"),
             html.Label(["Sample image", dcc.Dropdown(id="live-sample", clearable=False)],
                        className="control"),
-            dcc.Upload(id="live-upload", children=html.Div(["Drop an image here or ",
-                                                            html.A("choose a file")]),
-                       className="upload", accept="image/*"),
+            dcc.Upload(id="live-upload", children=html.Div([
+                "Drop an image here or ", html.A("choose a file"),
+                html.Div(f"PNG or JPEG, up to {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_SIDE} px "
+                         "a side", className="hint")]),
+                className="upload", accept="image/png,image/jpeg", max_size=MAX_UPLOAD_BYTES),
         ], className="controls"),
         html.Div(id="live-status"),
         html.Div([html.Img(id="live-input", className="live-input"),
@@ -67,6 +158,14 @@ def register(app, state) -> None:
             return [], None, no_runs_selected()
         options, value, lacking = pick_run(state, selected, current, _has)
         note = missing("saved model", "run.log_checkpoint(model)", lacking) if lacking else None
+        if value is not None:
+            try:
+                reader = state.reader(value)
+                warn = _trust_note(reader, _key(reader), _trust(state))
+            except ConvscopeError as exc:
+                warn = notice(str(exc), "bad")
+            if warn is not None:
+                note = html.Div([n for n in (note, warn) if n is not None])
         return options, value, note
 
     @app.callback(
@@ -95,10 +194,21 @@ def register(app, state) -> None:
     )
     def _image(contents, sample, run):
         if ctx.triggered_id == "live-upload" and contents:
-            return {"upload": contents}
+            # check and shrink the upload here, so only the model-sized copy goes back
+            try:
+                reader = state.reader(run) if isinstance(run, str) else None
+                shape = _input_shape(reader, _key(reader)) if reader else (3, 32, 32)
+                x = _decode(contents, shape)
+            except ConvscopeError as exc:
+                return {"error": str(exc)}
+            except Exception as exc:  # a damaged run: say so instead of failing the request
+                return {"error": f"cannot prepare the image ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]})"}
+            arr = (x.numpy() * 255).round().astype(np.uint8)
+            return {"upload": png_data_uri(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))}
         if run is None or sample is None:
             return no_update
-        return {"sample": int(sample)}
+        return {"sample": sample}
 
     @app.callback(
         Output("live-grid", "figure"), Output("live-input", "src"), Output("live-body", "style"),
@@ -108,42 +218,125 @@ def register(app, state) -> None:
     )
     def _grid(image, layer, run):
         hidden = {"display": "none"}
-        if not run or not layer or not image:
+        if not isinstance(image, dict):
             return {}, None, hidden, no_update
-        import torch
-
+        if "error" in image:  # the upload was refused: say why (text only, bounded)
+            return {}, None, hidden, notice(f"Cannot use this image: {str(image['error'])[:500]}",
+                                            "bad")
+        if not isinstance(run, str) or not isinstance(layer, str) or len(layer) > 500:
+            return {}, None, hidden, no_update
         from ...features import live
 
-        reader = state.reader(run)
-        samples = reader.arrays("samples")
-        shape = tuple(samples.iloc[0]["shape"][1:]) if len(samples) else None
         try:
+            reader = state.reader(run)
+            key = _key(reader)
+            shape = _input_shape(reader, key)
             if "upload" in image:
                 x = _decode(image["upload"], shape)
+                source = "upload"
             else:
-                x = torch.as_tensor(reader.array("samples", samples.iloc[0]["key"])[
-                    image["sample"]].astype(np.float32))
-            acts = live(_model(reader), layer, x).float().cpu().numpy()
-        except Exception as exc:  # a bad upload or an unloadable model: say so on the page
+                x = _sample(reader, image.get("sample"))
+                source = f"sample {image['sample']}"
+            model, lock = _model(reader, key, _trust(state))
+            with lock:  # capture hooks the shared model: one forward at a time
+                acts = live(model, layer, x).float().cpu()
+        except ConvscopeError as exc:  # a refused upload, an untrusted pickle, a bad layer
+            return {}, None, hidden, notice(str(exc), "warn")
+        except Exception as exc:  # an unloadable model: say so on the page
             return {}, None, hidden, notice(f"Cannot run the live view: {exc}", "bad")
-        fig = channel_grid(acts, title=f"{layer}: {acts.shape[0]} channels")
-        fig.update_layout(meta={**fig.layout.meta, "source": "upload" if "upload" in image
-                                else f"sample {image['sample']}", "layer": layer})
-        return fig, png_data_uri(to_rgb(x.numpy()), scale=4), {}, None
+        total = int(acts.shape[0])
+        acts, shown = _bound(acts)
+        fig = channel_grid(acts.numpy(), title=f"{layer}: {total} channels"
+                           + (f" ({shown})" if shown else ""))
+        fig.update_layout(meta={**fig.layout.meta, "source": source, "layer": layer,
+                                "total_channels": total})
+        side = max(int(x.shape[-2]), int(x.shape[-1]))
+        return (fig, png_data_uri(to_rgb(x.numpy()), scale=max(1, min(4, 512 // side))), {},
+                notice(f"Showing {shown}.") if shown else None)
 
 
-def _decode(contents: str, shape) -> object:
-    """A data-URI image -> float tensor [C, H, W] in [0, 1] at the model's input size."""
+def _sample(reader, index: Any):
     import torch
-    from PIL import Image
 
-    _, b64 = contents.split(",", 1)
-    img = Image.open(io.BytesIO(base64.b64decode(b64)))
-    c, h, w = shape if shape else (3, 32, 32)
-    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    samples = reader.arrays("samples")
+    if not len(samples):
+        raise InputError("this run stores no sample images: upload one, or record samples with "
+                         "run.log_feature_maps(model, images).")
+    n = int(samples.iloc[0]["shape"][0])
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+        raise InputError(f"sample {index!r} does not exist: pick one of 0..{n - 1}.")
+    return torch.as_tensor(
+        np.asarray(reader.array("samples", samples.iloc[0]["key"])[index], dtype=np.float32))
+
+
+def _bound(acts):
+    """At most MAX_GRID_CHANNELS channels (the most active, in channel order) and
+    MAX_GRID_VALUES values in all; returns (acts, what was cut or "")."""
+    import torch
+    import torch.nn.functional as F
+
+    c, h, w = acts.shape
+    said = []
+    if c > MAX_GRID_CHANNELS:
+        score = torch.nan_to_num(acts.abs().flatten(1).mean(1), nan=-1.0)
+        keep = torch.topk(score, MAX_GRID_CHANNELS).indices.sort().values
+        acts = acts[keep]
+        said.append(f"the {MAX_GRID_CHANNELS} most active of {c} channels")
+    side = max(1, math.isqrt(MAX_GRID_VALUES // acts.shape[0]))
+    if max(h, w) > side:
+        scale = side / max(h, w)
+        size = (max(1, int(h * scale)), max(1, int(w * scale)))
+        acts = F.interpolate(acts[None], size=size, mode="area")[0]
+        said.append(f"maps shrunk from {h} x {w} to {size[0]} x {size[1]} pixels")
+    return acts, " and ".join(said)
+
+
+def _decode(contents: Any, shape) -> Any:
+    """A data-URI image -> float tensor [C, H, W] in [0, 1] at the model's input size ``shape``.
+
+    Refuses (InputError) before decoding: a URI longer than an upload of MAX_UPLOAD_BYTES, a
+    format other than PNG or JPEG, an image over MAX_SIDE a side or MAX_PIXELS pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = (f"at most {MAX_UPLOAD_BYTES // 2**20} MB, {MAX_SIDE} pixels a side and "
+             f"{MAX_PIXELS / 1e6:.1f} megapixels")
+    if not isinstance(contents, str):
+        raise InputError("the upload is not an image file: drop a PNG or JPEG.")
+    if len(contents) > MAX_URI_CHARS:
+        raise InputError(f"the file is about {len(contents) * 3 // 4 / 2**20:.1f} MB; the live "
+                         f"view takes {limit}. Shrink it first (the model sees {shape[2]} x "
+                         f"{shape[1]} pixels).")
+    head, sep, b64 = contents.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise InputError("the upload is not a base64 data URI of an image: drop a PNG or JPEG.")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the upload is not valid base64: drop the image file again.") from None
+    try:
+        img = Image.open(io.BytesIO(raw), formats=FORMATS)  # reads the header only
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read the upload as a PNG or JPEG ({str(exc)[:200]}): drop a "
+                         f"PNG or JPEG of {limit}.") from None
+    w0, h0 = img.size
+    if max(w0, h0) > MAX_SIDE or w0 * h0 > MAX_PIXELS:
+        raise InputError(f"the image is {w0} x {h0} pixels; the live view takes {limit}. Shrink "
+                         f"it first (the model sees {shape[2]} x {shape[1]} pixels).")
+    c, h, w = shape
+    mode = "L" if c == 1 else "RGB"
+    try:
+        if img.format == "JPEG":
+            img.draft(mode, (w, h))  # decode at a reduced scale where JPEG allows
+        img = img.convert(mode).resize((w, h), Image.BILINEAR)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"the image is damaged ({str(exc)[:200]}): save it again as PNG or "
+                         "JPEG.") from None
+    import torch
+
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.as_tensor(arr)
+    return torch.as_tensor(np.ascontiguousarray(arr))
 
 
 PAGE = Page(

@@ -7,13 +7,35 @@ import dash_cytoscape as cyto
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
+from ...errors import StoreError
 from ...figures.features import preferred_grid, unit_pane
 from ...figures.graph import GRAPH_STYLESHEET, TYPE_COLORS, graph_elements
 from ...figures.maps import cell_at, channel_zoom, feature_map_grid, image_strip
-from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    error_figure,
+    graph,
+    missing,
+    no_runs_selected,
+    page_header,
+    picker_status,
+    run_picker,
+    shrink,
+    survive,
+)
 from . import Page
 
 cyto.load_extra_layouts()
+
+# Response bounds of the layer panel (ResNet-50's layer4 has 2048 channels).
+MAX_GRID_CHANNELS = 128  #: feature-map columns shown at once
+MAX_GRID_CELLS = 200_000  #: feature-map values sent at once (fewer columns for large maps)
+MAX_GRID_IMAGES = 16  #: feature-map rows (sample images) shown
+MAX_PREFERRED = 16  #: optimised inputs in the grid (every unit stays pickable)
+MAX_CROPS = 16  #: top-example crops in a unit's pane
+MAX_THUMB = 96  #: pixels a side of the images sent (area-averaged above)
 
 SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "memory share",
                 "param_share": "parameter share"}
@@ -54,6 +76,7 @@ def layout() -> html.Div:
                 className="controls",
             ),
             html.Div(id="model-status"),
+            html.Div(id="model-graph-notice"),
             legend,
             html.Div(
                 [
@@ -81,13 +104,12 @@ def register(app, state) -> None:
         Output("model-status", "children"),
         Input("run-select", "value"), State("model-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, _has_graph)
-        note = missing("model graph", "run.log_model(model, example_inputs)", lacking) \
-            if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, _has_graph, "model graph",
+                             "run.log_model(model, example_inputs)", PANEL_TABLES)
 
     @app.callback(
         Output("model-expanded", "data"), Output("model-selected", "data"),
@@ -95,6 +117,7 @@ def register(app, state) -> None:
         Input("model-collapse", "n_clicks"), Input("model-run", "value"),
         State("model-expanded", "data"), prevent_initial_call=True,
     )
+    @survive(no_update, no_update)
     def _tap(node, found, _collapse, _run, expanded):
         expanded = list(expanded or [])
         trigger = ctx.triggered_id
@@ -115,29 +138,34 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("model-graph", "elements"), Output("model-find", "options"),
+        Output("model-graph-notice", "children"),
         Input("model-run", "value"), Input("model-expanded", "data"),
         Input("model-size", "value"), Input("model-depth", "value"),
         Input("model-selected", "data"),
     )
+    @survive([], [], NOTICE)
     def _elements(run, expanded, size_by, depth, selected):
         if not run:
-            return [], []
+            return [], [], None
         reader = state.reader(run)
         gd = reader.object("graph", "model")
         metric = None
-        if size_by and reader.has_table("profile"):
-            prof = reader.query(
-                f'SELECT name, "{size_by}" AS v FROM profile WHERE model = ?', ["model"])
-            metric = dict(zip(prof["name"], prof["v"].astype(float), strict=True))
+        dmg = Damage()
+        # the column is an identifier: only the fixed set of size options is ever looked up
+        if isinstance(size_by, str) and size_by in SIZE_OPTIONS and size_by \
+                and reader.has_table("profile"):
+            with dmg.guard(run, "the profile (node sizes)"):
+                metric = reader.profile_shares(size_by)
         els = graph_elements(gd, expanded=expanded or [], depth=depth or 1, metric=metric,
                              selected=selected)
         names = sorted({b["name"] for b in gd["blocks"] if b["name"]})
-        return els, [{"label": n, "value": n} for n in names]
+        return els, [{"label": n, "value": n} for n in names], dmg.notice()
 
     @app.callback(
         Output("model-panel", "children"),
         Input("model-selected", "data"), State("model-run", "value"),
     )
+    @survive(NOTICE)
     def _panel(layer, run):
         if not run or not layer:
             return html.P("Click a layer (or pick one under 'Find a layer').", className="muted")
@@ -149,16 +177,21 @@ def register(app, state) -> None:
         Input("fi-unit", "value"), State("model-selected", "data"), State("model-run", "value"),
         prevent_initial_call=True,
     )
+    @survive(FIGURE)
     def _unit(unit, layer, run):
         if unit is None or not layer or not run:
             return no_update
-        return _pane(state.reader(run), layer, int(unit))
+        dmg = Damage()
+        fig = _pane(state.reader(run), layer, int(unit), dmg)
+        return fig if not dmg else error_figure([t for _, t in dmg.items]) if fig is None \
+            else _with_problems(fig, dmg)
 
     @app.callback(
         Output("fm-grid", "figure"),
         Input("fm-order", "value"), State("model-selected", "data"), State("model-run", "value"),
         prevent_initial_call=True,
     )
+    @survive(FIGURE)
     def _reorder(order, layer, run):
         return _grid_figure(state.reader(run), layer, order)
 
@@ -168,6 +201,7 @@ def register(app, state) -> None:
         State("model-selected", "data"), State("model-run", "value"),
         prevent_initial_call=True,
     )
+    @survive(FIGURE, {"display": "block"})
     def _zoom(click, fig, layer, run):
         if not click or not fig:
             return no_update, no_update
@@ -188,73 +222,134 @@ def _fmt_shape(shapes) -> str:
 
 def _grid_figure(reader, layer: str, order: str):
     idx = reader.arrays("feature_maps")
+    if not len(idx) or layer not in set(idx["key"]):
+        raise StoreError(f"the feature maps of {layer} are not in run {reader.name!r}'s arrays "
+                         "index (tables/arrays): record them with run.log_feature_maps.")
     row = idx[idx["key"] == layer].iloc[0]
-    maps = reader.array("feature_maps", layer).astype(np.float32)
+    maps = reader.array("feature_maps", layer, mmap=True)
     meta = row["meta"]
-    channels = meta["channels"]
+    channels = [int(c) for c in meta["channels"]]
     cols = list(range(len(channels)))
     if order == "mean":
         means = meta["channel_mean"]
         cols = sorted(cols, key=lambda k: -means[k])
-    return feature_map_grid(maps, channels, order=cols)
+    # bounded response: at most MAX_GRID_CHANNELS columns and MAX_GRID_IMAGES rows
+    n = min(maps.shape[0], MAX_GRID_IMAGES)
+    cols = cols[:_grid_columns(maps.shape)]
+    sub = np.asarray(maps[:n][:, cols], dtype=np.float32)
+    fig = feature_map_grid(sub, [channels[k] for k in cols])
+    # clicks map back to the stored columns (the zoom reads the stored array)
+    fig.update_layout(meta={**fig.layout.meta, "order": cols, "channels": channels,
+                            "shown": len(cols), "stored": len(channels)})
+    return fig
+
+
+def _grid_columns(shape: tuple) -> int:
+    """How many channels of stored maps ``[N, C, h, w]`` the grid shows."""
+    n, c, h, w = shape
+    per_column = max(1, min(n, MAX_GRID_IMAGES) * h * w)
+    return max(1, min(c, MAX_GRID_CHANNELS, MAX_GRID_CELLS // per_column))
+
+
+def _grid_note(maps_shape: tuple, stored: int) -> str:
+    parts = []
+    shown = _grid_columns(maps_shape)
+    if stored > shown:
+        parts.append(f"showing {shown} of {stored} stored channels (order by mean "
+                     "activation to see the most active)")
+    if maps_shape[0] > MAX_GRID_IMAGES:
+        parts.append(f"showing {MAX_GRID_IMAGES} of {maps_shape[0]} images")
+    return "; ".join(parts)
 
 
 def layer_panel(reader, layer: str) -> html.Div:
-    gd = reader.object("graph", "model")
-    node = next((n for n in gd["nodes"] if n["name"] == layer or n.get("module") == layer), None)
-    block = next((b for b in gd["blocks"] if b["name"] == layer), None)
+    run = reader.name
+    dmg = Damage()
+    damaged = dmg.check(reader, PANEL_TABLES, run_file=False)
+    gd = None
+    with dmg.guard(run, "the model graph"):
+        gd = reader.object("graph", "model")
+    node = block = None
+    if isinstance(gd, dict):
+        node = next((n for n in gd.get("nodes", [])
+                     if n["name"] == layer or n.get("module") == layer), None)
+        block = next((b for b in gd.get("blocks", []) if b["name"] == layer), None)
     facts = []
-    if node:
-        facts += [("type", node["type"]), ("input", _fmt_shape(node["input_shapes"])),
-                  ("output", _fmt_shape(node["output_shapes"])),
-                  ("parameters", f"{node['params']:,}")]
-    elif block:
-        facts += [("type", block["type"]), ("parameters", f"{block['params']:,}"),
-                  ("contains", f"{len(block['children'])} modules")]
+    with dmg.guard(run, "the layer's facts"):
+        if node:
+            facts += [("type", node["type"]), ("input", _fmt_shape(node["input_shapes"])),
+                      ("output", _fmt_shape(node["output_shapes"])),
+                      ("parameters", f"{node['params']:,}")]
+        elif block:
+            facts += [("type", block["type"]), ("parameters", f"{block['params']:,}"),
+                      ("contains", f"{len(block['children'])} modules")]
     if reader.has_table("profile"):
-        prof = reader.query("SELECT * FROM profile WHERE name = ? AND model = ?",
-                            [layer, "model"])
-        if len(prof):
-            p = prof.iloc[0]
-            facts += [("forward", f"{p['forward_s'] * 1e3:.3f} ms"),
-                      ("backward", f"{p['backward_s'] * 1e3:.3f} ms"),
-                      ("time share", f"{p['time_share']:.1%}"),
-                      ("memory", f"{int(p['memory_bytes']):,} B ({p['memory_share']:.1%})")]
+        with dmg.guard(run, "the layer's profile"):
+            prof = reader.query("SELECT * FROM profile WHERE name = ? AND model = ?",
+                                [layer, "model"])
+            if len(prof):
+                p = prof.iloc[0]
+                facts += [("forward", f"{p['forward_s'] * 1e3:.3f} ms"),
+                          ("backward", f"{p['backward_s'] * 1e3:.3f} ms"),
+                          ("time share", f"{p['time_share']:.1%}"),
+                          ("memory", f"{int(p['memory_bytes']):,} B ({p['memory_share']:.1%})")]
     children = [
         html.H2(layer, className="panel-title", id="panel-layer"),
         html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in facts], className="facts"),
     ]
+    with dmg.guard(run, "the feature maps"):
+        children += _feature_maps_section(reader, layer, dmg, "arrays" in damaged)
+    for extra in PANEL_SECTIONS:
+        with dmg.guard(run, (extra.__doc__ or extra.__name__).split("(")[0].strip()):
+            section = extra(reader, layer)
+            if section is not None:
+                children.append(section)
+    if dmg:
+        children.insert(1, dmg.notice())
+    return html.Div(children, id="layer-panel", **{"data-layer": layer})
+
+
+def _feature_maps_section(reader, layer: str, dmg: Damage, index_damaged: bool) -> list:
     idx = reader.arrays("feature_maps")
-    if len(idx) and layer in set(idx["key"]):
-        meta = idx[idx["key"] == layer].iloc[0]["meta"]
-        note = []
-        if meta["capped_channels"]:
-            note.append(f"{len(meta['channels'])} most active of "
-                        f"{meta['original_shape'][1]} channels")
-        if meta["downsampled"]:
-            note.append(f"downsampled from {meta['original_shape'][2]}×"
-                        f"{meta['original_shape'][3]}")
-        samples = reader.array("samples", "feature_maps")
-        children += [
-            html.H3("Feature maps"),
-            html.Div("rows = sample images, columns = channels; click a map to zoom"
-                     + (" · " + "; ".join(note) if note else ""), className="muted"),
-            graph("fm-samples", figure=image_strip(samples), config={"staticPlot": True}),
+    if not (len(idx) and layer in set(idx["key"])):
+        if index_damaged:  # the notice names the damaged part of the arrays index
+            return [html.H3("Feature maps"), html.Div(
+                "Feature maps cannot be listed: the run's arrays table is damaged (see above).",
+                className="muted")]
+        return [missing("feature maps for this layer", "run.log_feature_maps(model, images)",
+                        [reader.name])]
+    meta = idx[idx["key"] == layer].iloc[0]["meta"]
+    note = []
+    if meta.get("capped_channels"):
+        note.append(f"{len(meta['channels'])} most active of "
+                    f"{meta['original_shape'][1]} channels")
+    if meta.get("downsampled"):
+        note.append(f"downsampled from {meta['original_shape'][2]}×"
+                    f"{meta['original_shape'][3]}")
+    out = [html.H3("Feature maps")]
+    with dmg.guard(reader.name, "the sample images"):
+        samples = reader.array("samples", "feature_maps", mmap=True)
+        out.append(graph("fm-samples", figure=image_strip(
+            _thumbs(samples[:MAX_GRID_IMAGES])), config={"staticPlot": True}))
+    grid = None
+    with dmg.guard(reader.name, "the feature maps"):
+        maps_shape = reader.array("feature_maps", layer, mmap=True).shape
+        grid = _grid_figure(reader, layer, "index")
+        capped = _grid_note(maps_shape, len(meta["channels"]))
+        if capped:
+            note.append(capped)
+    out.insert(1, html.Div("rows = sample images, columns = channels; click a map to zoom"
+                           + (" · " + "; ".join(note) if note else ""), className="muted"))
+    if grid is not None:
+        out += [
             html.Label(["Order channels by ", dcc.RadioItems(
                 id="fm-order", options=[{"label": "index", "value": "index"},
                                         {"label": "mean activation", "value": "mean"}],
                 value="index", inline=True)], className="control"),
-            graph("fm-grid", figure=_grid_figure(reader, layer, "index")),
+            graph("fm-grid", figure=grid),
             graph("fm-zoom", style={"display": "none"}),
         ]
-    else:
-        children.append(missing("feature maps for this layer",
-                                "run.log_feature_maps(model, images)", [reader.name]))
-    for extra in PANEL_SECTIONS:
-        section = extra(reader, layer)
-        if section is not None:
-            children.append(section)
-    return html.Div(children, id="layer-panel", **{"data-layer": layer})
+    return out
 
 
 def _diagnosis_section(reader, layer: str):
@@ -286,47 +381,92 @@ def _features_section(reader, layer: str):
     crops = _index_meta(reader, "top_crops", layer)
     if pref is None and crops is None:
         return None
+    dmg = Damage()
     children = [html.H3("What its units prefer")]
     units: list[int] = []
     if pref is not None:
-        images = reader.array("preferred_inputs", layer).astype(np.float32)
-        units = list(pref["units"])
+        units = [int(u) for u in pref["units"]]
+        with dmg.guard(reader.name, "the preferred inputs"):
+            images = reader.array("preferred_inputs", layer, mmap=True)
+            shown = min(len(units), MAX_PREFERRED)
+            values = pref.get("values")
+            more = (f"; showing {shown} of {len(units)} units (pick any below)"
+                    if shown < len(units) else "")
+            children += [
+                html.Div(f"optimised inputs (activation maximisation, {pref['seconds']:.1f} s "
+                         f"for {len(units)} units; value reached in brackets){more}",
+                         className="muted"),
+                graph("fi-grid", figure=preferred_grid(
+                    _thumbs(images[:shown]), units[:shown],
+                    values[:shown] if values is not None else None),
+                    config={"staticPlot": True}),
+            ]
+    if crops is not None and not units:
+        with dmg.guard(reader.name, "the top examples"):
+            n_ch = reader.array("top_crops", layer, mmap=True).shape[0]
+            units = list(range(n_ch))
+    if units:
+        pane = _pane(reader, layer, units[0], dmg)
         children += [
-            html.Div(f"optimised inputs (activation maximisation, {pref['seconds']:.1f} s for "
-                     f"{len(units)} units; value reached in brackets)", className="muted"),
-            graph("fi-grid", figure=preferred_grid(images, units, pref.get("values")),
-                  config={"staticPlot": True}),
+            html.Label(["Unit ", dcc.Dropdown(id="fi-unit", options=units, value=units[0],
+                                              clearable=False, style={"width": "120px"})],
+                       className="control"),
+            graph("fi-pane", figure=pane if pane is not None else error_figure(
+                [t for _, t in dmg.items]), config={"staticPlot": True}),
         ]
-    if crops is not None:
-        n_ch = reader.array("top_crops", layer, mmap=True).shape[0]
-        units = units or list(range(n_ch))
-    children += [
-        html.Label(["Unit ", dcc.Dropdown(id="fi-unit", options=units, value=units[0],
-                                          clearable=False, style={"width": "120px"})],
-                   className="control"),
-        graph("fi-pane", figure=_pane(reader, layer, units[0]), config={"staticPlot": True}),
-    ]
+    if dmg:
+        children.insert(1, dmg.notice())
     return html.Div(children, id="features-section")
 
 
-def _pane(reader, layer: str, unit: int):
+def _pane(reader, layer: str, unit: int, dmg: Damage):
+    """The unit pane, or None when nothing of it could be loaded (``dmg`` names why)."""
+    run = reader.name
     pref = _index_meta(reader, "preferred_inputs", layer)
     preferred = None
     if pref is not None and unit in pref["units"]:
-        preferred = reader.array("preferred_inputs", layer)[pref["units"].index(unit)]
+        with dmg.guard(run, "the preferred input"):
+            preferred = _thumbs(reader.array("preferred_inputs", layer, mmap=True)[
+                pref["units"].index(unit)][None])[0]
     crops, values = None, None
     if _index_meta(reader, "top_crops", layer) is not None:
-        crops = reader.array("top_crops", layer, mmap=True)[unit].astype(np.float32)
-        rows = reader.query("SELECT value FROM top_examples WHERE layer = ? AND channel = ? "
-                            "ORDER BY rank", [layer, int(unit)])
-        values = rows["value"].tolist()
-        keep = [i for i, v in enumerate(values) if np.isfinite(v)]
-        crops, values = crops[keep], [values[i] for i in keep]
+        with dmg.guard(run, "the top examples"):
+            stored = reader.array("top_crops", layer, mmap=True)
+            if not 0 <= unit < stored.shape[0]:
+                raise StoreError(f"unit {unit} is not among the {stored.shape[0]} stored units "
+                                 f"of {layer}: pick another unit.")
+            crops = _thumbs(stored[unit][:MAX_CROPS])
+        if crops is not None and reader.has_table("top_examples"):
+            with dmg.guard(run, "the top examples' values"):
+                rows = reader.query("SELECT value FROM top_examples WHERE layer = ? AND "
+                                    "channel = ? ORDER BY rank LIMIT ?",
+                                    [layer, int(unit), int(len(crops))])
+                got = rows["value"].tolist()
+                if len(got) == len(crops):
+                    keep = [i for i, v in enumerate(got) if np.isfinite(v)]
+                    crops, values = crops[keep], [got[i] for i in keep]
+    if preferred is None and crops is None:
+        return None
     return unit_pane(unit, preferred, crops, values)
+
+
+def _with_problems(fig, dmg: Damage):
+    """A figure with the damaged files it lacks named in its title."""
+    fig.update_layout(title={"text": "<br>".join(t for _, t in dmg.items), "font": {
+        "size": 10, "color": "#b42318"}}, meta={**(fig.layout.meta or {}),
+                                                 "problems": [t for _, t in dmg.items]})
+    return fig
+
+
+def _thumbs(images) -> np.ndarray:
+    """Images as sent: at most MAX_THUMB pixels a side (shown about 110 px tall)."""
+    return shrink(images, MAX_THUMB)
 
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
 PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
+# The tables the layer panel reads (their damaged parts are named on the page).
+PANEL_TABLES = ["profile", "arrays", "top_examples"]
 
 
 PAGE = Page(

@@ -7,13 +7,17 @@ from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from ...figures.resources import children_of, resource_rings
 from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    error_figure,
     fmt_bytes,
     graph,
-    missing,
     no_runs_selected,
     page_header,
-    pick_run,
+    picker_status,
     run_picker,
+    survive,
 )
 from . import Page
 
@@ -62,13 +66,12 @@ def register(app, state) -> None:
         Output("res-run", "options"), Output("res-run", "value"), Output("res-status", "children"),
         Input("run-select", "value"), State("res-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, has_profile)
-        note = missing("profile", "run.log_model(model, example_inputs)", lacking) \
-            if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, has_profile, "profile",
+                             "run.log_model(model, example_inputs)", ["profile"])
 
     @app.callback(
         Output("res-parent", "data"),
@@ -77,6 +80,7 @@ def register(app, state) -> None:
         State("res-parent", "data"), State("res-table", "derived_virtual_data"),
         prevent_initial_call=True,
     )
+    @survive(no_update)
     def _drill(click, cell, run, parent, rows):
         trig = ctx.triggered_id
         if trig == "res-run":
@@ -100,6 +104,7 @@ def register(app, state) -> None:
         Input("res-up", "n_clicks"), State("res-parent", "data"),
         prevent_initial_call=True,
     )
+    @survive(no_update)
     def _up(n, parent):
         if not n or not parent:
             return no_update
@@ -111,11 +116,19 @@ def register(app, state) -> None:
         Output("res-body", "style"),
         Input("res-run", "value"), Input("res-parent", "data"),
     )
+    @survive(FIGURE, [], [], NOTICE, {})
     def _show(run, parent):
         if not run:
             return {}, [], [], "", {"display": "none"}
         reader = state.reader(run)
-        prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+        dmg = Damage()
+        damaged = dmg.check(reader, ["profile"])
+        prof = None
+        if not (damaged and not reader.has_table("profile")):
+            with dmg.guard(run, "the profile"):
+                prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+        if prof is None:
+            return (error_figure([t for _, t in dmg.items]), [], [], dmg.notice(), {})
         parent = parent or ""
         kids = children_of(prof, parent)
         fig = resource_rings(prof, parent)
@@ -127,7 +140,11 @@ def register(app, state) -> None:
         else:
             crumbs.append(html.Button("↑ up", id="res-up", className="button",
                                       style={"display": "none"}))
-        attrs = reader.object("profile", "model") if reader.has_object("profile", "model") else {}
+        attrs = {}
+        if reader.has_object("profile", "model"):
+            with dmg.guard(run, "the profile's settings"):
+                attrs = reader.object("profile", "model")
+                attrs = attrs if isinstance(attrs, dict) else {}
         total = prof[prof["level"] == "model"]
         notes = []
         if len(total):
@@ -140,6 +157,8 @@ def register(app, state) -> None:
                 f"the measured whole forward ({attrs.get('whole_forward_s', 0) * 1e3:.2f} ms, "
                 f"input {attrs.get('input_shapes')}, {attrs.get('repeat')} passes). "
                 f"Memory: {attrs.get('memory_note', '')}.")
+        if dmg:
+            notes.append(dmg.notice())
         return fig, rows, crumbs, notes, {}
 
 

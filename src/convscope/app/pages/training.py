@@ -12,8 +12,21 @@ from ...figures.training import (
     layer_figure,
     validation_figure,
 )
+from ...store.training import most_changed_rows
 from ...track.columns import FILTER_COLUMNS, LAYER_COLUMNS
-from ..components import graph, missing, no_runs_selected, page_header, pick_run, run_picker
+from ..components import (
+    FIGURE,
+    NOTICE,
+    Damage,
+    error_figure,
+    graph,
+    no_runs_selected,
+    notice,
+    page_header,
+    picker_status,
+    run_picker,
+    survive,
+)
 from . import Page
 
 
@@ -56,8 +69,8 @@ def layout() -> html.Div:
                                                          value="cos_prev", clearable=False)],
                        className="control"),
         ], className="controls", id="trn-filter-controls", style={"display": "none"}),
-        html.Div(graph("trn-filters"), className="panel", id="trn-filters-box",
-                 style={"display": "none"}),
+        html.Div([html.Div(id="trn-filters-note"), graph("trn-filters")], className="panel",
+                 id="trn-filters-box", style={"display": "none"}),
         dcc.Store(id="trn-range"),
     ])
 
@@ -81,13 +94,13 @@ def register(app, state) -> None:
         Output("trn-run", "options"), Output("trn-run", "value"), Output("trn-status", "children"),
         Input("run-select", "value"), State("trn-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
         if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, _has_training)
-        note = missing("training dynamics", "run.watch(model) and run.log_validation(step, ids, "
-                       "labels, predictions)", lacking) if lacking else None
-        return options, value, note
+        return picker_status(state, selected, current, _has_training, "training dynamics",
+                             "run.watch(model) and run.log_validation(step, ids, labels, "
+                             "predictions)", TABLES)
 
     @app.callback(
         Output("trn-range", "data"),
@@ -95,6 +108,7 @@ def register(app, state) -> None:
         Input("trn-reset", "n_clicks"), Input("trn-run", "value"),
         State("trn-range", "data"), prevent_initial_call=True,
     )
+    @survive(no_update)
     def _range(rv, rl, _reset, _run, current):
         trig = ctx.triggered_id
         if trig in ("trn-reset", "trn-run"):
@@ -111,14 +125,25 @@ def register(app, state) -> None:
         Input("trn-run", "value"), Input("trn-k", "value"), Input("trn-threshold", "value"),
         Input("trn-range", "data"), Input("refresh", "n_intervals"),
     )
+    @survive(FIGURE, {}, {}, {"display": "none"}, no_update)
     def _validation(run, k, threshold, rng, _n):
         hidden = {"display": "none"}
         text = (f"steps {rng[0]:.0f} – {rng[1]:.0f}" if rng else "all steps")
         if not run:
             return {}, hidden, {}, hidden, text
         reader = state.reader(run)
+        dmg = Damage()
+        dmg.check(reader, ["validation", "validation_images"], run_file=False)
         if not reader.has_table("validation"):
+            if dmg:  # parts exist but none is readable: say so, never "nothing recorded"
+                return error_figure([t for _, t in dmg.items]), {}, {}, hidden, text
             return {}, hidden, {}, hidden, text
+        with dmg.guard(run, "the validation view"):
+            return _validation_view(reader, k, threshold, rng, text)
+        return error_figure([t for _, t in dmg.items]), {}, {}, hidden, text
+
+    def _validation_view(reader, k, threshold, rng, text):
+        hidden = {"display": "none"}
         err = reader.class_error()
         if rng:
             err = err[(err.index >= rng[0]) & (err.index <= rng[1])]
@@ -162,11 +187,16 @@ def register(app, state) -> None:
         Input("trn-run", "value"), Input("trn-stat", "value"), Input("trn-range", "data"),
         Input("refresh", "n_intervals"), State("trn-filter-layer", "value"),
     )
+    @survive(FIGURE, {}, [], None, {"display": "none"})
     def _layers(run, stat, rng, _n, flayer):
         hidden = {"display": "none"}
         if not run:
             return {}, hidden, [], None, hidden
         reader = state.reader(run)
+        dmg = Damage()
+        if dmg.check(reader, ["watch_layers"], run_file=False) \
+                and not reader.has_table("watch_layers"):
+            return error_figure([t for _, t in dmg.items]), {}, [], None, hidden
         if not reader.has_table("watch_layers"):
             return {}, hidden, [], None, hidden
         layers = reader.watched_layers()
@@ -180,21 +210,53 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("trn-filters", "figure"), Output("trn-filters-box", "style"),
+        Output("trn-filters-note", "children"),
         Input("trn-filter-layer", "value"), Input("trn-filter-value", "value"),
         Input("trn-range", "data"), State("trn-run", "value"),
     )
+    @survive(FIGURE, {}, None)
     def _filters(layer, value, rng, run):
         if not run or not layer or not state.reader(run).has_table("watch_filters"):
-            return {}, {"display": "none"}
+            return {}, {"display": "none"}, None
+        value = value or "cos_prev"
         steps, filters, mat = state.reader(run).filter_matrix(
-            layer, value or "cos_prev", max_steps=300,
+            layer, value, max_steps=MAX_FILTER_STEPS,
             steps=(int(rng[0]), int(rng[1] + 1)) if rng else None)
-        return filter_figure(steps, filters, mat, layer, value), {}
+        total = len(filters)
+        note = None
+        if total > MAX_FILTER_ROWS:  # bounded answer: the filters that changed most
+            keep = most_changed_rows(mat, value, MAX_FILTER_ROWS)
+            filters, mat = filters[keep], mat[keep]
+            how = "lowest cos_prev" if value == "cos_prev" else f"widest range of {value}"
+            note = notice(f"Showing the {len(filters)} of {total} filters of {layer} that "
+                          f"changed most ({how} over the steps shown); zoom the step axis "
+                          "of the validation or layer view to rank them within a range.")
+        fig = filter_figure(steps, filters, mat, layer, value)
+        if total > MAX_FILTER_ROWS:
+            # evenly spaced rows for the chosen filters, labelled by their numbers
+            fig.update_yaxes(type="category", categoryorder="array",
+                             categoryarray=[str(f) for f in filters])
+            fig.update_traces(y=[str(f) for f in filters])
+            fig.update_layout(title_text=f"Filters of {layer}: {value} — {len(filters)} of "
+                              f"{total} (changed most)")
+            meta = dict(fig.layout.meta or {})
+            fig.update_layout(meta={**meta, "shown": len(filters), "total": total})
+        return fig, {}, note
 
 
 def _class_names(reader) -> list[str] | None:
-    names = reader.config.get("class_names")
-    return list(names) if names else None
+    """The class names of run.json's config (None when absent, or when run.json is damaged:
+    the status notice names it)."""
+    try:
+        names = reader.config.get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) and names else None
+    except Exception:
+        return None
+
+
+TABLES = ["validation", "validation_images", "watch_layers", "watch_filters"]
+MAX_FILTER_STEPS = 300  #: step buckets of the filter view
+MAX_FILTER_ROWS = 256  #: filters drawn per answer (256 x 300 float32: ~0.4 MB)
 
 
 PAGE = Page(

@@ -1,0 +1,265 @@
+"""The Live page over HTTP against a real ``convscope serve``: opening a run never unpickles its
+checkpoint without ``--trust-checkpoints`` (issue 12 item 2), uploads are bounded before they are
+decoded and responses are bounded (item 7), and the model cache is bounded (item 8).
+
+Oracles: a marker file a crafted pickle would create, the server process's RSS (from /proc), the
+size of what comes back, and hand-computed channel selections.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convscope as cs
+from convscope.app.pages import live as live_page
+
+from .dash_http import call as dash_call
+
+pytestmark = pytest.mark.browser  # starts a real server
+
+LAYER = "layer1.0.conv1"
+
+
+class Exploit:
+    """Unpickling this runs ``exec``: it writes the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _run(logdir: Path, name: str, checkpoint) -> Path:
+    """A run the Live page can show: graph, sample images and a checkpoint.
+
+    ``checkpoint``: ``"safe"`` (run.log_checkpoint) or an object pickled as checkpoints/model.pt
+    the way older versions did."""
+    torch.manual_seed(0)
+    model = cs.zoo.resnet(width=4).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with cs.Run(logdir, name, quiet=True) as run:
+        run.log_object("graph", "model", cs.model.graph(model, x[:1]).to_dict())
+        run.log_feature_maps(model, x, layers=[LAYER])
+        if isinstance(checkpoint, str):
+            run.log_checkpoint(model)
+    if not isinstance(checkpoint, str):
+        (run.path / "checkpoints").mkdir(exist_ok=True)
+        torch.save(checkpoint, run.path / "checkpoints" / "model.pt")
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    marker = root / "marker"
+    _run(root / "runs", "evil", Exploit(marker))
+    _run(root / "runs", "good", "safe")
+    torch.manual_seed(0)
+    _run(root / "runs", "legacy", cs.zoo.resnet(width=4).eval())  # a harmless old pickle
+    return root / "runs", marker
+
+
+@pytest.fixture(scope="module")
+def server(logdir, module_serve):
+    return module_serve(logdir[0])
+
+
+def _grid(url: str, run: str, image: dict) -> tuple[int, bytes]:
+    return dash_call(url, "live-grid", {"live-image.data": image, "live-layer.value": LAYER,
+                                    "live-run.value": run}, "live-image.data")
+
+
+def _array(value) -> np.ndarray:
+    """A plotly array from JSON: a list, or {"dtype", "bdata", "shape"} (typed-array form)."""
+    if isinstance(value, dict):
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        if shape:
+            arr = arr.reshape([int(s) for s in str(shape).split(",")])
+        return arr.astype(np.float64)
+    return np.array(value, dtype=np.float64)
+
+
+def _mem_mb(pid: int, field: str = "VmRSS") -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of process ``pid``, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _png_uri(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# -- item 2: no code from the run -------------------------------------------------------------
+def test_live_page_never_unpickles_without_trust(server, logdir):
+    _, marker = logdir
+    status, body = dash_call(server.url, "live-run", {"run-select.value": ["evil"],
+                                                  "live-run.value": None}, "run-select.value")
+    assert status == 200, body[-2000:]
+    text = body.decode()
+    assert "--trust-checkpoints" in text and "pickle" in text
+    status, body = _grid(server.url, "evil", {"sample": 0})
+    assert status == 200, body[-2000:]
+    resp = json.loads(body)["response"]
+    status_div = next(v for k, v in resp.items() if k.startswith("live-status"))
+    assert "--trust-checkpoints" in json.dumps(status_div)
+    assert resp["live-body"]["style"] == {"display": "none"}
+    assert not marker.exists()
+
+
+def test_live_page_runs_a_safe_checkpoint(server, logdir):
+    status, body = _grid(server.url, "good", {"sample": 1})
+    assert status == 200, body[-2000:]
+    fig = json.loads(body)["response"]["live-grid"]["figure"]
+    assert fig["layout"]["meta"]["kind"] == "channel_grid"
+    assert fig["layout"]["meta"]["channels"] == 4 and fig["layout"]["meta"]["layer"] == LAYER
+    # the same activations as running the original model on that sample here
+    reader = cs.open_run(logdir[0] / "good")
+    x = torch.as_tensor(reader.array("samples", "feature_maps")[1].astype(np.float32))
+    torch.manual_seed(0)
+    want = cs.features.live(cs.zoo.resnet(width=4).eval(), LAYER, x).numpy()
+    z = _array(fig["data"][0]["z"])
+    h = want.shape[1]
+    tile = z[:h, :h]
+    lo, hi = want[0].min(), want[0].max()
+    np.testing.assert_allclose(tile, (want[0] - lo) / (hi - lo), atol=1e-4)
+
+
+def test_trust_flag_loads_an_old_pickle(logdir, serve):
+    srv = serve(logdir[0], args=["--trust-checkpoints"])
+    status, body = _grid(srv.url, "legacy", {"sample": 0})
+    assert status == 200, body[-2000:]
+    fig = json.loads(body)["response"]["live-grid"]["figure"]
+    assert fig["layout"]["meta"]["kind"] == "channel_grid"
+    status, body = dash_call(srv.url, "live-run", {"run-select.value": ["legacy"],
+                                               "live-run.value": None}, "run-select.value")
+    assert status == 200 and b"--trust-checkpoints" not in body
+
+
+# -- item 7: bounded uploads ------------------------------------------------------------------
+def test_decompression_bomb_upload_is_refused_before_decoding(server, logdir):
+    from PIL import Image
+
+    big = Image.new("1", (13_000, 13_000))  # 21 MB here; 507 MB once decoded to RGB
+    uri = _png_uri(big)
+    del big
+    assert len(uri) < 1_000_000  # a small request
+    assert _grid(server.url, "good", {"sample": 0})[0] == 200  # model loaded, torch imported
+    pid = server.worker_pids()[0]
+    _reset_peak(pid)
+    before = _mem_mb(pid)
+    for _ in range(3):
+        # through the upload callback, as the browser sends it ...
+        status, body = dash_call(server.url, "live-image", {
+            "live-upload.contents": uri, "live-sample.value": 0, "live-run.value": "good"},
+            "live-upload.contents")
+        assert status == 200, body[-2000:]
+        data = json.loads(body)["response"]["live-image"]["data"]
+        assert set(data) == {"error"} and "13000 x 13000" in data["error"]
+        assert "4096" in data["error"]
+        # ... and straight to the grid callback, as an attacker could
+        status, body = _grid(server.url, "good", {"upload": uri})
+        assert status == 200 and b"13000 x 13000" in body, body[-2000:]
+    # the peak, not just what is left: decoding would have taken ~650 MB at once
+    peak = _mem_mb(pid, "VmHWM")
+    print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB during 6 bomb requests")
+    assert peak - before < 200
+
+
+def test_oversized_and_bogus_uploads_are_refused(server):
+    too_long = "data:image/png;base64," + "A" * (live_page.MAX_URI_CHARS + 10)
+    status, body = _grid(server.url, "good", {"upload": too_long})
+    assert status == 200 and b"MB" in body and b"Shrink it" in body
+    for bad in ("data:image/png;base64,!!!!", "not a uri", "data:image/gif;base64,"
+                + base64.b64encode(b"GIF89a" + b"\0" * 20).decode(), 12):
+        status, body = _grid(server.url, "good", {"upload": bad})
+        assert status == 200, (bad, body[-500:])
+        assert b"live-status" in body and b"channel_grid" not in body
+    # a request body far over any upload is refused before it is read in full: waitress answers
+    # 413 and closes the connection, which the client may see as a reset while still sending
+    try:
+        status, _ = _grid(server.url, "good", {"upload": "A" * (40 * 2**20)})
+    except (urllib.error.URLError, ConnectionError) as exc:
+        assert "reset" in str(exc).lower() or "broken pipe" in str(exc).lower(), exc
+    else:
+        assert status == 413
+    status, body = _grid(server.url, "good", {"upload": "not a uri"})  # still serving
+    assert status == 200 and b"live-status" in body
+
+
+def test_accepted_upload_comes_back_small(server):
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 2000, dtype=np.float32).astype(np.uint8)
+    img = Image.fromarray(np.broadcast_to(ramp[None, :, None], (3000, 2000, 3)).copy())
+    uri = _png_uri(img)  # 6 megapixels, a small file: accepted
+    status, body = dash_call(server.url, "live-image", {
+        "live-upload.contents": uri, "live-sample.value": 0, "live-run.value": "good"},
+        "live-upload.contents")
+    assert status == 200
+    data = json.loads(body)["response"]["live-image"]["data"]
+    assert "upload" in data, data
+    assert len(body) < 20_000 < len(uri)  # the 32 x 32 copy, not the upload
+    small = Image.open(io.BytesIO(base64.b64decode(data["upload"].split(",", 1)[1])))
+    assert small.size == (32, 32)
+    status, body = _grid(server.url, "good", data)
+    assert status == 200 and json.loads(body)["response"]["live-grid"]["figure"]["layout"][
+        "meta"]["source"] == "upload"
+
+
+# -- unit checks of the bounds ------------------------------------------------------------------
+def test_grid_keeps_the_most_active_channels_and_bounds_values():
+    acts = torch.zeros(300, 64, 64)
+    strong = [5, 17, 299]
+    for c in range(300):
+        acts[c] = 0.01 * (c % 7)
+    for c in strong:
+        acts[c] = 10.0 + c
+    out, said = live_page._bound(acts)
+    side = int(np.sqrt(live_page.MAX_GRID_VALUES // live_page.MAX_GRID_CHANNELS))
+    assert out.shape == (live_page.MAX_GRID_CHANNELS, side, side)
+    assert out.numel() <= live_page.MAX_GRID_VALUES
+    # the strong channels survive, in channel order, with their values (area mean of constants)
+    means = out.flatten(1).mean(1)
+    assert [round(v) for v in sorted(means.tolist())[-3:]] == [15, 27, 309]
+    assert "256 most active of 300 channels" in said and "64 x 64 to 32 x 32" in said
+    small, said = live_page._bound(torch.rand(4, 8, 8))
+    assert small.shape == (4, 8, 8) and said == ""
+
+
+def test_model_cache_is_bounded_lru(tmp_path):
+    paths = [_run(tmp_path, f"r{i}", "safe") for i in range(3)]
+    readers = [cs.open_run(p) for p in paths]
+    live_page._models.clear()
+    a, _ = live_page._model(readers[0], "model", False)
+    assert live_page._model(readers[0], "model", False)[0] is a  # cached
+    live_page._model(readers[1], "model", False)
+    live_page._model(readers[0], "model", False)  # r0 is now the most recent
+    live_page._model(readers[2], "model", False)  # evicts r1
+    assert len(live_page._models) == live_page.MAX_MODELS == 2
+    assert {k[0] for k in live_page._models} == {str(paths[0]), str(paths[2])}
+    # re-saving the checkpoint changes its identity: the new model is loaded
+    with cs.Run(tmp_path, "r0", resume=True, quiet=True) as run:
+        run.log_checkpoint(cs.zoo.resnet(width=8).eval())
+    b, _ = live_page._model(readers[0], "model", False)
+    assert b is not a and b.conv1.out_channels == 8
+    live_page._models.clear()
