@@ -143,3 +143,26 @@ def test_diagnose_command_loads_the_checkpoint_and_records(tmp_path, capsys):
         run.log_checkpoint(model)
     assert main(["diagnose", str(empty)]) == 2
     assert "--inputs" in capsys.readouterr().err
+
+
+def test_diagnose_and_analyze_never_unpickle_without_trust(tmp_path, capsys):
+    """A run directory holding a crafted whole-module pickle (what an older convscope wrote, or
+    an attacker placed): the commands refuse it and say how to opt in; nothing runs."""
+    import torch
+
+    from .test_checkpoints import Exploit
+
+    marker = tmp_path / "marker"
+    with cs.Run(tmp_path, "evil", quiet=True) as run:
+        run.log_scalars(0, loss=1.0)
+        run.log_array("samples", "x", torch.rand(2, 3, 8, 8))
+    (run.path / "checkpoints").mkdir()
+    torch.save(Exploit(marker), run.path / "checkpoints" / "model.pt")
+    assert main(["diagnose", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-checkpoints" in err and not marker.exists()
+    assert main(["analyze", str(run.path), "--what", "diagnosis"]) == 2
+    assert "--trust-checkpoints" in capsys.readouterr().err and not marker.exists()
+    # the opt-in is real: it unpickles (which is why it must be asked for)
+    main(["diagnose", str(run.path), "--trust-checkpoints"])
+    assert marker.read_text() == "pwned"
