@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import numpy as np
@@ -25,13 +26,17 @@ def png_data_uri(image: np.ndarray, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+@functools.lru_cache(maxsize=32)
 def colormap_lut(name: str = "Jet", n: int = 256) -> np.ndarray:
-    """A ``[n, 3]`` uint8 lookup table sampled from a plotly colour scale."""
+    """A ``[n, 3]`` uint8 lookup table sampled from a plotly colour scale (read-only; cached:
+    sampling the scale costs ~8 ms, more than colouring a gallery page)."""
     from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
 
     colors = sample_colorscale(get_colorscale(name), np.linspace(0, 1, n).tolist(),
                                colortype="rgb")
-    return np.array([unlabel_rgb(c) for c in colors]).round().clip(0, 255).astype(np.uint8)
+    lut = np.array([unlabel_rgb(c) for c in colors]).round().clip(0, 255).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

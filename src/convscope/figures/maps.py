@@ -53,28 +53,25 @@ def feature_map_grid(
     n, c, h, w = np.asarray(maps).shape
     order = list(range(c)) if order is None else list(order)
     tiles, h, w = mosaic(maps, order)
-    fig = go.Figure(go.Heatmap(
-        z=tiles, colorscale="Viridis", showscale=False, hoverongaps=False,
-        customdata=None, hovertemplate="x %{x}, y %{y}<extra></extra>",
-    ))
     col_centres = [j * (w + GAP) + w / 2 for j in range(c)]
     row_centres = [i * (h + GAP) + h / 2 for i in range(n)]
-    fig.update_xaxes(
-        tickvals=col_centres, ticktext=[str(channels[k]) for k in order], side="top",
-        showgrid=False, zeroline=False, tickfont={"size": 9}, title_text="channel",
-        constrain="domain",
-    )
-    fig.update_yaxes(
-        tickvals=row_centres, ticktext=list(row_labels) if row_labels else
-        [f"img {i}" for i in range(n)], autorange="reversed", showgrid=False, zeroline=False,
-        scaleanchor="x", tickfont={"size": 9}, constrain="domain",
-    )
+    data = [{"type": "heatmap", "z": tiles, "colorscale": "Viridis", "showscale": False,
+             "hoverongaps": False, "hovertemplate": "x %{x}, y %{y}<extra></extra>"}]
     cell_px = max(6, min(28, 900 // max(c, 1)))
-    theme.apply(fig, height=int(90 + n * cell_px * (h + GAP) / max(w, 1)), title=title or None)
-    fig.update_layout(margin={"l": 60, "r": 10, "t": 70 if title else 50, "b": 10},
-                      meta={"kind": "feature_map_grid", "h": h, "w": w, "n": n, "c": c,
-                            "order": order, "channels": [int(ch) for ch in channels]})
-    return fig
+    layout = theme.layout(height=int(90 + n * cell_px * (h + GAP) / max(w, 1)),
+                          title=title or None)
+    layout.update(
+        xaxis={"tickvals": col_centres, "ticktext": [str(channels[k]) for k in order],
+               "side": "top", "showgrid": False, "zeroline": False, "tickfont": {"size": 9},
+               "title": {"text": "channel"}, "constrain": "domain"},
+        yaxis={"tickvals": row_centres,
+               "ticktext": list(row_labels) if row_labels else [f"img {i}" for i in range(n)],
+               "autorange": "reversed", "showgrid": False, "zeroline": False,
+               "scaleanchor": "x", "tickfont": {"size": 9}, "constrain": "domain"},
+        margin={"l": 60, "r": 10, "t": 70 if title else 50, "b": 10},
+        meta={"kind": "feature_map_grid", "h": h, "w": w, "n": n, "c": c, "order": order,
+              "channels": [int(ch) for ch in channels]})
+    return theme.figure(data, layout)
 
 
 def channel_zoom(maps: np.ndarray, column: int, channel: int, *, image: int | None = None
@@ -87,15 +84,14 @@ def channel_zoom(maps: np.ndarray, column: int, channel: int, *, image: int | No
     row = np.full((h, n * (w + GAP) - GAP), np.nan, dtype=np.float32)
     for i in range(n):
         row[:, i * (w + GAP): i * (w + GAP) + w] = m[i]
-    fig = go.Figure(go.Heatmap(z=row, colorscale="Viridis", hoverongaps=False,
-                               colorbar={"thickness": 10},
-                               hovertemplate="value %{z:.3g}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
+    data = [{"type": "heatmap", "z": row, "colorscale": "Viridis", "hoverongaps": False,
+             "colorbar": {"thickness": 10}, "hovertemplate": "value %{z:.3g}<extra></extra>"}]
     label = f"channel {channel}" + (f", image {image}" if image is not None else ", all images")
-    theme.apply(fig, height=260, title=label)
-    fig.update_layout(meta={"kind": "channel_zoom", "channel": int(channel)})
-    return fig
+    layout = theme.layout(height=260, title=label)
+    layout.update(yaxis={"autorange": "reversed", "scaleanchor": "x", "showticklabels": False},
+                  xaxis={"showticklabels": False},
+                  meta={"kind": "channel_zoom", "channel": int(channel)})
+    return theme.figure(data, layout)
 
 
 def image_strip(images: np.ndarray, labels: Sequence[str] | None = None) -> go.Figure:
@@ -111,10 +107,11 @@ def image_strip(images: np.ndarray, labels: Sequence[str] | None = None) -> go.F
     strip = np.full((h, n * (w + 2) - 2, 3), 255, dtype=np.uint8)
     for i in range(n):
         strip[:, i * (w + 2): i * (w + 2) + w] = (x[i].transpose(1, 2, 0) * 255).astype(np.uint8)
-    fig = go.Figure(go.Image(z=strip, hoverinfo="skip"))
-    fig.update_xaxes(showticklabels=bool(labels), tickvals=[i * (w + 2) + w / 2 for i in range(n)],
-                     ticktext=list(labels) if labels else None, side="bottom")
-    fig.update_yaxes(showticklabels=False)
-    theme.apply(fig, height=150)
-    fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 30})
-    return fig
+    xaxis = {"showticklabels": bool(labels), "side": "bottom",
+             "tickvals": [i * (w + 2) + w / 2 for i in range(n)]}
+    if labels:
+        xaxis["ticktext"] = list(labels)
+    layout = theme.layout(height=150)
+    layout.update(xaxis=xaxis, yaxis={"showticklabels": False},
+                  margin={"l": 10, "r": 10, "t": 10, "b": 30})
+    return theme.figure([{"type": "image", "z": strip, "hoverinfo": "skip"}], layout)

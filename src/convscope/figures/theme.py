@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
+
+from ..errors import InputError
 
 # Colour-blind-safe qualitative palette (Okabe-Ito, then Tableau for more series).
 PALETTE = [
@@ -16,17 +19,104 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def layout(*, height: int | None = None, title: str | None = None) -> dict:
+    """convscope's layout defaults as a plain dict: merge a figure's own settings into it and
+    build the figure once with :func:`figure` (one validation instead of one per update)."""
+    out = {
+        "template": "plotly_white",
+        "font": {"family": FONT, "size": 12},
+        "margin": {"l": 55, "r": 20, "t": 50 if title else 30, "b": 45},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        "hoverlabel": {"namelength": -1},
+    }
+    if title:
+        out["title"] = {"text": title, "x": 0.01, "font": {"size": 15}}
+    if height:
+        out["height"] = height
+    return out
+
+
 def apply(fig: go.Figure, *, height: int | None = None, title: str | None = None) -> go.Figure:
     """Apply convscope's layout defaults to ``fig`` in place and return it."""
-    fig.update_layout(
-        template="plotly_white",
-        font={"family": FONT, "size": 12},
-        margin={"l": 55, "r": 20, "t": 50 if title else 30, "b": 45},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
-        hoverlabel={"namelength": -1},
-    )
-    if title:
-        fig.update_layout(title={"text": title, "x": 0.01, "font": {"size": 15}})
-    if height:
-        fig.update_layout(height=height)
+    fig.update_layout(layout(height=height, title=title))
     return fig
+
+
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """A figure built in one validated step from plain trace and layout dicts.
+
+    Each ``fig.update_*`` call or ``make_subplots`` re-walks plotly's property tree (a gallery
+    of 70 cells took ~0.25 s that way); one construction from dicts validates everything once
+    and gives the same figure. A registered template (``layout["template"]``, a name) is
+    attached the way plotly attaches its default template: as the registered, already
+    validated object, without a second validation (that alone cost ~10-20 ms per figure).
+    """
+    template = layout.get("template")
+    if not (isinstance(template, str) and template in pio.templates):
+        return go.Figure(data=data, layout=layout)
+    fig = go.Figure(data=data, layout={k: v for k, v in layout.items() if k != "template"})
+    lay = fig.layout
+    validate = getattr(lay, "_validate", True)
+    lay._validate = False  # as plotly's BaseFigure._initialize_layout_template does
+    try:
+        lay.template = pio.templates[template]
+    finally:
+        lay._validate = validate
+    return fig
+
+
+def axis_ref(n: int) -> tuple[str, str]:
+    """The trace-side axis names (``xaxis=``, ``yaxis=``) of the ``n``-th subplot (1-based)."""
+    return ("x", "y") if n == 1 else (f"x{n}", f"y{n}")
+
+
+def grid(rows: int, cols: int, *, horizontal_spacing: float, vertical_spacing: float,
+         shared_xaxes: bool = False) -> dict[str, dict]:
+    """The axes of a ``rows`` x ``cols`` grid exactly as ``plotly.subplots.make_subplots``
+    (start cell top-left) lays them out, as layout entries ``{"xaxis": {...}, "yaxis": {...},
+    "xaxis2": ...}``. Cell ``(r, c)`` (0-based, row 0 at the top) is subplot number
+    ``r * cols + c + 1``; :func:`axis_ref` names its axes for a trace, :func:`title_annotations`
+    places titles over cells. ``shared_xaxes``: every column's axes follow its bottom cell's
+    (``matches``), and only the bottom row keeps tick labels."""
+    for name, n, spacing in (("horizontal", cols, horizontal_spacing),
+                             ("vertical", rows, vertical_spacing)):
+        if n > 1 and not 0 <= spacing <= 1 / (n - 1):
+            raise InputError(f"{name}_spacing {spacing} does not fit {n} subplots: pass a "
+                             f"value between 0 and {1 / (n - 1):.4g}.")
+    # the same float expressions as make_subplots, so the domains are bit-identical
+    width = (1.0 - horizontal_spacing * (cols - 1)) / cols
+    height = (1.0 - vertical_spacing * (rows - 1)) / rows
+    x0 = [sum([width] * c) + c * horizontal_spacing for c in range(cols)]
+    y0 = [sum([height] * r) + r * vertical_spacing for r in range(rows)]
+    out: dict[str, dict] = {}
+    for r in range(rows):  # row 0 is the top one: make_subplots builds rows bottom-up
+        ys, ye = y0[rows - 1 - r], y0[rows - 1 - r] + height
+        ys = 0.0 if -0.01 < ys < 0.0 else ys
+        ye = 1.0 if 1.0 < ye < 1.01 else ye
+        for c in range(cols):
+            n = r * cols + c + 1
+            xa, ya = axis_ref(n)
+            xaxis = {"anchor": ya, "domain": [x0[c], x0[c] + width]}
+            if shared_xaxes and r < rows - 1:
+                xaxis["matches"] = axis_ref((rows - 1) * cols + c + 1)[0]
+                xaxis["showticklabels"] = False
+            out["xaxis" if n == 1 else f"xaxis{n}"] = xaxis
+            out["yaxis" if n == 1 else f"yaxis{n}"] = {"anchor": xa, "domain": [ys, ye]}
+    return out
+
+
+def title_annotations(axes: dict[str, dict], titles: list[str], *, size: int = 16
+                      ) -> list[dict]:
+    """make_subplots' subplot titles: ``titles[i]`` centred over subplot ``i + 1`` of ``axes``
+    (from :func:`grid`); empty titles are skipped."""
+    out = []
+    for i, text in enumerate(titles):
+        n = i + 1
+        xaxis = axes.get("xaxis" if n == 1 else f"xaxis{n}")
+        if not text or xaxis is None:
+            continue
+        yaxis = axes["yaxis" if n == 1 else f"yaxis{n}"]
+        out.append({"y": yaxis["domain"][1], "xref": "paper", "x": sum(xaxis["domain"]) / 2.0,
+                    "yref": "paper", "text": text, "showarrow": False, "font": {"size": size},
+                    "xanchor": "center", "yanchor": "bottom"})
+    return out
