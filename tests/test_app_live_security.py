@@ -176,9 +176,11 @@ def test_decompression_bomb_upload_is_refused_before_decoding(server, logdir):
         data = json.loads(body)["response"]["live-image"]["data"]
         assert set(data) == {"error"} and "13000 x 13000" in data["error"]
         assert "4096" in data["error"]
-        # ... and straight to the grid callback, as an attacker could
+        # ... and straight to the grid callback, as an attacker could: it takes only the
+        # model-sized copy the upload callback makes, and says so
         status, body = _grid(server.url, "good", {"upload": uri})
-        assert status == 200 and b"13000 x 13000" in body, body[-2000:]
+        assert status == 200 and b"upload box" in body, body[-2000:]
+        assert b"channel_grid" not in body
     # the peak, not just what is left: decoding would have taken ~650 MB at once
     peak = _mem_mb(pid, "VmHWM")
     print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB during 6 bomb requests")
@@ -187,8 +189,10 @@ def test_decompression_bomb_upload_is_refused_before_decoding(server, logdir):
 
 def test_oversized_and_bogus_uploads_are_refused(server):
     too_long = "data:image/png;base64," + "A" * (live_page.MAX_URI_CHARS + 10)
+    data = _upload(server.url, too_long)
+    assert "MB" in data["error"] and "Shrink it" in data["error"]
     status, body = _grid(server.url, "good", {"upload": too_long})
-    assert status == 200 and b"MB" in body and b"Shrink it" in body
+    assert status == 200 and b"upload box" in body
     for bad in ("data:image/png;base64,!!!!", "not a uri", "data:image/gif;base64,"
                 + base64.b64encode(b"GIF89a" + b"\0" * 20).decode(), 12):
         status, body = _grid(server.url, "good", {"upload": bad})
@@ -209,9 +213,8 @@ def test_oversized_and_bogus_uploads_are_refused(server):
 def test_accepted_upload_comes_back_small(server):
     from PIL import Image
 
-    ramp = np.linspace(0, 255, 2000, dtype=np.float32).astype(np.uint8)
-    img = Image.fromarray(np.broadcast_to(ramp[None, :, None], (3000, 2000, 3)).copy())
-    uri = _png_uri(img)  # 6 megapixels, a small file: accepted
+    noise = np.random.default_rng(0).integers(0, 256, (800, 1200, 3), dtype=np.uint8)
+    uri = _png_uri(Image.fromarray(noise))  # 0.96 megapixels: accepted for a 32 x 32 model
     status, body = dash_call(server.url, "live-image", {
         "live-upload.contents": uri, "live-sample.value": 0, "live-run.value": "good"},
         "live-upload.contents")
@@ -263,3 +266,135 @@ def test_model_cache_is_bounded_lru(tmp_path):
     b, _ = live_page._model(readers[0], "model", False)
     assert b is not a and b.conv1.out_channels == 8
     live_page._models.clear()
+
+
+# -- red-team findings: memory per upload, the grid callback, concurrency -------------------------
+def _upload(url: str, uri: str) -> dict:
+    status, body = dash_call(url, "live-image", {
+        "live-upload.contents": uri, "live-sample.value": 0, "live-run.value": "good"},
+        "live-upload.contents")
+    assert status == 200, body[-2000:]
+    return json.loads(body)["response"]["live-image"]["data"]
+
+
+def test_small_files_of_many_pixels_are_refused_with_bounded_memory(server):
+    """A 4096 x 4096 PNG is 44 KB as 16-bit grayscale and 87 KB as RGBA; 8 at once took the
+    server from 1,065 MB to 1,675-1,812 MB peak before (the upload callback and the grid
+    callback alike). Now such an image is refused on its header: at most 16 x the model's
+    input pixels (at least 1 MP) are decoded."""
+    import threading
+
+    from PIL import Image
+
+    bombs = [_png_uri(Image.fromarray(np.zeros((4096, 4096), np.uint16))),
+             _png_uri(Image.new("RGBA", (4096, 4096)))]
+    assert all(len(u) < 100_000 for u in bombs)
+    fits = _png_uri(Image.fromarray(np.full((1024, 1024), 40000, np.uint16)))  # 1 MP: accepted
+    assert _grid(server.url, "good", {"sample": 0})[0] == 200
+    pid = server.worker_pids()[0]
+    before = _reset_peak(pid) or _mem_mb(pid)
+    answers: list = []
+
+    def send(uri: str, direct: bool) -> None:
+        if direct:  # straight to the grid callback, as an attacker could
+            status, body = _grid(server.url, "good", {"upload": uri})
+            answers.append((status, body.decode(errors="replace")))
+        else:
+            answers.append((200, json.dumps(_upload(server.url, uri))))
+
+    jobs = [threading.Thread(target=send, args=(u, d)) for u in bombs for d in (False, True)
+            for _ in range(4)] + [threading.Thread(target=send, args=(fits, False))
+                                  for _ in range(8)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join()
+    peak = _mem_mb(pid, "VmHWM")
+    print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB during {len(jobs)} uploads")
+    assert all(st == 200 for st, _ in answers)
+    refused = [t for _, t in answers if "4096 x 4096" in t]  # by the upload callback
+    assert len(refused) == 8 and all("1.0 megapixels" in t for t in refused), answers[:3]
+    direct = [t for _, t in answers if "upload box" in t]  # by the grid callback
+    assert len(direct) == 8 and not any("channel_grid" in t for t in direct)
+    accepted = [t for _, t in answers if '"upload"' in t]
+    assert len(accepted) == 8  # 16-bit, converted: a mid-grey copy of the model's size
+    small = json.loads(accepted[0])["upload"]
+    from PIL import Image as _I
+    img = _I.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1])))
+    assert img.size == (32, 32)
+    assert peak - before < 150
+
+
+def test_grid_takes_only_a_model_sized_image(server):
+    from PIL import Image
+
+    for size in ((33, 32), (64, 64), (1024, 1024)):
+        uri = _png_uri(Image.new("RGB", size, (200, 10, 10)))
+        status, body = _grid(server.url, "good", {"upload": uri})
+        assert status == 200 and b"not the model's 32 x 32" in body, body[-500:]
+        assert b"channel_grid" not in body
+    uri = _png_uri(Image.new("RGB", (32, 32), (200, 10, 10)))
+    status, body = _grid(server.url, "good", {"upload": uri})
+    assert status == 200 and b"channel_grid" in body
+    # a model-sized PNG padded far past what 32 x 32 pixels can take is refused on its length
+    status, body = _grid(server.url, "good", {"upload": uri + "A" * 20_000})
+    assert status == 200 and b"upload box" in body and b"channel_grid" not in body
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(server):
+    """A 12-megapixel photo is over the 1 MP a 32 x 32 model allows, but JPEG decodes at 1/8
+    scale (0.19 MP): accepted, and the copy matches PIL's own full decode shrunk."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:3000, 0:4000]
+    rgb = np.stack([xx * 255 // 3999, yy * 255 // 2999, np.full_like(xx, 128)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    data = _upload(server.url, uri)
+    assert "upload" in data, data
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["upload"].split(",", 1)[1]))))
+    want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize(
+        (32, 32), Image.BILINEAR), dtype=np.float64)
+    assert got.shape == (32, 32, 3)
+    assert np.abs(got - want).mean() < 4  # the same ramps, up to scaling differences
+    png = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(png, format="PNG", compress_level=1)
+    assert "1.0 megapixels" in _upload(server.url, "data:image/png;base64," + base64.b64encode(
+        png.getvalue()).decode()).get("error", "")  # a PNG cannot be decoded at reduced scale
+
+
+def test_decoding_is_limited_per_process(monkeypatch):
+    from PIL import Image
+
+    from convscope.errors import InputError
+
+    uri = _png_uri(Image.new("RGB", (64, 64)))
+    monkeypatch.setattr(live_page, "DECODE_WAIT_S", 0.2)
+    held = [live_page._decoding.acquire(timeout=1) for _ in range(live_page.MAX_DECODES)]
+    try:
+        assert all(held)
+        with pytest.raises(InputError, match="busy.*try again"):
+            live_page._decode(uri, (3, 32, 32))
+    finally:
+        for _ in held:
+            live_page._decoding.release()
+    assert live_page._decode(uri, (3, 32, 32)).shape == (3, 32, 32)
+    assert live_page.decode_pixels((3, 32, 32)) == 2**20  # the floor
+    assert live_page.decode_pixels((3, 300, 300)) == 16 * 300 * 300
+    assert live_page.decode_pixels((3, 1024, 1024)) == 2048 * 2048  # the ceiling
+
+
+def test_layer_list_survives_bad_runs(server):
+    for run in ("no-such-run", ["good"], {"a": 1}, 7, "../good"):
+        status, body = dash_call(server.url, "live-layer", {
+            "live-run.value": run, "live-layer.value": None}, "live-run.value")
+        assert status in (200, 204), (run, body[-500:])
+        assert b"Traceback" not in body
+    status, body = dash_call(server.url, "live-layer", {
+        "live-run.value": "no-such-run", "live-layer.value": None}, "live-run.value")
+    assert b"no-such-run" in body  # the notice says which run
+    status, body = dash_call(server.url, "live-layer", {
+        "live-run.value": "good", "live-layer.value": None}, "live-run.value")
+    resp = json.loads(body)["response"]
+    assert resp["live-layer"]["value"] == "conv1" or LAYER in resp["live-layer"]["options"]

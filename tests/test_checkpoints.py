@@ -285,7 +285,6 @@ def test_unpicklable_unknown_model_keeps_its_weights(tmp_path):
 
 
 def test_explicit_arch_is_checked(tmp_path):
-    pytest.importorskip("torchvision")
     model = cs.zoo.resnet(width=4)
     with cs.Run(tmp_path, "r", quiet=True) as run:
         with pytest.raises(InputError, match="does not rebuild"):
@@ -319,3 +318,52 @@ def test_diagnose_checkpoint_errors_say_what_to_do(tmp_path):
                             torch.rand(2, 3, 32, 32))
     with pytest.raises(ConvscopeError, match="model_fn"):
         diagnose_checkpoint(tmp_path / "w8.pt", lambda: 1 / 0, torch.rand(2, 3, 32, 32))
+
+
+def test_build_budget_counts_registrations_exactly_and_cleans_up():
+    """k Linear layers in a Sequential register k modules and 2k parameters: a budget of 3k
+    builds, 3k - 1 stops; torch's global registration hooks are gone afterwards, also after the
+    stop, and a build in another thread is not counted."""
+    import threading
+
+    from torch.nn.modules import module as tm
+
+    hooks = (tm._global_module_registration_hooks, tm._global_parameter_registration_hooks,
+             tm._global_buffer_registration_hooks)
+    before = [len(h) for h in hooks]
+
+    def build(k):
+        return nn.Sequential(*[nn.Linear(2, 2) for _ in range(k)])
+
+    assert len(ck._on_meta(build, {"k": 5}, budget=15)) == 5
+    with pytest.raises(ck._OverBudget):
+        ck._on_meta(build, {"k": 5}, budget=14)
+    assert [len(h) for h in hooks] == before
+    # another thread builds 50 layers while this one holds a budget of 15
+    go, done = threading.Event(), []
+
+    def other():
+        go.wait()
+        done.append(len(build(50)))
+
+    t = threading.Thread(target=other)
+    t.start()
+
+    def slow(k):
+        go.set()
+        t.join()
+        return build(k)
+
+    assert len(ck._on_meta(slow, {"k": 5}, budget=15)) == 5 and done == [50]
+    assert [len(h) for h in hooks] == before
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_b_16", "densenet121", "maxvit_t", "alexnet"])
+def test_torchvision_models_build_within_the_budget(name):
+    fn = ck._resolve(f"torchvision.{name}")
+    probe = ck._on_meta(fn, {})
+    n = len(probe.state_dict())
+    ck._on_meta(fn, {}, budget=ck.BUILD_PER_ENTRY * n + ck.BUILD_SLACK)  # no _OverBudget
+    # and the budget is real: these models register over 1.4 per state-dict entry
+    with pytest.raises(ck._OverBudget):
+        ck._on_meta(fn, {}, budget=int(1.4 * n))

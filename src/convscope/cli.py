@@ -13,13 +13,20 @@ from .errors import ConvscopeError
 
 
 def _serve_kwargs(args: argparse.Namespace) -> dict:
-    if args.token is not None and args.no_token:
-        from .errors import ServeError
+    from .errors import ServeError
 
-        raise ServeError("--token and --no-token contradict each other: pass one of them.")
+    given = [o for o, v in (("--token", args.token is not None), ("--no-token", args.no_token),
+                            ("--token-file", args.token_file is not None)) if v]
+    if len(given) > 1:
+        raise ServeError(f"{' and '.join(given)} contradict each other: pass one of them.")
+    if args.token is not None:
+        print("WARNING: a --token on the command line is visible to every user of this machine "
+              "(ps, /proc/PID/cmdline). Put it in $CONVSCOPE_TOKEN or in a file only you can "
+              "read (--token-file PATH, chmod 600) instead.", file=sys.stderr, flush=True)
     token = False if args.no_token else args.token
     return dict(host=args.host, port=args.port, workers=args.workers, token=token,
-                allow_hosts=args.allow_host or [], trust_checkpoints=args.trust_checkpoints)
+                token_file=args.token_file, allow_hosts=args.allow_host or [],
+                trust_checkpoints=args.trust_checkpoints)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -226,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--port", type=int, default=8050, help="port (default 8050)")
         sp.add_argument("--token", default=None, help="access token to require (default: "
                         "$CONVSCOPE_TOKEN, else one generated and printed when --host is not "
-                        "a loopback address; none on loopback)")
+                        "a loopback address; none on loopback). Other users of the machine "
+                        "can read a command line: prefer $CONVSCOPE_TOKEN or --token-file")
+        sp.add_argument("--token-file", default=None, metavar="PATH", help="read the access "
+                        "token from the first line of PATH (a file only you can read: chmod "
+                        "600)")
         sp.add_argument("--no-token", action="store_true", help="require no token even off "
                         "loopback (anyone who reaches the port can use the dashboard)")
         sp.add_argument("--allow-host", action="append", metavar="NAME", help="accept "

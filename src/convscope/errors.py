@@ -15,6 +15,7 @@ __all__ = [
     "RunExistsError",
     "NotARunError",
     "StoreError",
+    "DamagedFileError",
     "InvalidValueError",
     "LayerNotFoundError",
     "ModelError",
@@ -41,6 +42,11 @@ class NotARunError(ConvscopeError, FileNotFoundError):
 
 class StoreError(ConvscopeError):
     """Reading or writing the run directory failed."""
+
+
+class DamagedFileError(StoreError, ValueError):
+    """A run file too large or too deeply nested to be what convscope wrote (a ``ValueError`` too,
+    so callers that treat unparsable JSON as damage treat it alike)."""
 
 
 class InvalidValueError(ConvscopeError, TypeError):

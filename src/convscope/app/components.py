@@ -78,14 +78,19 @@ def run_picker(id_: str) -> html.Label:
     )
 
 
-def pick_run(state: Any, selected: Sequence[str] | None, current: str | None,
+def pick_run(state: Any, selected: Any, current: Any,
              has: Any) -> tuple[list[dict[str, str]], str | None, list[str]]:
     """Options and value of a run picker: the selected runs for which ``has(reader)`` is true.
 
     Returns (options, value, lacking) where ``lacking`` names selected runs without the data.
+    ``selected`` is the header's run selector value as a request sent it: anything but a list
+    of run names (capped by ``AppState.readers``) selects nothing.
     """
-    readers = state.readers(list(selected or []))
+    return _pick(state.readers(selected), current, has)
 
+
+def _pick(readers: Sequence[Any], current: Any, has: Any
+          ) -> tuple[list[dict[str, str]], str | None, list[str]]:
     def ok_(r: Any) -> bool:
         try:
             return bool(has(r))
@@ -94,7 +99,7 @@ def pick_run(state: Any, selected: Sequence[str] | None, current: str | None,
 
     ok = [r.name for r in readers if ok_(r)]
     lacking = [r.name for r in readers if r.name not in ok]
-    value = current if current in ok else (ok[0] if ok else None)
+    value = current if isinstance(current, str) and current in ok else (ok[0] if ok else None)
     return [{"label": n, "value": n} for n in ok], value, lacking
 
 
@@ -314,16 +319,17 @@ def survive(*fallback: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]
     return deco
 
 
-def picker_status(state: Any, selected: Sequence[str] | None, current: str | None, has: Any,
+def picker_status(state: Any, selected: Any, current: Any, has: Any,
                   what: str, call: str, tables: Iterable[str] = ()
                   ) -> tuple[list[dict[str, str]], str | None, list[Any]]:
     """A page's run picker with its status: "no <what> recorded yet" for the selected runs that
     lack the data, and a notice naming the damaged files of ``tables`` (and ``run.json``). A run
     whose table is damaged is reported as damaged, never as lacking the data."""
-    options, value, lacking = pick_run(state, selected, current, has)
+    readers = state.readers(selected)  # once: cleaned and capped names, each looked up once
+    options, value, lacking = _pick(readers, current, has)
     dmg = Damage()
     damaged: set[str] = set()
-    for r in state.readers(list(selected or [])):
+    for r in readers:
         with dmg.guard(r.name, "the run's files"):
             if dmg.check(r, tables):
                 damaged.add(r.name)

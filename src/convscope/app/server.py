@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ from urllib.parse import quote
 from ..errors import ServeError
 from .auth import AccessGuard, is_loopback_host, new_token
 
-__all__ = ["serve", "default_workers", "resolve_token"]
+__all__ = ["serve", "default_workers", "resolve_token", "read_token_file"]
 
 MAX_DEFAULT_WORKERS = 8
 TOKEN_ENV = "CONVSCOPE_TOKEN"
@@ -79,6 +80,47 @@ def resolve_token(token: str | bool | None, loopback: bool) -> tuple[str | None,
     return value, False
 
 
+def read_token_file(path: str | Path) -> str:
+    """The access token held in the file ``path`` (its first line, stripped).
+
+    The file must be a regular file that neither group nor others may read (``chmod 600``): a
+    token anyone on the machine can read protects nothing. A token given this way (or in
+    ``$CONVSCOPE_TOKEN``) does not show in ``ps`` or ``/proc/<pid>/cmdline`` as ``--token``
+    does.
+    """
+    p = Path(path).expanduser()
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ServeError(f"cannot read --token-file {p} ({exc.strerror or exc}): write the "
+                         "token into that file (chmod 600) or pass it in "
+                         f"${TOKEN_ENV}.") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ServeError(f"--token-file {p} is not a regular file: write the token into a "
+                             "file (chmod 600).")
+        if os.name == "posix" and st.st_mode & 0o044:
+            raise ServeError(f"--token-file {p} is readable by other users (mode "
+                             f"{stat.S_IMODE(st.st_mode):o}), so the token protects nothing: "
+                             f"run 'chmod 600 {p}' (or pick a new token) and start again.")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(4097)
+    finally:
+        os.close(fd)
+    if len(raw) > 4096:
+        raise ServeError(f"--token-file {p} is larger than 4 KB: it should hold one token line.")
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ServeError(f"--token-file {p} is not UTF-8 text: write the token as one line of "
+                         "letters, digits, '-', '_', '.', '~'.") from exc
+    value = lines[0].strip() if lines else ""
+    if not value:
+        raise ServeError(f"--token-file {p} is empty: write the token into its first line.")
+    return value
+
+
 def _listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -125,6 +167,7 @@ def serve(
     threads: int | None = None,
     workers: int | None = None,
     token: str | bool | None = None,
+    token_file: str | Path | None = None,
     allow_hosts: Sequence[str] = (),
     trust_checkpoints: bool = False,
     quiet: bool = False,
@@ -143,6 +186,8 @@ def serve(
         token: ``None``: ``$CONVSCOPE_TOKEN``, else a generated token on a non-loopback bind and
             none on loopback. A string: that token. ``True``: a token even on loopback.
             ``False``: no token (a warning off loopback).
+        token_file: read the token from this file instead (see :func:`read_token_file`); not
+            together with a ``token`` string or ``False``.
         allow_hosts: ``Host`` names accepted besides the loopback names (``"*"``: any). On a
             non-loopback bind, none given means any.
         trust_checkpoints: let the dashboard unpickle whole-module checkpoints (runs you trust
@@ -151,6 +196,11 @@ def serve(
     """
     from .shell import create_app
 
+    if token_file is not None:
+        if token is False or isinstance(token, str):
+            raise ServeError("--token-file cannot be combined with --token or --no-token: pass "
+                             "one of them.")
+        token = read_token_file(token_file)
     logdir = Path(logdir).expanduser().resolve()
     if not logdir.is_dir():
         raise ServeError(

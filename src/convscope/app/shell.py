@@ -12,7 +12,7 @@ from dash import Input, Output, State, dcc, html
 from .._version import __version__
 from .guard import PathGuard
 from .pages import all_pages
-from .state import AppState
+from .state import AppState, selected_names
 
 log = logging.getLogger("convscope.app")
 ASSETS = Path(__file__).parent / "assets"
@@ -87,11 +87,14 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None, *,
 
     @app.callback(Output("page", "children"), Input("url", "pathname"))
     def _route(pathname):
-        page = by_path.get((pathname or "/").rstrip("/") or "/")
+        if not isinstance(pathname, str):  # only a crafted request sends anything else
+            pathname = "" if pathname is None else repr(pathname)
+        page = by_path.get(pathname.rstrip("/") or "/") if len(pathname) <= 256 else None
         if page is None:
+            shown = pathname if len(pathname) <= 120 else pathname[:120] + "…"
             return html.Div(
                 [html.H1("Page not found", className="page-title"),
-                 html.P(["There is no page at ", html.Code(pathname or ""), ". Pages: "]
+                 html.P(["There is no page at ", html.Code(shown), ". Pages: "]
                         + [dcc.Link(p.title, href=p.path, className="inline-link")
                            for p in pages])],
             )
@@ -117,14 +120,15 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None, *,
     )
     def _runs(_n, selected, remembered):
         names = state.run_names()
+        known = set(names)
         options = [{"label": n, "value": n} for n in reversed(names)]
         if selected is None:  # page load: the runs chosen last time, else the newest runs
-            selected = remembered if isinstance(remembered, list) else None
-            value = [s for s in selected if s in names] if selected else []
+            value = [s for s in selected_names(remembered) if s in known]
             if not value:
                 value = names[-DEFAULT_SELECTED:]
             return options, value
-        value = [s for s in selected if s in names]  # drop deleted runs, keep the user's choice
+        # drop deleted runs (and anything that is not a run name), keep the user's choice
+        value = [s for s in selected_names(selected) if s in known]
         return options, (dash.no_update if value == selected else value)
 
     @app.callback(
@@ -139,6 +143,7 @@ def create_app(logdir: str | Path, refresh_ms: int | None = None, *,
         p.register(app, state)
 
     _add_file_route(app, state)
+    _add_safety_nets(app)
     app.server.wsgi_app = PathGuard(app.server.wsgi_app)
     # the largest request a page sends is the Live page's upload (10 MB as a data URI, ~14 MB)
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
@@ -150,6 +155,33 @@ def _log_callback_error(err: Exception) -> None:
     """Print a failing callback's traceback on the server's stderr, then fail the request."""
     log.error("dashboard callback failed", exc_info=err)
     raise err
+
+
+#: Sent with every answer: no other site may show the dashboard in a frame (clickjacking).
+#: Only ``frame-ancestors`` is set: Dash's page needs its inline scripts.
+FRAME_HEADERS = (("X-Frame-Options", "DENY"),
+                 ("Content-Security-Policy", "frame-ancestors 'none'"))
+
+
+def _add_safety_nets(app: dash.Dash) -> None:
+    """Framing headers on every answer, and a short 400 (not a 500 with a traceback in the log)
+    for a request body nested too deeply to parse (``[[[[...`` or ``{"a":{"a":...``)."""
+    import flask
+
+    @app.server.after_request
+    def _frame_headers(resp: flask.Response) -> flask.Response:
+        for k, v in FRAME_HEADERS:
+            resp.headers.setdefault(k, v)
+        return resp
+
+    @app.server.errorhandler(RecursionError)
+    def _too_deep(_exc: RecursionError):
+        log.warning("refused a request nested too deeply to process (%s %s)",
+                    flask.request.method, flask.request.path[:200])
+        return flask.Response(
+            "convscope: the request is nested too deeply to process (a crafted body?). The "
+            "dashboard's own pages never send such requests: reload the page.\n",
+            status=400, mimetype="text/plain")
 
 
 def _add_file_route(app: dash.Dash, state: AppState) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import stat
 import time
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from .layout import ARRAYS_DIR, atomic_write_bytes, check_name, find_key_file, s
 __all__ = ["array_path", "save_array", "load_array", "to_numpy"]
 
 _MAGIC = b"\x93NUMPY"
+#: Largest array read into memory whole (``mmap=False``); memory-mapped reads have no limit.
+MAX_LOAD_BYTES = 512 * 2**20
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -68,7 +71,9 @@ def load_array(run_dir: Path, kind: str, key: str, mmap: bool = False) -> np.nda
     """The stored array ``kind/key`` (memory-mapped with ``mmap=True``).
 
     Never unpickles: a file holding Python objects is refused. A missing, empty, truncated or
-    foreign file raises :class:`StoreError` naming the file relative to the run directory.
+    foreign file raises :class:`StoreError` naming the file relative to the run directory, as
+    does an array over :data:`MAX_LOAD_BYTES` read without ``mmap`` (the header's size is
+    checked before any data is read, so a sparse file declaring gigabytes costs nothing).
     """
     run_dir = Path(run_dir)
     path = array_path(run_dir, kind, key)
@@ -99,9 +104,16 @@ def load_array(run_dir: Path, kind: str, key: str, mmap: bool = False) -> np.nda
     if dtype.hasobject:
         raise StoreError(f"{rel} holds Python objects, which convscope never unpickles (that "
                          f"could run code): store numbers only, then {again}.")
-    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot overflow
+    need = offset + nbytes
     if st.st_size < need:
         raise StoreError(f"{rel} is damaged: truncated ({st.st_size:,} of {need:,} bytes); "
+                         f"{again}.")
+    if not mmap and nbytes > MAX_LOAD_BYTES:
+        raise StoreError(f"{rel} holds {nbytes / 2**20:,.0f} MB ({shape} {dtype}), more than the "
+                         f"{MAX_LOAD_BYTES // 2**20} MB convscope reads into memory at once: "
+                         "read it memory-mapped (reader.array(kind, key, mmap=True)) and slice "
+                         "what you need, or, if the run did not record an array this large, "
                          f"{again}.")
     try:
         if mmap and need > offset:

@@ -43,7 +43,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,17 @@ ARCH_SUFFIX = ".arch.json"
 PICKLE_SUFFIX = ".pt"
 #: An architecture record is a few hundred bytes; anything far larger is not one.
 MAX_ARCH_BYTES = 64 * 1024
+#: Builder arguments read from disk: largest integer (in magnitude), string and number of values
+#: in all (a list counts each element). ImageNet-21k's 21,843 classes fit with room to spare.
+MAX_KWARG_INT = 2**20
+MAX_KWARG_STR = 256
+MAX_KWARG_VALUES = 256
+#: Rebuilding from a record may register at most this many modules, parameters and buffers per
+#: state-dict entry (plus BUILD_SLACK): torchvision's models register 1.5-2.5 per entry, so a
+#: record asking for far more than its weights hold (``"blocks": [20000, 1, 1, 1]``) is stopped
+#: after a few hundred, not built for half a minute.
+BUILD_PER_ENTRY = 4
+BUILD_SLACK = 1024
 
 TRUST_HINT = (
     "Loading a pickle runs code stored in the file, so convscope does so only on request: if you "
@@ -149,25 +163,41 @@ def _resolve(name: Any) -> Callable[..., Any]:
 
 
 def _check_kwargs(kwargs: Any) -> dict[str, Any]:
-    """Builder keyword arguments from disk: JSON scalars and lists of them, no ``weights``."""
+    """Builder keyword arguments from disk: JSON scalars and lists of them, no ``weights``;
+    integers within +-MAX_KWARG_INT, finite floats, strings of at most MAX_KWARG_STR characters,
+    at most MAX_KWARG_VALUES values in all."""
     if kwargs is None:
         return {}
     if not isinstance(kwargs, Mapping):
         raise StoreError("the checkpoint's builder arguments are not a mapping: the record is "
                          "damaged; re-save the model with run.log_checkpoint(model).")
+    count = [0]
 
-    def plain(v: Any) -> bool:
+    def plain(v: Any, depth: int = 0) -> bool:
+        count[0] += 1
+        if count[0] > MAX_KWARG_VALUES:
+            return False
         if isinstance(v, list | tuple):
-            return len(v) <= 64 and all(plain(x) for x in v)
-        return v is None or isinstance(v, bool | int | float | str)
+            return depth < 4 and len(v) <= 64 and all(plain(x, depth + 1) for x in v)
+        if isinstance(v, bool) or v is None:
+            return True
+        if isinstance(v, int):
+            return abs(v) <= MAX_KWARG_INT
+        if isinstance(v, float):
+            return math.isfinite(v)
+        return isinstance(v, str) and len(v) <= MAX_KWARG_STR
 
+    if len(kwargs) > MAX_KWARG_VALUES:
+        raise StoreError(f"the checkpoint's builder has {len(kwargs)} arguments, more than a "
+                         "record can hold: re-save the model with run.log_checkpoint(model).")
     out = {}
     for k, v in kwargs.items():
         if (not isinstance(k, str) or not k.isidentifier() or k.startswith("_")
                 or k in ("weights", "progress") or not plain(v)):
-            raise StoreError(f"the checkpoint's builder argument {k!r}={v!r} is not allowed (plain "
-                             "values only, no weights): re-save the model with "
-                             "run.log_checkpoint(model).")
+            raise StoreError(f"the checkpoint's builder argument {k!r}={str(v)[:200]} is not "
+                             "allowed (plain values only: integers within "
+                             f"+-{MAX_KWARG_INT:,}, at most {MAX_KWARG_VALUES} values, no "
+                             "weights): re-save the model with run.log_checkpoint(model).")
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
 
@@ -177,11 +207,39 @@ def _shapes(module: Any) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _on_meta(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+class _OverBudget(Exception):
+    """A builder registered more modules, parameters and buffers than its budget."""
+
+
+def _on_meta(fn: Callable[..., Any], kwargs: Mapping[str, Any], budget: int | None = None
+             ) -> Any:
+    """``fn(**kwargs)`` on the meta device; with ``budget``, stopped (:class:`_OverBudget`) as
+    soon as it registers more modules, parameters and buffers than that (counted in this thread
+    only, with torch's global registration hooks, removed afterwards)."""
     import torch
 
-    with torch.device("meta"):
-        return fn(**kwargs)
+    if budget is None:
+        with torch.device("meta"):
+            return fn(**kwargs)
+    from torch.nn.modules import module as tm
+
+    me, seen = threading.get_ident(), [0]
+
+    def count(*_: Any) -> None:
+        if threading.get_ident() == me:
+            seen[0] += 1
+            if seen[0] > budget:
+                raise _OverBudget(f"more than {budget} modules, parameters and buffers")
+
+    hooks = [tm.register_module_module_registration_hook(count),
+             tm.register_module_parameter_registration_hook(count),
+             tm.register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            return fn(**kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _fits(model: Any, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
@@ -444,10 +502,13 @@ def input_shape(run_path: str | Path, key: str = "model") -> list[int] | None:
 
 
 def _load_state(path: Path, where: str) -> dict[str, Any]:
+    """The state dict in ``path`` (weights only), memory-mapped where the file allows: a sparse
+    file declaring more tensor bytes than it holds on disk is refused before anything is read."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = zipfile.is_zipfile(path)  # torch.save's format since 1.6; older ones load whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # the restricted unpickler refuses anything but tensors: say so
         raise StoreError(f"cannot read the weights {path} of {where} ({str(exc)[:300]}): they "
                          "must be a state_dict saved with torch.save; re-save the model with "
@@ -456,6 +517,16 @@ def _load_state(path: Path, where: str) -> dict[str, Any]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise StoreError(f"{path} of {where} is not a state_dict (names -> tensors): re-save the "
                          "model with run.log_checkpoint(model).")
+    storages = {}
+    for v in state.values():
+        st = v.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+    declared, stat = sum(storages.values()), path.stat()
+    on_disk = getattr(stat, "st_blocks", None)
+    if on_disk is not None and declared > 2 * on_disk * 512 + 2**20:
+        raise StoreError(f"{path} of {where} declares {declared / 2**20:,.0f} MB of weights but "
+                         f"holds {on_disk * 512 / 2**20:,.1f} MB on disk (a sparse file): it is "
+                         "damaged or crafted; re-save the model with run.log_checkpoint(model).")
     return dict(state)
 
 
@@ -468,8 +539,14 @@ def _rebuild(doc: dict[str, Any], state_path: Path, where: str) -> Any:
         raise StoreError(f"the weights {state_path.name} of {where} are missing: re-save the "
                          "model with run.log_checkpoint(model).")
     state = _load_state(state_path, where)
+    budget = BUILD_PER_ENTRY * len(state) + BUILD_SLACK
     try:
-        probe = _on_meta(fn, kwargs)
+        probe = _on_meta(fn, kwargs, budget)
+    except _OverBudget:
+        raise StoreError(f"{doc.get('builder')}(**{str(kwargs)[:300]}) of {where} builds a model "
+                         f"far larger than its weights ({len(state)} tensors; stopped after "
+                         f"{budget} modules, parameters and buffers): the record is damaged or "
+                         "crafted; re-save the model with run.log_checkpoint(model).") from None
     except Exception as exc:  # a builder refusing recorded arguments: a damaged record
         raise StoreError(f"{doc.get('builder')}(**{kwargs}) fails for {where} "
                          f"({str(exc)[:300]}): re-save the model with run.log_checkpoint(model)."

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import DamagedFileError
+
 SCHEMA_VERSION = 1
 # run.json's "key_scheme": 2 = keys map to file names injectively (safe_key); absent = older
 KEY_SCHEME = 2
@@ -276,9 +278,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+#: Largest run.json read (a run's meta and config are a few kilobytes; class names of a 21k-class
+#: data set about 300 KB). Parsing JSON can take ~25x its size in memory.
+MAX_RUN_JSON_BYTES = 4 * 2**20
+
+
+def read_json(path: Path, max_bytes: int = MAX_RUN_JSON_BYTES) -> Any:
+    """The JSON document in ``path`` (a run's ``run.json``). Raises OSError when unreadable, and
+    ValueError (:class:`DamagedFileError` for a file over ``max_bytes`` or nested too deeply)
+    when it is not such a document; the size is checked before anything is read."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise DamagedFileError(
+                f"{path} is {size:,} bytes, more than the {max_bytes:,} a convscope run file can "
+                "be: it is damaged or not convscope's; restore it or record the run again.")
+        data = fh.read(max_bytes + 1)  # a file still growing is not read past the limit
+    if len(data) > max_bytes:
+        raise DamagedFileError(f"{path} grew past {max_bytes:,} bytes while being read: restore "
+                               "it or record the run again.")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise DamagedFileError(f"{path} is nested too deeply to be a convscope run file: restore "
+                               "it or record the run again.") from None
 
 
 def dir_size(path: Path) -> int:

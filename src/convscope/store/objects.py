@@ -7,6 +7,7 @@ of a recording). Tables are for rows that grow; arrays for numbers in bulk.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ from ..errors import InvalidValueError, StoreError
 from .layout import atomic_write_bytes, check_name, find_key_file, safe_key
 
 OBJECTS_DIR = "objects"
+#: Largest object file read. Parsing JSON can take ~25x its size in memory (a list of empty lists),
+#: so this bounds one read to ~200 MB; the largest object convscope writes (the graph of
+#: EfficientNet-B7) is 0.6 MB.
+MAX_OBJECT_BYTES = 8 * 2**20
 
 __all__ = ["OBJECTS_DIR", "object_path", "save_object", "load_object", "list_objects"]
 
@@ -46,21 +51,33 @@ def _default(o: Any) -> Any:
 
 
 def load_object(run_dir: Path, kind: str, key: str) -> Any:
-    """The JSON document ``kind/key``. A missing, empty or malformed file raises
-    :class:`StoreError` naming the file relative to the run directory."""
+    """The JSON document ``kind/key``. A missing, empty, malformed, too deeply nested or too large
+    (over :data:`MAX_OBJECT_BYTES`, checked before reading) file raises :class:`StoreError`
+    naming the file relative to the run directory."""
     path = object_path(run_dir, kind, key)
     path = find_key_file(run_dir, path.parent, key, ".json")  # runs recorded before key_scheme 2
     rel = f"{OBJECTS_DIR}/{kind}/{path.name}"
     again = ("record it again (run.log_object or the call that made it), or delete the file to "
              "drop it from the dashboard")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_OBJECT_BYTES:
+                raise StoreError(
+                    f"{rel} is {size / 2**20:,.1f} MB, more than the {MAX_OBJECT_BYTES // 2**20} "
+                    "MB convscope reads from an object file (a model graph is under 1 MB): it is "
+                    "damaged or not convscope's; store bulk numbers with run.log_array, or "
+                    f"{again}.")
+            data = fh.read(MAX_OBJECT_BYTES + 1)  # never past the limit, even if it grows
     except FileNotFoundError:
         raise StoreError(f"{rel} is missing: the run has no object {kind}/{key}. Record it with "
                          "run.log_object (or the call that made it).") from None
     except OSError as exc:
         raise StoreError(f"{rel} is unreadable ({exc.strerror or exc}): check the file's "
                          f"permissions, or {again}.") from exc
+    if len(data) > MAX_OBJECT_BYTES:
+        raise StoreError(f"{rel} grew past {MAX_OBJECT_BYTES // 2**20} MB while being read: "
+                         f"{again}.")
     if not data.strip():
         what = "empty (0 bytes)" if not data else f"blank ({len(data)} bytes of whitespace)"
         raise StoreError(f"{rel} is damaged: it is {what}; {again}.")

@@ -382,6 +382,8 @@ class RunInfo:
         info = cls(name=path.name, path=path)
         try:
             meta = read_json(path / RUN_FILE)
+            if not isinstance(meta, dict):
+                raise ValueError(f"it holds a {type(meta).__name__}, not an object")
             info.created = str(meta.get("created", ""))
             info.ended = meta.get("ended")
             info.status = meta.get("status") or ("ended" if info.ended else "running")
@@ -396,6 +398,9 @@ class RunInfo:
                     info.status = "died"
         except (OSError, ValueError) as exc:
             info.problems.append(f"run.json is unreadable ({exc})")
+        except RecursionError:  # e.g. [[[[...]]]] nested deeper than json can parse
+            info.problems.append("run.json is damaged (nested too deeply to parse): restore it "
+                                 "from a backup or record the run again.")
         info.tables, problems = _scan_tables(path)
         info.problems.extend(problems)
         for sub, target in (("arrays", info.array_kinds), ("objects", info.object_kinds)):

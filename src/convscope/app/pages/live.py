@@ -9,8 +9,17 @@ Bounded work per request:
   loads only when the server was started with ``--trust-checkpoints``; otherwise the page says so.
 * Uploads: at most :data:`MAX_UPLOAD_BYTES` (checked on the data-URI string, before base64
   decoding), PNG or JPEG only, at most :data:`MAX_SIDE` pixels a side and :data:`MAX_PIXELS`
-  pixels (checked on the image header, before any pixel is decoded). The image is shrunk to the
-  model's input at once, and only that small copy travels back to the browser.
+  pixels in the header. What is decoded is tied to the model's input: at most
+  :data:`DECODE_FACTOR` times its pixels, never under :data:`MIN_DECODE_PIXELS` nor over
+  :data:`MAX_DECODE_PIXELS` (checked on the header before any pixel is decoded; a JPEG is first
+  reduced by its decoder's ``draft`` scaling, so a large photo still fits). At most
+  :data:`MAX_DECODES` images are decoded at once per process; a request that waits longer than
+  :data:`DECODE_WAIT_S` for its turn is refused with "busy". The image is shrunk to the model's
+  input at once, and only that small copy travels back to the browser.
+* The channel-grid callback takes only such a model-sized copy: an image of any other size (as a
+  client could post to it directly) is refused on its header, before decoding.
+* Sample images are read memory-mapped, one sample at a time, and only when the stored array's
+  shape is the model's input.
 * The model's input may be at most :data:`MAX_MODEL_SIDE` pixels a side.
 * The channel grid shows at most :data:`MAX_GRID_CHANNELS` channels (the most active ones) and
   :data:`MAX_GRID_VALUES` values (maps shrunk by area averaging); the page says when it does.
@@ -34,19 +43,37 @@ from typing import Any
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
-from ...errors import ConvscopeError, InputError
+from ...errors import ConvscopeError, InputError, StoreError
 from ...figures.features import channel_grid
 from ...figures.images import png_data_uri, to_rgb
 from ...store.checkpoints import TRUST_HINT, checkpoint_form, checkpoint_identity, input_shape
-from ..components import graph, missing, no_runs_selected, notice, page_header, pick_run, run_picker
+from ..components import (
+    NOTICE,
+    graph,
+    missing,
+    no_runs_selected,
+    notice,
+    page_header,
+    pick_run,
+    run_picker,
+    survive,
+)
 from . import Page
 
 #: Largest upload accepted, in bytes of the file (its data URI is about 4/3 as long).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_URI_CHARS = 4 * math.ceil(MAX_UPLOAD_BYTES / 3) + 256  # base64 plus the "data:...," header
-#: Largest image side and pixel count decoded from an upload (a 4096 x 4096 RGB image is 48 MB).
+#: Largest image side and pixel count an upload's header may declare.
 MAX_SIDE = 4096
 MAX_PIXELS = 4096 * 4096
+#: Pixels decoded from an upload: DECODE_FACTOR x the model input's, within these bounds (a 4 MP
+#: RGBA or 16-bit image is 16 MB decoded; conversion and resizing add about as much again).
+DECODE_FACTOR = 16
+MIN_DECODE_PIXELS = 1024 * 1024
+MAX_DECODE_PIXELS = 2048 * 2048
+#: Uploads decoded at once per server process, and how long a request waits for its turn.
+MAX_DECODES = 2
+DECODE_WAIT_S = 10.0
 #: Largest model input side the live view runs (the upload is resized to the model's input).
 MAX_MODEL_SIDE = 1024
 #: What one channel grid may show: channels, and values over all tiles.
@@ -58,6 +85,7 @@ FORMATS = ("PNG", "JPEG")
 
 _models: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
 _lock = threading.Lock()
+_decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 
 def _trust(state) -> bool:
@@ -87,6 +115,27 @@ def _model(reader, key: str, trust: bool) -> tuple[Any, threading.Lock]:
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)
         return entry
+
+
+def _graph_layers(reader) -> list[str]:
+    """Names of the graph's modules with 4-d outputs (a damaged graph: StoreError)."""
+    if not reader.has_object("graph", "model"):
+        return []
+    nodes = reader.object("graph", "model")
+    nodes = nodes.get("nodes") if isinstance(nodes, dict) else None
+    if not isinstance(nodes, list):
+        raise StoreError(f"objects/graph/model.json of run {reader.name!r} has no list of nodes: "
+                         "record the graph again with run.log_object('graph', 'model', "
+                         "cs.model.graph(model, x).to_dict()).")
+    out = []
+    for n in nodes:
+        if not isinstance(n, dict) or n.get("op") != "module" or not isinstance(n.get("name"), str):
+            continue
+        shapes = n.get("output_shapes")
+        if isinstance(shapes, list) and shapes and isinstance(shapes[0], list) \
+                and len(shapes[0]) == 4:
+            out.append(n["name"])
+    return out
 
 
 def _trust_note(reader, key: str, trust: bool) -> html.Div | None:
@@ -153,7 +202,14 @@ def register(app, state) -> None:
         Output("live-status", "children"),
         Input("run-select", "value"), State("live-run", "value"),
     )
+    @survive([], None, NOTICE)
     def _runs(selected, current):
+        if isinstance(selected, str):
+            selected = [selected]
+        if not isinstance(current, str):
+            current = None
+        if not isinstance(selected, list) or not all(isinstance(n, str) for n in selected):
+            selected = None
         if not selected:
             return [], None, no_runs_selected()
         options, value, lacking = pick_run(state, selected, current, _has)
@@ -171,21 +227,21 @@ def register(app, state) -> None:
     @app.callback(
         Output("live-layer", "options"), Output("live-layer", "value"),
         Output("live-sample", "options"), Output("live-sample", "value"),
+        Output("live-status", "children", allow_duplicate=True),
         Input("live-run", "value"), State("live-layer", "value"),
+        prevent_initial_call=True,
     )
+    @survive([], None, [], None, NOTICE)
     def _layers(run, current):
-        if not run:
-            return [], None, [], None
+        if not isinstance(run, str) or not run:
+            return [], None, [], None, no_update
         reader = state.reader(run)
-        layers = []
-        if reader.has_object("graph", "model"):
-            layers = [n["name"] for n in reader.object("graph", "model")["nodes"]
-                      if n["op"] == "module" and len(n.get("output_shapes") or [[]])
-                      and len((n["output_shapes"] or [[]])[0]) == 4]
+        layers = _graph_layers(reader)
         samples = reader.arrays("samples")
         n = int(samples.iloc[0]["shape"][0]) if len(samples) else 0
-        value = current if current in layers else (layers[0] if layers else None)
-        return layers, value, list(range(n)), (0 if n else None)
+        value = current if isinstance(current, str) and current in layers else (
+            layers[0] if layers else None)
+        return layers, value, list(range(n)), (0 if n else None), no_update
 
     @app.callback(
         Output("live-image", "data"),
@@ -193,6 +249,8 @@ def register(app, state) -> None:
         State("live-run", "value"),
     )
     def _image(contents, sample, run):
+        if not isinstance(run, str):
+            run = None
         if ctx.triggered_id == "live-upload" and contents:
             # check and shrink the upload here, so only the model-sized copy goes back
             try:
@@ -231,11 +289,11 @@ def register(app, state) -> None:
             reader = state.reader(run)
             key = _key(reader)
             shape = _input_shape(reader, key)
-            if "upload" in image:
-                x = _decode(image["upload"], shape)
+            if "upload" in image:  # only the model-sized copy the upload callback made
+                x = _decode(image["upload"], shape, exact=True)
                 source = "upload"
             else:
-                x = _sample(reader, image.get("sample"))
+                x = _sample(reader, image.get("sample"), shape)
                 source = f"sample {image['sample']}"
             model, lock = _model(reader, key, _trust(state))
             with lock:  # capture hooks the shared model: one forward at a time
@@ -255,7 +313,10 @@ def register(app, state) -> None:
                 notice(f"Showing {shown}.") if shown else None)
 
 
-def _sample(reader, index: Any):
+def _sample(reader, index: Any, shape):
+    """Stored sample ``index`` as a float tensor; the file is memory-mapped and only that sample
+    is read, and only when its shape is the model's input ``shape`` (the file's own header, not
+    the index, decides what would be read)."""
     import torch
 
     samples = reader.arrays("samples")
@@ -265,8 +326,14 @@ def _sample(reader, index: Any):
     n = int(samples.iloc[0]["shape"][0])
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
         raise InputError(f"sample {index!r} does not exist: pick one of 0..{n - 1}.")
-    return torch.as_tensor(
-        np.asarray(reader.array("samples", samples.iloc[0]["key"])[index], dtype=np.float32))
+    key = samples.iloc[0]["key"]
+    arr = reader.array("samples", key, mmap=True)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape) or not index < arr.shape[0]:
+        raise StoreError(f"arrays/samples/{key}.npy holds an array of shape {tuple(arr.shape)}, "
+                         f"not {n} samples of {tuple(shape)} as the run's index says: the file "
+                         "is damaged or replaced; record the samples again with "
+                         "run.log_feature_maps(model, images).")
+    return torch.as_tensor(np.array(arr[index], dtype=np.float32))
 
 
 def _bound(acts):
@@ -291,22 +358,44 @@ def _bound(acts):
     return acts, " and ".join(said)
 
 
-def _decode(contents: Any, shape) -> Any:
+def decode_pixels(shape) -> int:
+    """The most pixels an upload for a model taking ``shape`` = (C, H, W) may decode to."""
+    _, h, w = shape
+    return min(MAX_DECODE_PIXELS, max(MIN_DECODE_PIXELS, DECODE_FACTOR * h * w))
+
+
+def _exact_uri_chars(shape) -> int:
+    """The longest data URI of a PNG of the model's input size (4 channels, stored blocks)."""
+    _, h, w = shape
+    raw = h * (4 * w + 1)
+    return 4 * math.ceil((raw + raw // 100 + 4096) / 3) + 256
+
+
+def _decode(contents: Any, shape, *, exact: bool = False) -> Any:
     """A data-URI image -> float tensor [C, H, W] in [0, 1] at the model's input size ``shape``.
 
     Refuses (InputError) before decoding: a URI longer than an upload of MAX_UPLOAD_BYTES, a
-    format other than PNG or JPEG, an image over MAX_SIDE a side or MAX_PIXELS pixels.
+    format other than PNG or JPEG, a header over MAX_SIDE a side or MAX_PIXELS pixels, an image
+    that would decode to more than :func:`decode_pixels` (after JPEG draft scaling). With
+    ``exact`` (the grid callback), only an image of exactly the model's input size is taken.
+    At most MAX_DECODES decodes run at once; waiting over DECODE_WAIT_S is refused ("busy").
     """
     from PIL import Image, UnidentifiedImageError
 
-    limit = (f"at most {MAX_UPLOAD_BYTES // 2**20} MB, {MAX_SIDE} pixels a side and "
-             f"{MAX_PIXELS / 1e6:.1f} megapixels")
+    c, h, w = shape
+    pixels = decode_pixels(shape)
+    limit = (f"at most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_SIDE} pixels a side, decoding to "
+             f"at most {pixels / 1e6:.1f} megapixels for this model")
+    shrink = f"Shrink it first (the model sees {w} x {h} pixels)."
     if not isinstance(contents, str):
         raise InputError("the upload is not an image file: drop a PNG or JPEG.")
+    if exact and len(contents) > _exact_uri_chars(shape):
+        raise InputError(f"the image data is {len(contents):,} characters, more than a {w} x {h} "
+                         "image the upload box prepares: upload the image through the page's "
+                         "upload box.")
     if len(contents) > MAX_URI_CHARS:
         raise InputError(f"the file is about {len(contents) * 3 // 4 / 2**20:.1f} MB; the live "
-                         f"view takes {limit}. Shrink it first (the model sees {shape[2]} x "
-                         f"{shape[1]} pixels).")
+                         f"view takes {limit}. {shrink}")
     head, sep, b64 = contents.partition(",")
     if not sep or not head.startswith("data:") or not head.endswith(";base64"):
         raise InputError("the upload is not a base64 data URI of an image: drop a PNG or JPEG.")
@@ -319,22 +408,43 @@ def _decode(contents: Any, shape) -> Any:
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise InputError(f"cannot read the upload as a PNG or JPEG ({str(exc)[:200]}): drop a "
                          f"PNG or JPEG of {limit}.") from None
-    w0, h0 = img.size
-    if max(w0, h0) > MAX_SIDE or w0 * h0 > MAX_PIXELS:
-        raise InputError(f"the image is {w0} x {h0} pixels; the live view takes {limit}. Shrink "
-                         f"it first (the model sees {shape[2]} x {shape[1]} pixels).")
-    c, h, w = shape
-    mode = "L" if c == 1 else "RGB"
-    try:
-        if img.format == "JPEG":
-            img.draft(mode, (w, h))  # decode at a reduced scale where JPEG allows
-        img = img.convert(mode).resize((w, h), Image.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"the image is damaged ({str(exc)[:200]}): save it again as PNG or "
-                         "JPEG.") from None
+    with img:
+        w0, h0 = img.size
+        if exact and (w0, h0) != (w, h):
+            raise InputError(f"the image is {w0} x {h0} pixels, not the model's {w} x {h} that "
+                             "the upload box prepares: upload the image through the page's "
+                             "upload box.")
+        if max(w0, h0) > MAX_SIDE or w0 * h0 > MAX_PIXELS:
+            raise InputError(f"the image is {w0} x {h0} pixels; the live view takes {limit}. "
+                             f"{shrink}")
+        mode = "L" if c == 1 else "RGB"
+        try:
+            if img.format == "JPEG":
+                img.draft(mode, (w, h))  # decode at 1/2, 1/4 or 1/8 scale where JPEG allows
+        except (OSError, ValueError) as exc:
+            raise InputError(f"the image is damaged ({str(exc)[:200]}): save it again as PNG or "
+                             "JPEG.") from None
+        dw, dh = img.size
+        if dw * dh > pixels:
+            raise InputError(
+                f"the image is {w0} x {h0} pixels; the live view takes {limit}"
+                + (" (a JPEG may be larger: it is decoded at a reduced scale)"
+                   if img.format != "JPEG" else "") + f". {shrink}")
+        if not _decoding.acquire(timeout=DECODE_WAIT_S):
+            raise InputError(f"the server is busy decoding {MAX_DECODES} other uploads: try "
+                             "again in a moment.")
+        try:
+            img.load()
+            small = img if img.mode == mode else img.convert(mode)
+            small = small.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(small, dtype=np.float32) / 255.0
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"the image is damaged ({str(exc)[:200]}): save it again as PNG or "
+                             "JPEG.") from None
+        finally:
+            _decoding.release()
     import torch
 
-    arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.as_tensor(np.ascontiguousarray(arr))
 

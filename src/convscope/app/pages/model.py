@@ -3,6 +3,8 @@ parameters, feature maps of the sample images, and what later recordings add).""
 
 from __future__ import annotations
 
+import math
+
 import dash_cytoscape as cyto
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
@@ -36,6 +38,7 @@ MAX_GRID_IMAGES = 16  #: feature-map rows (sample images) shown
 MAX_PREFERRED = 16  #: optimised inputs in the grid (every unit stays pickable)
 MAX_CROPS = 16  #: top-example crops in a unit's pane
 MAX_THUMB = 96  #: pixels a side of the images sent (area-averaged above)
+MAX_ZOOM_VALUES = 250_000  #: values of one zoomed channel (larger maps are subsampled)
 
 SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "memory share",
                 "param_share": "parameter share"}
@@ -211,9 +214,27 @@ def register(app, state) -> None:
         if not (0 <= row < meta["n"] and 0 <= col < meta["c"]):
             return no_update, no_update
         stored_col = meta["order"][col]
-        maps = state.reader(run).array("feature_maps", layer)
-        return (channel_zoom(maps, stored_col, meta["channels"][stored_col]),
+        if not isinstance(run, str) or not isinstance(layer, str) or not isinstance(
+                stored_col, int) or isinstance(stored_col, bool):
+            return no_update, no_update
+        maps = _zoom_maps(state.reader(run), layer, stored_col)
+        return (channel_zoom(maps, 0, int(meta["channels"][stored_col])),
                 {"display": "block"})
+
+
+def _zoom_maps(reader, layer: str, column: int) -> np.ndarray:
+    """Stored column ``column`` of the layer's feature maps as ``[n, 1, h, w]`` float32, read
+    memory-mapped: at most MAX_GRID_IMAGES images and about MAX_ZOOM_VALUES values (larger maps
+    are subsampled by a stride), so a file declaring a huge array costs no more."""
+    maps = reader.array("feature_maps", layer, mmap=True)
+    if maps.ndim != 4 or not 0 <= column < maps.shape[1]:
+        raise StoreError(f"the feature maps of {layer} in run {reader.name!r} have shape "
+                         f"{tuple(maps.shape)}, without column {column}: record them again "
+                         "with run.log_feature_maps.")
+    n, _, h, w = maps.shape
+    n = min(n, MAX_GRID_IMAGES)
+    step = max(1, math.ceil(math.sqrt(n * h * w / MAX_ZOOM_VALUES)))
+    return np.array(maps[:n, column: column + 1, ::step, ::step], dtype=np.float32)
 
 
 def _fmt_shape(shapes) -> str:
