@@ -22,8 +22,8 @@ from convscope.errors import (
     NotApplicableError,
     TargetError,
 )
-from convscope.explain._core import _AUTO_CACHE, finish_map, minmax
-from convscope.model._common import positive_int
+from convscope.explain.base import _AUTO_CACHE, finish_map, minmax
+from convscope.nn import positive_int
 
 CAMS = ("cam", "grad_cam", "grad_cam_pp", "score_cam")
 INPUT_SPACE = ("saliency", "deconvnet", "guided_backprop")

@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import convscope as cs
-from convscope.data.batching import iter_batches
 from convscope.diagnose import (
     accumulate_outputs,
     cosine_distances,
@@ -22,6 +21,7 @@ from convscope.diagnose.cluster import gram_distances
 from convscope.errors import InputError
 from convscope.explain import attribute_all
 from convscope.explain.dataset import unit_scale
+from convscope.nn import iter_batches
 
 
 def _net() -> nn.Module:

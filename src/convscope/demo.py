@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .run import Run
-from .training import DemoConfig, DemoResult, _threads, auto_threads, fit
+from .training import DemoConfig, DemoResult, auto_threads, fit, torch_threads
 
 __all__ = ["run_demo", "RECORDINGS", "Recording"]
 
@@ -179,7 +179,7 @@ def run_demo(
                                     "demo/data_seconds": data_seconds})
         say(f"convscope demo: test accuracy {test_acc:.1%} after {cfg.epochs} epochs, "
             f"{train_seconds:.0f} s (data {data_seconds:.1f} s)")
-        with _threads(cfg.num_threads or auto_threads()):  # one thread when the CPU is busy
+        with torch_threads(cfg.num_threads or auto_threads()):  # one thread when the CPU is busy
             for rec in RECORDINGS:
                 t0 = time.perf_counter()
                 rec.record(run, result, quiet)

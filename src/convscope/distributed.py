@@ -25,10 +25,10 @@ functions. Every rank must call them (they are collectives); all ranks get the w
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from .errors import InputError
+from .nn.dist import gather_objects, rank_world, shard, shard_bounds
 
 __all__ = [
     "rank_world",
@@ -40,72 +40,6 @@ __all__ = [
     "attributions_sharded",
     "diagnose_sharded",
 ]
-
-
-def _dist() -> Any:
-    """``torch.distributed`` when it is initialised, else ``None``."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist
-    return None
-
-
-def rank_world(group: Any = None) -> tuple[int, int]:
-    """``(rank, world size)`` of this process in ``torch.distributed`` (of ``group``), or
-    ``(0, 1)`` when it is not initialised."""
-    dist = _dist()
-    if dist is None:
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def shard_bounds(n: int, rank: int, world: int, align: int = 1) -> tuple[int, int]:
-    """The contiguous slice ``[start, stop)`` of ``n`` items that ``rank`` of ``world`` takes.
-
-    Items are dealt in blocks of ``align`` (the last block may be short): the first
-    ``blocks % world`` ranks get one block more than the others, so shares differ by at most one
-    block and together cover ``range(n)`` once, in order.
-    """
-    n, rank, world, align = int(n), int(rank), int(world), int(align)
-    if n < 0:
-        raise InputError(f"n must be >= 0, got {n}.")
-    if world < 1 or not 0 <= rank < world:
-        raise InputError(f"rank must be in [0, world) with world >= 1, got rank={rank}, "
-                         f"world={world}.")
-    if align < 1:
-        raise InputError(f"align must be >= 1, got {align}.")
-    blocks = -(-n // align)
-    per, extra = divmod(blocks, world)
-    first = rank * per + min(rank, extra)
-    count = per + (1 if rank < extra else 0)
-    return min(n, first * align), min(n, (first + count) * align)
-
-
-def shard(items: Any, rank: int, world: int, align: int = 1) -> Any:
-    """This rank's contiguous share of ``items`` (anything sliceable with a length: a list, a
-    range, a tensor ``[N, ...]``, an array): ``items[start:stop]`` with the bounds of
-    :func:`shard_bounds`. ``shard(range(10), 1, 3)`` is ``range(4, 7)``."""
-    try:
-        n = len(items)
-    except TypeError:
-        raise InputError(f"shard needs a sized, sliceable collection, got "
-                         f"{type(items).__name__}.") from None
-    a, b = shard_bounds(n, rank, world, align)
-    return items[a:b]
-
-
-def gather_objects(obj: Any, group: Any = None) -> list[Any]:
-    """Every rank's ``obj`` in rank order (``all_gather_object``); ``[obj]`` without
-    ``torch.distributed``. Tensors inside should be on the CPU (they are pickled)."""
-    dist = _dist()
-    if dist is None or dist.get_world_size(group) == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
 
 
 def _to(te: Any, device: Any) -> Any:
@@ -153,12 +87,10 @@ def top_examples_sharded(
     import torch
     from torch.utils.data import Dataset
 
-    from .data.batching import slice_dataset
     from .features import merge, top_examples
-    from .model._common import model_device
-    from .track.watch import strip_wrapper
+    from .nn import model_device, slice_dataset, unwrap
 
-    model = strip_wrapper(model)
+    model = unwrap(model)
     if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
         raise InputError(
             f"top_examples_sharded needs a tensor [N, C, H, W] or a map-style Dataset with a "
@@ -208,12 +140,11 @@ def maximize_sharded(
     import torch
 
     from .features import maximize
-    from .features.maximize import _check_units
-    from .model._common import model_device
-    from .track.watch import strip_wrapper
+    from .features.maximize import check_units
+    from .nn import model_device, unwrap
 
-    model = strip_wrapper(model)
-    all_units = _check_units(units)
+    model = unwrap(model)
+    all_units = check_units(units)
     rank, world = rank_world(group)
     if world == 1:
         return maximize(model, layer, all_units, seed=seed, return_values=return_values,
@@ -239,7 +170,8 @@ def _share(dataset: Any, batch_size: int, group: Any, what: str
     import torch
     from torch.utils.data import Dataset
 
-    from .data.batching import slice_dataset
+    from .nn import slice_dataset
+
 
     if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
         raise InputError(
@@ -281,10 +213,9 @@ def attributions_sharded(
     import torch
 
     from .explain.dataset import AttributionSet, attribute_all
-    from .model._common import model_device
-    from .track.watch import strip_wrapper
+    from .nn import model_device, unwrap
 
-    model = strip_wrapper(model)
+    model = unwrap(model)
     rank, world = rank_world(group)
     if world == 1:
         return attribute_all(model, dataset, batch_size=batch_size, masks=masks, labels=labels,
@@ -330,9 +261,9 @@ def diagnose_sharded(
     import time
 
     from .diagnose.dataset import accumulate_outputs, diagnose_dataset, merge_outputs, report_of
-    from .track.watch import strip_wrapper
+    from .nn import unwrap
 
-    model = strip_wrapper(model)
+    model = unwrap(model)
     rank, world = rank_world(group)
     if world == 1:
         return diagnose_dataset(model, dataset, batch_size=batch_size, quiet=quiet, **kwargs)
@@ -356,7 +287,7 @@ def diagnose_sharded(
 
 def _first_images(dataset: Any, batch_size: int) -> Any:
     """The data set's first batch: every rank chooses layers and reference sizes from it."""
-    from .data.batching import iter_batches
+    from .nn import iter_batches
 
     batches, _ = iter_batches(dataset, batch_size)
     return next(iter(batches))[1]

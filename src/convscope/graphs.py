@@ -71,7 +71,7 @@ class Block:
     called: bool = False
 
 
-def _ancestors(path: str) -> list[str]:
+def ancestor_paths(path: str) -> list[str]:
     """``"layer1.0.conv1"`` -> ``["", "layer1", "layer1.0", "layer1.0.conv1"]``."""
     if path == "":
         return [""]
@@ -79,7 +79,7 @@ def _ancestors(path: str) -> list[str]:
     return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _depth(path: str) -> int:
+def path_depth(path: str) -> int:
     return 0 if path == "" else path.count(".") + 1
 
 
@@ -200,13 +200,13 @@ class Graph:
         if node.op in ("input", "output") or node.parent is None:
             return node.name
         path = node.module if node.op == "module" else node.parent
-        ancestors = _ancestors(path)
+        ancestors = ancestor_paths(path)
         if node.op == "module":
             ancestors = ancestors[:-1]  # a leaf is not a block of itself
         for a in ancestors:
             if a in expand:
                 continue
-            if (depth is not None and _depth(a) >= depth) or a in chosen:
+            if (depth is not None and path_depth(a) >= depth) or a in chosen:
                 return a
         return node.name
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from ._version import __version__
 from .errors import InvalidValueError, RunExistsError, StoreError
+from .nn.dist import env_rank_world, rank_world
 from .store.arrays import index_row, save_array
 from .store.layout import (
     KEY_SCHEME,
@@ -64,12 +65,7 @@ def default_run_name() -> str:
 
 def _dist_info() -> tuple[int, int]:
     """(rank, world size) from torch.distributed when initialised, else from the environment."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return env_rank_world()
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -449,11 +445,8 @@ class Run:
         step = self._check_step(step)
         if gather:
             ids_a, labels_a, pred = ValidationLog.gather(ids, labels, predictions)
-            torch = sys.modules.get("torch")
-            dist = torch.distributed if torch is not None else None
-            gathered = dist is not None and dist.is_available() and dist.is_initialized() \
-                and dist.get_world_size() > 1
-            write = not gathered or dist.get_rank() == 0
+            r, w = rank_world()
+            write = w == 1 or r == 0
         else:
             ids_a, labels_a, pred = ValidationLog.arrays(ids, labels, predictions)
             write = True

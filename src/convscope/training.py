@@ -111,7 +111,7 @@ def auto_threads() -> int:
 
 
 @contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
     if n is None:
         yield
         return
@@ -313,7 +313,7 @@ def fit(
 
     t_start = time.perf_counter()
     step = 0
-    with _threads(num_threads):
+    with torch_threads(num_threads):
         hist.num_threads = torch.get_num_threads()
         bar = tqdm(total=total, desc="training", disable=quiet, unit="step", leave=False)
         try:

@@ -53,29 +53,14 @@ def has_weights(module: nn.Module) -> bool:
 def _execution_order(model: nn.Module, args: tuple[Any, ...]) -> tuple[list[tuple[str, nn.Module]], Any]:
     """Leaf-module calls in execution order (``path`` or ``path:k``) and the model output,
     from one eval-mode, no-grad forward with hooks that keep nothing but names."""
-    from ..model._common import forward, leaf_modules, restore_mode
+    from ..nn import Recorder, forward, leaf_modules, restore_mode, split_call
 
-    calls: list[tuple[str, nn.Module]] = []
-    counts: dict[str, int] = {}
-    handles = []
-
-    def make(path: str):
-        def hook(mod: nn.Module, inp: Any, out: Any) -> None:
-            k = counts.get(path, 0) + 1
-            counts[path] = k
-            if isinstance(out, torch.Tensor):
-                calls.append((path if k == 1 else f"{path}:{k}", mod))
-
-        return hook
-
-    try:
-        for path, mod in leaf_modules(model).items():
-            handles.append(mod.register_forward_hook(make(path)))
-        with torch.no_grad(), restore_mode(model, True):
-            out = forward(model, args, "diagnosis")
-    finally:
-        for h in handles:
-            h.remove()
+    leaves = leaf_modules(model)
+    with torch.no_grad(), restore_mode(model, True), Recorder(
+        leaves, value=lambda out: isinstance(out, torch.Tensor)
+    ) as rec:
+        out = forward(model, args, "diagnosis")
+    calls = [(key, leaves[split_call(key)[0]]) for key, is_tensor in rec.store.items() if is_tensor]
     return calls, out
 
 
@@ -126,7 +111,7 @@ def choose_params(model: nn.Module, params: Any, chosen: Mapping[str, nn.Module]
     """The weights to analyse: ``params=False`` none; ``None`` every conv / linear module when
     ``chosen`` (the explicitly chosen output layers, ``{call name: module}``) is None, else those
     among ``chosen``; otherwise the modules ``params`` names."""
-    from ..model._common import resolve_layers, split_call
+    from ..nn import resolve_layers, split_call
 
     if params is False:
         return {}
@@ -356,7 +341,7 @@ def diagnose(
         names) for unknown layers.
     """
     from ..model import capture
-    from ..model._common import as_args, check_model, split_call
+    from ..nn import as_args, check_model, split_call
 
     check_model(model)
     args = as_args(inputs)

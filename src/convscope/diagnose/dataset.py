@@ -195,7 +195,7 @@ def _layers_of(model: nn.Module, example: torch.Tensor, layers: Any
                ) -> tuple[list[str], dict[str, nn.Module]]:
     """The output names to follow and their modules, from one forward pass of ``example``."""
     from ..model import capture
-    from ..model._common import split_call
+    from ..nn import split_call
     from .core import _execution_order, _nonfinite, default_layers
 
     calls, output = _execution_order(model, (example,))
@@ -250,9 +250,8 @@ def accumulate_outputs(
     """
     from tqdm.auto import tqdm
 
-    from ..data.batching import iter_batches
     from ..model import capture
-    from ..model._common import check_args, check_model, model_device
+    from ..nn import check_args, check_model, iter_batches, model_device
 
     check_model(model)
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
@@ -365,7 +364,7 @@ def report_of(
 
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
                            else dict(thresholds))
-    from ..model._common import split_call
+    from ..nn import split_call
 
     named = dict(model.named_modules())
     chosen = None if layers is None else {n: named[split_call(n)[0]] for n in moments}
@@ -430,7 +429,7 @@ def diagnose_dataset(
                                  max_channels=max_channels, seed=seed, quiet=quiet)
     first = None
     if views:
-        from ..data.batching import iter_batches
+        from ..nn import iter_batches
 
         first = next(iter(iter_batches(dataset, batch_size)[0]))[1]
     report = report_of(model, moments, params=params, layers=layers, thresholds=thresholds,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..nn import chunks
 
 __all__ = ["KDE", "kde"]
 
@@ -143,8 +144,8 @@ def kde(
     gg = g.view(1, -1, 1)
     # non-finite values are moved far away, where every kernel is exactly 0
     vv = v if bool(finite.all()) else torch.where(finite, v, torch.full_like(v, _FAR))
-    for a in range(0, int(v.shape[1]), max(1, int(chunk))):
-        z = (gg - vv[:, a : a + chunk].unsqueeze(1)) * inv_h  # [C, G, k]
+    for sl in chunks(int(v.shape[1]), chunk):
+        z = (gg - vv[:, sl].unsqueeze(1)) * inv_h  # [C, G, k]
         dens += torch.exp(z.square_().mul_(-0.5)).sum(2)
     dens = dens / (nf.clamp_min(1) * h * math.sqrt(2 * math.pi)).unsqueeze(1)
     dens = torch.where((n > 0).unsqueeze(1), dens, torch.zeros_like(dens))

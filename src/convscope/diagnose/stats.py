@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..nn import upsample
 from .cluster import (
     MAX_CHANNELS,
     Clustering,
@@ -227,7 +228,7 @@ def similarity_terms(
     if ref.shape[2] >= h and ref.shape[3] >= w:
         ref = F.adaptive_avg_pool2d(ref, (h, w))
     else:
-        ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False)
+        ref = upsample(ref, (h, w))
     m = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0).flatten(2)  # [B, C, P]
     r = ref.flatten(2)  # [B, R, P]
     m = m - m.mean(2, keepdim=True)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..nn import minmax
 from .cluster import Clustering, channel_vectors, cluster_vectors, sample_indices
 from .kde import KDE, kde
 from .stats import conv_layout, output_stats, param_stats
@@ -43,18 +44,7 @@ KDE_VALUES = 1024
 def scale_cells(cells: torch.Tensor) -> torch.Tensor:
     """Min-max scale each cell ``[..., kh, kw]`` to 0-1 on its own (seed 002: every conv unit
     scaled to 0-1). A constant cell becomes 0.5."""
-    lo = cells.amin(dim=(-2, -1), keepdim=True)
-    hi = cells.amax(dim=(-2, -1), keepdim=True)
-    span = hi - lo
-    out = (cells - lo) / span.clamp_min(torch.finfo(cells.dtype).tiny)
-    return torch.where(span > 0, out, torch.full_like(cells, 0.5))
-
-
-def _scale_vector(b: torch.Tensor) -> torch.Tensor:
-    lo, hi = b.min(), b.max()
-    if float(hi - lo) > 0:
-        return (b - lo) / (hi - lo)
-    return torch.full_like(b, 0.5)
+    return minmax(cells, (-2, -1), fill=0.5)
 
 
 def param_grid(
@@ -113,7 +103,7 @@ def param_grid(
     ph, pw = kh + g, kw + g
     img = cells.permute(0, 2, 1, 3).reshape(o * ph, i * pw)
     if b is not None:
-        col = _scale_vector(b).repeat_interleave(ph).unsqueeze(1)  # [o * ph, 1]
+        col = minmax(b, (), fill=0.5).repeat_interleave(ph).unsqueeze(1)  # [o * ph, 1]
         if g:
             mask = (torch.arange(o * ph, device=col.device) % ph) >= kh
             col = col.masked_fill(mask.unsqueeze(1), float("nan"))

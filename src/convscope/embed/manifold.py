@@ -7,13 +7,13 @@ from typing import Any
 import torch
 
 from ..errors import MissingDependencyError
-from .pca import _check
+from .pca import check_features
 
 __all__ = ["MissingDependencyError", "tsne", "umap"]
 
 
 def _numpy(features: Any, k: int) -> tuple[Any, torch.device]:
-    x = _check(features, k)
+    x = check_features(features, k)
     return x.detach().cpu().double().numpy(), x.device
 
 

@@ -44,7 +44,9 @@ class PCAResult:
         return (f - self.mean) @ self.components.T
 
 
-def _check(features: torch.Tensor, k: int) -> torch.Tensor:
+def check_features(features: torch.Tensor, k: int) -> torch.Tensor:
+    """``features`` as a float ``[N, D]`` tensor with at least ``k`` rows and columns (an array
+    is converted); raises :class:`InputError` otherwise."""
     if not isinstance(features, torch.Tensor):
         try:
             import numpy as np
@@ -116,7 +118,7 @@ def pca(features: torch.Tensor, k: int = 3, *, method: str = "auto") -> PCAResul
         :class:`PCAResult` with ``projections [N, k]``, ``components [k, D]``,
         ``explained_variance_ratio [k]``, ``mean [D]`` on the features' device.
     """
-    x = _check(features, k)
+    x = check_features(features, k)
     n, d = x.shape
     if method == "auto":
         method = "gram" if d > n and d > 4096 else "covariance"

@@ -23,7 +23,7 @@ docs/explain.md.
 from __future__ import annotations
 
 from . import metrics
-from ._core import Layer, Target, auto_layer
+from .base import Layer, Target, auto_layer
 from .cams import cam, grad_cam, grad_cam_pp, score_cam
 from .dataset import ATTRIBUTION_METHODS, AttributionSet, attribute_all
 from .gradients import deconvnet, guided_backprop, saliency, to_heatmap

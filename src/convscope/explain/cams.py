@@ -17,18 +17,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import NotApplicableError
-from ..model._common import positive_int
-from ._core import (
+from ..nn import Recorder, chunks, f32, minmax, positive_int, split_call, upsample
+from .base import (
     Layer,
     Target,
     TargetSpec,
     check_inputs,
     check_model,
     choose_layer,
-    f32,
     finish_map,
     forward_capture,
-    hooks,
     layer_grad_check,
     prepared,
     run_forward,
@@ -129,19 +127,12 @@ def _classifier_on_gap(
     model: nn.Module, x: Tensor, name: str, module: nn.Module
 ) -> tuple[Tensor, Any, nn.Linear]:
     """Forward once; return the layer output, the model output and the final ``nn.Linear``."""
-    linears: list[nn.Linear] = []
-
-    def record(mod: nn.Module, args: Any, output: Any) -> None:
-        linears.append(mod)  # type: ignore[arg-type]
-
-    with hooks() as handles:
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                handles.append(m.register_forward_hook(record))
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    with Recorder(linears, value=lambda out: None) as called:
         cap = forward_capture(model, x, name, module, grad_from_layer=False)
     assert cap.act is not None
     c = cap.act.shape[1]
-    fc = linears[-1] if linears else None
+    fc = linears[split_call(list(called.store)[-1])[0]] if called.store else None
     if fc is None or fc.in_features != c:
         found = (
             f"its last nn.Linear takes {fc.in_features} features"
@@ -268,16 +259,10 @@ def score_cam(
             leave=False,
         )
         try:
-            for start in range(0, pairs.shape[0], batch_size):
-                chunk = pairs[start : start + batch_size]
+            for sl in chunks(pairs.shape[0], batch_size):
+                chunk = pairs[sl]
                 img, ch = chunk[:, 0], chunk[:, 1]
-                masks = torch.nn.functional.interpolate(
-                    f32(act[img, ch][:, None]), size=(h, w), mode="bilinear", align_corners=True
-                )
-                lo = masks.amin(dim=(2, 3), keepdim=True)
-                hi = masks.amax(dim=(2, 3), keepdim=True)
-                span = hi - lo
-                masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1.0), 0.0)
+                masks = minmax(upsample(f32(act[img, ch][:, None]), (h, w), align_corners=True))
                 masked = (x[img] * masks.to(x.dtype)).contiguous(memory_format=fmt)
                 with torch.inference_mode():
                     s = spec.scores(run_forward(model, masked), rows=img).float()

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, NotApplicableError, TargetError
-from ..model._common import positive_int, preserved
-from ._core import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
+from ..nn import positive_int, preserved
+from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionSet", "attribute_all", "unit_scale"]
 
@@ -32,7 +32,7 @@ _INPUT_SPACE = {"saliency", "deconvnet", "guided_backprop"}
 def unit_scale(maps: Tensor) -> Tensor:
     """Min-max scale each map of ``[B, ...]`` to [0, 1] in float32 (a constant map becomes 0;
     NaN or inf raises :class:`~convscope.errors.InputError`)."""
-    from ._core import minmax
+    from .base import minmax
 
     return minmax(maps.float())
 
@@ -213,7 +213,7 @@ def attribute_all(
     from tqdm.auto import tqdm
 
     from .. import explain
-    from ..data.batching import iter_batches
+    from ..nn import iter_batches
     from . import metrics
 
     check_model(model)

@@ -22,13 +22,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError
-from ..model._common import check_args
-from ._core import (
+from ..nn import check_args, f32
+from .base import (
     Target,
     TargetSpec,
     check_inputs,
     check_model,
-    f32,
     layer_grad_check,
     logger,
     minmax,

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..model._common import check_args, check_finite, positive_int
-from ._core import Target, TargetSpec, check_inputs, check_maps, check_model, prepared, run_forward
+from ..nn import check_args, check_finite, chunks, positive_int
+from .base import Target, TargetSpec, check_inputs, check_maps, check_model, prepared, run_forward
 
 __all__ = [
     "ConfidenceChange",
@@ -66,8 +66,7 @@ class ConfidenceChange:
 def _scores(model: nn.Module, images: Tensor, spec: TargetSpec, rows: Tensor, batch_size: int) -> Tensor:
     batch_size = positive_int(batch_size, "batch_size")
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
+    for sl in chunks(images.shape[0], batch_size):
         out.append(spec.probabilities(run_forward(model, images[sl]), rows=rows[sl]).float())
     return torch.cat(out)
 
@@ -201,8 +200,8 @@ def _curve(
     pairs = torch.cartesian_prod(torch.arange(b, device=x.device), torch.arange(steps + 1, device=x.device))
     scores = torch.empty(b, steps + 1, device=x.device)
     with tqdm(total=int(pairs.shape[0]), disable=quiet, delay=2.0, desc=desc, leave=False) as bar:
-        for start in range(0, pairs.shape[0], batch_size):
-            chunk = pairs[start : start + batch_size]
+        for sl in chunks(pairs.shape[0], batch_size):
+            chunk = pairs[sl]
             img, st = chunk[:, 0], chunk[:, 1]
             take = (rank[img] < counts[st][:, None]).view(-1, 1, h, w)
             images = torch.where(take, first[img], second[img])

@@ -23,9 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConvscopeError, InputError, LayerNotFoundError, ModelError
-from ..model._common import (
+from ..errors import InputError, LayerNotFoundError, ModelError
+from ..nn import (
+    LayerSpec,
+    Recorder,
     check_model,
+    chunks,
+    copy_tensors,
+    forward,
+    layer_path,
     model_device,
     positive_int,
     resolve_layers,
@@ -51,10 +57,6 @@ _OBJECTIVES = ("channel", "neuron", "logit", "class")
 _OPTIMIZERS = ("adam", "sgd", "progress")
 
 
-class _Stop(Exception):
-    """Raised by a hook once every needed layer has run: the rest of the forward is skipped."""
-
-
 def unit_seed(seed: int, unit: Any) -> int:
     """The seed of ``unit``'s generator: a stable hash of ``(seed, unit)`` (the same in every
     process and for every position of the unit in the batch)."""
@@ -71,66 +73,39 @@ def _unit_key(u: Any) -> Any:
 
 
 class _Hooks:
-    """Forward hooks that keep the outputs of the objective's layers (``path`` or ``path:k``),
-    with the autograd graph, and stop the forward once all are in (``stop_early``)."""
+    """The outputs of the objective's layers (``path`` or ``path:k``), kept with the autograd
+    graph by a :class:`~convscope.nn.Recorder` that stops the forward once all are in
+    (``stop_early``; a ``BaseException``, so a model's own ``except Exception`` cannot swallow
+    it)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], stop_early: bool) -> None:
         self.model = model
         self.keys = set(layers)
-        self.stop_early = stop_early and OUTPUT not in self.keys
-        paths = {split_call(k)[0] for k in self.keys}
-        self.mods = resolve_layers(model, sorted(p for p in paths if p != OUTPUT)) if paths - {
-            OUTPUT
-        } else {}
-        self.store: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
+        paths = {split_call(k)[0] for k in self.keys} - {OUTPUT}
+        mods = resolve_layers(model, sorted(paths)) if paths else {}
+        self.rec = Recorder(mods, keys=self.keys - {OUTPUT},
+                            stop=stop_early and OUTPUT not in self.keys,
+                            value=lambda out: copy_tensors(out, clone=True, detach=False))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[_Hooks]:
-        handles = []
-
-        def make(path: str) -> Callable[..., None]:
-            def hook(mod: nn.Module, args: Any, out: Any) -> None:
-                k = self.counts.get(path, 0) + 1
-                self.counts[path] = k
-                key = path if k == 1 else f"{path}:{k}"
-                if key in self.keys:
-                    self.store[key] = out.clone() if isinstance(out, Tensor) else out
-                    if self.stop_early and self.keys <= self.store.keys():
-                        raise _Stop
-
-            return hook
-
-        try:
-            for path, mod in self.mods.items():
-                handles.append(mod.register_forward_hook(make(path)))
+        with self.rec:
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     def run(self, x: Tensor) -> dict[str, Tensor]:
-        self.store = {}
-        self.counts = {}
-        try:
-            out = self.model(x)
-        except _Stop:
-            return self.store
-        except ConvscopeError:
-            raise
-        except Exception as exc:
-            from ..model._common import translate_error
-
-            raise translate_error(exc, self.model, (x,), "forward during maximize") from exc
+        out = self.rec.run(forward, self.model, (x,), "forward during maximize")
+        store = dict(self.rec.store)
+        if self.rec.stopped:
+            return store
         if OUTPUT in self.keys:
-            self.store[OUTPUT] = out
-        missing = self.keys - self.store.keys()
+            store[OUTPUT] = out
+        missing = self.keys - store.keys()
         if missing:
             raise LayerNotFoundError(
                 f"layer(s) {sorted(missing)} did not run in the model's forward pass, so they "
                 "cannot be maximised; choose layers that the forward pass uses."
             )
-        return self.store
+        return store
 
 
 def _infer_channels(model: nn.Module) -> int | None:
@@ -209,7 +184,9 @@ def _build_objective(objective: Any, layer: str | None, units: list[Any]) -> Obj
     raise InputError(f"objective must be a string, an Objective or a callable, got {objective!r}.")
 
 
-def _check_units(units: Any) -> list[Any]:
+def check_units(units: Any) -> list[Any]:
+    """``units`` as a non-empty list (a tensor, one index, or an iterable of indices or
+    ``(c, y, x)`` triples); raises :class:`InputError` otherwise."""
     if isinstance(units, Tensor):
         units = units.tolist()
     if not hasattr(units, "__iter__"):  # one channel index
@@ -243,7 +220,7 @@ def _check_units(units: Any) -> list[Any]:
 
 def maximize(
     model: nn.Module,
-    layer: str | None,
+    layer: LayerSpec | None,
     units: Any,
     *,
     objective: Any = "channel",
@@ -271,8 +248,9 @@ def maximize(
 
     Args:
         model: the network (run in eval mode; its modes are restored afterwards).
-        layer: module path of the layer (``"layer3"``, ``"layer2.0.conv1"``, ``"relu:2"``);
-            ``None`` for ``objective="logit"`` (the model output).
+        layer: the layer, as everywhere in convscope (:data:`convscope.nn.LayerSpec`): its
+            module path (``"layer3"``, ``"layer2.0.conv1"``, ``"relu:2"``), the module itself, or a
+            type / predicate that matches one module; ``None`` for ``objective="logit"`` (the model output).
         units: channel indices ``[3, 7, 9]`` (or a list of ``(c, y, x)`` triples for neurons;
             class indices for logits; a single int is one unit). All are optimised together as one batch; image ``i`` is unit ``i``'s.
         objective: ``"channel"`` (mean over positions), ``"neuron"`` (spatial centre, or the
@@ -326,6 +304,8 @@ def maximize(
     from tqdm.auto import tqdm
 
     check_model(model)
+    if layer is not None and not isinstance(layer, str):  # a module, a type, a predicate
+        layer = layer_path(model, layer)
     # presets fill what the caller left out
     if isinstance(regularizers, Preset):
         preset = regularizers
@@ -349,7 +329,7 @@ def maximize(
         raise InputError(f"param must be 'fft' or 'pixel', got {param!r}; pass one of those.")
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}.")
-    units = _check_units(units)
+    units = check_units(units)
     if layer is not None and not isinstance(layer, str):
         raise LayerNotFoundError(
             f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
@@ -435,8 +415,8 @@ def maximize(
                 acts = hooks.run(probe)
             shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
             obj.check(shapes)
-            for a in range(0, n_all, chunk):
-                part = units[a : a + chunk]
+            for sl in chunks(n_all, chunk):
+                part = units[sl]
                 sub = obj if chunk == n_all else _build_objective(objective, layer, part)
                 img, val = _optimise(
                     hooks, sub, part, model_input, steps=steps, lr=lr, optimizer=optimizer,

@@ -26,14 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, LayerNotFoundError, ModelError
-from ..model._common import (
+from ..nn import (
     NONFINITE_MODEL_FIX,
+    LayerSpec,
     check_args,
     check_finite,
     check_model,
+    layer_path,
     model_device,
     positive_int,
-    resolve_layers,
     restore_mode,
     split_call,
 )
@@ -193,16 +194,11 @@ def _gradient_field(
     return ReceptiveField((y1 - y0, x1 - x0), (jy, jx), (y0 - cy * jy, x0 - cx * jx), "gradient")
 
 
-def receptive_field(model: nn.Module, layer: str, example: Tensor) -> ReceptiveField:
+def receptive_field(model: nn.Module, layer: LayerSpec, example: Tensor) -> ReceptiveField:
     """Receptive field of ``layer``'s positions for inputs shaped like ``example [1, C, H, W]``:
     from the graph when every operation on the way is understood, else from input gradients."""
     check_model(model)
-    if not isinstance(layer, str):
-        raise LayerNotFoundError(
-            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
-            "layer='layer2' (see model.named_modules())."
-        )
-    resolve_layers(model, split_call(layer)[0])
+    layer = layer_path(model, layer)  # one layer spec: path, "path:k", module, type, predicate
     if not isinstance(example, Tensor) or example.dim() != 4:
         got = list(example.shape) if isinstance(example, Tensor) else type(example).__name__
         raise InputError(f"example must be an image batch [1, C, H, W], got {got}.")
@@ -341,7 +337,7 @@ def _batches(
     dataset: Any, batch_size: int, offset: int
 ) -> tuple[Iterator[tuple[Tensor, Tensor]], int | None]:
     """Yield ``(dataset indices [B], images [B, C, H, W])``."""
-    from ..data.batching import iter_batches
+    from ..nn import iter_batches
 
     batches, total = iter_batches(dataset, batch_size, offset)
     return ((idx, x) for idx, x, _ in batches), total
@@ -349,7 +345,7 @@ def _batches(
 
 def top_examples(
     model: nn.Module,
-    layer: str,
+    layer: LayerSpec,
     dataset: Any,
     k: int = 9,
     *,
@@ -366,7 +362,8 @@ def top_examples(
 
     Args:
         model: the network (run in eval mode under ``torch.no_grad``; modes restored).
-        layer: module path; its output must be ``[B, C, H, W]`` (or ``[B, C]``: location (0, 0)).
+        layer: the layer (module path, ``path:k``, the module, or a type / predicate matching one
+            module); its output must be ``[B, C, H, W]`` (or ``[B, C]``: location (0, 0)).
         dataset: a tensor ``[N, C_in, H, W]``, a map-style ``Dataset`` (items ``image`` or
             ``(image, label, ...)``; a ``Subset`` reports the parent's indices), or an iterable
             of batches (a ``DataLoader`` without shuffling; indices count from 0).
@@ -390,12 +387,7 @@ def top_examples(
     batch_size = positive_int(batch_size, "batch_size")
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
         raise InputError(f"offset must be an int >= 0, got {offset!r}.")
-    if not isinstance(layer, str):
-        raise LayerNotFoundError(
-            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
-            "layer='layer2' (see model.named_modules())."
-        )
-    resolve_layers(model, split_call(layer)[0])
+    layer = layer_path(model, layer)  # one layer spec: path, "path:k", module, type, predicate
     device = model_device(model)
     batches, total = _batches(dataset, int(batch_size), int(offset))
     state: TopExamples | None = None
@@ -530,7 +522,7 @@ def merge(a: TopExamples, b: TopExamples) -> TopExamples:
 # live activations
 
 
-def live(model: nn.Module, layer: str, image: Tensor) -> Tensor:
+def live(model: nn.Module, layer: LayerSpec, image: Tensor) -> Tensor:
     """All channels of ``layer`` for one image: ``image [C_in, H, W]`` (or ``[1, C_in, H, W]``)
     -> ``[C, h, w]`` (a ``[1, C]`` output gives ``[C, 1, 1]``), for the dashboard's live view.
     Eval mode, no gradients, nothing left on the model."""
@@ -548,11 +540,7 @@ def live(model: nn.Module, layer: str, image: Tensor) -> Tensor:
     x = image if image.dim() == 4 else image.unsqueeze(0)
     check_args((x,), "image")
     x = x.to(model_device(model))
-    if not isinstance(layer, str):
-        raise LayerNotFoundError(
-            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
-            "layer='layer2' (see model.named_modules())."
-        )
+    layer = layer_path(model, layer)
     a = capture(model, x, layer).get(layer)
     if not isinstance(a, Tensor) or a.dim() < 2:
         raise InputError(f"layer {layer!r} gives no [1, C, ...] tensor; choose a conv layer.")

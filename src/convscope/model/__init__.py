@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from ..graphs import Block, Edge, Graph, Node
-from ._common import leaf_modules, resolve_layers
+from ..nn import leaf_modules, resolve_layers
 from .capture import capture, capture_inputs, collect_features, default_feature_layer, recording
 from .graph import graph
 from .profile import profile

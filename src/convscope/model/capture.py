@@ -10,18 +10,23 @@ them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from ..errors import InputError, LayerNotFoundError, ModelError
-from ._common import (
+from ..nn import (
+    INPUT_SUFFIX,
+    LayerSpec,
+    Recorder,
     as_args,
+    call_key,
     check_model,
+    copy_tensors,
     forward,
+    layer_path,
     model_device,
     positive_int,
     resolve_layers,
@@ -38,27 +43,6 @@ __all__ = [
     "recording",
     "Recording",
 ]
-
-INPUT_SUFFIX = ":input"
-
-
-def _copy(value: Any, clone: bool, detach: bool = True) -> Any:
-    def one(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            if detach:
-                x = x.detach()
-            return x.clone() if clone else x
-        return x
-
-    return tree_map(one, value)
-
-
-def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            return a
-    return args[0] if len(args) == 1 else (args, kwargs)
-
 
 def _specs(spec: Any) -> list[Any]:
     if spec is None:
@@ -92,20 +76,11 @@ def _selection(
     return mods, keep
 
 
-class Recording:
-    """What :func:`recording` yields: ``store`` fills during each forward pass; call
-    :meth:`reset` between passes."""
-
-    def __init__(self) -> None:
-        self.store: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-
-    def reset(self) -> None:
-        self.store.clear()
-        self.counts.clear()
+#: What :func:`recording` yields (:class:`convscope.nn.Recorder`): ``store`` fills during each
+#: forward pass; call :meth:`~convscope.nn.Recorder.reset` between passes.
+Recording = Recorder
 
 
-@contextlib.contextmanager
 def recording(
     model: nn.Module,
     outputs_of: dict[str, nn.Module],
@@ -113,42 +88,14 @@ def recording(
     *,
     clone: bool = True,
     detach: bool = True,
-) -> Iterator[Recording]:
+) -> Recorder:
     """Context manager: forward hooks on the given modules fill ``rec.store`` during every
     forward pass run inside the block; all hooks are removed on exit, also on error. Output keys
     are module paths (``path:k`` for the k-th call), input keys ``path:input`` (``path:input:k``)
     holding the module's first tensor argument. ``clone`` stores copies (safe from later in-place
     ops); ``detach`` cuts them from the autograd graph."""
-    rec = Recording()
-    handles = []
-
-    def make(path: str, want_out: bool, want_in: bool) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-            k = rec.counts.get(path, 0) + 1
-            rec.counts[path] = k
-            suffix = "" if k == 1 else f":{k}"
-            if want_out:
-                rec.store[path + suffix] = _copy(out, clone, detach)
-            if want_in:
-                rec.store[path + INPUT_SUFFIX + suffix] = _copy(
-                    _first_tensor(args, kwargs), clone, detach
-                )
-
-        return hook
-
-    inputs_of = inputs_of or {}
-    try:
-        for path in dict.fromkeys([*outputs_of, *inputs_of]):
-            mod = outputs_of.get(path, inputs_of.get(path))
-            handles.append(
-                mod.register_forward_hook(
-                    make(path, path in outputs_of, path in inputs_of), with_kwargs=True
-                )
-            )
-        yield rec
-    finally:
-        for h in handles:
-            h.remove()
+    return Recorder(outputs_of, inputs_of=inputs_of,
+                    value=lambda v: copy_tensors(v, clone=clone, detach=detach))
 
 
 def _run_capture(
@@ -221,14 +168,9 @@ def capture(
     return result
 
 
-class _StopForward(BaseException):
-    """Raised by :func:`capture_first`'s hook to end a forward pass once the output is in hand
-    (a BaseException, so no ``except Exception`` in a model's forward swallows it)."""
-
-
-def capture_first(model: nn.Module, inputs: Any, layer: str) -> Any:
-    """The output of the first call of module ``layer`` (a module path; ``path:k`` picks the
-    k-th call) from a forward pass in eval mode without gradients that **stops there**: the
+def capture_first(model: nn.Module, inputs: Any, layer: LayerSpec) -> Any:
+    """The output of the first call of module ``layer`` (a module path, ``path:k`` for the k-th
+    call, the module, or a type / predicate matching one module) from a forward pass in eval mode without gradients that **stops there**: the
     layers after it do not run, so an early layer of a deep network costs a fraction of a full
     pass. The value is the one :func:`capture` gives for that key.
 
@@ -238,30 +180,17 @@ def capture_first(model: nn.Module, inputs: Any, layer: str) -> Any:
     """
     check_model(model)
     args = as_args(inputs)
-    path, k = split_call(layer)
-    module = resolve_layers(model, [path])[path]
-    seen = {"calls": 0}
-    found: dict[str, Any] = {}
-
-    def hook(mod: nn.Module, hook_args: Any, out: Any) -> None:
-        seen["calls"] += 1
-        if seen["calls"] == k:
-            found["out"] = _copy(out, clone=False, detach=True)
-            raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad(), restore_mode(model, True):
-            try:
-                forward(model, args, "capture")
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    if "out" not in found:
-        raise InputError(f"layer {layer!r} ran {seen['calls']} time(s) in the forward pass, "
-                         f"not {k}: choose a layer the forward pass uses.")
-    return found["out"]
+    path, k = split_call(layer_path(model, layer))
+    module = dict(model.named_modules())[path]
+    key = call_key(path, k)
+    rec = Recorder({path: module}, keys={key}, stop=True,
+                   value=lambda v: copy_tensors(v, clone=False, detach=True))
+    with torch.no_grad(), restore_mode(model, True), rec:
+        rec.run(forward, model, args, "capture")
+    if key not in rec.store:
+        raise InputError(f"layer {layer!r} ran {rec.counts.get(path, 0)} time(s) in the forward "
+                         f"pass, not {k}: choose a layer the forward pass uses.")
+    return rec.store[key]
 
 
 def capture_inputs(

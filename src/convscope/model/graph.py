@@ -28,8 +28,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import InvalidValueError, ModelError
-from ..graphs import Block, Edge, Graph, Node, _ancestors, _depth
-from ._common import (
+from ..graphs import Block, Edge, Graph, Node, ancestor_paths, path_depth
+from ..nn import (
     as_args,
     check_model,
     flat_tensors,
@@ -153,12 +153,12 @@ class _Recorder:
         called = {n.module for n in self.nodes if n.op == "module"}
         called |= {n.parent for n in self.nodes if n.parent is not None}
         for path in list(called):
-            called.update(_ancestors(path))
+            called.update(ancestor_paths(path))
         blocks: dict[str, Block] = {}
         for path, mod in self.named.items():
             parent = path.rpartition(".")[0] if path else None
             blocks[path] = Block(
-                name=path, type=type(mod).__name__, parent=parent, depth=_depth(path),
+                name=path, type=type(mod).__name__, parent=parent, depth=path_depth(path),
                 children=[f"{path}.{c}" if path else c for c, _ in mod.named_children()],
                 params=self.params_of(path), leaf=is_leaf(mod), called=path in called,
             )

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError
-from ._common import (
+from ..nn import (
     as_args,
     check_model,
     flat_tensors,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..nn.ops import minmax
 from ..store.layout import safe_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,9 +153,7 @@ def _thumbnails(images: torch.Tensor, size: int = 48) -> np.ndarray:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] > 3:
         x = x[:, :3]
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    x = minmax(x)  # per image; a constant image is black
     if max(x.shape[-2:]) > size:
         x = F.interpolate(x, size=(size, size), mode="area")
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -102,16 +102,12 @@ class ValidationLog:
         sorted by id, each id once (a ``DistributedSampler`` pads the last share with repeats:
         the first copy is kept). Without ``torch.distributed`` (or with one process) the checked
         arrays as given. Every rank must call it."""
-        import sys
+        from ..nn.dist import gather_objects
 
         ids_a, labels_a, pred = ValidationLog.arrays(ids, labels, predictions)
-        torch = sys.modules.get("torch")
-        dist = torch.distributed if torch is not None else None
-        if dist is None or not (dist.is_available() and dist.is_initialized()) \
-                or dist.get_world_size() == 1:
+        parts = gather_objects((ids_a, labels_a, pred))
+        if len(parts) == 1:
             return ids_a, labels_a, pred
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (ids_a, labels_a, pred))
         ids_a = np.concatenate([p[0] for p in parts])
         labels_a = np.concatenate([p[1] for p in parts])
         pred = np.concatenate([p[2] for p in parts])

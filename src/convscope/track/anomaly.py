@@ -64,7 +64,7 @@ def default_d(n_checkpoints: int) -> int:
     return max(1, min(40, t // 25))
 
 
-def _as_correct(correct: Any) -> np.ndarray:
+def as_correct(correct: Any) -> np.ndarray:
     arr = np.asarray(correct)
     if arr.ndim != 2:
         raise InputError(
@@ -87,7 +87,7 @@ def _as_correct(correct: Any) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _as_labels(labels: Any, n: int) -> np.ndarray:
+def as_labels(labels: Any, n: int) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.ndim != 1 or lab.shape[0] != n:
         raise InputError(
@@ -137,7 +137,7 @@ def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         ``(checkpoint, image, to_right)``: three 1-D arrays of equal length, one entry per stable
         flip, sorted by checkpoint then image. ``to_right`` is True for wrong -> correct.
     """
-    c = _as_correct(correct)
+    c = as_correct(correct)
     d = int(d)
     if d < 0:
         raise InputError(f"d must be >= 0 (got {d}); use 0 to count every flip.")
@@ -274,9 +274,9 @@ def anomalies(
         >>> res = anomalies(preds == y, y, steps=ckpt_steps)      # doctest: +SKIP
         >>> res.to_frame()[["step", "class", "n_flips"]]           # doctest: +SKIP
     """
-    c = _as_correct(correct)
+    c = as_correct(correct)
     t, n = c.shape
-    lab = _as_labels(labels, n)
+    lab = as_labels(labels, n)
     st = _as_steps(steps, t)
     if direction not in _DIRECTIONS:
         raise InputError(

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .anomaly import _as_correct, _as_labels
+from .anomaly import as_correct, as_labels
 
 __all__ = ["ClusterResult", "class_clusters", "class_error", "kmeans", "standardize_rows"]
 
@@ -45,9 +45,9 @@ def class_error(correct: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         the images of class ``classes[j]`` misclassified at checkpoint ``t``; ``classes`` is
         ``[C]``, the sorted unique labels (classes without images do not appear).
     """
-    c = _as_correct(correct)
+    c = as_correct(correct)
     t, n = c.shape
-    lab = _as_labels(labels, n)
+    lab = as_labels(labels, n)
     classes, inv, sizes = np.unique(lab, return_inverse=True, return_counts=True)
     if n == 0:
         return np.zeros((t, 0), dtype=np.float64), classes

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, LayerNotFoundError, ModelError, suggest
+from ..nn import unwrap as strip_wrapper
 from .stats import FILTER_COLUMNS, LAYER_COLUMNS, LayerRecorder, finish_stats
 
 __all__ = ["Watcher", "watched_layers", "strip_wrapper"]
@@ -31,19 +32,6 @@ __all__ = ["Watcher", "watched_layers", "strip_wrapper"]
 Sink = Callable[[int, dict[str, Any], dict[str, Any]], None]
 WATCHED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                  nn.ConvTranspose3d, nn.Linear)
-
-
-def strip_wrapper(model: nn.Module) -> nn.Module:
-    """The wrapped module of DDP / DataParallel / torch.compile wrappers (names without
-    ``module.`` or ``_orig_mod.``)."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module) and type(model).__name__ in (
-            "DistributedDataParallel", "DataParallel", "OptimizedModule"
-        ):
-            model = inner
-        else:
-            return model
 
 
 def watched_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:

@@ -1,5 +1,6 @@
-"""One way to walk a data set in batches, shared by every whole-data-set pass (top examples,
-attribution over a data set, diagnosis statistics)."""
+"""Batching: the one way to walk a data set in batches, shared by every whole-data-set pass
+(top examples, attribution over a data set, diagnosis statistics), its slicing into shares, and
+the chunking of a tensor's first dimension."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from ..errors import InputError
+from .forwarding import positive_int
 
-__all__ = ["iter_batches", "dataset_length", "slice_dataset"]
+__all__ = ["chunks", "iter_batches", "dataset_length", "slice_dataset"]
 
 
 def _split(item: Any) -> tuple[Tensor, Any]:
@@ -39,6 +41,14 @@ def _labels(values: list[Any]) -> Tensor | None:
         return torch.as_tensor([int(v) for v in values], dtype=torch.long)
     except (TypeError, ValueError):
         return None
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """``slice(a, b)`` of consecutive blocks of ``size`` items covering ``range(n)`` in order
+    (the last one may be short)."""
+    n, size = int(n), max(1, int(size))
+    for a in range(0, n, size):
+        yield slice(a, min(n, a + size))
 
 
 def dataset_length(dataset: Any) -> int | None:
@@ -78,8 +88,6 @@ def iter_batches(
     ``image``, ``(image, label, ...)`` or ``{"image": ..., "label": ...}``; a ``Subset`` reports
     its parent's indices) or an iterable of batches such as a ``DataLoader`` without shuffling
     (indices count from ``offset``). ``total`` is the number of items when known."""
-    from ..model._common import positive_int
-
     batch_size = positive_int(batch_size, "batch_size")
     if isinstance(dataset, Tensor):
         if dataset.dim() != 4:
@@ -89,8 +97,8 @@ def iter_batches(
         n = int(dataset.shape[0])
 
         def gen_t() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-            for a in range(0, n, batch_size):
-                b = min(n, a + batch_size)
+            for sl in chunks(n, batch_size):
+                a, b = sl.start, sl.stop
                 yield torch.arange(a + offset, b + offset), dataset[a:b], None
 
         return gen_t(), n
@@ -99,8 +107,8 @@ def iter_batches(
         base = dataset.indices if isinstance(dataset, Subset) else None
 
         def gen_d() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-            for a in range(0, n, batch_size):
-                b = min(n, a + batch_size)
+            for sl in chunks(n, batch_size):
+                a, b = sl.start, sl.stop
                 items = [_split(dataset[i]) for i in range(a, b)]
                 x = torch.stack([it[0] for it in items])
                 idx = (torch.as_tensor([int(base[i]) for i in range(a, b)]) if base is not None

@@ -1,33 +1,37 @@
-"""Shared machinery of :mod:`convscope.explain`: checks, targets, layers, model state.
+"""What every method of :mod:`convscope.explain` shares on top of :mod:`convscope.nn`: the
+input and ``target=`` checks, the automatic CAM layer, the layer capture and the map finish.
 
-Nothing here is public API; the public functions live in ``gradients``, ``cams`` and ``metrics``.
+The public functions live in ``gradients``, ``cams`` and ``metrics``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import numbers
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import (
-    ConvscopeError,
-    InputError,
-    LayerNotFoundError,
-    ModelError,
-    NotApplicableError,
-    TargetError,
-    suggest,
+from ..errors import InputError, LayerNotFoundError, ModelError, NotApplicableError, TargetError
+from ..nn import (
+    NONFINITE_MODEL_FIX,
+    Recorder,
+    check_args,
+    check_finite,
+    check_model,
+    f32,
+    forward,
+    handles,
+    resolve_layer,
+    split_call,
+    upsample,
 )
-from ..model._common import NONFINITE_MODEL_FIX, check_args, check_finite, preserved
-from ..model._common import check_model as _check_model
+from ..nn import eval_frozen as prepared
+from ..nn import minmax as scale
 
 logger = logging.getLogger("convscope.explain")
 
@@ -35,19 +39,14 @@ logger = logging.getLogger("convscope.explain")
 #: a 1-D integer tensor), or a callable on the model output returning ``[B]`` scores or ``[B, K]``
 #: class scores.
 Target = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
-#: What ``layer=`` accepts: a module of the model, its module path (``"layer4.1.conv2"``) or None.
-Layer = None | str | nn.Module
+#: What ``layer=`` accepts: None (automatic) or a layer specification naming one module: its
+#: module path (``"layer4.1.conv2"``), the module, a type or predicate matching one module.
+Layer = None | str | nn.Module | type | Callable[[str, nn.Module], bool]
 
 
 # --------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------
-def check_model(model: Any) -> nn.Module:
-    """Raise :class:`ModelError` unless ``model`` is an ``nn.Module`` with real (not meta)
-    tensors (:func:`convscope.model._common.check_model`)."""
-    return _check_model(model)
-
-
 def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
     """Return ``inputs`` detached; raise :class:`InputError` unless it is a float ``[B, C, H, W]``
     batch of at least one image, with real (not meta) finite values."""
@@ -268,73 +267,16 @@ class TargetSpec:
 # --------------------------------------------------------------------------------------------
 # model state
 # --------------------------------------------------------------------------------------------
-def prepared(model: nn.Module, eval_mode: bool = True) -> contextlib.AbstractContextManager:
-    """Put ``model`` in eval mode with parameters frozen; on exit (even on error) the model is as
-    it came in: modes, ``requires_grad``, batch-norm statistics, hooks (see
-    :func:`convscope.model._common.preserved`).
-
-    Freezing parameters (``requires_grad=False``) means no parameter gradients are computed and
-    autograd records only what the gradients to the input/layer need.
-    """
-    return preserved(model, True if eval_mode else None, freeze=True)
-
-
-@contextlib.contextmanager
-def hooks() -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
-    """A list to append hook handles to; every handle is removed on exit (even on error)."""
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def run_forward(model: nn.Module, inputs: Tensor) -> Any:
-    """Call the model, turning its exceptions into :class:`ModelError` with the input shape;
-    a NaN or infinite output is a :class:`ModelError` too (never an all-zero map)."""
-    try:
-        out = model(inputs)
-    except ConvscopeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise ModelError(
-            f"the model's forward failed on inputs of shape {list(inputs.shape)}: "
-            f"{type(exc).__name__}: {exc}. Check the input size/channels the model expects."
-        ) from exc
-    check_finite(out, f"the output of {type(model).__name__}", NONFINITE_MODEL_FIX)
-    return out
+    """Call the model (:func:`convscope.nn.forward`): its exceptions become a
+    :class:`ModelError` naming the failing layer; a NaN or infinite output is a
+    :class:`ModelError` too (never an all-zero map)."""
+    return forward(model, (inputs,), error=ModelError, finite=True)
 
 
 # --------------------------------------------------------------------------------------------
 # layers
 # --------------------------------------------------------------------------------------------
-def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
-    """Return ``(module path, module)`` for a module path or a module of ``model``."""
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise LayerNotFoundError(
-            f"the module given as layer ({type(layer).__name__}) is not part of the model; pass "
-            "a submodule of this model or its path, e.g. layer='layer4'."
-        )
-    if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer in modules and layer != "":
-            return layer, modules[layer]
-        names = [n for n in modules if n]
-        raise LayerNotFoundError(
-            f"the model has no layer named {layer!r}.{suggest(layer, names)} Layer names are "
-            "module paths as listed by model.named_modules(), or pass layer=None to choose "
-            "automatically."
-        )
-    raise InputError(
-        f"layer must be a module path (str), an nn.Module of the model or None, got "
-        f"{type(layer).__name__}; pass e.g. layer='layer4' or layer=None (automatic)."
-    )
-
-
 def _is_feature_map(t: Any) -> bool:
     return isinstance(t, Tensor) and t.ndim == 4 and t.shape[2] * t.shape[3] > 1
 
@@ -364,20 +306,10 @@ def auto_layer(model: nn.Module, inputs: Tensor) -> str:
     cache = _AUTO_CACHE.setdefault(model, {})
     if key in cache:
         return cache[key]
-    seen: list[str] = []
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if _is_feature_map(output):
-                seen.append(name)
-
-        return hook
-
-    with prepared(model), hooks() as handles, torch.no_grad():
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
+    modules = {name: module for name, module in model.named_modules() if name}
+    with prepared(model), torch.no_grad(), Recorder(modules, value=_is_feature_map) as rec:
         run_forward(model, x[:1])
+    seen = [split_call(key)[0] for key, is_map in rec.store.items() if is_map]
     if not seen:
         raise NotApplicableError(
             "no layer of the model outputs a 4-D feature map [B, C, h, w] with h*w > 1 for "
@@ -391,7 +323,7 @@ def auto_layer(model: nn.Module, inputs: Tensor) -> str:
 def choose_layer(model: nn.Module, inputs: Tensor, layer: Layer, method: str) -> tuple[str, nn.Module]:
     """Resolve ``layer=`` (reporting an automatic choice) to ``(path, module)``."""
     if layer is not None:
-        return resolve_layer(model, layer)
+        return resolve_layer(model, layer, whole=False)
     name = auto_layer(model, inputs)
     msg = (
         f"{method}: layer=None -> using {name!r} (the last module with a [B, C, h, w] output "
@@ -403,7 +335,7 @@ def choose_layer(model: nn.Module, inputs: Tensor, layer: Layer, method: str) ->
         logger.warning(msg)
     else:
         logger.info(msg)
-    return resolve_layer(model, name)
+    return resolve_layer(model, name, whole=False)
 
 
 def check_feature_map(name: str, act: Any) -> Tensor:
@@ -456,8 +388,8 @@ def forward_capture(
         cap.act = output.detach()
         return output.clone()
 
-    with hooks() as handles, torch.no_grad():
-        handles.append(module.register_forward_hook(hook))
+    with handles() as hs, torch.no_grad():
+        hs.append(module.register_forward_hook(hook))
         cap.output = run_forward(model, x)
     cap.act = check_feature_map(name, cap.act)
     return cap
@@ -466,13 +398,6 @@ def forward_capture(
 # --------------------------------------------------------------------------------------------
 # maps
 # --------------------------------------------------------------------------------------------
-def f32(t: Tensor) -> Tensor:
-    """``t`` in float32 when it is a reduced-precision float (float16, bfloat16): every
-    reduction (channel weights, sums, min-max, metrics) is computed in float32 and only the
-    result is cast back to the inputs' dtype."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def layer_grad_check(grad: Tensor, name: str) -> Tensor:
     """Raise :class:`ModelError` when the gradient at layer ``name`` is NaN or infinite."""
     check_finite(grad, f"the gradient of the target score at {name}", NONFINITE_MODEL_FIX)
@@ -493,7 +418,7 @@ def finish_map(
     check_finite(raw, "the attribution map", NONFINITE_MODEL_FIX)
     if normalize:
         raw = raw.clamp(min=0)
-    up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = upsample(raw, size)
     if not normalize:
         if dtype in (torch.float16, torch.bfloat16) and not bool(
             torch.isfinite(up.to(dtype)).all()
@@ -514,8 +439,4 @@ def minmax(maps: Tensor) -> Tensor:
     """
     check_finite(maps, "the maps to scale", "Pass finite maps (see torch.isfinite).",
                  InputError)
-    flat = f32(maps).reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, 1.0), 0.0)
-    return out.reshape(maps.shape).to(maps.dtype)
+    return scale(maps)
