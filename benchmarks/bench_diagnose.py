@@ -9,7 +9,7 @@ a minute on a CPU), diagnosed on 64 held-out ``val`` images in eval mode. Each f
 to a copy of the trained model (or to the inputs); a fault counts as *detected* (true positive)
 when a finding with the expected code fires on one of the expected layers. "Other" lists the
 other warnings/errors (downstream effects of the fault are expected there). False positives:
-warnings and errors on the healthy model. The DCGAN rows use seed 002's generator/discriminator at
+warnings and errors on the healthy model. The DCGAN rows use Wang & Li's (2020) generator/discriminator at
 32 x 32 (random init). Timing: diagnose of the healthy model against one forward pass of the same
 batch (the baseline), medians of the repeats, measured in the same run.
 """

@@ -1,4 +1,4 @@
-"""Seed 002's DCGAN story at small size, diagnosed with cs.diagnose.
+"""Wang & Li (2020)'s DCGAN story at small size, diagnosed with cs.diagnose.
 
     .venv/bin/python examples/dcgan_diagnosis.py [--steps 300] [--size 32]
 
@@ -7,7 +7,7 @@ generator v1 (FC 2560 ReLU -> FC ReLU -> 3 transposed convs) had dead FC outputs
 layer; discriminator v1 (3 convs, LeakyReLU, no normalisation) extracted features of little
 diversity, so v3 adds batch normalisation to every layer. Here: the same architectures
 (``cs.zoo``) at ``--size`` pixels, trained for ``--steps`` steps on procedural Shapes images (no
-download; scaled to [-1, 1]) with the seed's settings (BCE loss, RMSprop, lr D 3e-4 / G 7e-4, batch
+download; scaled to [-1, 1]) with Wang & Li's settings (BCE loss, RMSprop, lr D 3e-4 / G 7e-4, batch
 64), in three rounds: G v1 + D v1, G v2 + D v1, G v2 + D v3. After each round both networks are
 diagnosed: the generator on a batch of latent vectors (its low-abstraction layers are compared
 with the generated images), the discriminator on real images. The script prints what the
@@ -30,7 +30,7 @@ from convscope.training import auto_threads  # noqa: E402
 
 
 def train_gan(gen, disc, images, steps: int, seed: int = 0, batch: int = 64) -> dict[str, float]:
-    """Plain non-saturating GAN training with the seed's optimiser settings."""
+    """Plain non-saturating GAN training with Wang & Li's optimiser settings."""
     g = torch.Generator().manual_seed(seed)
     opt_d = torch.optim.RMSprop(disc.parameters(), lr=3e-4)
     opt_g = torch.optim.RMSprop(gen.parameters(), lr=7e-4)

@@ -1,4 +1,4 @@
-"""cs.diagnose: distances, clustering and KDE against independent oracles; the seed's weight grid
+"""cs.diagnose: distances, clustering and KDE against independent oracles; Wang & Li's weight grid
 checked by hand; each rule on a constructed pattern and its healthy twin; bad input; Report
 serialisation."""
 
@@ -35,7 +35,7 @@ from convscope.errors import InputError, LayerNotFoundError
 
 
 def brute_cosine(vectors: np.ndarray) -> np.ndarray:
-    """Seed 002's formula, one pair at a time, in float64."""
+    """Wang & Li (2020)'s formula, one pair at a time, in float64."""
     n = vectors.shape[0]
     d = np.zeros((n, n))
     for i in range(n):
@@ -137,7 +137,7 @@ def test_kde_of_a_constant_row_is_a_marked_peak_not_an_error():
 
 
 # ------------------------------------------------------------------------------------------------
-# the seed's parameter grid
+# Wang & Li's parameter grid
 
 
 def minmax(a: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of convscope.zoo: the CIFAR-style ResNet and seed 002's DCGAN models."""
+"""Tests of convscope.zoo: the CIFAR-style ResNet and Wang & Li (2020)'s DCGAN models."""
 
 from __future__ import annotations
 

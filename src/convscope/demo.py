@@ -92,7 +92,7 @@ def _record_attribution_set(run: Run, res: DemoResult, quiet: bool) -> None:
 
 
 def _record_diagnosis(run: Run, res: DemoResult, quiet: bool) -> None:
-    """Seed 002's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE, and
+    """Wang & Li's diagnosis on 64 test images, with every layer's dendrogram / grid / KDE, and
     the statistics of every test image (mergeable, the figures from its first batch)."""
     model = res.model.eval()
     run.log_diagnosis(model, res.test_images[:64])

@@ -373,7 +373,7 @@ class Run:
 
     # -- diagnosis ---------------------------------------------------------------------------
     def log_diagnosis(self, model: Any, inputs: Any = None, **kwargs: Any) -> Any:
-        """Diagnose ``model`` on ``inputs`` (seed 002: dead maps, low diversity, near-zero
+        """Diagnose ``model`` on ``inputs`` (Wang & Li 2020: dead maps, low diversity, near-zero
         outputs, maps far from the input, wide uniform parameters, ...) and store the report
         with the data of each layer's dendrogram / grid / KDE view (``views=True``). ``inputs``
         may be one batch, or a ``Dataset`` / loader (or a tensor with ``batch_size=``) whose

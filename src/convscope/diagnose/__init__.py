@@ -1,9 +1,9 @@
-"""Seed 002's visualisation-based diagnosis of CNNs.
+"""Wang & Li (2020)'s visualisation-based diagnosis of CNNs.
 
 * Views (the data behind the figures): :func:`output_view` (grid of maps / heatmap of features,
-  channel tree, KDE per channel), :func:`param_view` and :func:`param_grid` (seed 002's weight
+  channel tree, KDE per channel), :func:`param_view` and :func:`param_grid` (Wang & Li's weight
   grid with the bias as a last column, tree and KDE along the outputs).
-* Building blocks: :func:`cosine_distances` (seed 002's distance; all-zero channels at 2),
+* Building blocks: :func:`cosine_distances` (Wang & Li (2020)'s distance; all-zero channels at 2),
   :func:`channel_clustering` (single linkage, scipy format), :func:`kde` (batched Gaussian KDE).
 * Numbers per layer: :func:`output_stats`, :func:`param_stats`.
 * Rules -> findings: :func:`diagnose` (model + inputs), :func:`diagnose_activations` (stored

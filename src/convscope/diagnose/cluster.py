@@ -1,7 +1,7 @@
-"""Hierarchical clustering of channels (features, kernels) with seed 002's cosine distance.
+"""Hierarchical clustering of channels (features, kernels) with Wang & Li (2020)'s cosine distance.
 
 The distance between two channels ``A`` and ``B`` (each flattened over batch and space) is
-``1 - <A, B> / (|A| |B|)``, in ``[0, 2]``; a channel that is all zero has no direction, so seed 002
+``1 - <A, B> / (|A| |B|)``, in ``[0, 2]``; a channel that is all zero has no direction, so Wang & Li
 puts it at the largest distance, **2**, from every other channel (0 from itself). Distances are
 one matrix product of the normalised channel vectors, on the tensors' device; the single-linkage
 tree is built by scipy on the CPU.
@@ -62,7 +62,7 @@ def channel_vectors(x: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_distances(vectors: torch.Tensor) -> torch.Tensor:
-    """Seed 002's cosine distance between all rows: ``[N, D]`` -> ``[N, N]`` in ``[0, 2]``.
+    """Wang & Li (2020)'s cosine distance between all rows: ``[N, D]`` -> ``[N, N]`` in ``[0, 2]``.
 
     ``d(a, b) = 1 - a.b / (|a| |b|)``; a row that is all zero is at distance 2 from every other
     row (0 from itself). Non-finite values count as 0. Computed as one matrix product on the
@@ -215,7 +215,7 @@ def cluster_vectors(
 
 
 def gram_distances(gram: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Seed 002's cosine distances from the channels' Gram matrix ``G[i, j] = <A_i, A_j>``
+    """Wang & Li (2020)'s cosine distances from the channels' Gram matrix ``G[i, j] = <A_i, A_j>``
     (``[N, N]``, summed over any number of batches): ``d = 1 - G_ij / sqrt(G_ii G_jj)``, with
     all-zero channels (``G_ii = 0``) at 2 from every other. Returns ``(d [N, N], n_dead)``."""
     g = gram.double()

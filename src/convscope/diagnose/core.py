@@ -1,4 +1,4 @@
-"""``diagnose``: seed 002's analysis procedure, from a model and inputs (or from stored
+"""``diagnose``: Wang & Li (2020)'s analysis procedure, from a model and inputs (or from stored
 activations) to a :class:`~convscope.diagnose.report.Report`."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _nonfinite(output: Any) -> bool:
 
 
 def default_layers(calls: list[tuple[str, nn.Module]]) -> list[str]:
-    """Seed 002 analyses each layer's output *after* its activation. From leaf calls in
+    """Wang & Li (2020) analyse each layer's output *after* its activation. From leaf calls in
     execution order: every activation-module call, plus the conv / linear calls after the last
     activation (the head, e.g. the logits). A model without activation modules (``F.relu`` in
     ``forward``) gets every conv / linear call."""
@@ -124,7 +124,7 @@ def choose_params(model: nn.Module, params: Any, chosen: Mapping[str, nn.Module]
 
 def finish_report(report: Report, layer_stats: list[LayerStats], param_list: list[ParamStats],
                   th: Thresholds) -> Report:
-    """Apply the rules to the measured layers and weights and put the findings in seed 002's
+    """Apply the rules to the measured layers and weights and put the findings in Wang & Li (2020)'s
     order (stage, then layer order; the findings of one layer keep the rule order)."""
     findings = []
     for st in layer_stats:
@@ -299,13 +299,13 @@ def diagnose(
     seed: int = 0,
     quiet: bool = False,
 ) -> Report:
-    """Seed 002's visual diagnosis of a CNN, as findings that name the layer, the evidence and
+    """Wang & Li's visual diagnosis of a CNN, as findings that name the layer, the evidence and
     the fix.
 
     One forward pass (eval mode, no gradients) captures the chosen layers' outputs; each output
     and each conv / linear weight is measured (dead channels, channel-tree merge heights, share
     near 0, scale, saturation, similarity to the image, weight distribution shape) and the rules
-    turn the numbers into findings, in the seed's order: low-abstraction outputs,
+    turn the numbers into findings, in Wang & Li's order: low-abstraction outputs,
     high-abstraction outputs, conv parameters, dense parameters.
 
     Args:
@@ -316,7 +316,7 @@ def diagnose(
         layers: outputs to analyse: module path(s) (``"layer1.0.relu1"``, ``"relu:2"``), a
             module type, a predicate ``(name, module) -> bool`` or a list. ``None``: every
             activation-module output plus the conv / linear outputs after the last activation
-            (the head) — the "layer outputs" of the seed.
+            (the head) — Wang & Li's "layer outputs".
         params: weights to analyse, same forms; ``None``: every conv / transposed conv / linear
             module when ``layers`` is None, else the conv / linear modules among ``layers``;
             ``False``: none.

@@ -1,4 +1,4 @@
-"""Seed 002's diagnosis over a whole data set, streamed batch by batch, with mergeable statistics.
+"""Wang & Li's diagnosis over a whole data set, streamed batch by batch, with mergeable statistics.
 
 :func:`diagnose` measures one batch. :func:`diagnose_dataset` runs every batch of a data set
 through the model and keeps, per layer output, only numbers that *add up*
@@ -412,7 +412,7 @@ def diagnose_dataset(
     seed: int = 0,
     quiet: bool = False,
 ) -> Report:
-    """Seed 002's diagnosis with the layer statistics of a whole data set.
+    """Wang & Li (2020)'s diagnosis with the layer statistics of a whole data set.
 
     Like :func:`~convscope.diagnose.diagnose`, but every batch of ``dataset`` is measured and
     the statistics add up (:class:`OutputMoments`): "dead" means dead on every image, the

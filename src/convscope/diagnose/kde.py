@@ -2,7 +2,7 @@
 
 Each row of ``values [C, N]`` gets its own bandwidth (Scott's or Silverman's rule on that row's
 standard deviation, exactly as ``scipy.stats.gaussian_kde`` chooses it in one dimension) and all
-rows are evaluated on one shared grid, so the curves can be drawn in one plot as seed 002 does
+rows are evaluated on one shared grid, so the curves can be drawn in one plot as Wang & Li (2020) do
 (one curve per channel). The sum over samples is chunked, so memory stays ``C x G x chunk``.
 """
 

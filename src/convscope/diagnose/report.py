@@ -1,4 +1,4 @@
-"""The diagnosis :class:`Report`: findings in seed 002's order plus the per-layer numbers."""
+"""The diagnosis :class:`Report`: findings in Wang & Li's order plus the per-layer numbers."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Report:
     """What :func:`~convscope.diagnose.diagnose` found.
 
     Attributes:
-        findings: :class:`~convscope.diagnose.rules.Finding` s in seed 002's order (low- then
+        findings: :class:`~convscope.diagnose.rules.Finding` s in Wang & Li's order (low- then
             high-abstraction outputs, conv then dense parameters; within a stage by layer order).
         layers: per-output numbers (:class:`~convscope.diagnose.stats.LayerStats`), in execution
             order.
@@ -132,7 +132,7 @@ class Report:
         )
 
     def to_text(self, notes: bool = True, numbers: bool = True) -> str:
-        """Readable text: headline, findings per stage (seed 002's order) with their evidence
+        """Readable text: headline, findings per stage (Wang & Li's order) with their evidence
         and advice (given once per code), then tables of the per-layer numbers."""
         lines = [self.headline(), ""]
         advised: set[str] = set()

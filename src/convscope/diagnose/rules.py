@@ -1,6 +1,6 @@
-"""Seed 002's rules: measured numbers -> findings that name the layer, the evidence and the fix.
+"""Wang & Li's rules: measured numbers -> findings that name the layer, the evidence and the fix.
 
-Analysis order (seed 002, 1.3.1): low-abstraction outputs, then high-abstraction outputs, then
+Analysis order (Wang & Li, §1.3.1): low-abstraction outputs, then high-abstraction outputs, then
 conv / transposed-conv parameters, then dense parameters. Each rule is a small function of one
 layer's numbers and the :class:`~convscope.diagnose.thresholds.Thresholds`; it returns findings
 (possibly none).
@@ -27,19 +27,19 @@ __all__ = [
 #: Severities, most severe first. ``note`` marks a limit of the analysis, not a fault.
 SEVERITIES = ("error", "warning", "info", "note")
 
-#: Stages in seed 002's analysis order.
+#: Stages in Wang & Li (2020)'s analysis order.
 STAGES = ("low-abstraction outputs", "high-abstraction outputs", "conv parameters",
           "dense parameters")
 
-#: The advice of seed 002 (and, for the extra rules, the standard remedy) per finding code.
+#: The advice of Wang & Li (2020) (and, for the extra rules, the standard remedy) per finding code.
 ADVICE: dict[str, str] = {
     "dead-maps": (
         "check the input data, then this layer and the layers before it; change the activation "
-        "(e.g. LeakyReLU instead of ReLU) or adjust the structure (seed 002 removed one of two "
+        "(e.g. LeakyReLU instead of ReLU) or adjust the structure (Wang & Li removed one of two "
         "ReLU fully connected layers)."
     ),
     "low-diversity": (
-        "change how the layer extracts features: add batch normalisation (seed 002's fix for "
+        "change how the layer extracts features: add batch normalisation (Wang & Li's fix for "
         "its discriminator)."
     ),
     "near-zero-outputs": (
@@ -67,13 +67,13 @@ ADVICE: dict[str, str] = {
         "and restart from the last finite checkpoint."
     ),
     "wide-uniform-params": (
-        "a wide, uniform weight distribution marks a poorly trained layer (seed 002, 1.3.5); "
+        "a wide, uniform weight distribution marks a poorly trained layer (Wang & Li, §1.3.5); "
         "parameter analysis is auxiliary: confirm with this layer's output findings, then check "
         "the initialisation scale and the learning rate."
     ),
     "concentrated-param-splits": (
         "the output units' merge heights are large and concentrated: the units differ from one "
-        "another without structure and extract no effective features (seed 002, 1.3.4); train "
+        "another without structure and extract no effective features (Wang & Li, §1.3.4); train "
         "longer or revisit the learning rate, and confirm with the output findings."
     ),
     "no-clustering": "nothing to fix in the model; give a larger batch or a layer with more "
@@ -106,10 +106,10 @@ class Finding:
         code: what was found (``dead-maps``, ``low-diversity``, ... see :data:`CODES`).
         layer: module path of the layer.
         severity: ``error``, ``warning``, ``info`` or ``note``.
-        stage: which step of seed 002's order found it (see :data:`STAGES`).
+        stage: which step of Wang & Li (2020)'s order found it (see :data:`STAGES`).
         message: one readable sentence with the numbers.
         evidence: the measured numbers and the thresholds they crossed.
-        advice: seed 002's advice for this finding.
+        advice: Wang & Li (2020)'s advice for this finding.
     """
 
     code: str
@@ -147,7 +147,7 @@ def _pct(x: float) -> str:
 
 
 def output_findings(st: LayerStats, th: Thresholds) -> list[Finding]:
-    """Findings for one layer output (rules in the order the seed names the signs)."""
+    """Findings for one layer output (rules in the order Wang & Li (2020) name the signs)."""
     stage = STAGES[0] if st.abstraction == "low" else STAGES[1]
     out: list[Finding] = []
     name = st.name

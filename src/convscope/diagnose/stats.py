@@ -1,4 +1,4 @@
-"""The numbers behind seed 002's pictures, per layer output and per parameter tensor.
+"""The numbers behind Wang & Li (2020)'s pictures, per layer output and per parameter tensor.
 
 All reductions run batched in torch on the tensor's device over the *whole* tensor; only the
 clustering (a ``C x C`` distance matrix) and the image-similarity score work on a seeded sample of
@@ -123,7 +123,7 @@ class LayerStats(_DictRoundTrip):
 
 @dataclass
 class ParamStats(_DictRoundTrip):
-    """Numbers describing a conv / transposed-conv / linear weight (seed 002's layout: one row
+    """Numbers describing a conv / transposed-conv / linear weight (Wang & Li's layout: one row
     per output channel or output feature).
 
     Attributes:
@@ -194,7 +194,7 @@ def saturation_bounds(module_type: str, module: Any = None) -> tuple[float | Non
 def input_similarity(
     maps: torch.Tensor, reference: torch.Tensor, live: torch.Tensor | None = None
 ) -> float | None:
-    """How much a layer's maps look like the image (seed 002: low-abstraction maps should).
+    """How much a layer's maps look like the image (Wang & Li 2020: low-abstraction maps should).
 
     maps: ``[B, C, H, W]``; reference: ``[B, R, H0, W0]`` (the input or generated image), resized
     to ``H x W`` (area averaging when shrinking, bilinear when growing). For every sample and
@@ -426,7 +426,7 @@ def output_stats(
 
 
 def conv_layout(module_or_weight: Any, transposed: bool | None = None) -> tuple[torch.Tensor, str]:
-    """The weight as ``[outputs, inputs, *kernel]`` (seed 002's row = one output channel) and
+    """The weight as ``[outputs, inputs, *kernel]`` (Wang & Li's row = one output channel) and
     its kind: ``nn.Conv*`` weights are already ``[c_out, c_in/groups, kh, kw]``;
     ``nn.ConvTranspose*`` weights are ``[c_in, c_out/groups, kh, kw]`` and are transposed;
     ``nn.Linear`` weights are ``[f_out, f_in]``."""

@@ -26,7 +26,7 @@ class Thresholds:
         saturation_margin: a value of a bounded activation (tanh, sigmoid, hardtanh, softsign,
             ReLU6) is *saturated* when it lies within this fraction of the output range of a
             bound (0.01: tanh outputs beyond +-0.98).
-        low_abstraction_min_scale: a 4-D output is *low-abstraction* (seed 002: close to an
+        low_abstraction_min_scale: a 4-D output is *low-abstraction* (Wang & Li 2020: close to an
             image at the input or output) when its smaller spatial side is at least this
             fraction of the reference image's smaller side; everything else (2-D outputs, small
             maps) is *high-abstraction*.
@@ -37,7 +37,7 @@ class Thresholds:
         dead_fraction: ``dead-maps`` fires when at least this share of a layer's channels
             (features) is dead.
         low_diversity_height: ``low-diversity`` fires when the median single-linkage merge height
-            of the live channels is below this cosine distance (seed 002: "split points close
+            of the live channels is below this cosine distance (Wang & Li 2020: "split points close
             to 0").
         near_zero_share: ``near-zero-outputs`` fires when at least this share of a layer's
             values is near zero (a healthy ReLU layer holds about half zeros).
@@ -54,7 +54,7 @@ class Thresholds:
             below this (uniform: -1.2, normal: 0); ``wide-uniform-params`` needs wide and
             uniform.
         heavy_kurtosis: excess kurtosis above this labels the distribution *heavy-tailed*.
-        split_spread: ``concentrated-param-splits`` (seed 002, 1.3.4: merge heights of the
+        split_spread: ``concentrated-param-splits`` (Wang & Li 2020, §1.3.4: merge heights of the
             kernels large *and* concentrated) fires when the interquartile range of a
             parameter tree's merge heights is below this ...
         split_height: ... while their median is above this.

@@ -1,16 +1,16 @@
-"""The data behind seed 002's figures: output views and parameter views.
+"""The data behind Wang & Li (2020)'s figures: output views and parameter views.
 
 * :func:`output_view` — a 4-D output as a ``batch x channel`` grid of maps with the channel tree
   (cosine distance, single linkage) and one KDE curve per channel; a 2-D output as a
   ``samples x features`` heatmap with the feature tree and per-feature KDE.
-* :func:`param_grid` / :func:`param_view` — conv and transposed-conv weights as the seed's grid
+* :func:`param_grid` / :func:`param_view` — conv and transposed-conv weights as Wang & Li's grid
   (rows = output channels, columns = input channels, each ``kh x kw`` cell scaled to 0-1, the bias
   as a last column), linear weights as a ``f_out x (f_in + 1)`` heatmap with the bias appended;
   the tree and KDE run along the outputs.
 
 PyTorch stores conv weights ``[c_out, c_in, kh, kw]``, transposed-conv weights
-``[c_in, c_out, kh, kw]`` and linear weights ``[f_out, f_in]``; TensorFlow (the seed's framework)
-stores ``[kh, kw, c_in, c_out]`` and ``[f_in, f_out]``. The views follow the seed's orientation
+``[c_in, c_out, kh, kw]`` and linear weights ``[f_out, f_in]``; TensorFlow (Wang & Li's framework)
+stores ``[kh, kw, c_in, c_out]`` and ``[f_in, f_out]``. The views follow Wang & Li's orientation
 whatever the storage: one row per output, inputs along the row, bias at the end.
 
 Views hold numpy arrays (ready to store or draw); everything heavy is computed in torch on the
@@ -42,7 +42,7 @@ KDE_VALUES = 1024
 
 
 def scale_cells(cells: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each cell ``[..., kh, kw]`` to 0-1 on its own (seed 002: every conv unit
+    """Min-max scale each cell ``[..., kh, kw]`` to 0-1 on its own (Wang & Li 2020: every conv unit
     scaled to 0-1). A constant cell becomes 0.5."""
     return minmax(cells, (-2, -1), fill=0.5)
 
@@ -54,7 +54,7 @@ def param_grid(
     transposed: bool | None = None,
     gap: int = 0,
 ) -> torch.Tensor:
-    """Seed 002's picture of a layer's parameters, as one 2-D array on the weight's device.
+    """Wang & Li (2020)'s picture of a layer's parameters, as one 2-D array on the weight's device.
 
     Args:
         weight: an ``nn.Conv*`` / ``nn.ConvTranspose*`` / ``nn.Linear`` module (its bias is used
@@ -69,7 +69,7 @@ def param_grid(
         channel ``o``; column block ``i`` input channel ``i``; each ``kh x kw`` cell min-max
         scaled to 0-1 on its own; the last column (when a bias exists) holds the biases of the
         block's output, scaled to 0-1 over all outputs. Linear: ``[f_out, f_in (+ 1)]`` raw
-        weights with the raw bias as the last column (a heatmap, as in the seed).
+        weights with the raw bias as the last column (a heatmap, as in Wang & Li 2020).
     """
     if isinstance(weight, nn.Module):
         if bias is None and isinstance(getattr(weight, "bias", None), torch.Tensor):
@@ -275,7 +275,7 @@ def output_view(
     seed: int = 0,
     stats: dict[str, Any] | None = None,
 ) -> OutputView:
-    """Data for seed 002's figures of one layer output.
+    """Data for Wang & Li (2020)'s figures of one layer output.
 
     Args:
         x: ``[B, C, H, W]`` (maps; other ranks >= 3 are flattened to ``[B, C, 1, L]``) or
@@ -371,7 +371,7 @@ def param_view(
     seed: int = 0,
     stats: dict[str, Any] | None = None,
 ) -> ParamView:
-    """Data for seed 002's parameter figures of a conv / transposed-conv / linear layer.
+    """Data for Wang & Li (2020)'s parameter figures of a conv / transposed-conv / linear layer.
 
     Args:
         module: the layer, or its weight tensor (``transposed=True`` for a transposed conv's

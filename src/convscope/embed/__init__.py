@@ -1,4 +1,4 @@
-"""Embeddings of learned features: PCA via SVD of the covariance (seed 000), and optional
+"""Embeddings of learned features: PCA via SVD of the covariance (Li et al.), and optional
 t-SNE / UMAP. Features come from :func:`convscope.model.collect_features`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PCA the way seed 000 describes it: centre, covariance, SVD of the covariance, keep the largest
+"""PCA the way Li et al. describe it: centre, covariance, SVD of the covariance, keep the largest
 components, project. Runs in torch on the features' device."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _fix_signs(components: torch.Tensor) -> torch.Tensor:
 def pca(features: torch.Tensor, k: int = 3, *, method: str = "auto") -> PCAResult:
     """Principal component analysis of ``features [N, D]``, keeping ``k`` components.
 
-    ``method="covariance"`` is seed 000's recipe: ``X_c = X - mean``,
+    ``method="covariance"`` is Li et al.'s recipe: ``X_c = X - mean``,
     ``C = X_cᵀ X_c / (N - 1)`` ``[D, D]``, ``U, S, Vᵀ = svd(C)``, components ``= U[:, :k]ᵀ``,
     projections ``= X_c U[:, :k]``, explained variance ``= S[:k]`` (ratio ``S[:k] / trace C``).
     ``"eigh"`` replaces that SVD with the symmetric eigendecomposition of ``C`` (the same

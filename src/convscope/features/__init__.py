@@ -1,4 +1,5 @@
-"""What units prefer: activation maximisation and dataset examples (seeds 000 and 003).
+"""What units prefer: activation maximisation and dataset examples (Li et al.;
+Yosinski et al. 2015).
 
 * :func:`maximize` — one optimised input per unit, many units as one batch; objectives
   (:func:`channel`, :func:`neuron`, :func:`class_logit`, composable with ``+ - *``), Yosinski et

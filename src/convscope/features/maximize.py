@@ -1,5 +1,5 @@
-"""Activation maximisation: the input each unit prefers (seed 000's "input preference", seed 003's
-regularised optimisation), many units optimised together as one batch.
+"""Activation maximisation: the input each unit prefers (Li et al.'s "input preference",
+Yosinski et al. (2015)'s regularised optimisation), many units optimised together as one batch.
 
 Batching and randomness: the model runs in eval mode, so batch items never interact, and the
 loss is the *sum* of the per-item objectives, so each image gets exactly its own unit's gradient.

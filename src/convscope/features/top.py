@@ -1,5 +1,6 @@
-"""Dataset-centric view of a unit (seed 003, the toolbox's "top 9"): the images of a dataset that
-excite each channel most, where, and the receptive-field crop around that place.
+"""Dataset-centric view of a unit (Yosinski et al. 2015, the deep visualisation toolbox's
+"top 9"): the images of a dataset that excite each channel most, where, and the receptive-field
+crop around that place.
 
 :func:`top_examples` streams over the data once and keeps, per channel, the ``k`` images with the
 highest *spatial maximum* of the channel; memory is ``O(channels x k)``. Ties are broken by the

@@ -1,5 +1,7 @@
-"""Seed 002's views of one layer: the dendrogram of channels (cosine distance, single linkage)
-drawn above the grid of samples × channels in leaf order, and a KDE curve per channel.
+"""Wang & Li (2020)'s views of one layer. Layer outputs (:func:`layer_view_figure`): the
+dendrogram of channels (cosine distance, single linkage) drawn above the grid of samples ×
+channels in leaf order, and a KDE curve per channel. Parameters (:func:`param_view_figure`): the
+weight grid and a KDE curve per output, without a dendrogram.
 
 Each figure is bounded whatever the stored view holds (a dashboard answer stays well under
 1 MB): the grid keeps at most :data:`MAX_GRID_VALUES` values (maps are area-averaged, then
@@ -271,9 +273,13 @@ def fit_param_grid(view: dict[str, Any], grid: Any, max_values: int = MAX_GRID_V
 
 def param_view_figure(view: dict[str, Any], grid: np.ndarray, density: np.ndarray, *,
                       max_values: int = MAX_GRID_VALUES) -> go.Figure:
-    """The seed's parameter grid (c_in × c_out cells of kh × kw, bias as the last column; rows
-    = outputs in leaf order) with the dendrogram of outputs and their weight KDEs. What was
-    left out to stay within the bounds is listed in ``layout.meta["capped"]``."""
+    """Two panels side by side: Wang & Li's parameter grid as a grey heatmap (one row block per
+    output channel, in the stored order of ``view["rows"]``; one column block per input channel;
+    each kh × kw cell scaled to 0–1; the bias as the last column; a linear layer is a plain
+    ``f_out × (f_in + 1)`` heatmap) and a KDE curve of each output's weights. No dendrogram is
+    drawn: the outputs' tree is stored in ``view["clustering"]`` but only
+    :func:`layer_view_figure` draws a tree. What was left out to stay within the bounds is
+    listed in ``layout.meta["capped"]``."""
     density = np.asarray(density)
     rows = list(view.get("rows", range(density.shape[0])))
     labels = [f"out {r}" for r in rows] + [f"out #{i}" for i in range(len(rows),

@@ -1,4 +1,4 @@
-"""The 3-D PCA projection of features, coloured by class (seed 000's embedding view)."""
+"""The 3-D PCA projection of features, coloured by class (Li et al.'s embedding view)."""
 
 from __future__ import annotations
 

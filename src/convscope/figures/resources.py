@@ -1,5 +1,5 @@
 """Per-layer resources as ring (barpolar) charts of each child's share, for drilling down from the
-model to stages, blocks and leaves (seed 000's resource view)."""
+model to stages, blocks and leaves (Li et al.'s resource view)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``run.log_diagnosis``: seed 002's diagnosis of a model, with the data behind its figures.
+"""``run.log_diagnosis``: Wang & Li (2020)'s diagnosis of a model, with the data behind its figures.
 
 Stored:
 

@@ -169,7 +169,7 @@ def log_embedding(
     class_names: Sequence[str] | None = None,
     k: int = 3,
 ) -> Any:
-    """PCA of ``features [N, D]`` (seed 000's SVD recipe) stored as table ``embedding`` (one row
+    """PCA of ``features [N, D]`` (Li et al.'s SVD recipe) stored as table ``embedding`` (one row
     per item: name, idx, pc1..pck, label) plus ``objects/embedding/<name>`` (explained variance,
     class names) and, with ``images``, thumbnails ``arrays/embedding_images/<name>``."""
     from ..embed import pca

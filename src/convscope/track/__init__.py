@@ -1,5 +1,6 @@
-"""Training dynamics (seed 004, DeepTracker): anomaly iterations in per-image validation results,
-class clusters of per-class error curves, and the filters that changed most at those iterations.
+"""Training dynamics (Liu et al. 2018, DeepTracker): anomaly iterations in per-image validation
+results, class clusters of per-class error curves, and the filters that changed most at those
+iterations.
 
 Pure numpy analysis; ``run.watch`` / ``run.log_validation`` record the inputs.
 """

@@ -1,5 +1,5 @@
 """Small reference models: a CIFAR-style :class:`ResNet` (named stem stages, GAP + linear head)
-and the DCGAN generator / discriminator of seed 002. Random weights; nothing is downloaded."""
+and the DCGAN generator / discriminator of Wang & Li. Random weights; nothing is downloaded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DCGAN generator and discriminator of seed 002 (Wang & Li), in their diagnosed versions.
+"""The DCGAN generator and discriminator of Wang & Li (2020), in their diagnosed versions.
 
 Generator v1: z -> FC 2560, ReLU -> FC 25600, ReLU -> reshape 64 x 20 x 20 -> three 5x5 stride-2
 transposed convolutions to 32, 16 and 3 channels (ReLU between, tanh at the end) -> 160 x 160.
@@ -38,7 +38,7 @@ def _deconv(c_in: int, c_out: int) -> nn.ConvTranspose2d:
 
 
 class DCGANGenerator(nn.Module):
-    """DCGAN generator of seed 002.
+    """DCGAN generator of Wang & Li (2020).
 
     Args:
         version: 1 (two FC layers, 2560 then 64 * (S/8)^2) or 2 (one FC layer).
@@ -61,7 +61,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         if version not in (1, 2):
             raise InputError(
-                f"dcgan_generator(version={version!r}): seed 002 has generator versions 1 "
+                f"dcgan_generator(version={version!r}): Wang & Li (2020) have generator versions 1 "
                 "(two FC layers) and 2 (one FC layer removed)."
             )
         s = _check_size(image_size) // 8
@@ -105,7 +105,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """DCGAN discriminator of seed 002.
+    """DCGAN discriminator of Wang & Li (2020).
 
     Args:
         version: 1 (no normalisation) or 3 (batch norm after every conv and after FC 160).
@@ -128,7 +128,7 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         if version not in (1, 3):
             raise InputError(
-                f"dcgan_discriminator(version={version!r}): seed 002 has discriminator versions "
+                f"dcgan_discriminator(version={version!r}): Wang & Li have discriminator versions "
                 "1 (no normalisation) and 3 (batch norm on every layer)."
             )
         s = _check_size(image_size) // 8
@@ -175,7 +175,7 @@ class DCGANDiscriminator(nn.Module):
 def dcgan_generator(
     version: int = 1, latent_dim: int = 100, image_size: int = 160, hidden: int = 2560
 ) -> DCGANGenerator:
-    """Seed 002's generator, version 1 or 2 (see :class:`DCGANGenerator`)."""
+    """Wang & Li (2020)'s generator, version 1 or 2 (see :class:`DCGANGenerator`)."""
     return DCGANGenerator(version=version, latent_dim=latent_dim, image_size=image_size,
                           hidden=hidden)
 
@@ -183,5 +183,5 @@ def dcgan_generator(
 def dcgan_discriminator(
     version: int = 1, image_size: int = 160, hidden: int = 160
 ) -> DCGANDiscriminator:
-    """Seed 002's discriminator, version 1 or 3 (see :class:`DCGANDiscriminator`)."""
+    """Wang & Li (2020)'s discriminator, version 1 or 3 (see :class:`DCGANDiscriminator`)."""
     return DCGANDiscriminator(version=version, image_size=image_size, hidden=hidden)

@@ -1,6 +1,6 @@
 """A small CIFAR-style ResNet whose stem and blocks are separate, named modules.
 
-Layout (seed 000, figure 1): ``conv1 -> bn1 -> relu -> maxpool`` (the stem, each stage its own
+Layout (Li et al., figure 1): ``conv1 -> bn1 -> relu -> maxpool`` (the stem, each stage its own
 module so its feature maps can be captured), four residual stages ``layer1 .. layer4`` of
 :class:`BasicBlock` s, then ``avgpool`` (global average pooling) and ``fc`` — so CAM applies.
 """

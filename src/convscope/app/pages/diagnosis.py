@@ -1,4 +1,4 @@
-"""Diagnosis: what is wrong with the model, where, the evidence and what to try (seed 002), and
+"""Diagnosis: what is wrong with the model, where, the evidence and what to try (Wang & Li), and
 each layer's dendrogram / grid / KDE view behind the findings."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _has(reader) -> bool:
 
 def layout() -> html.Div:
     return html.Div([
-        page_header("Diagnosis", "Findings in the seed's order: low-abstraction outputs, then "
+        page_header("Diagnosis", "Findings in Wang & Li's order: low-abstraction outputs, then "
                     "high-abstraction outputs, then conv parameters, then dense parameters. "
                     "Click a layer to see its dendrogram, grid and distributions."),
         html.Div([run_picker("diag-run"),
