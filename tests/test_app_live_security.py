@@ -23,6 +23,7 @@ import convscope as cs
 from convscope.app.pages import live as live_page
 
 from .dash_http import call as dash_call
+from .procmem import mem_mb, reset_peak
 
 pytestmark = pytest.mark.browser  # starts a real server
 
@@ -90,17 +91,8 @@ def _array(value) -> np.ndarray:
     return np.array(value, dtype=np.float64)
 
 
-def _mem_mb(pid: int, field: str = "VmRSS") -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of process ``pid``, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} for {pid}")
 
 
-def _reset_peak(pid: int) -> None:
-    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _png_uri(img) -> str:
@@ -165,8 +157,8 @@ def test_decompression_bomb_upload_is_refused_before_decoding(server, logdir):
     assert len(uri) < 1_000_000  # a small request
     assert _grid(server.url, "good", {"sample": 0})[0] == 200  # model loaded, torch imported
     pid = server.worker_pids()[0]
-    _reset_peak(pid)
-    before = _mem_mb(pid)
+    reset_peak(pid)
+    before = mem_mb(pid)
     for _ in range(3):
         # through the upload callback, as the browser sends it ...
         status, body = dash_call(server.url, "live-image", {
@@ -182,7 +174,7 @@ def test_decompression_bomb_upload_is_refused_before_decoding(server, logdir):
         assert status == 200 and b"upload box" in body, body[-2000:]
         assert b"channel_grid" not in body
     # the peak, not just what is left: decoding would have taken ~650 MB at once
-    peak = _mem_mb(pid, "VmHWM")
+    peak = mem_mb(pid, "VmHWM")
     print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB during 6 bomb requests")
     assert peak - before < 200
 
@@ -292,7 +284,7 @@ def test_small_files_of_many_pixels_are_refused_with_bounded_memory(server):
     fits = _png_uri(Image.fromarray(np.full((1024, 1024), 40000, np.uint16)))  # 1 MP: accepted
     assert _grid(server.url, "good", {"sample": 0})[0] == 200
     pid = server.worker_pids()[0]
-    before = _reset_peak(pid) or _mem_mb(pid)
+    before = reset_peak(pid)
     answers: list = []
 
     def send(uri: str, direct: bool) -> None:
@@ -309,7 +301,7 @@ def test_small_files_of_many_pixels_are_refused_with_bounded_memory(server):
         j.start()
     for j in jobs:
         j.join()
-    peak = _mem_mb(pid, "VmHWM")
+    peak = mem_mb(pid, "VmHWM")
     print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB during {len(jobs)} uploads")
     assert all(st == 200 for st, _ in answers)
     refused = [t for _, t in answers if "4096 x 4096" in t]  # by the upload callback

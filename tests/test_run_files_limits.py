@@ -30,6 +30,7 @@ from convscope.store.layout import DamagedFileError, read_json
 from convscope.store.objects import MAX_OBJECT_BYTES, load_object
 
 from .dash_http import call as dash_call
+from .procmem import mem_mb, reset_peak
 
 LAYER = "layer1.0.conv1"
 GiB = 2**30
@@ -70,16 +71,8 @@ def _edit_arch(run: Path, **kwargs) -> None:
     p.write_text(json.dumps(doc))
 
 
-def _mem_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} for {pid}")
 
 
-def _reset_peak(pid: int) -> float:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return _mem_mb(pid, "VmRSS")
 
 
 def _answer(status: int, body: bytes) -> str:
@@ -228,7 +221,7 @@ def test_crafted_runs_over_http_are_bounded(tmp_path, serve):
             "live-run.value": run}, "live-image.data"))
 
     assert "channel_grid" in grid("good")  # model loaded, torch warm
-    before = _reset_peak(pid)
+    before = reset_peak(pid)
 
     t = time.monotonic()
     text = grid("blocks")
@@ -270,7 +263,7 @@ def test_crafted_runs_over_http_are_bounded(tmp_path, serve):
             "fm-grid.figure": {"layout": {"meta": bad}}, "model-selected.data": LAYER,
             "model-run.value": "zoombomb"}, "fm-grid.clickData")
         assert status in (200, 204) and b"Traceback" not in body
-    peak = _mem_mb(pid, "VmHWM")
+    peak = mem_mb(pid, "VmHWM")
     print(f"server RSS {before:.0f} MB before, peak {peak:.0f} MB over the crafted runs")
     assert peak - before < 200
 
