@@ -1,7 +1,7 @@
 """What every method of :mod:`convscope.explain` shares on top of :mod:`convscope.nn`: the
 input and ``target=`` checks, the automatic CAM layer, the layer capture and the map finish.
 
-The public functions live in ``gradients``, ``cams`` and ``metrics``.
+The public functions live in ``gradients``, ``cams`` and ``metrics``; ``registry`` is their table.
 """
 
 from __future__ import annotations

@@ -1,7 +1,15 @@
-"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, Score-CAM.
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, Score-CAM, and the base they share.
 
-Every function has the shape ``(model, inputs, target=None, layer=None, normalize=True) ->
-[B, H, W]``: one map per image, upsampled (bilinear) to the input size, on the inputs' device.
+Every function has the shape ``(model, inputs, target=None, layer=None, normalize=True, *,
+quiet=False, **options) -> [B, H, W]``: one map per image, upsampled (bilinear) to the input size,
+on the inputs' device.
+
+One base (:class:`CamVariant`) checks the arguments, picks the layer, gathers the layer's
+activations ``A`` and the target score's gradient ``dS/dA`` in one forward, and finishes the map
+``relu(sum_k w_k A_k)``; a variant supplies only its channel weights ``[B, K]``
+(:func:`grad_cam_weights`, :func:`grad_cam_pp_weights`; CAM and Score-CAM compute theirs from
+the classifier and from masked forwards, through the same base). :func:`register_cam` adds a
+variant to the base and to :mod:`~convscope.explain.registry` in a few lines.
 
 ``normalize=True`` applies a ReLU to the low-resolution map, upsamples it and scales each image's
 map to [0, 1] (a constant map becomes zeros). ``normalize=False`` returns the upsampled raw map
@@ -10,13 +18,16 @@ map to [0, 1] (a constant map becomes zeros). ``normalize=False`` returns the up
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import NotApplicableError
+from ..errors import InputError, NotApplicableError
 from ..nn import Recorder, chunks, f32, minmax, positive_int, split_call, upsample
 from .base import (
     Layer,
@@ -31,36 +42,214 @@ from .base import (
     prepared,
     run_forward,
 )
+from .registry import register
 
-__all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam"]
+__all__ = [
+    "cam", "grad_cam", "grad_cam_pp", "score_cam", "CamContext", "CamVariant", "register_cam",
+    "grad_cam_weights", "grad_cam_pp_weights", "cam_weights", "score_cam_weights",
+]
 
 
-def _layer_gradient(
-    model: nn.Module, inputs: Tensor, target: Target, layer: Layer, method: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x, A, dS/dA)`` for the chosen layer: autograd only from the layer to the output."""
-    check_model(model)
-    x = check_inputs(inputs)
-    spec = TargetSpec(target, x.shape[0])
-    with prepared(model):
-        name, module = choose_layer(model, x, layer, method)
-        with torch.inference_mode(False):
-            cap = forward_capture(model, x, name, module, grad_from_layer=True)
-            with torch.enable_grad():
-                spec.resolve(cap.output)
+# --------------------------------------------------------------------------------------------
+# the base: gather A (and dS/dA) at a layer, weigh the channels, finish the map
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CamContext:
+    """What a variant registered with ``context=True`` sees besides ``A`` and ``dS/dA``.
+
+    Attributes:
+        model: the network (prepared: eval mode, parameters frozen, restored afterwards).
+        inputs: the checked ``[B, C, H, W]`` inputs.
+        layer: the layer's module path.
+        output: the model output on ``inputs``.
+        target: the resolved :class:`~convscope.explain.base.TargetSpec` (``.classes``,
+            ``.scores(output, rows=...)``).
+        classifier: the last ``nn.Linear`` the forward called (``None`` if none).
+        quiet: hide progress bars. options: the variant's own options.
+    """
+
+    model: nn.Module
+    inputs: Tensor
+    layer: str
+    output: Any
+    target: TargetSpec
+    classifier: nn.Linear | None
+    quiet: bool
+    options: dict[str, Any]
+
+
+def _gather(
+    model: nn.Module, x: Tensor, spec: TargetSpec, name: str, module: nn.Module, gradients: bool,
+    classifier: bool,
+) -> tuple[Tensor, Tensor | None, Any, nn.Linear | None]:
+    """One forward: ``(A, dS/dA or None, output, last nn.Linear called)``, A and dS/dA in
+    float32. The gradient is taken with autograd from the output to the layer only."""
+    linears = (
+        {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} if classifier else {}
+    )
+    grad = None
+    with Recorder(linears, value=lambda out: None) as called, torch.inference_mode(False):
+        cap = forward_capture(model, x, name, module, grad_from_layer=gradients)
+        with torch.enable_grad():
+            spec.resolve(cap.output)
+            if gradients:
                 score = spec.scores(cap.output)
-                grad = None
                 if score.requires_grad:
                     (grad,) = torch.autograd.grad(score.sum(), cap.act, allow_unused=True)
-    if grad is None:
+    if gradients and grad is None:
         raise NotApplicableError(
             f"the target score does not depend on layer {name!r} (no gradient path from the "
             "output to it); choose a layer on the path to the classifier."
         )
+    if grad is not None:
+        layer_grad_check(grad, f"layer {name!r}")
+        # reductions in float32 (fp16 g**3 underflows below ~2.4e-4 and sum(A) * g**3 overflows)
+        grad = f32(grad)
+    fc = linears[split_call(list(called.store)[-1])[0]] if called.store else None
     assert cap.act is not None
-    layer_grad_check(grad, f"layer {name!r}")
-    # reductions in float32 (fp16 g**3 underflows below ~2.4e-4 and sum(A) * g**3 overflows)
-    return x, f32(cap.act.detach()), f32(grad)
+    return f32(cap.act.detach()), grad, cap.output, fc
+
+
+@dataclass(frozen=True)
+class CamVariant:
+    """A CAM method: the base plus the channel weights (the idea of pytorch-grad-cam's
+    ``BaseCAM.get_cam_weights``, computed on the device).
+
+    Calling it checks the model, inputs and target, picks the layer (:func:`auto_layer` for
+    ``layer=None``), runs one forward recording the layer's activations ``A [B, K, h, w]`` and
+    (with ``gradients``) ``dS/dA``, asks ``weights(A, dS/dA) -> [B, K]`` (with ``context``:
+    ``weights(A, dS/dA, ctx)``, a :class:`CamContext`) and returns
+    ``relu(sum_k w_k A_k)`` upsampled and min-max scaled (:func:`finish_map`). The model's mode,
+    ``requires_grad`` and hooks are restored afterwards.
+    """
+
+    name: str
+    weights: Callable[..., Tensor]
+    gradients: bool = True
+    context: bool = False
+
+    def __call__(
+        self, model: nn.Module, inputs: Tensor, target: Target = None, layer: Layer = None,
+        normalize: bool = True, *, quiet: bool = False, **options: Any,
+    ) -> Tensor:
+        check_model(model)
+        x = check_inputs(inputs)
+        spec = TargetSpec(target, x.shape[0])
+        with prepared(model):
+            name, module = choose_layer(model, x, layer, self.name)
+            act, grad, output, fc = _gather(model, x, spec, name, module, self.gradients,
+                                            classifier=self.context)
+            with torch.no_grad():
+                if self.context:
+                    ctx = CamContext(model, x, name, output, spec, fc, quiet, options)
+                    w = self.weights(act, grad, ctx)
+                else:
+                    w = self.weights(act, grad)
+        w = _check_weights(w, act, self.name)
+        raw = torch.einsum("bk,bkhw->bhw", w, act)
+        return finish_map(raw, tuple(x.shape[-2:]), normalize, x.dtype)
+
+
+def _check_weights(w: Any, act: Tensor, name: str) -> Tensor:
+    b, k = act.shape[:2]
+    if not isinstance(w, Tensor) or tuple(w.shape) != (b, k):
+        got = list(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        raise InputError(
+            f"the weights function of {name!r} returned {got}; it must return one weight per "
+            f"image and channel, a tensor [B, K] = {[b, k]}."
+        )
+    return w.detach().to(device=act.device, dtype=act.dtype)
+
+
+def register_cam(
+    name: str,
+    weights: Callable[..., Tensor] | None = None,
+    *,
+    gradients: bool = True,
+    context: bool = False,
+    options: dict[str, Any] | None = None,
+    kind: str = "layer",
+    replace: bool = False,
+) -> Any:
+    """Add a CAM variant that supplies only its channel weights; usable as a decorator.
+
+    ``weights(A, G) -> [B, K]`` receives the layer's activations ``A`` and the gradient of the
+    target score ``G = dS/dA`` (both ``[B, K, h, w]``, float32, on the inputs' device); the map is
+    ``relu(sum_k w_k A_k)``, upsampled to the input size and min-max scaled per image, as every
+    CAM here. The method is registered in :mod:`convscope.explain.registry` and returned as a
+    function ``(model, inputs, target=None, layer=None, normalize=True, *, quiet=False,
+    **options) -> [B, H, W]`` (so the decorated name becomes the method)::
+
+        @cs.explain.register_cam("xgrad_cam")
+        def xgrad_cam(A, G):                      # XGrad-CAM (Fu et al. 2020)
+            s = A.sum(dim=(2, 3))
+            return (A * G).sum(dim=(2, 3)) / s.where(s != 0, 1.0)
+
+        maps = xgrad_cam(model, x, target=3, layer="layer4")
+
+    Args:
+        name: the method's name in the registry.
+        weights: ``(A, G) -> [B, K]``; with ``context=True`` ``(A, G, ctx) -> [B, K]`` where
+            ``ctx`` is a :class:`CamContext` (model, inputs, output, target, classifier, options).
+        gradients: compute ``G`` (False: ``G`` is None and the forward runs without autograd).
+        context: pass the :class:`CamContext` too.
+        options: the variant's own keyword options and their defaults (reach ``ctx.options``).
+        kind: registry kind, ``"layer"`` or ``"classifier"``.
+        replace: allow replacing a registered method of that name.
+    """
+    if weights is None:
+        return lambda f: register_cam(name, f, gradients=gradients, context=context,
+                                      options=options, kind=kind, replace=replace)
+    if not callable(weights):
+        raise InputError(f"register_cam({name!r}, weights): weights must be callable, got "
+                         f"{weights!r}.")
+    if kind not in ("layer", "classifier"):
+        raise InputError(f"a CAM variant's kind is 'layer' or 'classifier', got {kind!r}.")
+    variant = CamVariant(name, weights, bool(gradients), bool(context))
+    defaults = dict(options or {})
+
+    def method(model: nn.Module, inputs: Tensor, target: Target = None, layer: Layer = None,
+               normalize: bool = True, *, quiet: bool = False, **opts: Any) -> Tensor:
+        unknown = sorted(set(opts) - set(defaults))
+        if unknown:
+            raise InputError(f"{name} takes no option(s) {unknown}; its options are "
+                             f"{['normalize', 'quiet', *defaults]}.")
+        return variant(model, inputs, target, layer, normalize, quiet=quiet,
+                       **{**defaults, **opts})
+
+    P = inspect.Parameter
+    method.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        *list(inspect.signature(method).parameters.values())[:6],
+        *[P(k, P.KEYWORD_ONLY, default=v) for k, v in defaults.items()],
+    ])
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = weights.__doc__ or f"CAM variant {name!r} (see register_cam)."
+    method.variant = variant  # type: ignore[attr-defined]
+    register(name, method, kind=kind, replace=replace)
+    return method
+
+
+# --------------------------------------------------------------------------------------------
+# Grad-CAM and Grad-CAM++: channel weights from the gradient
+# --------------------------------------------------------------------------------------------
+def grad_cam_weights(act: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): ``w_k = mean_ij dS/dA_kij``."""
+    return grad.mean(dim=(2, 3))
+
+
+def grad_cam_pp_weights(act: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): ``w_k = sum_ij alpha_kij relu(g_kij)`` with
+    ``alpha = g^2 / (2 g^2 + (sum_ab A_kab) g^3)``; only a zero denominator is guarded."""
+    g2 = grad * grad
+    g3 = g2 * grad
+    denom = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g3
+    nonzero = denom != 0
+    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, 1.0), 0.0)
+    return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
+
+
+_GRAD_CAM = CamVariant("grad_cam", grad_cam_weights)
+_GRAD_CAM_PP = CamVariant("grad_cam_pp", grad_cam_pp_weights)
 
 
 def grad_cam(
@@ -69,6 +258,8 @@ def grad_cam(
     target: Target = None,
     layer: Layer = None,
     normalize: bool = True,
+    *,
+    quiet: bool = False,
 ) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k w_k A_k)`` with ``w_k = mean_ij dS/dA_kij``.
 
@@ -84,6 +275,7 @@ def grad_cam(
         layer: a module of the model, its path (``"layer4"``) or None: the last module whose
             output is ``[B, C, h, w]`` with ``h*w > 1`` (logged; see :func:`auto_layer`).
         normalize: True: ReLU + per-image min-max to [0, 1]; False: the raw signed map.
+        quiet: accepted for the one call shape (one forward and backward: no progress bar).
 
     Returns:
         ``[B, H, W]`` maps upsampled to the input size.
@@ -91,10 +283,7 @@ def grad_cam(
     Example:
         >>> maps = cs.explain.grad_cam(model, x, target=[281, 5], layer="layer4")
     """
-    x, act, grad = _layer_gradient(model, inputs, target, layer, "grad_cam")
-    weights = grad.mean(dim=(2, 3))
-    raw = torch.einsum("bk,bkhw->bhw", weights, act)
-    return finish_map(raw, tuple(x.shape[-2:]), normalize, x.dtype)
+    return _GRAD_CAM(model, inputs, target, layer, normalize, quiet=quiet)
 
 
 def grad_cam_pp(
@@ -103,6 +292,8 @@ def grad_cam_pp(
     target: Target = None,
     layer: Layer = None,
     normalize: bool = True,
+    *,
+    quiet: bool = False,
 ) -> Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): ``relu(sum_k w_k A_k)`` with
 
@@ -112,77 +303,33 @@ def grad_cam_pp(
 
     Args and returns as :func:`grad_cam`.
     """
-    x, act, grad = _layer_gradient(model, inputs, target, layer, "grad_cam_pp")
-    g2 = grad * grad
-    g3 = g2 * grad
-    denom = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g3
-    nonzero = denom != 0
-    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, 1.0), 0.0)
-    weights = (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
-    raw = torch.einsum("bk,bkhw->bhw", weights, act)
-    return finish_map(raw, tuple(x.shape[-2:]), normalize, x.dtype)
+    return _GRAD_CAM_PP(model, inputs, target, layer, normalize, quiet=quiet)
 
 
-def _classifier_on_gap(
-    model: nn.Module, x: Tensor, name: str, module: nn.Module
-) -> tuple[Tensor, Any, nn.Linear]:
-    """Forward once; return the layer output, the model output and the final ``nn.Linear``."""
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    with Recorder(linears, value=lambda out: None) as called:
-        cap = forward_capture(model, x, name, module, grad_from_layer=False)
-    assert cap.act is not None
-    c = cap.act.shape[1]
-    fc = linears[split_call(list(called.store)[-1])[0]] if called.store else None
+def cam_weights(act: Tensor, grad: None, ctx: CamContext) -> Tensor:
+    """CAM (Zhou et al. 2016): ``w_k = W_ck``, the classifier's row for each image's class,
+    after checking on the batch that the output is ``W @ mean_ij(A) + b``."""
+    c, name, fc, spec = act.shape[1], ctx.layer, ctx.classifier, ctx.target
     if fc is None or fc.in_features != c:
-        found = (
-            f"its last nn.Linear takes {fc.in_features} features"
-            if fc is not None
-            else "it calls no nn.Linear"
-        )
+        found = (f"its last nn.Linear takes {fc.in_features} features" if fc is not None
+                 else "it calls no nn.Linear")
         raise NotApplicableError(
             f"CAM needs a model of the form features -> global average pooling -> one linear "
             f"classifier (Zhou et al. 2016), with the features taken at layer {name!r} "
             f"({c} channels), but {found}. Use cs.explain.grad_cam instead (it equals CAM on "
             "such models), or pass layer= the map that feeds the global pooling."
         )
-    return cap.act, cap.output, fc
-
-
-def cam(
-    model: nn.Module,
-    inputs: Tensor,
-    target: Target = None,
-    layer: Layer = None,
-    normalize: bool = True,
-) -> Tensor:
-    """CAM (Zhou et al. 2016): ``M_c = sum_k W_ck A_k`` for a GAP + linear classifier.
-
-    Applies only to models whose output is ``W @ mean_ij(A) + b`` for the layer's map ``A``
-    (torchvision ResNets with ``layer="layer4"``/None). This is checked on the batch itself:
-    otherwise a :class:`~convscope.errors.ModelError` says so and suggests Grad-CAM.
-
-    Args and returns as :func:`grad_cam` (the target callable, if any, must return ``[B, K]``
-    class scores, since CAM reads the class's row of ``W``).
-    """
-    check_model(model)
-    x = check_inputs(inputs)
-    spec = TargetSpec(target, x.shape[0])
-    with prepared(model):
-        name, module = choose_layer(model, x, layer, "cam")
-        act, output, fc = _classifier_on_gap(model, x, name, module)
-        spec.resolve(output)
     if spec.classes is None:
         raise NotApplicableError(
             "CAM needs a class per image: pass target=None, an int, B ints, or a callable "
             "returning [B, K] class scores (not [B] scores)."
         )
-    scores = f32(spec.scores(output).detach())
-    act = f32(act)
+    scores = f32(spec.scores(ctx.output).detach())
     cls = spec.classes.to(act.device)
     w = fc.weight.detach()[cls].to(act.dtype)  # [B, C], float32 for reduced precision
     bias = fc.bias.detach()[cls].to(act.dtype) if fc.bias is not None else 0.0
     closed = (act.mean(dim=(2, 3)) * w).sum(dim=1) + bias
-    low = x.dtype in (torch.float16, torch.bfloat16)  # the model's own sums were rounded
+    low = ctx.inputs.dtype in (torch.float16, torch.bfloat16)  # the model's sums were rounded
     rtol = 2e-2 if low else 1e-3
     tol = rtol * (1.0 + float(scores.abs().max()))
     if not torch.allclose(closed, scores.to(closed.dtype), rtol=rtol, atol=tol):
@@ -193,8 +340,71 @@ def cam(
             f"scores by up to {err:.3g}; the model has another pooling or more layers after "
             f"{name!r}. Use cs.explain.grad_cam instead."
         )
-    raw = torch.einsum("bk,bkhw->bhw", w, act)
-    return finish_map(raw, tuple(x.shape[-2:]), normalize, x.dtype)
+    return w
+
+
+_CAM = CamVariant("cam", cam_weights, gradients=False, context=True)
+
+
+def cam(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    layer: Layer = None,
+    normalize: bool = True,
+    *,
+    quiet: bool = False,
+) -> Tensor:
+    """CAM (Zhou et al. 2016): ``M_c = sum_k W_ck A_k`` for a GAP + linear classifier.
+
+    Applies only to models whose output is ``W @ mean_ij(A) + b`` for the layer's map ``A``
+    (torchvision ResNets with ``layer="layer4"``/None). This is checked on the batch itself:
+    otherwise a :class:`~convscope.errors.NotApplicableError` says so and suggests Grad-CAM.
+
+    Args and returns as :func:`grad_cam` (the target callable, if any, must return ``[B, K]``
+    class scores, since CAM reads the class's row of ``W``).
+    """
+    return _CAM(model, inputs, target, layer, normalize, quiet=quiet)
+
+
+def score_cam_weights(act: Tensor, grad: None, ctx: CamContext) -> Tensor:
+    """Score-CAM (Wang et al. 2020): softmax over channels of the target score of the input
+    masked by each channel (see :func:`score_cam`)."""
+    model, x, spec = ctx.model, ctx.inputs, ctx.target
+    b, c_in, h, w = x.shape
+    batch_size = ctx.options.get("batch_size")
+    if batch_size is None:
+        batch_size = max(16, min(256, 2**20 // (c_in * h * w)))
+    k = act.shape[1]
+    flat = act.flatten(2)
+    constant = flat.amax(dim=2) == flat.amin(dim=2)  # [B, K]: zero masks
+    scores = torch.empty(b, k, dtype=torch.float32, device=x.device)
+    if bool(constant.any()):  # all-zero masks: score a black image once per such image
+        rows = constant.any(dim=1).nonzero()[:, 0]
+        zero = torch.zeros_like(x[rows])
+        zero_scores = torch.zeros(b, dtype=torch.float32, device=x.device)
+        zero_scores[rows] = spec.scores(run_forward(model, zero), rows=rows).float()
+        scores[constant] = zero_scores[:, None].expand(b, k)[constant]
+    pairs = (~constant).nonzero()  # [N, 2]: (image, channel)
+    fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+    bar = tqdm(total=int(pairs.shape[0]), disable=ctx.quiet, delay=2.0, desc="score_cam",
+               unit="mask", leave=False)
+    try:
+        for sl in chunks(pairs.shape[0], batch_size):
+            chunk = pairs[sl]
+            img, ch = chunk[:, 0], chunk[:, 1]
+            masks = minmax(upsample(act[img, ch][:, None], (h, w), align_corners=True))
+            masked = (x[img] * masks.to(x.dtype)).contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                s = spec.scores(run_forward(model, masked), rows=img).float()
+            scores[img, ch] = s
+            bar.update(int(chunk.shape[0]))
+    finally:
+        bar.close()
+    return scores.softmax(dim=1)  # float32, as the map's reductions
+
+
+_SCORE_CAM = CamVariant("score_cam", score_cam_weights, gradients=False, context=True)
 
 
 def score_cam(
@@ -229,47 +439,10 @@ def score_cam(
     Returns:
         ``[B, H, W]`` maps upsampled to the input size.
     """
-    check_model(model)
-    x = check_inputs(inputs)
-    b, c_in, h, w = x.shape
     batch_size = positive_int(batch_size, "batch_size", allow_none=True)
-    if batch_size is None:
-        batch_size = max(16, min(256, 2**20 // (c_in * h * w)))
-    spec = TargetSpec(target, b)
-    with prepared(model), torch.no_grad():
-        name, module = choose_layer(model, x, layer, "score_cam")
-        cap = forward_capture(model, x, name, module, grad_from_layer=False)
-        spec.resolve(cap.output)
-        act = cap.act
-        assert act is not None
-        k = act.shape[1]
-        flat = act.flatten(2)
-        constant = flat.amax(dim=2) == flat.amin(dim=2)  # [B, K]: zero masks
-        scores = torch.empty(b, k, dtype=torch.float32, device=x.device)
-        if bool(constant.any()):  # all-zero masks: score a black image once per such image
-            rows = constant.any(dim=1).nonzero()[:, 0]
-            zero = torch.zeros_like(x[rows])
-            zero_scores = torch.zeros(b, dtype=torch.float32, device=x.device)
-            zero_scores[rows] = spec.scores(run_forward(model, zero), rows=rows).float()
-            scores[constant] = zero_scores[:, None].expand(b, k)[constant]
-        pairs = (~constant).nonzero()  # [N, 2]: (image, channel)
-        fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
-        bar = tqdm(
-            total=int(pairs.shape[0]), disable=quiet, delay=2.0, desc="score_cam", unit="mask",
-            leave=False,
-        )
-        try:
-            for sl in chunks(pairs.shape[0], batch_size):
-                chunk = pairs[sl]
-                img, ch = chunk[:, 0], chunk[:, 1]
-                masks = minmax(upsample(f32(act[img, ch][:, None]), (h, w), align_corners=True))
-                masked = (x[img] * masks.to(x.dtype)).contiguous(memory_format=fmt)
-                with torch.inference_mode():
-                    s = spec.scores(run_forward(model, masked), rows=img).float()
-                scores[img, ch] = s
-                bar.update(int(chunk.shape[0]))
-        finally:
-            bar.close()
-        weights = scores.softmax(dim=1)  # float32, as the reductions below
-        raw = torch.einsum("bk,bkhw->bhw", weights, f32(act))
-    return finish_map(raw, (h, w), normalize, x.dtype)
+    return _SCORE_CAM(model, inputs, target, layer, normalize, quiet=quiet, batch_size=batch_size)
+
+
+for _fn, _kind in ((cam, "classifier"), (grad_cam, "layer"), (grad_cam_pp, "layer"),
+                   (score_cam, "layer")):
+    register(_fn.__name__, _fn, kind=_kind)

@@ -34,6 +34,7 @@ from .base import (
     prepared,
     run_forward,
 )
+from .registry import register
 
 __all__ = ["saliency", "deconvnet", "guided_backprop", "to_heatmap"]
 
@@ -197,6 +198,29 @@ def guided_backprop(model: nn.Module, inputs: Tensor, target: Target = None) -> 
     return _input_gradient(model, inputs, target, "guided")
 
 
+# the registry's one call shape: ``layer`` is accepted and ignored (no layer: input space)
+@register("saliency", kind="input")
+def _saliency(model: nn.Module, inputs: Tensor, target: Target = None, *, layer: Any = None,
+              quiet: bool = False) -> Tensor:
+    """:func:`saliency` in the registry's call shape: ``[B, C, H, W]`` (``layer`` ignored)."""
+    return saliency(model, inputs, target)
+
+
+@register("deconvnet", kind="input")
+def _deconvnet(model: nn.Module, inputs: Tensor, target: Target = None, *, layer: Any = None,
+               quiet: bool = False) -> Tensor:
+    """:func:`deconvnet` in the registry's call shape: ``[B, C, H, W]`` (``layer`` ignored)."""
+    return deconvnet(model, inputs, target)
+
+
+@register("guided_backprop", kind="input")
+def _guided_backprop(model: nn.Module, inputs: Tensor, target: Target = None, *,
+                     layer: Any = None, quiet: bool = False) -> Tensor:
+    """:func:`guided_backprop` in the registry's call shape: ``[B, C, H, W]`` (``layer``
+    ignored)."""
+    return guided_backprop(model, inputs, target)
+
+
 _REDUCTIONS = ("max_abs", "sum_abs", "l2", "sum", "max")
 
 
@@ -218,6 +242,11 @@ def to_heatmap(attributions: Tensor, reduce: str = "max_abs", normalize: bool = 
         raise InputError(
             f"to_heatmap expects attributions of shape [B, C, H, W], got {got}; CAM methods "
             "already return [B, H, W] maps."
+        )
+    if not attributions.is_floating_point():
+        raise InputError(
+            f"attributions must be a floating-point tensor, got dtype {attributions.dtype}; "
+            "convert with attributions.float()."
         )
     if reduce not in _REDUCTIONS:
         raise InputError(f"reduce must be one of {', '.join(_REDUCTIONS)}; got {reduce!r}.")

@@ -63,11 +63,17 @@ class ConfidenceChange:
         return float(self.increase.float().mean()) * 100.0
 
 
-def _scores(model: nn.Module, images: Tensor, spec: TargetSpec, rows: Tensor, batch_size: int) -> Tensor:
+def _scores(
+    model: nn.Module, images: Tensor, spec: TargetSpec, rows: Tensor, batch_size: int,
+    quiet: bool = True, desc: str = "confidence",
+) -> Tensor:
     batch_size = positive_int(batch_size, "batch_size")
     out = []
-    for sl in chunks(images.shape[0], batch_size):
-        out.append(spec.probabilities(run_forward(model, images[sl]), rows=rows[sl]).float())
+    with tqdm(total=int(images.shape[0]), disable=quiet, delay=2.0, desc=desc, leave=False,
+              unit="img") as bar:
+        for sl in chunks(images.shape[0], batch_size):
+            out.append(spec.probabilities(run_forward(model, images[sl]), rows=rows[sl]).float())
+            bar.update(sl.stop - sl.start)
     return torch.cat(out)
 
 
@@ -86,6 +92,7 @@ def confidence_change(
     maps: Tensor,
     target: Target = None,
     batch_size: int = 64,
+    quiet: bool = False,
 ) -> ConfidenceChange:
     """Confidence on ``inputs`` and on ``inputs * maps`` (Grad-CAM++ paper, section 5.1).
 
@@ -95,11 +102,13 @@ def confidence_change(
         maps: ``[B, H, W]`` in [0, 1].
         target: as in ``cs.explain``; None = the class predicted on ``inputs``.
         batch_size: images per forward pass.
+        quiet: hide the progress bar (shown for runs longer than two seconds).
 
     Returns:
         :class:`ConfidenceChange` (``.average_drop``, ``.increase_in_confidence`` in percent).
     """
     check_model(model)
+    batch_size = positive_int(batch_size, "batch_size")
     x = check_inputs(inputs)
     m = check_maps(maps, x)
     _check_unit(m)
@@ -109,22 +118,28 @@ def confidence_change(
         out = run_forward(model, x)
         spec.resolve(out)
         y = spec.probabilities(out).float()
-        o = _scores(model, x * m[:, None], spec, rows, batch_size)
+        o = _scores(model, x * m[:, None], spec, rows, batch_size, quiet)
     safe = torch.where(y != 0, y, 1.0)
     drop = torch.where(y != 0, (y - o).clamp(min=0) / safe, 0.0)
     return ConfidenceChange(original=y, explained=o, drop=drop, increase=o > y)
 
 
-def average_drop(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None) -> float:
-    """Average drop in percent: ``100 * mean(max(0, Y_c - O_c) / Y_c)`` (lower is better)."""
-    return confidence_change(model, inputs, maps, target).average_drop
+def average_drop(
+    model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, batch_size: int = 64,
+    quiet: bool = False,
+) -> float:
+    """Average drop in percent: ``100 * mean(max(0, Y_c - O_c) / Y_c)`` (lower is better).
+    Arguments as :func:`confidence_change`."""
+    return confidence_change(model, inputs, maps, target, batch_size, quiet).average_drop
 
 
 def increase_in_confidence(
-    model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None
+    model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, batch_size: int = 64,
+    quiet: bool = False,
 ) -> float:
-    """Percentage of images with ``O_c > Y_c`` (higher is better)."""
-    return confidence_change(model, inputs, maps, target).increase_in_confidence
+    """Percentage of images with ``O_c > Y_c`` (higher is better). Arguments as
+    :func:`confidence_change`."""
+    return confidence_change(model, inputs, maps, target, batch_size, quiet).increase_in_confidence
 
 
 @dataclass
@@ -161,6 +176,8 @@ def _background(value: float | Tensor, x: Tensor, name: str) -> Tensor:
     if isinstance(value, Tensor):
         if value.is_meta:
             raise InputError(f"{name} is a meta-device tensor with no values; pass real values.")
+        if value.is_complex():
+            raise InputError(f"{name} must be a real tensor, got dtype {value.dtype}.")
         try:
             out = torch.broadcast_to(value.to(device=x.device, dtype=x.dtype), x.shape)
         except RuntimeError as exc:
@@ -313,7 +330,12 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> Tensor
         raise InputError(
             f"masks must be a tensor of the maps' shape {list(maps.shape)}, got {got}."
         )
+    if maps.is_complex() or masks.is_complex():
+        raise InputError("maps and masks must be real tensors (float, int or bool), not complex; "
+                         "pass e.g. maps.abs().")
     check_args((maps, masks), "maps and masks")  # meta, empty, NaN/inf
+    if not maps.is_floating_point():
+        maps = maps.float()  # argmax needs numbers: a bool or int map ranks as 0/1 / its values
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not (
         0 <= tolerance < float("inf")
     ):

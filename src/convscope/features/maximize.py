@@ -18,6 +18,7 @@ import numbers
 import operator
 import types
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,27 +40,29 @@ from ..nn import (
     split_call,
 )
 from .objectives import OUTPUT, Objective, channel, class_logit, neuron
-from .param import FFTImage, PixelImage
-from .regularizers import Preset, sort_regularizers
-from .transforms import apply_transforms, draws_of, standard_transforms
+from .param import Canvas, make_image
+from .regularizers import Preset
+from .render import Render
+from .transforms import apply_transforms, draws_of
 
-__all__ = ["maximize", "IMAGENET", "DEFAULTS", "unit_seed"]
+__all__ = ["maximize", "IMAGENET", "DEFAULTS", "unit_seed", "check_units"]
 
 #: ImageNet normalisation: ``maximize(..., **cs.features.IMAGENET)`` for torchvision models.
 IMAGENET = types.MappingProxyType({"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
 
-#: Defaults used when ``maximize`` is not told otherwise.
+#: Defaults used when ``maximize`` is not told otherwise (those of :class:`Render`).
 DEFAULTS = types.MappingProxyType(
     {"steps": 256, "lr": 0.1, "optimizer": "adam", "param": "fft", "transforms": "standard"}
 )
 
 _OBJECTIVES = ("channel", "neuron", "logit", "class")
-_OPTIMIZERS = ("adam", "sgd", "progress")
 
 
 def unit_seed(seed: int, unit: Any) -> int:
     """The seed of ``unit``'s generator: a stable hash of ``(seed, unit)`` (the same in every
     process and for every position of the unit in the batch)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(f"seed must be an int, got {seed!r}; e.g. seed=0.")
     key = f"{int(seed)}|{unit!r}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
 
@@ -218,14 +221,51 @@ def check_units(units: Any) -> list[Any]:
     return out
 
 
+def _render_from(render: Any, old: dict[str, Any], decorrelate: bool) -> tuple[Render, Any, Any]:
+    """The :class:`Render` of a call, ``(render, param factory, optimizer factory)``: ``render=``
+    (a Render or a Preset), or the old keyword arguments (a Preset given as ``regularizers=``
+    fills what the caller left out)."""
+    given = {k: v for k, v in old.items() if v is not None}
+    if render is not None:
+        if given or decorrelate is not True:
+            extra = [*given, *(["decorrelate"] if decorrelate is not True else [])]
+            raise InputError(
+                f"pass the rendering settings either as render= or as keywords, not both; got "
+                f"render= and {extra}. Use render.replace({extra[0]}=...) instead."
+            )
+        if isinstance(render, Preset):
+            render = render.render()
+        if not isinstance(render, Render):
+            raise InputError(f"render must be a cs.features.Render or a preset such as "
+                             f"yosinski(3), got {type(render).__name__}.")
+        return render, render.param_factory(), render.optimizer_factory()
+    regs = given.pop("regularizers", None)
+    if isinstance(regs, Preset):  # presets fill what the caller left out
+        given = {**{k: v for k, v in regs.items() if k != "regularizers"}, **given}
+        regs = regs["regularizers"]
+    max_lr = given.pop("max_lr", None)
+    render = Render(**given, regularizers=regs if regs is not None else ())  # defaults: DEFAULTS
+    return render, render.param_factory(decorrelate), render.optimizer_factory(max_lr)
+
+
 def maximize(
     model: nn.Module,
     layer: LayerSpec | None,
     units: Any,
     *,
     objective: Any = "channel",
+    render: Render | Preset | None = None,
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
+    mean: Any = None,
+    std: Any = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    batch_size: int | None = None,
+    stop_early: bool = True,
+    channels_last: bool = True,
+    return_values: bool = False,
+    quiet: bool = False,
     steps: int | None = None,
     lr: float | None = None,
     optimizer: str | None = None,
@@ -234,15 +274,6 @@ def maximize(
     transforms: Any = None,
     param: str | None = None,
     decorrelate: bool = True,
-    seed: int = 0,
-    mean: Any = None,
-    std: Any = None,
-    value_range: tuple[float, float] = (0.0, 1.0),
-    batch_size: int | None = None,
-    stop_early: bool = True,
-    channels_last: bool = True,
-    return_values: bool = False,
-    quiet: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Optimise one input image per unit so that the unit's activation is as high as possible.
 
@@ -250,39 +281,29 @@ def maximize(
         model: the network (run in eval mode; its modes are restored afterwards).
         layer: the layer, as everywhere in convscope (:data:`convscope.nn.LayerSpec`): its
             module path (``"layer3"``, ``"layer2.0.conv1"``, ``"relu:2"``), the module itself, or a
-            type / predicate that matches one module; ``None`` for ``objective="logit"`` (the model output).
+            type / predicate that matches one module; ``None`` for ``objective="logit"`` (the
+            model output).
         units: channel indices ``[3, 7, 9]`` (or a list of ``(c, y, x)`` triples for neurons;
-            class indices for logits; a single int is one unit). All are optimised together as one batch; image ``i`` is unit ``i``'s.
+            class indices for logits; a single int is one unit). All are optimised together as
+            one batch; image ``i`` is unit ``i``'s.
         objective: ``"channel"`` (mean over positions), ``"neuron"`` (spatial centre, or the
             given ``(c, y, x)``), ``"logit"`` (class score of the model output), an
             :class:`~convscope.features.Objective` with one unit per batch item
             (``channel("layer3", units) - 0.5 * channel("layer2", 4)``), or a callable
             ``units -> Objective``.
+        render: the rendering recipe, a :class:`~convscope.features.Render` (parameterisation,
+            optimiser, transforms, regularisers in the order given, steps) or a preset such as
+            ``yosinski(3)``; ``None``: ``Render()`` (256 steps of Adam with lr 0.1 on the FFT
+            parameterisation with lucid's standard transforms), or what the keyword arguments
+            below say.
         size: image side (or ``(H, W)``). ``None``: ``model.input_size`` if set, else 32 for a
             model whose first convolution has stride 1 (CIFAR-style stem), else 224.
         channels: input channels; ``None``: the first convolution's ``in_channels``.
-        steps: optimisation steps (default 256).
-        lr: step size (default 0.1 for Adam; for ``"sgd"`` the factor on the gradient; for
-            ``"progress"`` the objective gain asked per step).
-        optimizer: ``"adam"`` (default), ``"sgd"`` (plain ascent ``x += lr * grad``, the toolbox's
-            constant policy) or ``"progress"`` (``x += min(max_lr, lr / |grad|^2) * grad`` per
-            image, the toolbox's progress policy).
-        max_lr: cap of the progress policy's step factor (``None``: no cap).
-        regularizers: a list of :class:`Decay`, :class:`Blur`, :class:`NormClip`,
-            :class:`ContributionClip` (applied in that order after every step, on the centred
-            image) and/or callables ``(x_centred, grad, step) -> x_centred``; or a
-            :class:`Preset` such as ``yosinski(3)``, which also sets what the caller left out.
-        transforms: ``"standard"`` (default: lucid's set scaled to the image size, see
-            :func:`standard_transforms`), a list of transforms, or ``()``/``None``-like empty for
-            none.
-        param: ``"fft"`` (default: decorrelated Fourier parameterisation with a sigmoid) or
-            ``"pixel"`` (raw pixels, clipped to the value range).
-        decorrelate: decorrelate colours in the FFT parameterisation (3 channels only).
-        seed: base seed; unit ``u`` uses a generator seeded by :func:`unit_seed` ``(seed, u)``.
         mean, std: per-channel normalisation the model expects (the model sees
             ``(x - mean) / std``); ``None`` (default) feeds raw values in ``value_range``. Use
             ``**cs.features.IMAGENET`` for torchvision ImageNet models.
         value_range: range of the raw pixel values (default ``(0, 1)``).
+        seed: base seed; unit ``u`` uses a generator seeded by :func:`unit_seed` ``(seed, u)``.
         batch_size: optimise at most this many units at a time (``None``: all at once). Results
             do not depend on it.
         stop_early: stop each forward pass once the objective's layers have run (the rest of the
@@ -291,54 +312,122 @@ def maximize(
             ~23 % faster at batch 64 here); the model itself is not changed.
         return_values: also return the objective value of each returned image ``[N]``.
         quiet: hide the progress bar.
+        steps, lr, optimizer, max_lr, regularizers, transforms, param, decorrelate: the
+            rendering settings as keywords (instead of ``render=``; not both): ``steps``,
+            ``lr``, ``optimizer``, ``transforms``, ``param`` and ``regularizers`` as the
+            :class:`~convscope.features.Render` fields (``regularizers=`` may also be a preset,
+            which then fills every setting the caller left out); ``max_lr`` caps the
+            ``"progress"`` policy's step factor; ``decorrelate`` decorrelates colours in the FFT
+            parameterisation (3 channels only).
 
     Returns:
         images ``[N, C, H, W]`` in ``value_range`` (un-normalised) on the model's device;
         with ``return_values``, ``(images, values [N])``.
 
     Raises:
-        LayerNotFoundError, InputError (bad units, a layer without channels, out-of-range index),
-        TargetError (class index out of range), ModelError (the gradient or objective became NaN
-        or infinite; the message says at which step and for which units).
+        LayerNotFoundError, InputError (bad units, a layer without channels, out-of-range index,
+        a bad render setting), TargetError (class index out of range), ModelError (the gradient
+        or objective became NaN or infinite; the message says at which step and for which units).
     """
     from tqdm.auto import tqdm
 
+    # what to render: the model, the layer, the units and the recipe
     check_model(model)
     if layer is not None and not isinstance(layer, str):  # a module, a type, a predicate
         layer = layer_path(model, layer)
-    # presets fill what the caller left out
-    if isinstance(regularizers, Preset):
-        preset = regularizers
-        regularizers = preset["regularizers"]
-        steps = preset.get("steps") if steps is None else steps
-        lr = preset.get("lr") if lr is None else lr
-        optimizer = preset.get("optimizer") if optimizer is None else optimizer
-        transforms = preset.get("transforms") if transforms is None else transforms
-        param = preset.get("param") if param is None else param
-    steps = positive_int(DEFAULTS["steps"] if steps is None else steps, "steps")
-    optimizer = (optimizer or DEFAULTS["optimizer"]).lower()
-    if optimizer not in _OPTIMIZERS:
-        raise InputError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}; pass "
-                         "one of those.")
-    lr = DEFAULTS["lr"] if lr is None else lr
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 <= lr < float("inf"):
-        raise InputError(f"lr must be a finite number >= 0, got {lr!r}; e.g. lr=0.05.")
-    lr = float(lr)
-    param = (param or DEFAULTS["param"]).lower()
-    if param not in ("fft", "pixel"):
-        raise InputError(f"param must be 'fft' or 'pixel', got {param!r}; pass one of those.")
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}.")
+    render, param_factory, optimizer_factory = _render_from(render, {
+        "steps": steps, "lr": lr, "optimizer": optimizer, "max_lr": max_lr,
+        "regularizers": regularizers, "transforms": transforms, "param": param,
+    }, decorrelate)
     units = check_units(units)
-    if layer is not None and not isinstance(layer, str):
-        raise LayerNotFoundError(
-            f"layer must be a module path string, got {type(layer).__name__}; pass e.g. "
-            "layer='layer2' (see model.named_modules())."
-        )
+    unit_seed(seed, 0)  # a bad seed fails before any work
     if layer is not None and split_call(layer)[0] != OUTPUT:
         resolve_layers(model, split_call(layer)[0])  # clear error with suggestions
-
     batch_size = positive_int(batch_size, "batch_size", allow_none=True)
+
+    # the model's input convention
+    inp = _input_convention(model, size, channels, mean, std, value_range)
+    c, (h, w) = inp.channels, inp.size
+    tlist = render.transform_list(min(h, w))
+
+    # the objective, with the hooks that feed it
+    obj = _build_objective(objective, layer, units)
+    if isinstance(objective, Objective) and batch_size and int(batch_size) < len(units):
+        raise InputError(
+            "batch_size cannot split an Objective built for the whole batch; pass a callable "
+            "units -> Objective instead (e.g. lambda u: cs.features.channel('layer3', u))."
+        )
+    device = model_device(model)
+    hooks = _Hooks(model, obj.layers, stop_early)
+    model_input = inp.feed(device, channels_last)
+    fill = inp.centre.to(device, torch.float32)
+
+    n_all = len(units)
+    chunk = n_all if not batch_size else max(1, int(batch_size))
+    images: list[Tensor] = []
+    values: list[Tensor] = []
+    bar = tqdm(
+        total=render.steps * ((n_all + chunk - 1) // chunk),
+        disable=quiet,
+        desc=f"maximize {layer if layer is not None else 'output'} ({n_all} units)",
+        unit="step",
+    )
+    with restore_mode(model, True), torch.enable_grad(), hooks.active():
+        try:
+            # probe: shapes of the objective's layers, checked once
+            with torch.no_grad():
+                probe = model_input(fill.view(1, -1, 1, 1).expand(1, c, h, w).contiguous())
+                acts = hooks.run(probe)
+            shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
+            obj.check(shapes)
+            for sl in chunks(n_all, chunk):
+                part = units[sl]
+                sub = obj if chunk == n_all else _build_objective(objective, layer, part)
+                canvas = Canvas(
+                    (len(part), c, h, w),
+                    [torch.Generator().manual_seed(unit_seed(seed, _unit_key(u))) for u in part],
+                    device, torch.float32, fill, inp.lo, inp.hi,
+                )
+                img, val = _render(hooks, sub, part, model_input, render, canvas, param_factory,
+                                   optimizer_factory, tlist, bar, return_values)
+                images.append(img)
+                if val is not None:
+                    values.append(val)
+        finally:
+            bar.close()
+    out = torch.cat(images)
+    if return_values:
+        return out, torch.cat(values)
+    return out
+
+
+@dataclass(frozen=True)
+class _Input:
+    """The model's input convention: channels, size, value range and normalisation."""
+
+    channels: int
+    size: tuple[int, int]
+    lo: float
+    hi: float
+    mean: Tensor | None
+    std: Tensor | None
+    centre: Tensor
+
+    def feed(self, device: torch.device, channels_last: bool) -> Callable[[Tensor], Tensor]:
+        """Raw image -> what the model is fed (normalised, channels-last if asked)."""
+        mean = self.mean.view(1, -1, 1, 1).to(device) if self.mean is not None else None
+        std = self.std.view(1, -1, 1, 1).to(device) if self.std is not None else None
+
+        def model_input(img: Tensor) -> Tensor:
+            x = (img - mean) / std if mean is not None else img
+            return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        return model_input
+
+
+def _input_convention(
+    model: nn.Module, size: Any, channels: Any, mean: Any, std: Any, value_range: Any
+) -> _Input:
     c = positive_int(channels, "channels") if channels is not None else _infer_channels(model)
     if c is None:
         raise InputError(
@@ -369,123 +458,39 @@ def maximize(
         raise InputError(f"std must be positive, got {std_t.tolist()}; pass the data set's "
                          "standard deviations.")
     centre = mean_t.clone() if mean_t is not None else torch.full((c,), (lo + hi) / 2)
-
-    if transforms is None or (isinstance(transforms, str) and transforms == "standard"):
-        tlist: list[Any] = standard_transforms(min(h, w))
-    elif isinstance(transforms, str):
-        raise InputError(f"transforms must be 'standard' or a list of transforms, got "
-                         f"{transforms!r}; pass e.g. transforms=() for none.")
-    else:
-        tlist = list(transforms)
-    regs = sort_regularizers(regularizers or [])
-    n_draws = sum(draws_of(t) for t in tlist)
-
-    obj = _build_objective(objective, layer, units)
-    if isinstance(objective, Objective) and batch_size and int(batch_size) < len(units):
-        raise InputError(
-            "batch_size cannot split an Objective built for the whole batch; pass a callable "
-            "units -> Objective instead (e.g. lambda u: cs.features.channel('layer3', u))."
-        )
-    device = model_device(model)
-    dtype = torch.float32
-    hooks = _Hooks(model, obj.layers, stop_early)
-    mean_d = mean_t.view(1, -1, 1, 1).to(device, dtype) if mean_t is not None else None
-    std_d = std_t.view(1, -1, 1, 1).to(device, dtype) if std_t is not None else None
-    fill = centre.to(device, dtype)
-
-    def model_input(img: Tensor) -> Tensor:
-        x = (img - mean_d) / std_d if mean_d is not None else img
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    n_all = len(units)
-    chunk = n_all if not batch_size else max(1, int(batch_size))
-    images: list[Tensor] = []
-    values: list[Tensor] = []
-    bar = tqdm(
-        total=steps * ((n_all + chunk - 1) // chunk),
-        disable=quiet,
-        desc=f"maximize {layer if layer is not None else 'output'} ({n_all} units)",
-        unit="step",
-    )
-    with restore_mode(model, True), torch.enable_grad(), hooks.active():
-        try:
-            # probe: shapes of the objective's layers, checked once
-            with torch.no_grad():
-                probe = model_input(fill.view(1, -1, 1, 1).expand(1, c, h, w).contiguous())
-                acts = hooks.run(probe)
-            shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
-            obj.check(shapes)
-            for sl in chunks(n_all, chunk):
-                part = units[sl]
-                sub = obj if chunk == n_all else _build_objective(objective, layer, part)
-                img, val = _optimise(
-                    hooks, sub, part, model_input, steps=steps, lr=lr, optimizer=optimizer,
-                    max_lr=max_lr, regs=regs, tlist=tlist, n_draws=n_draws, param=param,
-                    decorrelate=decorrelate, seed=seed, size=(h, w), c=c, lo=lo, hi=hi,
-                    centre=fill, device=device, dtype=dtype, bar=bar,
-                    want_values=return_values,
-                )
-                images.append(img)
-                if val is not None:
-                    values.append(val)
-        finally:
-            bar.close()
-    out = torch.cat(images)
-    if return_values:
-        return out, torch.cat(values)
-    return out
+    return _Input(c, (h, w), lo, hi, mean_t, std_t, centre)
 
 
-def _optimise(
+def _render(
     hooks: _Hooks,
     obj: Objective,
     units: list[Any],
     model_input: Callable[[Tensor], Tensor],
-    *,
-    steps: int,
-    lr: float,
-    optimizer: str,
-    max_lr: float | None,
-    regs: list[Any],
+    render: Render,
+    canvas: Canvas,
+    param_factory: Callable[[Canvas], Any],
+    optimizer_factory: Callable[[list[Tensor]], Any],
     tlist: list[Any],
-    n_draws: int,
-    param: str,
-    decorrelate: bool,
-    seed: int,
-    size: tuple[int, int],
-    c: int,
-    lo: float,
-    hi: float,
-    centre: Tensor,
-    device: torch.device,
-    dtype: torch.dtype,
     bar: Any,
     want_values: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    h, w = size
-    n = len(units)
-    inits, draws = [], []
-    for u in units:
-        g = torch.Generator().manual_seed(unit_seed(seed, _unit_key(u)))
-        if param == "fft":
-            inits.append(torch.randn(c, h, w // 2 + 1, 2, generator=g) * 0.01)
-        else:
-            # the toolbox's "mean plus noise" start: N(0, 10) on 0-255 pixels
-            inits.append(torch.randn(c, h, w, generator=g) * (0.04 * (hi - lo)))
-        draws.append(torch.rand(steps, n_draws, generator=g) if n_draws else torch.empty(0))
-    init = torch.stack(inits).to(device, dtype)
-    u_all = torch.stack(draws).to(device, dtype) if n_draws else None  # [N, steps, D]
-    if param == "fft":
-        p: FFTImage | PixelImage = FFTImage(init, (h, w), centre, lo, hi, decorrelate)
-    else:
-        p = PixelImage(init, centre, lo, hi)
-    var = p.params[0]
-    opt = torch.optim.Adam([var], lr=lr) if optimizer == "adam" else None
-    need_img_grad = param == "fft"
+    """Optimise one chunk of units (lucent's ``render_vis`` loop): parameterise, then every
+    step transform, score, take the gradient, step the optimiser and regularise in order."""
+    n, steps, regs = len(units), render.steps, render.regularizers
+    image = make_image(param_factory, canvas, needs_inverse=bool(regs))
+    n_draws = sum(draws_of(t) for t in tlist)  # each unit's transform draws, from its generator
+    u_all = (torch.stack([torch.rand(steps, n_draws, generator=g) for g in canvas.generators])
+             .to(canvas.device, canvas.dtype) if n_draws else None)  # [N, steps, D]
+    params = list(image.params)
+    opt = optimizer_factory(params)
+    if not callable(getattr(opt, "step", None)):
+        raise InputError(f"the optimizer factory returned {type(opt).__name__}, which has no "
+                         "step(); return e.g. torch.optim.Adam(params, lr=0.05).")
 
     for step in range(steps):
-        img = p.image()
-        x = apply_transforms(tlist, img, u_all[:, step] if u_all is not None else None, centre)
+        img = image.image()
+        x = apply_transforms(tlist, img, u_all[:, step] if u_all is not None else None,
+                             canvas.centre)
         vals = obj(hooks.run(model_input(x)))
         if vals.shape != (n,):
             raise InputError(
@@ -498,11 +503,7 @@ def _optimise(
                 "output detached, or computed under no_grad?); choose a layer whose output "
                 "carries gradients."
             )
-        g_img = torch.autograd.grad(
-            vals.sum(), img, retain_graph=need_img_grad, allow_unused=True
-        )[0]
-        if g_img is None:
-            g_img = torch.zeros_like(img)
+        g_img, grads = _gradients(vals, img, params)
         bad = ~torch.isfinite(g_img.reshape(n, -1)).all(1) | ~torch.isfinite(vals.detach())
         if bool(bad.any()):
             which = [units[i] for i in torch.nonzero(bad).reshape(-1).tolist()]
@@ -512,30 +513,37 @@ def _optimise(
                 "Lower lr, add regularizers (e.g. Decay), or check the model for operations "
                 "that are not differentiable everywhere (sqrt/log of 0, division by 0)."
             )
-        g = torch.autograd.grad(img, var, grad_outputs=g_img)[0] if need_img_grad else g_img
         with torch.no_grad():
-            if opt is not None:
-                var.grad = -g
-                opt.step()
-                var.grad = None
-            elif optimizer == "sgd":
-                var.add_(g, alpha=lr)
-            else:  # progress policy, per image
-                sq = g.reshape(n, -1).pow(2).sum(1)
-                rate = torch.where(sq > 0, lr / sq.clamp_min(1e-30), torch.zeros_like(sq))
-                if max_lr is not None:
-                    rate = rate.clamp_max(max_lr)
-                var.add_(g * rate.view(n, *([1] * (g.dim() - 1))))
-            if regs:
-                xc = p.centred()
+            for p, g in zip(params, grads, strict=True):
+                p.grad = -g  # optimisers descend: maximise the objective
+            opt.step()
+            for p in params:
+                p.grad = None
+            if regs:  # in the order given, on the centred image
+                xc = image.centred()
                 for r in regs:
                     xc = r(xc, g_img, step)
-                p.set_centred(xc)
+                image.set_centred(xc)
             else:
-                p.project()
+                getattr(image, "project", lambda: None)()
         bar.update(1)
 
     with torch.no_grad():
-        final = p.image().detach()
+        final = image.image().detach()
         vals = obj(hooks.run(model_input(final))).detach() if want_values else None
     return final, vals
+
+
+def _gradients(vals: Tensor, img: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The objective's gradient with respect to the image and to each parameter (zeros where the
+    objective does not depend on them)."""
+    if len(params) == 1 and params[0] is img:  # the image is the parameter
+        (g,) = torch.autograd.grad(vals.sum(), img, allow_unused=True)
+        g = torch.zeros_like(img) if g is None else g
+        return g, [g]
+    g_img = torch.autograd.grad(vals.sum(), img, retain_graph=True, allow_unused=True)[0]
+    if g_img is None:
+        g_img = torch.zeros_like(img)
+    grads = torch.autograd.grad(img, params, grad_outputs=g_img, allow_unused=True)
+    return g_img, [torch.zeros_like(p) if g is None else g
+                   for p, g in zip(params, grads, strict=True)]

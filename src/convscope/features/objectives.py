@@ -128,9 +128,24 @@ def _layer_output(acts: Acts, layer: str) -> Tensor:
     return a
 
 
+def _indices(units: Any, what: str, device: Any = None) -> Tensor:
+    """``units`` (ints, nested lists of ints or an integer tensor) as a long tensor; a string,
+    a float or a bool raises :class:`InputError` (``0.5`` is not channel 0, ``True`` not 1)."""
+    try:
+        t = units if isinstance(units, Tensor) else torch.as_tensor(units)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(
+            f"{what}: unit indices must be ints (one, or one per batch item), got {units!r}; "
+            "pass e.g. 3 or [3, 7, 1]."
+        )
+    return t.to(device=device, dtype=torch.long)
+
+
 def _per_item(units: Any, n: int, device: torch.device, what: str) -> Tensor:
     """``units`` (one int, or one per batch item) as a long tensor ``[n]``."""
-    t = torch.as_tensor(units, dtype=torch.long, device=device)
+    t = _indices(units, what, device)
     if t.dim() == 0:
         return t.expand(n)
     if t.dim() != 1 or t.shape[0] != n:
@@ -141,9 +156,8 @@ def _per_item(units: Any, n: int, device: torch.device, what: str) -> Tensor:
     return t
 
 
-def _unit_list(units: Any) -> list[int]:
-    t = torch.as_tensor(units, dtype=torch.long)
-    return [int(v) for v in t.reshape(-1)]
+def _unit_list(units: Any, what: str = "objective") -> list[int]:
+    return [int(v) for v in _indices(units, what).reshape(-1)]
 
 
 def _check_layer(shapes: Shapes, layer: str, min_dim: int, what: str) -> tuple[int, ...]:
@@ -205,7 +219,7 @@ def neuron(layer: str, units: Any, y: Any = None, x: Any = None) -> Objective:
     ``units`` may also hold ``(c, y, x)`` triples, one per batch item.
     """
     if y is None and x is None:
-        t = torch.as_tensor(units, dtype=torch.long)
+        t = _indices(units, f"neuron({layer!r})")
         if t.dim() >= 1 and t.shape[-1] == 3 and (t.dim() == 2 or t.dim() == 1):
             t = t.reshape(-1, 3)
             units, y, x = t[:, 0].tolist(), t[:, 1].tolist(), t[:, 2].tolist()

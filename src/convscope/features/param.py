@@ -9,14 +9,31 @@
   step (logit, inverse colour matrix, forward FFT, divide by the scale).
 
 Both hold a batch ``[N, C, H, W]``; nothing mixes batch items.
+
+:func:`~convscope.features.maximize` takes a parameterisation as a *factory*
+``param(canvas) -> image`` (:class:`Canvas`: batch shape, one generator per unit, device, value
+range, mean colour). :func:`pixel_image` and :func:`fft_image` are the built-in factories
+(``param="pixel"`` / ``"fft"``). The returned object has ``params`` (the leaf tensors the
+optimiser updates) and ``image()`` (the raw ``[N, C, H, W]`` image, differentiable); to work with
+regularisers it also has ``centred()`` and ``set_centred(x)``, and ``project()`` after each step.
+A factory may instead return lucent's pair ``(params, to_image)`` (no regularisers then).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["PixelImage", "FFTImage", "COLOR_CORRELATION_SQRT"]
+from ..errors import InputError
+
+__all__ = [
+    "PixelImage", "FFTImage", "COLOR_CORRELATION_SQRT", "Canvas", "pixel_image", "fft_image",
+    "make_image",
+]
 
 #: Square root of ImageNet's RGB colour covariance (lucid's constant), used to decorrelate colours.
 COLOR_CORRELATION_SQRT = torch.tensor(
@@ -130,3 +147,98 @@ class FFTImage:
 
     def project(self) -> None:
         """Nothing to do: the sigmoid keeps the image in range."""
+
+
+# ------------------------------------------------------------------------------------------------
+# factories
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """What a parameterisation factory is told.
+
+    Attributes:
+        shape: ``(N, C, H, W)`` of the batch (one image per unit).
+        generators: one ``torch.Generator`` (CPU) per unit: draw the unit's start from its own
+            generator, so a unit's image does not depend on the other units in the batch.
+        device, dtype: where and in which dtype the parameters live.
+        centre: ``[C]`` the mean colour (``x = 0`` of the centred image regularisers see).
+        lo, hi: the raw pixel value range.
+    """
+
+    shape: tuple[int, int, int, int]
+    generators: Sequence[torch.Generator]
+    device: torch.device
+    dtype: torch.dtype
+    centre: Tensor
+    lo: float
+    hi: float
+
+
+def pixel_image() -> Callable[[Canvas], PixelImage]:
+    """Factory of :class:`PixelImage`: raw pixels starting at the mean image plus
+    N(0, (0.04 (hi - lo))^2) noise (the toolbox's N(0, 10) on 0-255 pixels)."""
+
+    def make(canvas: Canvas) -> PixelImage:
+        _, c, h, w = canvas.shape
+        scale = 0.04 * (canvas.hi - canvas.lo)
+        init = torch.stack([torch.randn(c, h, w, generator=g) * scale for g in canvas.generators])
+        return PixelImage(init.to(canvas.device, canvas.dtype), canvas.centre, canvas.lo, canvas.hi)
+
+    make.__qualname__ = make.__name__ = "pixel_image"
+    return make
+
+
+def fft_image(decorrelate: bool = True) -> Callable[[Canvas], FFTImage]:
+    """Factory of :class:`FFTImage` (lucid's parameterisation): a spectrum drawn with standard
+    deviation 0.01, colours decorrelated for 3 channels when ``decorrelate``."""
+
+    def make(canvas: Canvas) -> FFTImage:
+        _, c, h, w = canvas.shape
+        init = torch.stack(
+            [torch.randn(c, h, w // 2 + 1, 2, generator=g) * 0.01 for g in canvas.generators]
+        )
+        return FFTImage(init.to(canvas.device, canvas.dtype), (h, w), canvas.centre, canvas.lo,
+                        canvas.hi, decorrelate)
+
+    make.__qualname__ = make.__name__ = f"fft_image(decorrelate={bool(decorrelate)})"
+    return make
+
+
+class _Lucent:
+    """A factory's ``(params, to_image)`` pair seen through the image protocol."""
+
+    def __init__(self, params: Any, to_image: Callable[[], Tensor], centre: Tensor) -> None:
+        self.params = list(params)
+        self.to_image = to_image
+        self.centre = centre.view(1, -1, 1, 1)
+
+    def image(self) -> Tensor:
+        return self.to_image()
+
+    def project(self) -> None:
+        """Nothing to do: ``to_image`` is responsible for the range."""
+
+
+def make_image(factory: Callable[[Canvas], Any], canvas: Canvas, needs_inverse: bool) -> Any:
+    """Call a parameterisation factory and check what it returned (:class:`InputError`
+    otherwise)."""
+    got = factory(canvas)
+    if isinstance(got, tuple) and len(got) == 2 and callable(got[1]):
+        got = _Lucent(got[0], got[1], canvas.centre)
+    params = getattr(got, "params", None)
+    if not callable(getattr(got, "image", None)) or not params or not all(
+        isinstance(p, Tensor) and p.requires_grad and p.is_leaf for p in params
+    ):
+        raise InputError(
+            f"the parameterisation factory {getattr(factory, '__name__', factory)!r} returned "
+            f"{type(got).__name__}; it must return an object with .params (leaf tensors that "
+            "require grad) and .image() -> [N, C, H, W], or a pair (params, to_image)."
+        )
+    if needs_inverse and not callable(getattr(got, "set_centred", None)):
+        raise InputError(
+            "regularisers act on the image and need a parameterisation that can be set from an "
+            "image (.centred() and .set_centred(x), like PixelImage and FFTImage); drop the "
+            "regularisers or use param='pixel' / 'fft'."
+        )
+    return got

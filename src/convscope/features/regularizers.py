@@ -16,12 +16,16 @@ the toolbox list them:
    the ``theta_c`` percentile
 
 :class:`Decay`, :class:`Blur`, :class:`NormClip` and :class:`ContributionClip` wrap them with their
-hyper-parameters for :func:`~convscope.features.maximize` (``regularizers=[...]``), which applies
-them in that order whatever order the list has.
+hyper-parameters for :func:`~convscope.features.maximize` (``regularizers=[...]`` or
+``Render(regularizers=[...])``), which applies them in the order given; the presets
+(:func:`yosinski`) list them in the paper's order, and :func:`sort_regularizers` puts any list
+into it.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,24 +58,33 @@ __all__ = [
 LR_SCALE_0_255 = 1.0 / 255.0**2
 
 
+def _number(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """``value`` as a float in ``[lo, hi]``; :class:`InputError` for anything else (a string,
+    a bool, NaN)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok and isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+        value, ok = float(value), True
+    if not ok or not lo <= float(value) <= hi:
+        span = f"between {lo} and {hi}" if math.isfinite(hi) else f">= {lo}"
+        raise InputError(f"{name} must be a number {span}, got {value!r}.")
+    return float(value)
+
+
 def _check_pct(pct: float, name: str) -> float:
-    pct = float(pct)
-    if not 0.0 <= pct <= 100.0:
-        raise InputError(f"{name} must be a percentile between 0 and 100, got {pct}.")
-    return pct
+    return _number(pct, f"{name} (a percentile)", 0.0, 100.0)
 
 
 def _check_image(x: Tensor, name: str = "x") -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"{name} must be a tensor [N, C, H, W], got {shape}.")
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = (f"{list(x.shape)} {x.dtype}" if isinstance(x, Tensor)
+                 else type(x).__name__)
+        raise InputError(f"{name} must be a float tensor [N, C, H, W], got {shape}.")
 
 
 def l2_decay(x: Tensor, theta: float) -> Tensor:
     """``(1 - theta) * x``: L2 decay toward the mean image. ``x: [N, C, H, W]`` centred."""
-    theta = float(theta)
-    if not 0.0 <= theta <= 1.0:
-        raise InputError(f"l2_decay: theta must lie in [0, 1], got {theta}.")
+    _check_image(x)
+    theta = _number(theta, "l2_decay: theta", 0.0, 1.0)
     return x * (1.0 - theta)
 
 
@@ -97,7 +110,8 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     toolbox uses. ``sigma <= 0`` returns ``x`` unchanged. ``x: [N, C, H, W]``.
     """
     _check_image(x)
-    sigma = float(sigma)
+    sigma = _number(sigma, "gaussian_blur: sigma")
+    truncate = _number(truncate, "gaussian_blur: truncate", 0.0)
     if sigma <= 0:
         return x
     radius = int(truncate * sigma + 0.5)
@@ -136,6 +150,8 @@ def clip_small_norm(x: Tensor, percentile: float) -> Tensor:
 def contribution(x: Tensor, grad: Tensor) -> Tensor:
     """Per-pixel contribution ``|sum_c x * grad|`` ``[N, H, W]``: the first-order change of the
     objective if that pixel were set to the mean (zero)."""
+    _check_image(x)
+    _check_image(grad, "grad")
     return (x * grad).sum(1).abs()
 
 
@@ -175,6 +191,9 @@ class Decay(Regularizer):
     theta: float
     order: int = field(default=0, repr=False)
 
+    def __post_init__(self) -> None:
+        _number(self.theta, "Decay: theta", 0.0, 1.0)
+
     def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:
         return l2_decay(x, self.theta)
 
@@ -188,8 +207,11 @@ class Blur(Regularizer):
     order: int = field(default=1, repr=False)
 
     def __post_init__(self) -> None:
-        if int(self.every) < 1:
-            raise InputError(f"Blur: every must be >= 1 step, got {self.every}.")
+        _number(self.sigma, "Blur: sigma (pixels)")
+        if isinstance(self.every, bool) or not isinstance(self.every, numbers.Integral) or (
+            self.every < 1
+        ):
+            raise InputError(f"Blur: every must be an int >= 1 (steps), got {self.every!r}.")
 
     def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:
         if step % int(self.every):
@@ -204,6 +226,9 @@ class NormClip(Regularizer):
     percentile: float
     order: int = field(default=2, repr=False)
 
+    def __post_init__(self) -> None:
+        _check_pct(self.percentile, "NormClip: percentile")
+
     def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:
         return clip_small_norm(x, self.percentile)
 
@@ -214,6 +239,9 @@ class ContributionClip(Regularizer):
 
     percentile: float
     order: int = field(default=3, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_pct(self.percentile, "ContributionClip: percentile")
 
     def __call__(self, x: Tensor, grad: Tensor, step: int) -> Tensor:
         return clip_small_contribution(x, grad, self.percentile)
@@ -241,6 +269,13 @@ class Preset(Mapping):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._kw.items())
         return f"Preset({self.name!r}: {inner})"
+
+    def render(self, **changes: Any) -> Any:
+        """The preset as a :class:`~convscope.features.Render` (with ``changes`` applied):
+        ``maximize(model, layer, units, render=yosinski(3).render(steps=200))``."""
+        from .render import Render
+
+        return Render(**{**self._kw, **changes})
 
 
 #: The paper's four combinations, in its units (0-255 pixels): decay, blur radius, blur every,
@@ -307,7 +342,10 @@ def yosinski(n: int) -> Preset:
 
 
 def sort_regularizers(regs: Any) -> list[Any]:
-    """Built-in regularisers in the paper's order; custom callables keep their order, after them."""
+    """Built-in regularisers in the paper's order; custom callables keep their order, after them.
+
+    ``maximize`` applies regularisers in the order given; pass ``sort_regularizers(regs)`` to get
+    the paper's order (which the presets already use)."""
     items = list(regs)
     return sorted(items, key=lambda r: getattr(r, "order", 100) if isinstance(r, Regularizer) else 100)
 

@@ -14,6 +14,7 @@ the whole batch); pad grows it and jitter crops it, like lucid.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ..nn import positive_int
 
 __all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "standard_transforms"]
 
@@ -36,6 +38,23 @@ class Transform(ABC):
     @abstractmethod
     def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:
         """Apply to ``x``; every subclass defines it."""
+
+
+def _count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InputError(f"{name} must be an int >= 0 (pixels), got {value!r}.")
+
+
+def _choices(values: Any, name: str, positive: bool) -> None:
+    try:
+        vals = [float(v) for v in values if not isinstance(v, (bool, str, bytes))]
+        ok = len(vals) == len(values) and len(vals) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not all(math.isfinite(v) and (v > 0 or not positive) for v in vals):
+        what = "positive numbers" if positive else "numbers"
+        raise InputError(f"{name} must be a non-empty tuple of finite {what}, got {values!r}; "
+                         f"pass e.g. {'(0.9, 1.0, 1.1)' if positive else '(-10, 0, 10)'}.")
 
 
 def _pick(values: Sequence[float], u: Tensor) -> Tensor:
@@ -54,6 +73,7 @@ class Pad(Transform):
     mode: str = "constant"
 
     def __post_init__(self) -> None:
+        _count(self.width, "Pad: width")
         if self.mode not in ("constant", "reflect", "replicate"):
             raise InputError(f"Pad: mode must be 'constant', 'reflect' or 'replicate', got {self.mode!r}.")
 
@@ -74,6 +94,9 @@ class Jitter(Transform):
 
     d: int
     draws: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        _count(self.d, "Jitter: d")
 
     def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:
         d = int(self.d)
@@ -105,6 +128,9 @@ class RandomScale(Transform):
     scales: tuple[float, ...]
     draws: ClassVar[int] = 1
 
+    def __post_init__(self) -> None:
+        _choices(self.scales, "RandomScale: scales", positive=True)
+
     def matrix(self, u: Tensor) -> Tensor:
         """``[N, 3, 3]`` map from output to input coordinates (normalised, centre = 0)."""
         s = _pick(self.scales, u[:, 0])
@@ -126,6 +152,9 @@ class RandomRotate(Transform):
     degrees: tuple[float, ...]
     draws: ClassVar[int] = 1
 
+    def __post_init__(self) -> None:
+        _choices(self.degrees, "RandomRotate: degrees", positive=False)
+
     def matrix(self, u: Tensor) -> Tensor:
         """``[N, 3, 3]`` map from output to input coordinates (normalised, centre = 0)."""
         a = _pick(self.degrees, u[:, 0]) * (math.pi / 180.0)
@@ -145,7 +174,7 @@ def standard_transforms(size: int) -> list[Transform]:
     """lucid's standard set, with pixel amounts scaled from 224-pixel images to ``size``:
     pad 12, jitter 8, scale 0.9-1.1 (11 steps), rotate -10..10 degrees, jitter 4 at 224; at 32
     pixels: pad 2, jitter 1, ..., jitter 1; at 64: pad 3, jitter 2, ..., jitter 1."""
-    f = size / 224.0
+    f = positive_int(size, "size") / 224.0
     return [
         Pad(max(1, round(12 * f))),
         Jitter(max(1, round(8 * f))),
