@@ -74,6 +74,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import InputError
+    from .formats.diagnosis import sample_inputs
     from .run import Run
     from .store import open_run
 
@@ -82,13 +83,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if args.inputs:
         inputs = torch.as_tensor(np.load(args.inputs)).float()
     else:
-        stored = [k for k in ("feature_maps",) if len(reader.arrays("samples"))
-                  and k in set(reader.arrays("samples")["key"])]
-        if not stored:
+        stored = sample_inputs(reader)
+        if stored is None:
             raise InputError(
                 f"run {reader.name!r} stores no sample images: pass --inputs images.npy "
                 "([N, C, H, W]), or record samples with run.log_feature_maps(model, images).")
-        inputs = torch.as_tensor(reader.array("samples", stored[0]).astype("float32"))
+        inputs = torch.as_tensor(stored)
     if args.record:
         with Run(reader.path.parent, reader.name, resume=True, quiet=True) as run:
             report = run.log_diagnosis(model, inputs)

@@ -104,28 +104,28 @@ def _embedding(reader: RunReader) -> list[go.Figure] | None:
 
 def _attribution(reader: RunReader) -> list[go.Figure] | None:
     from .figures.attribution import attribution_gallery
+    from .formats import attribution as fa
 
-    keys = reader.objects("attributions")
-    if not keys:
+    if not fa.has_sets(reader):
         return None
     figs = []
-    for k in keys:
-        meta = reader.object("attributions", k)
-        fkey = meta.get("key", meta["file_key"])  # as logged; the store maps it to its file
-        images = reader.array("attr_images", fkey).astype("float32")
-        maps = {m: reader.array("attributions", f"{fkey}.{m}").astype("float32")
-                for m in meta["methods"]}
+    for meta in fa.infos(reader):
+        key = meta.key  # as logged; the store maps it to its file
+        images = fa.images(reader, key).astype("float32")
+        maps = {m: fa.maps(reader, key, m).astype("float32") for m in meta.methods}
         figs.append(attribution_gallery(images, maps, opacity=0.5))
     return figs
 
 
 def _diagnosis(reader: RunReader) -> str | None:
-    keys = reader.objects("diagnosis")
+    from .formats import diagnosis as fd
+
+    keys = fd.keys(reader)
     if not keys:
         return None
     from .diagnose import Report
 
-    return "<pre>" + html.escape(Report.from_dict(reader.object("diagnosis", keys[0])).to_text()) \
+    return "<pre>" + html.escape(Report.from_dict(fd.report_dict(reader, keys[0])).to_text()) \
         + "</pre>"
 
 

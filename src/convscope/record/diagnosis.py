@@ -1,22 +1,16 @@
 """``run.log_diagnosis``: Wang & Li (2020)'s diagnosis of a model, with the data behind its figures.
 
-Stored:
-
-* ``objects/diagnosis/<key>`` — the whole :class:`~convscope.diagnose.Report` (``to_dict``);
-* table ``diagnosis_findings`` — one row per finding (key, order, stage, severity, code, layer,
-  message, advice, evidence JSON);
-* table ``diagnosis_layers`` — the per-layer numbers (key + ``Report.layers_frame()``);
-* per output layer: ``arrays/diag_maps/<layer>`` (the grid, float16), ``arrays/diag_kde/<layer>``
-  (density curves) and ``objects/diag_view/<layer>`` (dendrogram, KDE grid, stats, notes);
-* per parameter layer: ``arrays/diag_param/<layer>``, ``arrays/diag_param_kde/<layer>`` and
-  ``objects/diag_param_view/<layer>``.
+The report is computed by :mod:`convscope.diagnose` and stored through
+:mod:`convscope.formats.diagnosis` (which owns the layout): the whole report as an object, the
+findings and per-layer numbers as tables, and per layer the figure data of the output and
+parameter views (grid, density curves, dendrogram, stats, notes).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ..formats import diagnosis as fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -24,54 +18,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["log_diagnosis", "store_report"]
 
 
-def _tree(clustering: dict[str, Any]) -> dict[str, Any]:
-    """The drawable part of a clustering dict (the condensed distances are not needed)."""
-    return {k: v for k, v in clustering.items() if k != "condensed"}
+def store_report(run: Run, report: Any, key: str = fmt.DEFAULT_KEY) -> None:
+    """Persist a :class:`~convscope.diagnose.Report` (and its views, when it has them):
+    :func:`convscope.formats.diagnosis.write`."""
+    fmt.write(run, report, key)
 
 
-def store_report(run: Run, report: Any, key: str = "model") -> None:
-    """Persist a :class:`~convscope.diagnose.Report` (and its views, when it has them)."""
-    run.log_object("diagnosis", key, report.to_dict())
-    frame = report.to_frame()
-    if len(frame):
-        run.log_rows("diagnosis_findings", frame.assign(key=key))
-    layers = report.layers_frame()
-    if len(layers):
-        run.log_rows("diagnosis_layers", _jsonable(layers).assign(key=key))
-    for name, view in (report.output_views or {}).items():
-        d = view.to_dict()
-        run.log_array("diag_maps", name, d["data"], dtype=np.float16)
-        run.log_array("diag_kde", name, np.asarray(d["kde"]["density"], dtype=np.float32))
-        run.log_object("diag_view", name, {
-            "name": name, "kind": d["kind"], "shape": d["shape"],
-            "samples": d["samples"], "channels": d["channels"],
-            "clustering": _tree(d["clustering"]),
-            "kde": {k: v for k, v in d["kde"].items() if k != "density"},
-            "stats": d["stats"], "notes": d["notes"], "key": key,
-        })
-    for name, view in (report.param_views or {}).items():
-        d = view.to_dict()
-        run.log_array("diag_param", name, np.asarray(d["grid"], dtype=np.float32))
-        run.log_array("diag_param_kde", name, np.asarray(d["kde"]["density"], dtype=np.float32))
-        rest = {k: v for k, v in d.items() if k not in ("grid", "kde", "clustering")}
-        rest["clustering"] = _tree(d["clustering"])
-        rest["kde"] = {k: v for k, v in d["kde"].items() if k != "density"}
-        rest["key"] = key
-        run.log_object("diag_param_view", name, rest)
-
-
-def _jsonable(df: Any) -> Any:
-    """Object columns holding lists/dicts become JSON strings (Parquet needs one type)."""
-    import json
-
-    out = df.copy()
-    for c in out.columns:
-        if out[c].dtype == object and out[c].map(lambda v: isinstance(v, (list, dict))).any():
-            out[c] = out[c].map(lambda v: json.dumps(v, default=str))
-    return out
-
-
-def log_diagnosis(run: Run, model: Any, inputs: Any, *, key: str = "model",
+def log_diagnosis(run: Run, model: Any, inputs: Any, *, key: str = fmt.DEFAULT_KEY,
                   views: bool = True, batch_size: int | None = None, sharded: bool = False,
                   **kwargs: Any) -> Any:
     """Diagnose and store the report (with the figures' data when ``views``). Returns it.

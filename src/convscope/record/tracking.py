@@ -1,17 +1,10 @@
 """``run.watch`` and ``run.log_validation``: training dynamics into the run directory.
 
-Tables written:
-
-* ``watch_layers`` — one row per (step, layer): weight and gradient min/max/mean/std/L1/L2/zero
-  share and the update ratio (see :mod:`convscope.track.stats`), plus ``rank``.
-* ``watch_filters`` — one row per (step, layer, filter): w_l2, g_l2, ratio, cos_prev, ``rank``.
-  Parts are sorted by (layer, filter, step), so a query for one layer reads only its row groups.
-* ``validation_images`` — one row per validation image the first time it is seen: position,
-  id, label.
-* ``validation`` — one row per logged checkpoint (per call): step, rank, n, the positions it
-  covers (``pos0`` when they are consecutive, else ``positions`` as int32 bytes), ``correct``
-  as a little-endian bitset and ``pred`` as int32 bytes. 10,000 images cost 1.25 KB of bits a
-  checkpoint before compression.
+The tables (``watch_layers``, ``watch_filters``, ``validation_images``, ``validation``) and
+their encoding belong to :mod:`convscope.formats.training`; this module turns the training
+loop's tensors into its rows: the watcher's snapshots, and checked (and, under
+``torch.distributed``, gathered) validation results. 10,000 images cost 1.25 KB of bits a
+checkpoint before compression.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..formats.training import ValidationWriter, write_watch
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -40,14 +34,10 @@ def start_watch(run: Run, model: Any, *, every: int = 10, layers: Any = None,
 
     if ranks != "all" and int(ranks) != run.rank:
         return None
-    rank = np.int16(run.rank)
+    rank = run.rank
 
     def sink(step: int, layer_cols: dict[str, Any], filter_cols: dict[str, Any]) -> None:
-        layer_cols["rank"] = np.full(len(layer_cols["step"]), rank)
-        run.log_rows("watch_layers", layer_cols)
-        if filter_cols:
-            filter_cols["rank"] = np.full(len(filter_cols["step"]), rank)
-            run.log_rows("watch_filters", filter_cols)
+        write_watch(run, layer_cols, filter_cols, rank)
 
     return Watcher(model, sink, every=every, layers=layers, filters=filters,
                    background=background)
@@ -69,12 +59,7 @@ class ValidationLog:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self._pos: dict[int, int] = {}
-        self._labels: dict[int, int] = {}
-        if run.reader().has_table("validation_images"):  # resumed run
-            df = run.reader().table("validation_images")
-            self._pos = dict(zip(df["id"].tolist(), df["pos"].tolist(), strict=True))
-            self._labels = dict(zip(df["id"].tolist(), df["label"].tolist(), strict=True))
+        self._writer = ValidationWriter(run, run.reader())  # a resumed run's images read back
 
     @staticmethod
     def arrays(ids: Any, labels: Any, predictions: Any) -> tuple[np.ndarray, np.ndarray,
@@ -115,33 +100,6 @@ class ValidationLog:
         return ids_a[first], labels_a[first], pred[first]
 
     def log(self, step: int, ids: Any, labels: Any, predictions: Any) -> None:
+        """Store one checkpoint's results (:class:`~convscope.formats.training.ValidationWriter`)."""
         ids_a, labels_a, pred = self.arrays(ids, labels, predictions)
-        n = len(ids_a)
-        if n == 0:
-            return
-        if len(np.unique(ids_a)) != n:
-            raise InputError("ids must be unique within one log_validation call.")
-        new = [(int(i), int(lab)) for i, lab in zip(ids_a, labels_a, strict=True)
-               if int(i) not in self._pos]
-        if new:
-            start = len(self._pos)
-            for k, (i, lab) in enumerate(new):
-                self._pos[i] = start + k
-                self._labels[i] = lab
-            self.run.log_rows("validation_images", {
-                "pos": np.arange(start, start + len(new), dtype=np.int64),
-                "id": np.array([i for i, _ in new], dtype=np.int64),
-                "label": np.array([lab for _, lab in new], dtype=np.int64),
-            })
-        pos = np.fromiter((self._pos[int(i)] for i in ids_a), dtype=np.int64, count=n)
-        correct = pred == labels_a
-        consecutive = bool(np.all(np.diff(pos) == 1))
-        self.run.log_rows("validation", {
-            "step": np.array([int(step)], dtype=np.int64),
-            "rank": np.array([self.run.rank], dtype=np.int16),
-            "n": np.array([n], dtype=np.int32),
-            "pos0": np.array([int(pos[0]) if consecutive else -1], dtype=np.int64),
-            "positions": [None if consecutive else pos.astype("<i4").tobytes()],
-            "correct": [np.packbits(correct, bitorder="little").tobytes()],
-            "pred": [pred.astype("<i4").tobytes()],
-        })
+        self._writer.write(step, self.run.rank, ids_a, labels_a, pred)

@@ -8,6 +8,7 @@ from dash import Input, Output, State, dash_table, dcc, html
 
 from ...errors import StoreError
 from ...figures.attribution import METHOD_TITLES, attribution_gallery
+from ...formats import attribution as fmt
 from ..components import (
     FIGURE,
     NOTICE,
@@ -30,7 +31,7 @@ MAX_SIDE = 128
 
 
 def _has(reader) -> bool:
-    return bool(reader.objects("attributions"))
+    return fmt.has_sets(reader)
 
 
 def layout() -> html.Div:
@@ -73,7 +74,7 @@ def register(app, state) -> None:
         if not selected:
             return [], None, no_runs_selected()
         return picker_status(state, selected, current, _has, "attribution maps",
-                             "run.log_attributions(model, images)", ["attribution_metrics"])
+                             "run.log_attributions(model, images)", fmt.TABLES)
 
     @app.callback(
         Output("attr-key", "options"), Output("attr-key", "value"),
@@ -85,7 +86,7 @@ def register(app, state) -> None:
         if not run:
             return [], None, None
         dmg = Damage()
-        keys = [m["key"] for m in _metas(state.reader(run), dmg)]
+        keys = [m.key for m in _metas(state.reader(run), dmg)]
         return keys, current if current in keys else (keys[0] if keys else None), dmg.notice()
 
     @app.callback(
@@ -98,10 +99,10 @@ def register(app, state) -> None:
         if not run or not key:
             return [], [], 1, 1
         meta = _meta(state.reader(run), key)
-        opts = [{"label": METHOD_TITLES.get(m, m), "value": m} for m in meta["methods"]]
-        keep = [m for m in (current or []) if m in meta["methods"]]
-        pages = max(1, -(-int(meta["n"]) // PAGE_SIZE))
-        return opts, keep or list(meta["methods"]), 1, pages
+        opts = [{"label": METHOD_TITLES.get(m, m), "value": m} for m in meta.methods]
+        keep = [m for m in (current or []) if m in meta.methods]
+        pages = max(1, -(-int(meta.n) // PAGE_SIZE))
+        return opts, keep or list(meta.methods), 1, pages
 
     @app.callback(
         Output("attr-gallery", "figure"), Output("attr-body", "style"),
@@ -118,33 +119,33 @@ def register(app, state) -> None:
         dmg = Damage()
         meta = _meta(reader, key)
         # the key as logged: the store maps it to its file (safe_key, or the old scheme's name)
-        fkey = meta.get("key", meta["file_key"])
-        n = int(meta["n"])
+        fkey = meta.key
+        n = int(meta.n)
         pages = max(1, -(-n // PAGE_SIZE))
         page = min(max(1, int(page or 1)), pages)
         first, last = (page - 1) * PAGE_SIZE, min(n, page * PAGE_SIZE)
         images = None
         with dmg.guard(run, "the input images"):
-            images = np.asarray(reader.array("attr_images", fkey, mmap=True)[first:last],
+            images = np.asarray(fmt.images(reader, fkey, mmap=True)[first:last],
                                 dtype=np.float32)
         maps = {}
-        for m in meta["methods"]:
+        for m in meta.methods:
             with dmg.guard(run, f"the {METHOD_TITLES.get(m, m)} maps"):
-                maps[m] = np.asarray(reader.array("attributions", f"{fkey}.{m}",
-                                                  mmap=True)[first:last], dtype=np.float32)
+                maps[m] = np.asarray(fmt.maps(reader, fkey, m, mmap=True)[first:last],
+                                     dtype=np.float32)
         # bounded response: cells are shown at most 130 px tall
         images = None if images is None else shrink(images, MAX_SIDE)
         maps = {m: shrink(v, MAX_SIDE) for m, v in maps.items()}
         if images is None and maps:  # the maps alone, over black
             b, h, w = next(iter(maps.values())).shape
             images = np.zeros((b, 3, h, w), np.float32)
-        names = meta.get("class_names")
+        names = meta.class_names
         rows = []
         for i in range(first, last):
             def nm(c):
                 return names[c] if names and 0 <= c < len(names) else str(c)
-            lab = meta["labels"][i]
-            rows.append(f"{'true ' + nm(lab) if lab >= 0 else ''}<br>pred {nm(meta['pred'][i])}")
+            lab = meta.labels[i]
+            rows.append(f"{'true ' + nm(lab) if lab >= 0 else ''}<br>pred {nm(meta.pred[i])}")
         shown = [m for m in (methods or []) if m in maps]
         if images is None or (methods and not shown and dmg):
             fig = error_figure([t for _, t in dmg.items])
@@ -156,45 +157,39 @@ def register(app, state) -> None:
         text = f" page {page} of {pages}: images {first + 1}-{last} of {n}"
         table = None
         with dmg.guard(run, "the quality table"):
-            dmg.check(reader, ["attribution_metrics"], run_file=False)
+            dmg.check(reader, fmt.TABLES, run_file=False)
             table = _metrics_table(reader, key, meta)
         return fig, {}, [dmg.notice(), table], paging, text
 
 
-def _metas(reader, dmg: Damage) -> list[dict]:
+def _metas(reader, dmg: Damage) -> list[fmt.AttributionInfo]:
     """The settings of every stored attribution set; damaged ones are left out (and named)."""
     out = []
-    for k in reader.objects("attributions"):
+    for k in fmt.set_files(reader):
         with dmg.guard(reader.name, f"attribution set {k}"):
-            meta = reader.object("attributions", k)
-            if not isinstance(meta, dict) or "key" not in meta:
-                raise StoreError(f"objects/attributions/{k}.json is damaged (no 'key' field): "
-                                 "record the attributions again.")
-            out.append(meta)
+            out.append(fmt.info(reader, k))
     return out
 
 
-def _meta(reader, key: str) -> dict:
+def _meta(reader, key: str) -> fmt.AttributionInfo:
     dmg = Damage()
     for meta in _metas(reader, dmg):
-        if meta["key"] == key:
+        if meta.key == key:
             return meta
     if dmg:
         raise StoreError("; ".join(t for _, t in dmg.items))
     raise StoreError(f"run {reader.name!r} has no attribution set {key!r}: pick another set.")
 
 
-def _metrics_table(reader, key: str, meta: dict):
-    if not reader.has_table("attribution_metrics"):
-        return ""
-    df = reader.query("SELECT * FROM attribution_metrics WHERE key = ?", [key])
+def _metrics_table(reader, key: str, meta: fmt.AttributionInfo):
+    df = fmt.metrics(reader, key)
     if df.empty:
         return ""
     agg = {"drop": "mean", "increase": "mean"}
     if "pointing_hit" in df.columns and df["pointing_hit"].notna().any():
         agg["pointing_hit"] = "mean"
-    t = df.groupby("method").agg(agg).reindex(meta["methods"]).reset_index()
-    t["seconds"] = [meta["seconds"].get(m, float("nan")) for m in t["method"]]
+    t = df.groupby("method").agg(agg).reindex(meta.methods).reset_index()
+    t["seconds"] = [meta.seconds.get(m, float("nan")) for m in t["method"]]
     t["method"] = [METHOD_TITLES.get(m, m) for m in t["method"]]
     cols = [{"name": "method", "id": "method"},
             {"name": "average drop (lower is better)", "id": "drop", "type": "numeric",
@@ -206,10 +201,10 @@ def _metrics_table(reader, key: str, meta: dict):
                      "type": "numeric", "format": {"specifier": ".1%"}})
     cols.append({"name": "seconds", "id": "seconds", "type": "numeric",
                  "format": {"specifier": ".3f"}})
-    notes = [html.Div(f"Grad-CAM, Grad-CAM++ and Score-CAM at layer {meta['layer']}; CAM at "
-                      f"{meta.get('cam_layer', meta['layer'])}. {meta['n']} images.",
+    notes = [html.Div(f"Grad-CAM, Grad-CAM++ and Score-CAM at layer {meta.layer}; CAM at "
+                      f"{meta.cam_layer}. {meta.n} images.",
                       className="muted")]
-    for m, why in (meta.get("skipped") or {}).items():
+    for m, why in meta.skipped.items():
         notes.append(html.Div(f"{METHOD_TITLES.get(m, m)} skipped: {why}", className="muted"))
     return html.Div([dash_table.DataTable(id="attr-table", data=t.to_dict("records"),
                                           columns=cols, sort_action="native",

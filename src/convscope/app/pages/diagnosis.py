@@ -8,6 +8,7 @@ import json
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from ...figures.diagnosis import SEVERITY_COLORS, layer_view_figure, param_view_figure
+from ...formats import diagnosis as fmt
 from ..components import (
     FIGURE,
     NOTICE,
@@ -28,7 +29,7 @@ STAGES = {1: "low-abstraction outputs", 2: "high-abstraction outputs", 3: "conv 
 
 
 def _has(reader) -> bool:
-    return bool(reader.objects("diagnosis"))
+    return fmt.has_reports(reader)
 
 
 def layout() -> html.Div:
@@ -95,7 +96,7 @@ def register(app, state) -> None:
             return [], None, no_runs_selected()
         return picker_status(state, selected, current, _has, "diagnosis",
                              "run.log_diagnosis(model, inputs)",
-                             ["diagnosis_findings", "diagnosis_layers"])
+                             fmt.TABLES)
 
     @app.callback(
         Output("diag-key", "options"), Output("diag-key", "value"),
@@ -105,7 +106,7 @@ def register(app, state) -> None:
     def _keys(run, current):
         if not run:
             return [], None
-        keys = state.reader(run).objects("diagnosis")
+        keys = fmt.keys(state.reader(run))
         return keys, current if current in keys else (keys[0] if keys else None)
 
     @app.callback(
@@ -117,14 +118,13 @@ def register(app, state) -> None:
         if not run or not key:
             return "", []
         reader = state.reader(run)
-        if not reader.has_object("diagnosis", key):
+        if not fmt.has_report(reader, key):
             return "", []
-        report = reader.object("diagnosis", key)
-        if not isinstance(report, dict):
-            return damage_notice([f"objects/diagnosis/{key}.json is damaged (it holds a "
-                                  f"{type(report).__name__}, not a report): record the "
-                                  "diagnosis again."]), []
-        layers = sorted(set(reader.objects("diag_view")) | set(reader.objects("diag_param_view")))
+        try:
+            report = fmt.report_dict(reader, key)
+        except fmt.NotAReportError as exc:  # parsed, but not a report: say so, show no layers
+            return damage_notice([str(exc)]), []
+        layers = fmt.view_layers(reader)
         n = len([f for f in report.get("findings", []) if f.get("severity") in ("error",
                                                                                 "warning")])
         meta = report.get("meta") or {}
@@ -165,18 +165,14 @@ def register(app, state) -> None:
         if not run or not layer:
             return {}, hidden, {}, hidden, hidden, ""
         reader = state.reader(run)
-        from ...store.layout import safe_key
-
-        key = safe_key(layer)
         out_fig, out_style, par_fig, par_style, notes = {}, hidden, {}, hidden, []
         dmg = Damage()
-        if reader.has_object("diag_view", key):
+        if fmt.has_output_view(reader, layer):
             with dmg.guard(run, f"the view of {layer}"):
-                view = reader.object("diag_view", key)
                 # memory maps: the figure reads only what it draws (bounded answers)
-                data = reader.array("diag_maps", layer, mmap=True)
-                dens = reader.array("diag_kde", layer, mmap=True)
-                out_fig, out_style = layer_view_figure(view, data, dens), {}
+                lv = fmt.output_view(reader, layer, mmap=True)
+                view = lv.meta
+                out_fig, out_style = layer_view_figure(view, lv.data, lv.density), {}
                 notes += _texts(view.get("notes"))
                 notes += out_fig.layout.meta["capped"]
                 st = view.get("stats", {})
@@ -186,15 +182,13 @@ def register(app, state) -> None:
                          if not isinstance(v, (list, dict))}))
             if dmg and out_style is hidden:
                 out_fig, out_style = error_figure([t for _, t in dmg.items]), {}
-        pkey = safe_key(layer.rsplit(".", 1)[0]) if not reader.has_object(
-            "diag_param_view", key) else key
-        if reader.has_object("diag_param_view", pkey):
+        pkey = fmt.param_view_for(reader, layer)
+        if pkey is not None:
             before = len(dmg.items)
             with dmg.guard(run, f"the parameter view of {pkey}"):
-                pview = reader.object("diag_param_view", pkey)
-                par_fig = param_view_figure(
-                    pview, reader.array("diag_param", pview["name"], mmap=True),
-                    reader.array("diag_param_kde", pview["name"], mmap=True))
+                pv = fmt.param_view(reader, pkey, mmap=True)
+                pview = pv.meta
+                par_fig = param_view_figure(pview, pv.data, pv.density)
                 par_style = {}
                 pnotes = _texts(pview.get("notes")) + par_fig.layout.meta["capped"]
                 notes += [f"parameters: {t}" for t in pnotes]

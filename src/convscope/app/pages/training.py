@@ -3,7 +3,8 @@ validation or layer view filters the others to that range."""
 
 from __future__ import annotations
 
-import pandas as pd
+import warnings
+
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from ...figures.training import (
@@ -12,8 +13,9 @@ from ...figures.training import (
     layer_figure,
     validation_figure,
 )
-from ...store.training import most_changed_rows
-from ...track.columns import FILTER_COLUMNS, LAYER_COLUMNS
+from ...formats import training as fmt
+from ...formats.training import FILTER_COLUMNS, LAYER_COLUMNS, most_changed_rows
+from ...track import correlate
 from ..components import (
     FIGURE,
     NOTICE,
@@ -31,7 +33,7 @@ from . import Page
 
 
 def _has_training(reader) -> bool:
-    return reader.has_table("validation") or reader.has_table("watch_layers")
+    return fmt.has_training(reader)
 
 
 def layout() -> html.Div:
@@ -133,8 +135,8 @@ def register(app, state) -> None:
             return {}, hidden, {}, hidden, text
         reader = state.reader(run)
         dmg = Damage()
-        dmg.check(reader, ["validation", "validation_images"], run_file=False)
-        if not reader.has_table("validation"):
+        dmg.check(reader, fmt.VALIDATION_TABLES, run_file=False)
+        if not fmt.has_validation(reader):
             if dmg:  # parts exist but none is readable: say so, never "nothing recorded"
                 return error_figure([t for _, t in dmg.items]), {}, {}, hidden, text
             return {}, hidden, {}, hidden, text
@@ -160,24 +162,18 @@ def register(app, state) -> None:
                                  clusters=[cluster_of[c] for c in classes],
                                  anomalies=anomalies, class_names=names)
         cfig, cstyle = {}, hidden
-        if reader.has_table("watch_filters") and len(anomalies):
-            # each anomaly step -> the nearest recorded filter step at or after it (that
-            # snapshot's change covers the anomaly), then the top 10 filters there, in DuckDB
-            rec = reader.recorded_filter_steps()
-            at = {int(s): int(rec[i]) for s in anomalies["step"].unique()
-                  if (i := int(rec.searchsorted(s))) < len(rec)}
-            if at:
-                top = reader.top_filters_at(sorted(set(at.values())), k=10)
-                classes = anomalies.groupby("step")["class"].apply(list).to_dict()
-                rows = []
-                for s, r in sorted(at.items()):
-                    part = top[top["step"] == r].assign(step=s)
-                    part["classes"] = [classes.get(s, [])] * len(part)
-                    rows.append(part)
-                top = pd.concat(rows, ignore_index=True) if rows else top
-                if len(top):
-                    cfig = correlation_figure(top, reader.watched_layers(), names)
-                    cstyle = {}
+        if fmt.has_filters(reader) and len(anomalies):
+            # DeepTracker's correlation (convscope.track.correlate): each anomaly step -> the
+            # nearest recorded filter step at or after it (that snapshot's change covers the
+            # anomaly), then the 10 filters that changed most there over all layers. The
+            # reader supplies only those steps' top 10 (in DuckDB), not every filter row.
+            changes = fmt.filter_changes_near(reader, anomalies, k=10)
+            with warnings.catch_warnings():  # anomalies after the last snapshot: skipped
+                warnings.simplefilter("ignore", UserWarning)
+                top = correlate(anomalies, changes, top=10, scope="overall")
+            if len(top):
+                cfig = correlation_figure(top, reader.watched_layers(), names)
+                cstyle = {}
         return vfig, {}, cfig, cstyle, text
 
     @app.callback(
@@ -194,17 +190,17 @@ def register(app, state) -> None:
             return {}, hidden, [], None, hidden
         reader = state.reader(run)
         dmg = Damage()
-        if dmg.check(reader, ["watch_layers"], run_file=False) \
-                and not reader.has_table("watch_layers"):
+        if dmg.check(reader, [fmt.LAYERS_TABLE], run_file=False) \
+                and not fmt.has_layers(reader):
             return error_figure([t for _, t in dmg.items]), {}, [], None, hidden
-        if not reader.has_table("watch_layers"):
+        if not fmt.has_layers(reader):
             return {}, hidden, [], None, hidden
         layers = reader.watched_layers()
         series = reader.layer_series(stat or "update_ratio", max_points=300,
                                      steps=(int(rng[0]), int(rng[1] + 1)) if rng else None)
         fig = layer_figure(series, stat, layers,
                            x_range=rng if rng else None)
-        has_f = reader.has_table("watch_filters")
+        has_f = fmt.has_filters(reader)
         value = flayer if flayer in layers else (layers[0] if layers else None)
         return fig, {}, layers, value, ({} if has_f else hidden)
 
@@ -216,7 +212,7 @@ def register(app, state) -> None:
     )
     @survive(FIGURE, {}, None)
     def _filters(layer, value, rng, run):
-        if not run or not layer or not state.reader(run).has_table("watch_filters"):
+        if not run or not layer or not fmt.has_filters(state.reader(run)):
             return {}, {"display": "none"}, None
         value = value or "cos_prev"
         steps, filters, mat = state.reader(run).filter_matrix(
@@ -254,7 +250,7 @@ def _class_names(reader) -> list[str] | None:
         return None
 
 
-TABLES = ["validation", "validation_images", "watch_layers", "watch_filters"]
+TABLES = fmt.TABLES
 MAX_FILTER_STEPS = 300  #: step buckets of the filter view
 MAX_FILTER_ROWS = 256  #: filters drawn per answer (256 x 300 float32: ~0.4 MB)
 

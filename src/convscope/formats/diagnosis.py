@@ -1,0 +1,247 @@
+"""Wang & Li (2020)'s diagnosis of a model, with the data behind its figures
+(``run.log_diagnosis``).
+
+The run-directory contract (docs/formats-analysis.md), per report ``key`` (default
+:data:`DEFAULT_KEY`):
+
+* ``objects/diagnosis/<key>`` (:data:`REPORT_KIND`) — the whole
+  :class:`~convscope.diagnose.Report` (``to_dict``);
+* table ``diagnosis_findings`` (:data:`FINDINGS_TABLE`) — one row per finding: ``order``,
+  ``stage``, ``severity``, ``code``, ``layer``, ``message``, ``advice``, ``evidence`` (JSON),
+  ``key``;
+* table ``diagnosis_layers`` (:data:`LAYERS_TABLE`) — the per-layer numbers
+  (``Report.layers_frame()``, list and dict cells as JSON strings) and ``key``;
+
+and per layer (keyed by the layer's name, not the report's: a later report's views replace an
+earlier one's; each view names its report in ``key``):
+
+* output layers: ``arrays/diag_maps/<layer>`` (:data:`MAPS_KIND`, the grid or feature heatmap,
+  float16), ``arrays/diag_kde/<layer>`` (:data:`KDE_KIND`, density curves, float32) and
+  ``objects/diag_view/<layer>`` (:data:`VIEW_KIND`: name, kind, shape, samples, channels,
+  clustering without its condensed distances, KDE without its densities, stats, notes, key);
+* parameter layers: ``arrays/diag_param/<layer>`` (:data:`PARAM_KIND`, the grid, float32),
+  ``arrays/diag_param_kde/<layer>`` (:data:`PARAM_KDE_KIND`, float32) and
+  ``objects/diag_param_view/<layer>`` (:data:`PARAM_VIEW_KIND`: the view's fields but the grid,
+  the same trimming, and key).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StoreError
+from ..store.layout import safe_key
+from .base import Sink
+
+__all__ = [
+    "DEFAULT_KEY", "FINDINGS_TABLE", "KDE_KIND", "LAYERS_TABLE", "MAPS_KIND", "PARAM_KDE_KIND",
+    "PARAM_KIND", "PARAM_VIEW_KIND", "REPORT_KIND", "SAMPLES_KEY", "SAMPLES_KIND", "TABLES",
+    "VIEW_KIND", "Diagnosis", "LayerView", "NotAReportError", "has_output_view", "has_param_view",
+    "has_report", "has_reports", "keys", "load", "output_view", "param_view", "param_view_for",
+    "report_dict", "sample_inputs", "view_layers", "write",
+]
+
+#: The report: ``objects/diagnosis/<key>``.
+REPORT_KIND = "diagnosis"
+#: One row per finding.
+FINDINGS_TABLE = "diagnosis_findings"
+#: One row per layer output.
+LAYERS_TABLE = "diagnosis_layers"
+TABLES = [FINDINGS_TABLE, LAYERS_TABLE]
+#: Per output layer: the grid (``diag_maps``), densities (``diag_kde``) and the rest.
+MAPS_KIND, KDE_KIND, VIEW_KIND = "diag_maps", "diag_kde", "diag_view"
+#: Per parameter layer: the grid (``diag_param``), densities (``diag_param_kde``), the rest.
+PARAM_KIND, PARAM_KDE_KIND, PARAM_VIEW_KIND = "diag_param", "diag_param_kde", "diag_param_view"
+DEFAULT_KEY = "model"
+#: Where ``convscope diagnose RUN`` finds sample images when no ``--inputs`` are given: the
+#: images ``run.log_feature_maps`` stores (the feature-maps format's ``arrays/samples/
+#: feature_maps``).
+SAMPLES_KIND, SAMPLES_KEY = "samples", "feature_maps"
+
+
+class NotAReportError(StoreError):
+    """A stored report parses as JSON but holds no report (a damaged or foreign file)."""
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _tree(clustering: dict[str, Any]) -> dict[str, Any]:
+    """The drawable part of a clustering dict (the condensed distances are not needed)."""
+    return {k: v for k, v in clustering.items() if k != "condensed"}
+
+
+def _jsonable(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding lists/dicts become JSON strings (Parquet needs one type)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object and out[c].map(lambda v: isinstance(v, (list, dict))).any():
+            out[c] = out[c].map(lambda v: json.dumps(v, default=str))
+    return out
+
+
+def write(sink: Sink, report: Any, key: str = DEFAULT_KEY) -> None:
+    """Persist a :class:`~convscope.diagnose.Report` (and its views, when it has them)."""
+    sink.log_object(REPORT_KIND, key, report.to_dict())
+    frame = report.to_frame()
+    if len(frame):
+        sink.log_rows(FINDINGS_TABLE, frame.assign(key=key))
+    layers = report.layers_frame()
+    if len(layers):
+        sink.log_rows(LAYERS_TABLE, _jsonable(layers).assign(key=key))
+    for name, view in (report.output_views or {}).items():
+        d = view.to_dict()
+        sink.log_array(MAPS_KIND, name, d["data"], dtype=np.float16)
+        sink.log_array(KDE_KIND, name, np.asarray(d["kde"]["density"], dtype=np.float32))
+        sink.log_object(VIEW_KIND, name, {
+            "name": name, "kind": d["kind"], "shape": d["shape"],
+            "samples": d["samples"], "channels": d["channels"],
+            "clustering": _tree(d["clustering"]),
+            "kde": {k: v for k, v in d["kde"].items() if k != "density"},
+            "stats": d["stats"], "notes": d["notes"], "key": key,
+        })
+    for name, view in (report.param_views or {}).items():
+        d = view.to_dict()
+        sink.log_array(PARAM_KIND, name, np.asarray(d["grid"], dtype=np.float32))
+        sink.log_array(PARAM_KDE_KIND, name, np.asarray(d["kde"]["density"], dtype=np.float32))
+        rest = {k: v for k, v in d.items() if k not in ("grid", "kde", "clustering")}
+        rest["clustering"] = _tree(d["clustering"])
+        rest["kde"] = {k: v for k, v in d["kde"].items() if k != "density"}
+        rest["key"] = key
+        sink.log_object(PARAM_VIEW_KIND, name, rest)
+
+
+# -- reading -----------------------------------------------------------------------------------
+@dataclass
+class LayerView:
+    """One layer's stored view: ``meta`` (the view object), ``data`` (the grid: maps or
+    features for an output view, the parameter grid for a parameter view) and ``density``
+    (one KDE curve per shown channel or row)."""
+
+    meta: dict[str, Any]
+    data: np.ndarray
+    density: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", ""))
+
+
+@dataclass
+class Diagnosis:
+    """One stored report, whole.
+
+    report: the report's dict (``Report.from_dict`` rebuilds it); findings, layers: its table
+    rows (``key`` column dropped; findings by ``order``); views, param_views: ``{layer:
+    LayerView}`` of the views that name this report (memory-mapped arrays when loaded with
+    ``mmap=True``).
+    """
+
+    key: str
+    report: dict[str, Any]
+    findings: pd.DataFrame
+    layers: pd.DataFrame
+    views: dict[str, LayerView] = field(default_factory=dict)
+    param_views: dict[str, LayerView] = field(default_factory=dict)
+
+
+def has_reports(reader: Any) -> bool:
+    """Whether the run has any stored diagnosis report."""
+    return bool(reader.objects(REPORT_KIND))
+
+
+def keys(reader: Any) -> list[str]:
+    """The stored reports' keys (file-name form)."""
+    return reader.objects(REPORT_KIND)
+
+
+def has_report(reader: Any, key: str) -> bool:
+    return bool(reader.has_object(REPORT_KIND, key))
+
+
+def report_dict(reader: Any, key: str = DEFAULT_KEY) -> dict[str, Any]:
+    """The stored report ``key`` as a dict; :class:`StoreError` when it is missing or
+    unreadable, :class:`NotAReportError` when it parses but is not a dict."""
+    report = reader.object(REPORT_KIND, key)
+    if not isinstance(report, dict):
+        raise NotAReportError(f"objects/{REPORT_KIND}/{key}.json is damaged (it holds a "
+                         f"{type(report).__name__}, not a report): record the diagnosis again.")
+    return report
+
+
+def view_layers(reader: Any) -> list[str]:
+    """Every layer with a stored output or parameter view (file-name form, sorted)."""
+    return sorted(set(reader.objects(VIEW_KIND)) | set(reader.objects(PARAM_VIEW_KIND)))
+
+
+def has_output_view(reader: Any, layer: str) -> bool:
+    return bool(reader.has_object(VIEW_KIND, safe_key(layer)))
+
+
+def has_param_view(reader: Any, layer: str) -> bool:
+    return bool(reader.has_object(PARAM_VIEW_KIND, safe_key(layer)))
+
+
+def output_view(reader: Any, layer: str, *, mmap: bool = False) -> LayerView:
+    """The stored output view of ``layer``; :class:`StoreError` when missing or damaged."""
+    meta = reader.object(VIEW_KIND, safe_key(layer))
+    return LayerView(meta, reader.array(MAPS_KIND, layer, mmap=mmap),
+                     reader.array(KDE_KIND, layer, mmap=mmap))
+
+
+def param_view_for(reader: Any, layer: str) -> str | None:
+    """The parameter layer whose view belongs with ``layer`` (file-name form): ``layer``
+    itself when it has one, else its parent module (``block.relu1`` -> ``block``); None when
+    neither has one."""
+    key = safe_key(layer)
+    if reader.has_object(PARAM_VIEW_KIND, key):
+        return key
+    parent = safe_key(layer.rsplit(".", 1)[0])
+    return parent if reader.has_object(PARAM_VIEW_KIND, parent) else None
+
+
+def param_view(reader: Any, layer: str, *, mmap: bool = False) -> LayerView:
+    """The stored parameter view of ``layer`` (file-name form as given by
+    :func:`param_view_for`); its arrays are found by the name the view records."""
+    meta = reader.object(PARAM_VIEW_KIND, layer)
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise StoreError(f"objects/{PARAM_VIEW_KIND}/{layer}.json is damaged (no 'name' "
+                         "field): record the diagnosis again.")
+    return LayerView(meta, reader.array(PARAM_KIND, meta["name"], mmap=mmap),
+                     reader.array(PARAM_KDE_KIND, meta["name"], mmap=mmap))
+
+
+def _rows(reader: Any, table: str, key: str, order: str | None) -> pd.DataFrame:
+    if not reader.has_table(table):
+        return pd.DataFrame()
+    by = f' ORDER BY "{order}"' if order else ""
+    df = reader.query(f"SELECT * FROM {table} WHERE key = ?{by}", [key])
+    return df.drop(columns=["key"]).reset_index(drop=True)
+
+
+def load(reader: Any, key: str = DEFAULT_KEY, *, mmap: bool = False) -> Diagnosis:
+    """The report logged as ``key`` with its table rows and the views that name it."""
+    report = report_dict(reader, key)
+    views, pviews = {}, {}
+    for kind, out, get in ((VIEW_KIND, views, output_view), (PARAM_VIEW_KIND, pviews, None)):
+        for name in reader.objects(kind):
+            meta = reader.object(kind, name)
+            if not isinstance(meta, dict) or meta.get("key") != key:
+                continue
+            out[meta["name"]] = (get(reader, meta["name"], mmap=mmap) if get
+                                 else param_view(reader, name, mmap=mmap))
+    return Diagnosis(key=key, report=report, findings=_rows(reader, FINDINGS_TABLE, key, "order"),
+                     layers=_rows(reader, LAYERS_TABLE, key, None), views=views,
+                     param_views=pviews)
+
+
+def sample_inputs(reader: Any) -> np.ndarray | None:
+    """The sample images stored with the run's feature maps (``[N, C, H, W]`` float32), or
+    None when it has none (``convscope diagnose`` then asks for ``--inputs``)."""
+    idx = reader.arrays(SAMPLES_KIND)
+    if not len(idx) or SAMPLES_KEY not in set(idx["key"]):
+        return None
+    return reader.array(SAMPLES_KIND, SAMPLES_KEY).astype("float32")
