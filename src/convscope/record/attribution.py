@@ -43,6 +43,7 @@ def log_attributions(
     score_cam_batch_size: int = 64,
     batch_size: int = 64,
     sharded: bool = False,
+    quiet: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compute every method in ``methods`` on ``images`` and store the maps.
 
@@ -53,18 +54,20 @@ def log_attributions(
     on a network without global pooling + linear classifier) are skipped and the reason is
     stored. ``sharded=True`` under ``torch.distributed``: every rank must call it; the images
     are split across ranks (:func:`convscope.distributed.attributions_sharded`) and rank 0
-    stores the whole set. Returns ``{method: maps [B, H, W]}`` (on every rank when sharded).
+    stores the whole set. ``quiet``: hide the progress bar (``None``: the run's setting).
+    Returns ``{method: maps [B, H, W]}`` (on every rank when sharded).
     """
+    quiet = run.quiet if quiet is None else bool(quiet)
     kwargs = dict(methods=methods, target=target, labels=labels, masks=masks, layer=layer,
                   batch_size=batch_size, score_cam_batch_size=score_cam_batch_size,
                   keep_images=True)
     if sharded:
         from ..distributed import attributions_sharded, rank_world
 
-        result = attributions_sharded(model, images, quiet=run.quiet, **kwargs)
+        result = attributions_sharded(model, images, quiet=quiet, **kwargs)
         write = rank_world()[0] == 0
     else:
-        result = attribute_all(model, images, quiet=run.quiet, **kwargs)
+        result = attribute_all(model, images, quiet=quiet, **kwargs)
         write = True
     if write:
         store_attributions(run, result, key=key, class_names=class_names,
