@@ -118,23 +118,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    """Every rank opens the run and calls the same ``run.log_*`` as the Python API with
+    ``sharded=True``: the work is split across the ranks and rank 0 stores the results."""
     import os
-    import time
 
     import numpy as np
     import torch
 
-    from .distributed import (
-        attributions_sharded,
-        diagnose_sharded,
-        maximize_sharded,
-        rank_world,
-        top_examples_sharded,
-    )
     from .errors import InputError
-    from .record.attribution import store_attributions
-    from .record.diagnosis import store_report
-    from .record.features import channels_of, store_preferred_inputs, store_top_examples
+    from .nn.dist import rank_world
     from .run import Run
     from .store import open_run
 
@@ -155,7 +147,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         started = True
     try:
         rank, world = rank_world()
-        quiet = args.quiet or rank != 0
         reader = open_run(args.run)
         model = reader.load_model(args.checkpoint, trust=args.trust_checkpoints)
         data = labels = masks = class_names = None
@@ -168,45 +159,29 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 shapes = Shapes(n=args.images, split="test")
                 data, labels, masks = shapes.tensors()
                 class_names = list(shapes.class_names)
-        results_te = {}
-        results_pi = {}
-        attributions = report = None
-        if "top-examples" in what:
-            for layer in layers:
-                results_te[layer] = top_examples_sharded(model, layer, data, args.k,
-                                                         batch_size=args.batch_size,
-                                                         quiet=quiet)
-        if "preferred-inputs" in what:
-            for layer in layers:
-                units = list(range(min(args.units, channels_of(model, layer))))
-                t0 = time.perf_counter()
-                images, values = maximize_sharded(model, layer, units, seed=args.seed,
-                                                  steps=args.steps, return_values=True,
-                                                  quiet=quiet)
-                results_pi[layer] = (units, images, values, time.perf_counter() - t0)
-        if "attributions" in what:
-            n = min(len(data), args.attribution_images)
-            attributions = attributions_sharded(
-                model, data[:n], labels=None if labels is None else labels[:n],
-                masks=None if masks is None else masks[:n], batch_size=args.batch_size,
-                layer=args.cam_layer, keep_images=True, quiet=quiet)
-        if "diagnosis" in what:
-            report = diagnose_sharded(model, data, batch_size=args.batch_size, views=True,
-                                      quiet=quiet, seed=args.seed)
+        key = args.key or "dataset"
+        run = Run(reader.path.parent, reader.name, resume=True, rank=rank,
+                  quiet=args.quiet or rank != 0)
+        try:
+            if "top-examples" in what:
+                run.log_top_examples(model, layers, data, args.k, batch_size=args.batch_size,
+                                     sharded=True)
+            if "preferred-inputs" in what:
+                run.log_preferred_inputs(model, layers, max_units=args.units, seed=args.seed,
+                                         steps=args.steps, sharded=True)
+            if "attributions" in what:
+                n = min(len(data), args.attribution_images)
+                run.log_attributions(model, data[:n],
+                                     labels=None if labels is None else labels[:n],
+                                     masks=None if masks is None else masks[:n],
+                                     layer=args.cam_layer, key=key, class_names=class_names,
+                                     batch_size=args.batch_size, sharded=True)
+            if "diagnosis" in what:
+                run.log_diagnosis(model, data, key=key, views=True, batch_size=args.batch_size,
+                                  seed=args.seed, sharded=True)
+        finally:  # rank 0 compacts and marks the run ended again; the other ranks wrote nothing
+            run.close(compact=rank == 0)
         if rank == 0:
-            with Run(reader.path.parent, reader.name, resume=True, rank=0, quiet=True) as run:
-                for te in results_te.values():
-                    store_top_examples(run, te)
-                for layer, (units, images, values, secs) in results_pi.items():
-                    store_preferred_inputs(run, layer, units, images, values, seconds=secs,
-                                           settings={"seed": args.seed, "steps": args.steps,
-                                                     "processes": world})
-                if attributions is not None:
-                    key = args.key or "dataset"
-                    store_attributions(run, attributions, key=key, class_names=class_names,
-                                       has_masks=masks is not None)
-                if report is not None:
-                    store_report(run, report, args.key or "dataset")
             done = ", ".join(what) + (f" of {', '.join(layers)}" if layers else "")
             print(f"stored {done} in {reader.path} "
                   f"({world} process{'es' if world > 1 else ''})")

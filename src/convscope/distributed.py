@@ -11,23 +11,30 @@
     te = top_examples_sharded(model, "layer3", images, k=9)       # same on every rank
     imgs = maximize_sharded(model, "layer3", range(64), seed=0)    # [64, C, H, W], unit order
 
-* :func:`top_examples_sharded` — each rank ranks its contiguous slice of the data set (indices
-  shifted by the slice's start, ``offset=``), the partial results are gathered with
-  ``all_gather_object`` and combined with the exact :func:`convscope.features.merge`: the result is
-  the one a single process gives (same indices, values and crops).
-* :func:`maximize_sharded` — the units are split across ranks; every unit's random start comes
-  from its own generator (:func:`convscope.features.unit_seed`), so the images are those a single
-  process makes with the same ``seed``, gathered back in the original unit order.
+Each function is one pass of :mod:`convscope.nn.passes` run by its one sharded driver
+(:func:`~convscope.nn.passes.run_sharded`): rank ``r`` runs share ``r`` (a contiguous slice of the
+data set in blocks of ``batch_size``, or of the units), the partial results are gathered with
+``all_gather_object``, merged exactly and finished on every rank, so the result is the one a
+single process gives:
 
-Without ``torch.distributed`` (or with a world of one process) both are the plain single-process
-functions. Every rank must call them (they are collectives); all ranks get the whole result.
+* :func:`top_examples_sharded` -- :class:`~convscope.features.top.TopExamplesPass` (indices
+  shifted by the share's start; partials combined with :func:`convscope.features.merge`);
+* :func:`maximize_sharded` -- :class:`~convscope.features.preferred.PreferredInputsPass` (every
+  unit's random start comes from its own generator, :func:`convscope.features.unit_seed`);
+* :func:`attributions_sharded` -- :class:`~convscope.explain.dataset.AttributionPass`
+  (concatenated with :meth:`~convscope.explain.dataset.AttributionSet.cat`);
+* :func:`diagnose_sharded` -- :class:`~convscope.diagnose.dataset.DiagnosisPass` (statistics
+  merged with :func:`~convscope.diagnose.merge_outputs`).
+
+Without ``torch.distributed`` (or with a world of one process) they are the plain
+single-process functions. Every rank must call them (they are collectives); all ranks get the
+whole result.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .errors import InputError
 from .nn.dist import gather_objects, rank_world, shard, shard_bounds
 
 __all__ = [
@@ -40,19 +47,6 @@ __all__ = [
     "attributions_sharded",
     "diagnose_sharded",
 ]
-
-
-def _to(te: Any, device: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(
-        te,
-        values=te.values.to(device),
-        indices=te.indices.to(device),
-        locations=te.locations.to(device),
-        boxes=te.boxes.to(device),
-        crops=None if te.crops is None else te.crops.to(device),
-    )
 
 
 def top_examples_sharded(
@@ -84,36 +78,13 @@ def top_examples_sharded(
         the :class:`~convscope.features.TopExamples` of the whole data set, on every rank (on
         the model's device), identical to a single process's.
     """
-    import torch
-    from torch.utils.data import Dataset
+    from .features.top import TopExamplesPass
+    from .nn.passes import run_sharded
 
-    from .features import merge, top_examples
-    from .nn import model_device, slice_dataset, unwrap
-
-    model = unwrap(model)
-    if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
-        raise InputError(
-            f"top_examples_sharded needs a tensor [N, C, H, W] or a map-style Dataset with a "
-            f"length, got {type(dataset).__name__}: pass loader.dataset instead of a loader.")
-    rank, world = rank_world(group)
-    if world == 1:
-        return top_examples(model, layer, dataset, k, batch_size=batch_size, crops=crops,
-                            quiet=quiet)
-    n = len(dataset)
-    if n == 0:
-        raise InputError("the data set is empty: there is nothing to rank.")
-    a, b = shard_bounds(n, rank, world, align=int(batch_size))
-    part = None
-    if b > a:
-        piece, offset = slice_dataset(dataset, a, b)
-        part = top_examples(model, layer, piece, k, batch_size=batch_size, crops=crops,
-                            offset=offset, quiet=quiet)
-        part = _to(part, "cpu")
-    parts = [p for p in gather_objects(part, group) if p is not None]
-    result = parts[0]
-    for p in parts[1:]:
-        result = merge(result, p)
-    return _to(result, model_device(model))
+    p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=crops,
+                        quiet=quiet)
+    p.size()  # a tensor or a sized Dataset, also with one process
+    return run_sharded(p, group)
 
 
 def maximize_sharded(
@@ -137,53 +108,11 @@ def maximize_sharded(
         images ``[N, C, H, W]`` in the order of ``units`` on every rank (on the model's device);
         with ``return_values``, ``(images, values [N])``.
     """
-    import torch
+    from .features.preferred import preferred_inputs
 
-    from .features import maximize
-    from .features.maximize import check_units
-    from .nn import model_device, unwrap
-
-    model = unwrap(model)
-    all_units = check_units(units)
-    rank, world = rank_world(group)
-    if world == 1:
-        return maximize(model, layer, all_units, seed=seed, return_values=return_values,
-                        **kwargs)
-    mine = shard(all_units, rank, world)
-    part = None
-    if mine:
-        images, values = maximize(model, layer, mine, seed=seed, return_values=True, **kwargs)
-        part = (images.detach().cpu(), values.detach().cpu())
-    parts = [p for p in gather_objects(part, group) if p is not None]
-    device = model_device(model)
-    images = torch.cat([p[0] for p in parts]).to(device)
-    values = torch.cat([p[1] for p in parts]).to(device)
+    images, values = preferred_inputs(model, layer, units, seed=seed, sharded=True,
+                                      group=group, **kwargs)
     return (images, values) if return_values else images
-
-
-
-def _share(dataset: Any, batch_size: int, group: Any, what: str
-           ) -> tuple[int, int, Any, int]:
-    """``(start, stop, piece, offset)``: this rank's share ``[start, stop)`` of a tensor or
-    map-style data set, in blocks of ``batch_size`` (so every rank runs the batches one process
-    would), and the offset that turns the piece's running indices into the data set's."""
-    import torch
-    from torch.utils.data import Dataset
-
-    from .nn import slice_dataset
-
-
-    if not isinstance(dataset, (torch.Tensor, Dataset)) or not hasattr(dataset, "__len__"):
-        raise InputError(
-            f"{what} needs a tensor [N, C, H, W] or a map-style Dataset with a length, got "
-            f"{type(dataset).__name__}: pass loader.dataset instead of a loader.")
-    rank, world = rank_world(group)
-    n = len(dataset)
-    if n == 0:
-        raise InputError("the data set is empty: there is nothing to analyse.")
-    a, b = shard_bounds(n, rank, world, align=int(batch_size))
-    piece, offset = slice_dataset(dataset, a, b) if b > a else (None, a)
-    return a, b, piece, offset
 
 
 def attributions_sharded(
@@ -208,32 +137,14 @@ def attributions_sharded(
 
     Returns:
         :class:`~convscope.explain.dataset.AttributionSet` of the whole data set on every rank
-        (on the model's device).
+        (on the model's device; ``images``, when kept, on the CPU).
     """
-    import torch
+    from .explain.dataset import AttributionPass
+    from .nn.passes import run_sharded
 
-    from .explain.dataset import AttributionSet, attribute_all
-    from .nn import model_device, unwrap
-
-    model = unwrap(model)
-    rank, world = rank_world(group)
-    if world == 1:
-        return attribute_all(model, dataset, batch_size=batch_size, masks=masks, labels=labels,
-                             target=target, quiet=quiet, **kwargs)
-    a, b, piece, offset = _share(dataset, batch_size, group, "attributions_sharded")
-    part = None
-    if piece is not None:
-
-        def cut(v: Any) -> Any:
-            if v is None or isinstance(v, int) or callable(v):
-                return v
-            return torch.as_tensor(v)[a:b]
-
-        part = attribute_all(model, piece, batch_size=batch_size, masks=cut(masks),
-                             labels=cut(labels), target=cut(target), offset=offset,
-                             quiet=quiet, **kwargs).to("cpu")
-    parts = [p for p in gather_objects(part, group) if p is not None]
-    return AttributionSet.cat(parts).to(model_device(model))
+    return run_sharded(AttributionPass(model, dataset, batch_size=batch_size, masks=masks,
+                                       labels=labels, target=target, quiet=quiet, **kwargs),
+                       group)
 
 
 def diagnose_sharded(
@@ -256,38 +167,15 @@ def diagnose_sharded(
     ``thresholds=`` ...).
 
     Returns:
-        :class:`~convscope.diagnose.Report` of the whole data set on every rank.
+        :class:`~convscope.diagnose.Report` of the whole data set on every rank
+        (``meta["processes"]``: the number of ranks, when more than one).
     """
-    import time
+    from .diagnose.dataset import DiagnosisPass
+    from .nn.passes import run_sharded
 
-    from .diagnose.dataset import accumulate_outputs, diagnose_dataset, merge_outputs, report_of
-    from .nn import unwrap
-
-    model = unwrap(model)
-    rank, world = rank_world(group)
-    if world == 1:
-        return diagnose_dataset(model, dataset, batch_size=batch_size, quiet=quiet, **kwargs)
-    t0 = time.perf_counter()
-    piece = _share(dataset, batch_size, group, "diagnose_sharded")[2]
-    views = bool(kwargs.pop("views", False))
-    params = kwargs.pop("params", None)  # the rest goes to accumulate_outputs
-    first = _first_images(dataset, batch_size)
-    part = None
-    if piece is not None:
-        part = accumulate_outputs(model, piece, batch_size=batch_size, quiet=quiet,
-                                  example=first, **kwargs)
-        part = {k: v.to("cpu") for k, v in part.items()}
-    merged = merge_outputs(gather_objects(part, group))
-    report = report_of(model, merged, layers=kwargs.get("layers"), seed=kwargs.get("seed", 0),
-                       views_inputs=first if views else None,
-                       thresholds=kwargs.get("thresholds"), params=params)
-    report.meta.update({"seconds": time.perf_counter() - t0, "processes": world})
+    report = run_sharded(DiagnosisPass(model, dataset, batch_size=batch_size, quiet=quiet,
+                                       **kwargs), group)
+    world = rank_world(group)[1]
+    if world > 1:
+        report.meta["processes"] = world
     return report
-
-
-def _first_images(dataset: Any, batch_size: int) -> Any:
-    """The data set's first batch: every rank chooses layers and reference sizes from it."""
-    from .nn import iter_batches
-
-    batches, _ = iter_batches(dataset, batch_size)
-    return next(iter(batches))[1]

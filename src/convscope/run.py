@@ -307,52 +307,192 @@ class Run:
         return save_object(self.path, kind, key, obj)
 
     # -- model structure, resources, feature maps, embeddings ---------------------------------
-    def log_model(self, model: Any, example_inputs: Any, **kwargs: Any) -> tuple[Any, Any]:
-        """Record the model's graph and per-layer profile (time, memory).
+    def log_model(
+        self,
+        model: Any,
+        example_inputs: Any,
+        *,
+        key: str = "model",
+        profile: bool = True,
+        backward: bool = True,
+        repeat: int = 10,
+        threads: int | None = None,
+        quiet: bool | None = None,
+    ) -> tuple[Any, Any]:
+        """Record the model's graph and per-layer profile (time, memory). Shown on the Model
+        and Resources pages.
 
-        ``example_inputs``: ``[B, C, H, W]``. Keyword arguments: ``key="model"``,
-        ``profile=True``, ``backward=True``, ``repeat=10``, ``threads=None``. Returns
-        ``(Graph, profile DataFrame)``. Shown on the Model and Resources pages.
+        Args:
+            model: the network.
+            example_inputs: a batch ``[B, C, H, W]`` to trace and time.
+            key: the name the graph and profile are stored under.
+            profile: also time every layer and measure its memory.
+            backward: include the backward pass in the profile.
+            repeat: timed repetitions per layer.
+            threads: CPU threads while profiling (``None``: torch's setting).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Returns:
+            ``(Graph, profile DataFrame or None)``.
         """
         from .record.structure import log_model
 
-        return log_model(self, model, example_inputs, **kwargs)
+        saved, self.quiet = self.quiet, self.quiet if quiet is None else bool(quiet)
+        try:
+            return log_model(self, model, example_inputs, key=key, profile=profile,
+                             backward=backward, repeat=repeat, threads=threads)
+        finally:
+            self.quiet = saved
 
-    def log_feature_maps(self, model: Any, images: Any, layers: Any = None, **kwargs: Any):
-        """Record the feature maps of a fixed set of sample images ``[N, C, H, W]``.
+    def log_feature_maps(
+        self,
+        model: Any,
+        images: Any,
+        layers: Any = None,
+        *,
+        labels: Any = None,
+        max_channels: int = 32,
+        max_size: int = 32,
+    ) -> dict[str, dict[str, Any]]:
+        """Record the feature maps of a fixed set of sample images, stored as float16 with a
+        per-layer cap. Shown when a layer is clicked on the Model page.
 
-        Stored as float16 with a per-layer cap (``max_channels=32`` most active channels,
-        ``max_size=32`` pixels a side); returns what each layer kept. Shown when a layer is
-        clicked on the Model page.
+        Args:
+            model: the network.
+            images: sample images ``[N, C, H, W]`` (stored too, as ``samples/feature_maps``).
+            layers: the layers (any layer specification; ``None``: every module down to depth
+                2 whose output is a 4-D map).
+            labels: ``[N]`` classes of the images, kept with them.
+            max_channels: the most active channels kept per layer.
+            max_size: the largest side kept (maps are shrunk by area averaging).
+
+        Returns:
+            per layer what was kept: original and stored shape, kept channels, their means.
         """
         from .record.structure import log_feature_maps
 
-        return log_feature_maps(self, model, images, layers, **kwargs)
+        return log_feature_maps(self, model, images, layers, labels=labels,
+                                max_channels=max_channels, max_size=max_size)
 
-    def log_embedding(self, features: Any, labels: Any = None, **kwargs: Any):
-        """Record a 3-D PCA of ``features [N, D]`` (``name=``, ``images=`` for hover thumbnails,
-        ``class_names=``). Shown on the Embedding page. Returns the PCA result."""
+    def log_embedding(
+        self,
+        features: Any,
+        labels: Any = None,
+        *,
+        name: str = "features",
+        images: Any = None,
+        class_names: Any = None,
+        k: int = 3,
+    ) -> Any:
+        """Record a PCA of ``features``. Shown on the Embedding page.
+
+        Args:
+            features: ``[N, D]`` (tensor or array), one row per item.
+            labels: ``[N]`` classes (colours the points).
+            name: the name the embedding is stored under.
+            images: ``[N, C, H, W]`` images stored as hover thumbnails.
+            class_names: names of the classes, in class order.
+            k: principal components kept.
+
+        Returns:
+            the PCA result.
+        """
         from .record.structure import log_embedding
 
-        return log_embedding(self, features, labels, **kwargs)
+        return log_embedding(self, features, labels, name=name, images=images,
+                             class_names=class_names, k=k)
 
     # -- feature visualisation ---------------------------------------------------------------
-    def log_preferred_inputs(self, model: Any, layers: Any, units: Any = None,
-                             **kwargs: Any) -> dict[str, Any]:
-        """Activation maximisation of ``units`` (default: the first ``max_units=16`` channels) of
-        each layer, all units of a layer optimised as one batch; keyword arguments go to
-        :func:`convscope.features.maximize`. Shown in the Model page's layer panel."""
+    def log_preferred_inputs(
+        self,
+        model: Any,
+        layers: Any,
+        units: Any = None,
+        *,
+        max_units: int = 16,
+        seed: int = 0,
+        steps: int | None = None,
+        lr: float | None = None,
+        size: int | tuple[int, int] | None = None,
+        channels: int | None = None,
+        objective: Any = "channel",
+        regularizers: Any = None,
+        transforms: Any = None,
+        param: str | None = None,
+        mean: Any = None,
+        std: Any = None,
+        batch_size: int | None = None,
+        sharded: bool = False,
+        quiet: bool | None = None,
+        **maximize_options: Any,
+    ) -> dict[str, Any]:
+        """Activation maximisation of ``units`` of each layer, all units of a layer optimised
+        as one batch (:func:`convscope.features.maximize`). Shown in the Model page's layer
+        panel.
+
+        Args:
+            model: the network.
+            layers: one layer or a list (module paths).
+            units: channel indices (default: the first ``max_units`` channels of each layer).
+            max_units: how many channels when ``units`` is None.
+            seed: base seed; unit ``u`` starts from :func:`convscope.features.unit_seed`
+                ``(seed, u)``, so images do not depend on batching or sharding.
+            steps, lr, size, channels, objective, regularizers, transforms, param, mean, std,
+                batch_size: as for :func:`~convscope.features.maximize` (``None``: its
+                default); ``size`` may be an int or ``(H, W)``.
+            sharded: under ``torch.distributed``, split the units across ranks (a collective:
+                every rank calls it; rank 0 stores).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+            **maximize_options: any other keyword of ``maximize`` (e.g. ``optimizer=``,
+                ``max_lr=``, ``decorrelate=``, ``value_range=``, ``stop_early=``): an escape
+                hatch for the options its render configuration adds.
+
+        Returns:
+            ``{layer: images [U, C, H, W]}``.
+        """
         from .record.features import log_preferred_inputs
 
-        return log_preferred_inputs(self, model, layers, units, **kwargs)
+        return log_preferred_inputs(
+            self, model, layers, units, max_units=max_units, seed=seed, steps=steps, lr=lr,
+            size=size, channels=channels, objective=objective, regularizers=regularizers,
+            transforms=transforms, param=param, mean=mean, std=std, batch_size=batch_size,
+            sharded=sharded, quiet=quiet, **maximize_options)
 
-    def log_top_examples(self, model: Any, layers: Any, dataset: Any, k: int = 9,
-                         **kwargs: Any) -> dict[str, Any]:
-        """The ``k`` dataset images exciting each channel most, with receptive-field crops (one
-        streaming pass per layer). Shown beside the preferred inputs on the Model page."""
+    def log_top_examples(
+        self,
+        model: Any,
+        layers: Any,
+        dataset: Any,
+        k: int = 9,
+        *,
+        batch_size: int = 64,
+        offset: int = 0,
+        sharded: bool = False,
+        quiet: bool | None = None,
+    ) -> dict[str, Any]:
+        """The ``k`` data-set images exciting each channel most, with receptive-field crops
+        (one streaming pass per layer). Shown beside the preferred inputs on the Model page.
+
+        Args:
+            model: the network.
+            layers: one layer or a list (module paths).
+            dataset: a tensor ``[N, C, H, W]``, a map-style ``Dataset`` or (not sharded) an
+                iterable of batches such as a ``DataLoader`` without shuffling.
+            k: images kept per channel.
+            batch_size: images per forward pass.
+            offset: added to every data-set index.
+            sharded: under ``torch.distributed``, split the data set across ranks (a
+                collective: every rank calls it; rank 0 stores); the result equals one
+                process's.
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Returns:
+            ``{layer: TopExamples}``.
+        """
         from .record.features import log_top_examples
 
-        return log_top_examples(self, model, layers, dataset, k, **kwargs)
+        return log_top_examples(self, model, layers, dataset, k, batch_size=batch_size,
+                                offset=offset, sharded=sharded, quiet=quiet)
 
     # -- checkpoints -------------------------------------------------------------------------
     def log_checkpoint(self, model: Any, key: str = "model", *, example_inputs: Any = None,
@@ -372,32 +512,123 @@ class Run:
                                example_inputs=example_inputs, arch=arch)
 
     # -- diagnosis ---------------------------------------------------------------------------
-    def log_diagnosis(self, model: Any, inputs: Any = None, **kwargs: Any) -> Any:
-        """Diagnose ``model`` on ``inputs`` (Wang & Li 2020: dead maps, low diversity, near-zero
-        outputs, maps far from the input, wide uniform parameters, ...) and store the report
-        with the data of each layer's dendrogram / grid / KDE view (``views=True``). ``inputs``
-        may be one batch, or a ``Dataset`` / loader (or a tensor with ``batch_size=``) whose
-        every item is measured; ``sharded=True`` splits that pass across torchrun ranks (a
-        collective; rank 0 stores). Pass a ready :class:`~convscope.diagnose.Report` as
-        ``model`` to store it as is. Shown on the Diagnosis page. Returns the report."""
+    def log_diagnosis(
+        self,
+        model: Any,
+        inputs: Any = None,
+        *,
+        key: str = "model",
+        views: bool = True,
+        batch_size: int | None = None,
+        sharded: bool = False,
+        layers: Any = None,
+        params: Any = None,
+        thresholds: Any = None,
+        max_channels: int = 512,
+        seed: int = 0,
+        reference: Any = "auto",
+        max_elements: int = 1 << 22,
+        abstraction: Any = None,
+        quiet: bool | None = None,
+    ) -> Any:
+        """Diagnose ``model`` on ``inputs`` (Wang & Li 2020: dead maps, low diversity,
+        near-zero outputs, maps far from the input, wide uniform parameters, ...) and store the
+        report with the data of each layer's dendrogram / grid / KDE view. Shown on the
+        Diagnosis page.
+
+        Args:
+            model: the network; or a ready :class:`~convscope.diagnose.Report`, stored as is.
+            inputs: one batch (:func:`convscope.diagnose.diagnose`), or a ``Dataset`` / loader
+                / a tensor with ``batch_size`` whose every item is measured
+                (:func:`convscope.diagnose.diagnose_dataset`).
+            key: the name the report is stored under.
+            views: also store the figures' data (of the first batch for a data set).
+            batch_size: images per forward pass over a data set.
+            sharded: under ``torch.distributed``, split the data set across ranks (a
+                collective: every rank calls it; rank 0 stores).
+            layers, params, thresholds, max_channels, seed: as for
+                :func:`~convscope.diagnose.diagnose`.
+            reference, max_elements: as for :func:`~convscope.diagnose.diagnose` (one batch
+                only).
+            abstraction: ``{layer: "low" | "high"}`` as for
+                :func:`~convscope.diagnose.diagnose_dataset` (data sets only).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Returns:
+            the :class:`~convscope.diagnose.Report`.
+        """
         from .record.diagnosis import log_diagnosis, store_report
 
         if hasattr(model, "findings") and hasattr(model, "to_dict"):
-            store_report(self, model, kwargs.get("key", "model"))
+            store_report(self, model, key)
             return model
-        return log_diagnosis(self, model, inputs, **kwargs)
+        options: dict[str, Any] = dict(layers=layers, params=params, thresholds=thresholds,
+                                       max_channels=max_channels, seed=seed)
+        if not (isinstance(reference, str) and reference == "auto"):
+            options["reference"] = reference
+        if max_elements != 1 << 22:
+            options["max_elements"] = max_elements
+        if abstraction is not None:
+            options["abstraction"] = abstraction
+        saved, self.quiet = self.quiet, self.quiet if quiet is None else bool(quiet)
+        try:
+            return log_diagnosis(self, model, inputs, key=key, views=views,
+                                 batch_size=batch_size, sharded=sharded, **options)
+        finally:
+            self.quiet = saved
 
     # -- attribution -------------------------------------------------------------------------
-    def log_attributions(self, model: Any, images: Any, **kwargs: Any) -> dict[str, Any]:
-        """Compute and store saliency, DeconvNet, guided backprop, CAM, Grad-CAM, Grad-CAM++ and
-        Score-CAM maps of ``images`` (``[B, C, H, W]``, a ``Dataset`` or a loader, explained
-        ``batch_size=`` at a time; ``sharded=True`` splits them across torchrun ranks, a
-        collective, rank 0 stores) (``labels=``, ``masks=`` for the pointing game,
-        ``methods=``, ``target=``, ``layer=``, ``key="samples"``, ``class_names=``), with their
-        quality metrics. Shown on the Attribution page. Returns ``{method: maps [B, H, W]}``."""
-        from .record.attribution import log_attributions
+    def log_attributions(
+        self,
+        model: Any,
+        images: Any,
+        *,
+        labels: Any = None,
+        masks: Any = None,
+        methods: Any = None,
+        target: Any = None,
+        layer: Any = None,
+        key: str = "samples",
+        class_names: Any = None,
+        score_cam_batch_size: int = 64,
+        batch_size: int = 64,
+        sharded: bool = False,
+        quiet: bool | None = None,
+    ) -> dict[str, Any]:
+        """Compute and store attribution maps of ``images`` with their quality metrics.
+        Shown on the Attribution page.
 
-        return log_attributions(self, model, images, **kwargs)
+        Args:
+            model: the classifier.
+            images: ``[B, C, H, W]``, a ``Dataset`` or a loader, explained ``batch_size`` at a
+                time.
+            labels: ``[B]`` true classes (default: from the data set's items).
+            masks: ``[B, H, W]`` object masks: adds the pointing game.
+            methods: any of saliency, deconvnet, guided_backprop, cam, grad_cam, grad_cam_pp,
+                score_cam (``None``: all of
+                :data:`~convscope.explain.dataset.ATTRIBUTION_METHODS`).
+            target: the class to explain (``None``: the predicted class), as in
+                :mod:`convscope.explain`.
+            layer: the Grad-CAM / Grad-CAM++ / Score-CAM layer (default: chosen automatically).
+            key: the name the set is stored under.
+            class_names: names of the classes, in class order.
+            score_cam_batch_size: masked images per Score-CAM forward pass.
+            batch_size: images per pass.
+            sharded: under ``torch.distributed``, split the images across ranks (a collective:
+                every rank calls it; rank 0 stores).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Returns:
+            ``{method: maps [B, H, W]}``.
+        """
+        from .record.attribution import ATTRIBUTION_METHODS, log_attributions
+
+        return log_attributions(
+            self, model, images, labels=labels, masks=masks,
+            methods=ATTRIBUTION_METHODS if methods is None else methods, target=target,
+            layer=layer, key=key, class_names=class_names,
+            score_cam_batch_size=score_cam_batch_size, batch_size=batch_size, sharded=sharded,
+            quiet=self.quiet if quiet is None else bool(quiet))
 
     # -- training dynamics -------------------------------------------------------------------
     def watch(self, model: Any, every: int = 10, layers: Any = None, *, filters: bool = True,

@@ -6,8 +6,9 @@ through the model and keeps, per layer output, only numbers that *add up*
 near-zero and saturated counts, which channels are ever alive, all-zero single maps, the channels'
 Gram matrix ``G = A A^T`` (so the cosine distances, and the channel tree, cover every value of
 every image rather than a sample), and the sums behind the input similarity. Results over
-disjoint shares merge exactly (:func:`merge_outputs`), which is how
-:func:`convscope.distributed.diagnose_sharded` splits the pass across processes.
+disjoint shares merge exactly (:func:`merge_outputs`): :class:`DiagnosisPass` is the pass of
+:mod:`convscope.nn.passes` that :func:`diagnose_dataset` runs in one process and
+:func:`convscope.distributed.diagnose_sharded` splits across processes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelError
+from ..nn.passes import DatasetPass, Share, run_pass
 from .cluster import (
     MAX_CHANNELS,
     cluster_distances,
@@ -32,7 +34,7 @@ from .report import Report
 from .stats import LayerStats, ParamStats, fill_stats, measure_batch, param_stats, similarity_terms
 from .thresholds import Thresholds
 
-__all__ = ["OutputMoments", "accumulate_outputs", "merge_outputs", "report_of",
+__all__ = ["OutputMoments", "DiagnosisPass", "accumulate_outputs", "merge_outputs", "report_of",
            "diagnose_dataset"]
 
 
@@ -423,16 +425,69 @@ def diagnose_dataset(
     Returns:
         :class:`Report` (``report.meta["items"]``: images measured).
     """
-    t0 = time.perf_counter()
-    moments = accumulate_outputs(model, dataset, layers=layers, batch_size=batch_size,
-                                 thresholds=thresholds, abstraction=abstraction,
-                                 max_channels=max_channels, seed=seed, quiet=quiet)
-    first = None
-    if views:
-        from ..nn import iter_batches
+    return run_pass(DiagnosisPass(
+        model, dataset, layers=layers, params=params, batch_size=batch_size,
+        thresholds=thresholds, abstraction=abstraction, views=views, max_channels=max_channels,
+        seed=seed, quiet=quiet))
 
-        first = next(iter(iter_batches(dataset, batch_size)[0]))[1]
-    report = report_of(model, moments, params=params, layers=layers, thresholds=thresholds,
-                       views_inputs=first, seed=seed)
-    report.meta["seconds"] = time.perf_counter() - t0
-    return report
+
+class DiagnosisPass(DatasetPass[dict[str, OutputMoments], Report]):
+    """:func:`diagnose_dataset` as a data-set pass (:mod:`convscope.nn.passes`): a share's
+    partial is ``{output: OutputMoments}`` (:func:`accumulate_outputs` of a slice of the data
+    set, layers and reference sizes fixed by the data set's first batch), partials merge with
+    :func:`merge_outputs` (counts and sums add, maxima are taken, liveness ORs), and
+    :meth:`finish` applies the rules (:func:`report_of`). ``run_sharded(DiagnosisPass(...))`` is
+    :func:`convscope.distributed.diagnose_sharded`. Arguments as for :func:`diagnose_dataset`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        *,
+        layers: Any = None,
+        params: Any = None,
+        batch_size: int = 64,
+        thresholds: Thresholds | Mapping[str, float] | None = None,
+        abstraction: Mapping[str, str] | None = None,
+        views: bool = False,
+        max_channels: int = MAX_CHANNELS,
+        seed: int = 0,
+        quiet: bool = False,
+    ) -> None:
+        from ..nn import unwrap
+
+        self.t0 = time.perf_counter()
+        self.model = unwrap(model)
+        super().__init__(dataset, batch_size, "diagnosis statistics")
+        self.layers, self.params, self.thresholds = layers, params, thresholds
+        self.abstraction, self.views = abstraction, bool(views)
+        self.max_channels, self.seed, self.quiet = max_channels, seed, quiet
+        self._first: torch.Tensor | None = None
+
+    def first(self) -> torch.Tensor:
+        """The data set's first batch: every share chooses layers and reference sizes from it,
+        and the report's figures show it."""
+        if self._first is None:
+            from ..nn import iter_batches
+
+            self._first = next(iter(iter_batches(self.dataset, self.align)[0]))[1]
+        return self._first
+
+    def run(self, share: Share) -> dict[str, OutputMoments]:
+        piece, _ = self.piece(share)
+        return accumulate_outputs(
+            self.model, piece, layers=self.layers, batch_size=self.align,
+            thresholds=self.thresholds, abstraction=self.abstraction,
+            max_channels=self.max_channels, seed=self.seed,
+            example=None if share.whole else self.first(), quiet=self.quiet)
+
+    def merge(self, partials: Sequence[Mapping[str, OutputMoments]]) -> dict[str, OutputMoments]:
+        return merge_outputs(partials)
+
+    def finish(self, partial: Mapping[str, OutputMoments]) -> Report:
+        report = report_of(self.model, partial, params=self.params, layers=self.layers,
+                           thresholds=self.thresholds,
+                           views_inputs=self.first() if self.views else None, seed=self.seed)
+        report.meta["seconds"] = time.perf_counter() - self.t0
+        return report

@@ -1,9 +1,11 @@
 """Every attribution method over a whole data set, batch by batch, with the quality metrics.
 
-:func:`attribute_all` is what ``run.log_attributions`` stores and what
-:func:`convscope.distributed.attributions_sharded` splits across processes: each image's maps and
-metrics depend on that image alone (the model runs in eval mode), so results over disjoint
-shares, concatenated in order (:meth:`AttributionSet.cat`), are the results of one pass.
+:func:`attribute_all` is what ``run.log_attributions`` stores. It runs :class:`AttributionPass`,
+a data-set pass of :mod:`convscope.nn.passes`, in one process;
+:func:`convscope.distributed.attributions_sharded` runs the same pass split across processes:
+each image's maps and metrics depend on that image alone (the model runs in eval mode), so
+results over disjoint shares, concatenated in order (:meth:`AttributionSet.cat`), are the
+results of one pass. :func:`_attribute_one` is the one place that calls a method by its name.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, NotApplicableError, TargetError
-from ..nn import positive_int, preserved
+from ..nn import model_device, positive_int, preserved
+from ..nn.passes import DatasetPass, Share, run_pass
 from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
 
-__all__ = ["ATTRIBUTION_METHODS", "AttributionSet", "attribute_all", "unit_scale"]
+__all__ = ["ATTRIBUTION_METHODS", "AttributionPass", "AttributionSet", "attribute_all",
+           "unit_scale"]
 
 #: Every method, in the order the Attribution page shows them.
 ATTRIBUTION_METHODS = ("saliency", "deconvnet", "guided_backprop", "cam", "grad_cam",
@@ -210,20 +214,116 @@ def attribute_all(
     Returns:
         :class:`AttributionSet` on the model's device.
     """
+    return run_pass(AttributionPass(
+        model, dataset, methods=methods, target=target, labels=labels, masks=masks, layer=layer,
+        batch_size=batch_size, score_cam_batch_size=score_cam_batch_size, offset=offset,
+        keep_images=keep_images, quiet=quiet, progress=progress))
+
+
+class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
+    """:func:`attribute_all` as a data-set pass (:mod:`convscope.nn.passes`): a share is a slice
+    of the images (with its slice of ``labels``, ``masks`` and a per-image ``target``), partials
+    concatenate in order (:meth:`AttributionSet.cat`: each image's result depends on that image
+    alone), and the result is moved to the model's device (``images`` stay on the CPU).
+    ``run_sharded(AttributionPass(...))`` is
+    :func:`convscope.distributed.attributions_sharded`. Arguments as for :func:`attribute_all`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        *,
+        methods: Sequence[str] = ATTRIBUTION_METHODS,
+        target: Any = None,
+        labels: Any = None,
+        masks: Tensor | None = None,
+        layer: Any = None,
+        batch_size: int = 64,
+        score_cam_batch_size: int = 64,
+        offset: int = 0,
+        keep_images: bool = False,
+        quiet: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        from ..nn import unwrap
+
+        model = unwrap(model)
+        check_model(model)
+        self.model = model
+        self.methods = _check_methods(methods)
+        super().__init__(dataset, batch_size, "attributions")
+        self.score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size")
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+            raise InputError(f"offset must be an int >= 0, got {offset!r}.")
+        if isinstance(dataset, Tensor) and dataset.dim() == 3:
+            self.dataset = dataset.unsqueeze(0)
+        self.offset = int(offset)
+        self.target, self.labels, self.masks, self.layer = target, labels, masks, layer
+        self.keep_images, self.quiet, self.progress = keep_images, quiet, progress
+
+    def run(self, share: Share) -> AttributionSet:
+        piece, offset = self.piece(share)
+
+        def cut(v: Any) -> Any:  # the share's part of a per-image argument
+            if share.whole or v is None or isinstance(v, int) or callable(v):
+                return v
+            return torch.as_tensor(v)[share.start:share.stop]
+
+        return _attribute_share(
+            self.model, piece, methods=self.methods, target=cut(self.target),
+            labels=cut(self.labels), masks=cut(self.masks), layer=self.layer,
+            batch_size=self.align, score_cam_batch_size=self.score_cam_batch_size,
+            offset=self.offset + offset, keep_images=self.keep_images, quiet=self.quiet,
+            progress=self.progress)
+
+    def merge(self, partials: Sequence[AttributionSet]) -> AttributionSet:
+        return AttributionSet.cat(partials)
+
+    def finish(self, partial: AttributionSet) -> AttributionSet:
+        out = partial.to(model_device(self.model))
+        out.images = partial.images  # CPU float32, as kept
+        return out
+
+
+def _attribute_one(method: str, model: nn.Module, x: Tensor, target: Any, layer: Any, *,
+                   score_cam_batch_size: int = 64) -> Tensor:
+    """The raw map ``[B, H, W]`` of one method on one batch (input-space methods reduced with
+    :func:`~convscope.explain.to_heatmap`); raises NotApplicableError when it does not fit."""
+    from .. import explain
+
+    fn = getattr(explain, method)
+    if method in _INPUT_SPACE:
+        return explain.to_heatmap(fn(model, x, target))
+    if method == "cam":  # CAM: the map that feeds the global pooling
+        return fn(model, x, target)
+    if method == "score_cam":
+        return fn(model, x, target, layer=layer, batch_size=score_cam_batch_size, quiet=True)
+    return fn(model, x, target, layer=layer)
+
+
+def _attribute_share(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    methods: list[str],
+    target: Any,
+    labels: Any,
+    masks: Tensor | None,
+    layer: Any,
+    batch_size: int,
+    score_cam_batch_size: int,
+    offset: int,
+    keep_images: bool,
+    quiet: bool,
+    progress: Callable[[int], None] | None,
+) -> AttributionSet:
+    """Every method on every image of one share, batch by batch (arguments checked by
+    :class:`AttributionPass`, except those that depend on the share's length)."""
     from tqdm.auto import tqdm
 
-    from .. import explain
     from ..nn import iter_batches
     from . import metrics
 
-    check_model(model)
-    methods = _check_methods(methods)
-    batch_size = positive_int(batch_size, "batch_size")
-    score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size")
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
-        raise InputError(f"offset must be an int >= 0, got {offset!r}.")
-    if isinstance(dataset, Tensor) and dataset.dim() == 3:
-        dataset = dataset.unsqueeze(0)
     batches, total = iter_batches(dataset, batch_size)
     if total == 0:
         raise InputError("the data set is empty: there is nothing to explain.")
@@ -243,7 +343,7 @@ def attribute_all(
         got = list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
         raise InputError(f"masks must be a tensor [N, H, W] with N = {total} images, got "
                          f"{got}.")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     parts: list[AttributionSet] = []
     skipped: dict[str, str] = {}
     cam_layer = layer
@@ -293,18 +393,10 @@ def attribute_all(
                 for method in methods:
                     if method in skipped:
                         continue
-                    fn = getattr(explain, method)
                     t0 = time.perf_counter()
                     try:
-                        if method in _INPUT_SPACE:
-                            raw = explain.to_heatmap(fn(model, x, tgt))
-                        elif method == "cam":  # CAM: the map that feeds the global pooling
-                            raw = fn(model, x, tgt)
-                        elif method == "score_cam":
-                            raw = fn(model, x, tgt, layer=cam_layer,
-                                     batch_size=score_cam_batch_size, quiet=True)
-                        else:
-                            raw = fn(model, x, tgt, layer=cam_layer)
+                        raw = _attribute_one(method, model, x, tgt, cam_layer,
+                                             score_cam_batch_size=score_cam_batch_size)
                     except NotApplicableError as exc:  # the method does not fit the model
                         if any(method in p.maps for p in parts):  # it worked on earlier images
                             raise

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,8 +39,10 @@ from ..nn import (
     restore_mode,
     split_call,
 )
+from ..nn.passes import DatasetPass, Share, run_pass, to_device
 
-__all__ = ["ReceptiveField", "receptive_field", "TopExamples", "top_examples", "merge", "live"]
+__all__ = ["ReceptiveField", "receptive_field", "TopExamples", "TopExamplesPass", "top_examples",
+           "merge", "live"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,16 +381,56 @@ def top_examples(
     Returns:
         a :class:`TopExamples`; ties in value go to the smaller index.
     """
+    p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=crops,
+                        offset=offset, quiet=quiet)
+    return run_pass(p)
+
+
+class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
+    """:func:`top_examples` as a data-set pass (:mod:`convscope.nn.passes`): a share is a slice
+    of the data set ranked with its offset, partials combine with the exact :func:`merge`, and
+    the result is moved to the model's device. ``run_sharded(TopExamplesPass(...))`` is
+    :func:`convscope.distributed.top_examples_sharded`."""
+
+    def __init__(self, model: nn.Module, layer: LayerSpec, dataset: Any, k: int = 9, *,
+                 batch_size: int = 64, crops: bool = True, offset: int = 0,
+                 quiet: bool = False) -> None:
+        from ..nn import unwrap
+
+        model = unwrap(model)
+        check_model(model)
+        self.model = model
+        self.k = positive_int(k, "k")
+        super().__init__(dataset, batch_size, "top examples")
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+            raise InputError(f"offset must be an int >= 0, got {offset!r}.")
+        self.offset = int(offset)
+        self.layer = layer_path(model, layer)  # one layer spec: path, "path:k", module, type ...
+        self.crops = bool(crops)
+        self.quiet = quiet
+
+    def run(self, share: Share) -> TopExamples:
+        piece, offset = self.piece(share)
+        return _scan(self.model, self.layer, piece, self.k, self.align, self.crops,
+                     self.offset + offset, self.quiet)
+
+    def merge(self, partials: Sequence[TopExamples]) -> TopExamples:
+        out = partials[0]
+        for p in partials[1:]:
+            out = merge(out, p)
+        return out
+
+    def finish(self, partial: TopExamples) -> TopExamples:
+        return to_device(partial, model_device(self.model))
+
+
+def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, crops: bool,
+          offset: int, quiet: bool) -> TopExamples:
+    """The streaming pass of :func:`top_examples` over ``dataset`` (checked arguments)."""
     from tqdm.auto import tqdm
 
     from ..model.capture import capture_first
 
-    check_model(model)
-    k = positive_int(k, "k")
-    batch_size = positive_int(batch_size, "batch_size")
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
-        raise InputError(f"offset must be an int >= 0, got {offset!r}.")
-    layer = layer_path(model, layer)  # one layer spec: path, "path:k", module, type, predicate
     device = model_device(model)
     batches, total = _batches(dataset, int(batch_size), int(offset))
     state: TopExamples | None = None

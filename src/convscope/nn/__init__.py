@@ -9,6 +9,9 @@ torch-free, for the writers that must not import torch):
   statistics and hooks restored, also after an error;
 * :mod:`~convscope.nn.batches` -- walking a data set in batches, slicing shares, chunking;
 * :mod:`~convscope.nn.dist` -- rank, world, gather, shard bounds;
+* :mod:`~convscope.nn.passes` -- the one data-set pass protocol (run a share, merge partials
+  exactly, finish) and its drivers, one process (:func:`run_pass`) or sharded
+  (:func:`run_sharded`);
 * :mod:`~convscope.nn.ops` -- float32 promotion, min-max scaling, upsampling.
 """
 
@@ -20,7 +23,10 @@ from typing import Any
 #: Where each name lives. Imported on first use, so that the torch-free parts (``nn.dist``)
 #: load without torch.
 _WHERE = {
+    "DatasetPass": "passes",
     "INPUT_SUFFIX": "hooks",
+    "Pass": "passes",
+    "Share": "passes",
     "LayerSpec": "modules",
     "NONFINITE_MODEL_FIX": "forwarding",
     "Recorder": "hooks",
@@ -53,11 +59,15 @@ _WHERE = {
     "resolve_layer": "modules",
     "resolve_layers": "modules",
     "restore_mode": "frozen",
+    "run_pass": "passes",
+    "run_sharded": "passes",
+    "run_split": "passes",
     "shape_of": "forwarding",
     "shard": "dist",
     "shard_bounds": "dist",
     "slice_dataset": "batches",
     "split_call": "modules",
+    "to_device": "passes",
     "translate_error": "forwarding",
     "unwrap": "modules",
     "upsample": "ops",
@@ -65,10 +75,13 @@ _WHERE = {
 
 
 __all__ = [
+    "DatasetPass",
     "INPUT_SUFFIX",
     "NONFINITE_MODEL_FIX",
     "LayerSpec",
+    "Pass",
     "Recorder",
+    "Share",
     "StopForward",
     "as_args",
     "call_key",
@@ -98,11 +111,15 @@ __all__ = [
     "resolve_layer",
     "resolve_layers",
     "restore_mode",
+    "run_pass",
+    "run_sharded",
+    "run_split",
     "shard",
     "shard_bounds",
     "shape_of",
     "slice_dataset",
     "split_call",
+    "to_device",
     "translate_error",
     "unwrap",
     "upsample",

@@ -37,53 +37,78 @@ def _layers(layers: str | Sequence[str]) -> list[str]:
 
 def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
                          units: Sequence[int] | None = None, *, max_units: int = 16,
-                         **kwargs: Any) -> dict[str, Any]:
+                         seed: int = 0, steps: int | None = None, lr: float | None = None,
+                         size: int | tuple[int, int] | None = None, channels: int | None = None,
+                         objective: Any = "channel", regularizers: Any = None,
+                         transforms: Any = None, param: str | None = None, mean: Any = None,
+                         std: Any = None, batch_size: int | None = None, sharded: bool = False,
+                         quiet: bool | None = None, **maximize_options: Any) -> dict[str, Any]:
     """Activation maximisation (:func:`convscope.features.maximize`) of ``units`` (default: the
-    first ``max_units`` channels) of each layer, all units of a layer in one batch. Keyword
-    arguments go to ``maximize`` (``steps=``, ``lr=``, ``regularizers=``, ``transforms=``,
-    ``param=``, ``size=``, ``mean=``, ``std=``, ``seed=``). Returns ``{layer: images}``."""
-    from ..features import maximize
+    first ``max_units`` channels) of each layer, all units of a layer in one batch.
 
+    ``seed``, ``steps``, ``lr``, ``size``, ``channels``, ``objective``, ``regularizers``,
+    ``transforms``, ``param``, ``mean``, ``std``, ``batch_size`` and any further
+    ``maximize_options`` go to ``maximize`` (``None``: its default). ``sharded=True`` under
+    ``torch.distributed``: a collective (every rank calls it); the units are split across ranks
+    (:class:`~convscope.features.preferred.PreferredInputsPass`, the images equal one process's)
+    and rank 0 stores them. ``quiet``: hide the progress bar (``None``: the run's setting).
+    Returns ``{layer: images}`` (on every rank when sharded)."""
+    from ..features.preferred import layer_channels, preferred_inputs
+    from ..nn.dist import rank_world
+
+    quiet = run.quiet if quiet is None else bool(quiet)
+    given = {"steps": steps, "lr": lr, "size": size, "channels": channels,
+             "regularizers": regularizers, "transforms": transforms, "param": param,
+             "mean": mean, "std": std, "batch_size": batch_size}
+    options = {k: v for k, v in given.items() if v is not None}
+    if not (isinstance(objective, str) and objective == "channel"):
+        options["objective"] = objective
+    options.update(maximize_options)
+    world = rank_world()[1] if sharded else 1
+    settings = {"seed": seed, **options, **({"processes": world} if world > 1 else {})}
+    write = not sharded or rank_world()[0] == 0
     out: dict[str, Any] = {}
     for layer in _layers(layers):
         chosen = list(units) if units is not None else None
         if chosen is None:
-            chosen = list(range(min(max_units, channels_of(model, layer, **kwargs))))
+            n = layer_channels(model, layer, size=size, channels=channels)
+            chosen = list(range(min(max_units, n)))
         t0 = time.perf_counter()
-        images, values = maximize(model, layer, chosen, return_values=True, quiet=run.quiet,
-                                  **kwargs)
-        store_preferred_inputs(run, layer, chosen, images, values,
-                               seconds=time.perf_counter() - t0, settings=kwargs)
+        images, values = preferred_inputs(model, layer, chosen, seed=seed, sharded=sharded,
+                                          quiet=quiet, **options)
+        if write:
+            store_preferred_inputs(run, layer, chosen, images, values,
+                                   seconds=time.perf_counter() - t0, settings=settings)
         out[layer] = images
     return out
 
 
-def _input_shape(model: Any, kwargs: dict[str, Any]) -> tuple[int, int, int]:
-    """(C, H, W) the maximisation will use: the caller's ``size``/``channels`` or the model's
-    first convolution (the same defaults as :func:`convscope.features.maximize`)."""
-    from torch import nn
-
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    c = kwargs.get("channels") or (first.in_channels if first is not None else 3)
-    size = kwargs.get("size") or getattr(model, "input_size", None)
-    if size is None:
-        stride = first.stride[0] if first is not None else 2
-        size = 32 if stride == 1 else 224
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return int(c), int(h), int(w)
-
-
 def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset: Any, k: int = 9,
-                     **kwargs: Any) -> dict[str, Any]:
+                     *, batch_size: int = 64, offset: int = 0, sharded: bool = False,
+                     quiet: bool | None = None) -> dict[str, Any]:
     """One streaming pass per layer (:func:`convscope.features.top_examples`): the ``k``
-    images that excite each channel most, with receptive-field crops. Returns
-    ``{layer: TopExamples}``."""
-    from ..features import top_examples
+    images that excite each channel most, with receptive-field crops, ``batch_size`` images per
+    forward pass (``offset`` is added to every index). ``sharded=True`` under
+    ``torch.distributed``: a collective (every rank calls it with the whole data set, a tensor
+    or a map-style ``Dataset``); the data set is split across ranks
+    (:class:`~convscope.features.top.TopExamplesPass`, the result equals one process's) and
+    rank 0 stores it. ``quiet``: hide the progress bar (``None``: the run's setting). Returns
+    ``{layer: TopExamples}`` (on every rank when sharded)."""
+    from ..features.top import TopExamplesPass
+    from ..nn.dist import rank_world
+    from ..nn.passes import run_pass, run_sharded
 
+    quiet = run.quiet if quiet is None else bool(quiet)
+    write = not sharded or rank_world()[0] == 0
     results = {}
     for layer in _layers(layers):
-        te = top_examples(model, layer, dataset, k=k, crops=True, quiet=run.quiet, **kwargs)
-        store_top_examples(run, te)
+        p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=True,
+                            offset=offset, quiet=quiet)
+        if sharded:
+            p.size()  # a tensor or a sized Dataset, also with one process
+        te = run_sharded(p) if sharded else run_pass(p)
+        if write:
+            store_top_examples(run, te)
         results[layer] = te
     return results
 
@@ -131,10 +156,7 @@ def store_preferred_inputs(run: Run, layer: str, units: Sequence[int], images: A
 
 def channels_of(model: Any, layer: str, **kwargs: Any) -> int:
     """How many channels ``layer`` outputs for the input ``maximize`` would use (``size=``,
-    ``channels=`` as for :func:`log_preferred_inputs`)."""
-    import torch
+    ``channels=`` as for :func:`log_preferred_inputs`; other keywords are ignored)."""
+    from ..features.preferred import layer_channels
 
-    from ..model import capture
-
-    probe = capture(model, torch.zeros(1, *_input_shape(model, kwargs)), layer)
-    return int(next(iter(probe.values())).shape[1])
+    return layer_channels(model, layer, size=kwargs.get("size"), channels=kwargs.get("channels"))
