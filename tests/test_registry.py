@@ -218,6 +218,17 @@ def test_dispatch_for_attribute_all_equals_its_maps(net, x):
         assert torch.allclose(minmax(raw.float()), res.maps[name], atol=1e-6), name
 
 
+def test_attribute_all_runs_a_registered_variant(net, x, xgrad_cam):
+    """A variant registered by the user is one more method of ``attribute_all`` (and so of
+    ``run.log_attributions``): its maps there are the brute-force XGrad-CAM."""
+    res = cs.explain.attribute_all(net, x, methods=["grad_cam", "xgrad_cam"], layer="layer2",
+                                   batch_size=2, quiet=True)
+    want = _brute_xgrad(net, x, res.target.tolist(), "layer2")
+    torch.testing.assert_close(res.maps["xgrad_cam"], want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="xgrad"):  # the message lists what is registered
+        cs.explain.attribute_all(net, x, methods=["no_such_method"], quiet=True)
+
+
 # --------------------------------------------------------------------------------------------
 # quiet= and ConvscopeError-only
 # --------------------------------------------------------------------------------------------

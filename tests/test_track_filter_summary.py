@@ -270,3 +270,19 @@ def test_nan_rows_are_left_out_although_parquet_statistics_omit_nan(tmp_path):
         "c"].iloc[0] == 3
     assert reader.query("SELECT count(*) AS c FROM watch_filters WHERE NOT isnan(cos_prev)")[
         "c"].iloc[0] == n - 3
+
+
+def test_top_changed_index_breaks_ties_by_layer_then_filter():
+    """Equal ``cos_prev`` values: the per-part index keeps the k lowest by (cos_prev, layer,
+    filter), the order the raw query documents, not whichever tied rows DuckDB meets first."""
+    import pyarrow as pa
+
+    from convscope.store.summary import build_top_changed
+
+    rows = [("b", 0, 0.5), ("a", 2, 0.5), ("c", 0, 0.5), ("a", 1, 0.5), ("b", 1, 0.1),
+            ("a", 0, 0.5)]
+    for order in (rows, rows[::-1], rows[2:] + rows[:2]):
+        t = pa.table({"rank": [0] * 6, "step": [1] * 6, "layer": [r[0] for r in order],
+                      "filter": [r[1] for r in order], "cos_prev": [r[2] for r in order]})
+        got = [(r["layer"], r["filter"]) for r in build_top_changed(t, k=3).to_pylist()]
+        assert got == [("b", 1), ("a", 0), ("a", 1)]

@@ -23,6 +23,7 @@ from ..errors import InputError, NotApplicableError, TargetError
 from ..nn import model_device, positive_int, preserved
 from ..nn.passes import DatasetPass, Share, run_pass
 from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
+from . import registry
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionPass", "AttributionSet", "attribute_all",
            "unit_scale"]
@@ -30,7 +31,6 @@ __all__ = ["ATTRIBUTION_METHODS", "AttributionPass", "AttributionSet", "attribut
 #: Every method, in the order the Attribution page shows them.
 ATTRIBUTION_METHODS = ("saliency", "deconvnet", "guided_backprop", "cam", "grad_cam",
                        "grad_cam_pp", "score_cam")
-_INPUT_SPACE = {"saliency", "deconvnet", "guided_backprop"}
 
 
 def unit_scale(maps: Tensor) -> Tensor:
@@ -138,10 +138,11 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     if isinstance(methods, str):
         methods = [methods]
     methods = list(methods)
-    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
+    known = registry.names()  # the built-in seven and any registered by the user
+    unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise InputError(f"unknown attribution method(s) {unknown or methods}: choose from "
-                         f"{list(ATTRIBUTION_METHODS)}.")
+                         f"{list(known)}.")
     return methods
 
 
@@ -287,18 +288,16 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
 
 def _attribute_one(method: str, model: nn.Module, x: Tensor, target: Any, layer: Any, *,
                    score_cam_batch_size: int = 64) -> Tensor:
-    """The raw map ``[B, H, W]`` of one method on one batch (input-space methods reduced with
-    :func:`~convscope.explain.to_heatmap`); raises NotApplicableError when it does not fit."""
-    from .. import explain
-
-    fn = getattr(explain, method)
-    if method in _INPUT_SPACE:
-        return explain.to_heatmap(fn(model, x, target))
-    if method == "cam":  # CAM: the map that feeds the global pooling
-        return fn(model, x, target)
-    if method == "score_cam":
-        return fn(model, x, target, layer=layer, batch_size=score_cam_batch_size, quiet=True)
-    return fn(model, x, target, layer=layer)
+    """The raw map ``[B, H, W]`` of one registered method on one batch (input-space methods
+    reduced with :func:`~convscope.explain.to_heatmap`); raises NotApplicableError when it does
+    not fit. CAM ("classifier" kind) always takes the layer that feeds the global pooling."""
+    m = registry.get(method)
+    opts: dict[str, Any] = {}
+    if "batch_size" in m.options:
+        opts["batch_size"] = score_cam_batch_size
+    if "quiet" in m.options:
+        opts["quiet"] = True
+    return m.heatmap(model, x, target, layer=None if m.kind == "classifier" else layer, **opts)
 
 
 def _attribute_share(
@@ -360,7 +359,7 @@ def _attribute_share(
                     except NotApplicableError as exc:  # no spatial maps: only input-space methods
                         cam_layer = ""
                         for m in methods:
-                            if m not in _INPUT_SPACE:
+                            if registry.get(m).kind != "input":
                                 skipped[m] = str(exc)
                 with torch.no_grad():
                     out = run_forward(model, x)  # NaN/inf outputs raise here
@@ -408,7 +407,7 @@ def _attribute_share(
                 explained = tgt if isinstance(tgt, Tensor) else pred
                 drop, inc, hit = {}, {}, {}
                 for method, mp in maps.items():
-                    cc = metrics.confidence_change(model, x, mp, tgt)
+                    cc = metrics.confidence_change(model, x, mp, tgt, quiet=True)
                     drop[method] = cc.drop.float()
                     inc[method] = cc.increase
                     if m_b is not None:

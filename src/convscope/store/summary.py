@@ -54,7 +54,8 @@ def top_file(part: Path) -> Path:
 
 def build_top_changed(table: pa.Table, k: int = TOP_K) -> pa.Table | None:
     """Per (rank, step) of one ``watch_filters`` part, the ``k`` filters with the lowest
-    non-NaN ``cos_prev`` (rank, step, layer, filter, cos_prev; sorted by rank, step, cos_prev).
+    non-NaN ``cos_prev``, ties broken by layer then filter (rank, step, layer, filter, cos_prev;
+    sorted by rank, step, cos_prev).
     The k lowest of a step over all parts are the k lowest of these per-part lists, so the
     correlation view reads ~k rows per step instead of every filter's. None without the
     column."""
@@ -68,7 +69,8 @@ def build_top_changed(table: pa.Table, k: int = TOP_K) -> pa.Table | None:
                    x.filter::INTEGER AS filter, x.cos_prev::FLOAT AS cos_prev
             FROM (SELECT rank, step,
                          unnest(min_by({{'layer': layer, 'filter': filter,
-                                        'cos_prev': cos_prev}}, cos_prev, {int(k)})) AS x
+                                        'cos_prev': cos_prev}},
+                                       {{'c': cos_prev, 'l': layer, 'f': filter}}, {int(k)})) AS x
                   FROM t WHERE cos_prev IS NOT NULL AND NOT isnan(cos_prev)
                   GROUP BY rank, step)
             ORDER BY rank, step, cos_prev, layer, filter""").to_arrow_table()
