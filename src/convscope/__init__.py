@@ -15,8 +15,8 @@ from ._version import __version__
 from .errors import ConvscopeError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .formats.reader import RunReader, open_run
     from .run import Run
-    from .store.reader import RunReader, open_run
 
 __all__ = [
     "__version__",
@@ -40,8 +40,8 @@ __all__ = [
 
 _LAZY_ATTRS = {
     "Run": ("convscope.run", "Run"),
-    "open_run": ("convscope.store.reader", "open_run"),
-    "RunReader": ("convscope.store.reader", "RunReader"),
+    "open_run": ("convscope.formats.reader", "open_run"),
+    "RunReader": ("convscope.formats.reader", "RunReader"),
     "profile": ("convscope.model.profile", "profile"),
 }
 _SUBPACKAGES = {

@@ -61,7 +61,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from .store import compact_run, open_run
+    from .formats.reader import open_run
+    from .store import compact_run
 
     reader = open_run(args.run)  # validates the path
     for table, (before, after) in compact_run(reader.path).items():

@@ -1,7 +1,8 @@
 """``convscope report RUN --out report.html``: one self-contained HTML file of a run's figures.
 
 The file embeds plotly.js, so it opens without a network. Sections are functions from a
-:class:`~convscope.store.RunReader` to HTML; a section whose data the run lacks says which call
+:class:`~convscope.formats.reader.RunReader` to HTML, each loading its data through
+:mod:`convscope.formats`; a section whose data the run lacks says which call
 records it.
 """
 
@@ -16,7 +17,11 @@ import plotly.graph_objects as go
 
 from ._version import __version__
 from .figures.scalars import scalar_figure
-from .store import RunReader, open_run
+from .formats import embedding as emb_format
+from .formats import feature_maps as fm_format
+from .formats import scalars as sc_format
+from .formats import structure
+from .formats.reader import RunReader, open_run
 from .store.layout import atomic_write_bytes
 
 __all__ = ["write_report", "Section", "SECTIONS"]
@@ -30,10 +35,10 @@ class Section:
 
 
 def _scalars(reader: RunReader) -> list[go.Figure] | None:
-    tags = reader.scalar_tags()
+    tags = sc_format.tags(reader)
     if not tags:
         return None
-    series = {t: {reader.name: reader.scalar_series(t, max_points=5000)} for t in tags}
+    series = {t: {reader.name: sc_format.series(reader, t, max_points=5000)} for t in tags}
     return [scalar_figure(series, smoothing=0.6)]
 
 
@@ -47,9 +52,9 @@ def _table_html(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def _model(reader: RunReader) -> str | None:
-    if not reader.has_object("graph", "model"):
+    if not structure.has_graph(reader):
         return None
-    g = reader.object("graph", "model")
+    g = structure.graph(reader)
     rows = [
         {"name": n["name"], "type": n["type"],
          "output": " ".join(str(list(s)) for s in n["output_shapes"]),
@@ -66,15 +71,15 @@ def _model(reader: RunReader) -> str | None:
 def _feature_maps(reader: RunReader) -> list[go.Figure] | None:
     from .figures.maps import feature_map_grid
 
-    idx = reader.arrays("feature_maps")
+    idx = fm_format.index(reader)
     if not len(idx):
         return None
     stem = [k for k in ("conv1", "bn1", "relu", "maxpool") if k in set(idx["key"])]
     keys = stem or idx["key"].tolist()[:4]
     figs = []
     for key in keys:
-        meta = idx[idx["key"] == key].iloc[0]["meta"]
-        maps = reader.array("feature_maps", key).astype("float32")
+        meta = fm_format.layer_meta(reader, key, idx)
+        maps = fm_format.maps(reader, key).astype("float32")
         figs.append(feature_map_grid(maps, meta["channels"], title=key))
     return figs
 
@@ -82,21 +87,21 @@ def _feature_maps(reader: RunReader) -> list[go.Figure] | None:
 def _resources(reader: RunReader) -> list[go.Figure] | None:
     from .figures.resources import resource_rings
 
-    if not reader.has_table("profile"):
+    if not structure.has_profile(reader):
         return None
-    prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+    prof = structure.profile(reader)
     return [resource_rings(prof, "")]
 
 
 def _embedding(reader: RunReader) -> list[go.Figure] | None:
     from .figures.embedding import embedding_figure
 
-    if not reader.has_table("embedding"):
+    if not emb_format.has(reader):
         return None
     figs = []
-    for name in reader.query("SELECT DISTINCT name FROM embedding ORDER BY name")["name"]:
-        df = reader.query("SELECT * FROM embedding WHERE name = ? ORDER BY idx", [name])
-        meta = reader.object("embedding", name) if reader.has_object("embedding", name) else {}
+    for name in emb_format.names(reader):
+        df = emb_format.frame(reader, name)
+        meta = emb_format.meta(reader, name)
         figs.append(embedding_figure(df, class_names=meta.get("class_names"),
                                      explained=meta.get("explained_variance_ratio"), title=name))
     return figs
@@ -130,13 +135,13 @@ def _diagnosis(reader: RunReader) -> str | None:
 
 
 SECTIONS: list[Section] = [
-    Section("Scalars", _scalars, "run.log_scalars(step, loss=..., acc=...)"),
-    Section("Model", _model, "run.log_model(model, example_inputs)"),
-    Section("Feature maps", _feature_maps, "run.log_feature_maps(model, images)"),
+    Section("Scalars", _scalars, sc_format.SOURCE),
+    Section("Model", _model, structure.SOURCE),
+    Section("Feature maps", _feature_maps, fm_format.SOURCE),
     Section("Attribution", _attribution, "run.log_attributions(model, images)"),
     Section("Diagnosis", _diagnosis, "run.log_diagnosis(model, inputs)"),
-    Section("Resources", _resources, "run.log_model(model, example_inputs)"),
-    Section("Embedding", _embedding, "run.log_embedding(features, labels)"),
+    Section("Resources", _resources, structure.SOURCE),
+    Section("Embedding", _embedding, emb_format.SOURCE),
 ]
 
 _CSS = """

@@ -268,14 +268,11 @@ class Run:
                 ) from exc
             tags.append(tag)
             vals.append(_as_float(tag, v))
-        now = time.time()
-        n = len(tags)
+        from .formats import scalars
+
         # every value checked above: the writer need not convert them again to check them
-        self._writer.append(
-            "scalars",
-            {"step": [step] * n, "tag": tags, "value": vals, "wall_time": [now] * n},
-            types=_SCALAR_TYPES,
-        )
+        self._writer.append(scalars.TABLE, scalars.rows(step, tags, vals, time.time()),
+                            types=scalars.TYPES)
 
     def log_rows(self, table: str, columns: Mapping[str, Any]) -> None:
         """Append rows to any table: a mapping of column name to equal-length sequences."""
@@ -505,11 +502,11 @@ class Run:
         :mod:`convscope.store.checkpoints`). A model no builder reproduces is also pickled as
         ``checkpoints/<key>.pt`` with a warning: loading that needs ``trust=True``.
         ``example_inputs`` records the input shape. Returns the path of the record."""
-        from .store.checkpoints import save_checkpoint
+        from .formats import checkpoints
         from .track.watch import strip_wrapper
 
-        return save_checkpoint(self.path, strip_wrapper(model), key,
-                               example_inputs=example_inputs, arch=arch)
+        return checkpoints.write(self, strip_wrapper(model), key,
+                                 example_inputs=example_inputs, arch=arch)
 
     # -- diagnosis ---------------------------------------------------------------------------
     def log_diagnosis(

@@ -1,4 +1,5 @@
-"""What the dashboard process knows: its logdir and open readers, all through ``store``."""
+"""What the dashboard process knows: its logdir and open readers
+(:class:`convscope.formats.reader.RunReader`: the store's transport plus each format's queries)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotARunError
-from ..store import RunInfo, RunReader, list_runs
+from ..formats.reader import RunReader
+from ..store import RunInfo, list_runs
 from ..store.layout import is_run_dir
 
 MAX_READERS = 32

@@ -5,10 +5,16 @@ Each module owns its tables, columns, array and object kinds, keys and paths, an
 :class:`~convscope.formats.base.Sink`'s methods) and ``load(reader, key=...)`` returning a typed
 dataclass. ``app/``, ``report.py`` and ``cli.py`` read runs only through these modules; ``store/``
 below them moves bytes (Parquet parts, DuckDB, arrays, objects) and knows no concern.
+
+Modules: :mod:`.scalars`, :mod:`.structure` (graph and profile), :mod:`.feature_maps`,
+:mod:`.embedding`, :mod:`.preferred_inputs`, :mod:`.top_examples`, :mod:`.checkpoints`;
+:mod:`.catalog` (which call records each table) and :mod:`.reader` (``cs.open_run``'s
+:class:`~convscope.formats.reader.RunReader`, one query mixin per concern). The contract of each
+is written down in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
-from .base import Sink
+from .base import ARRAYS_TABLE, Sink
 
-__all__ = ["Sink"]
+__all__ = ["ARRAYS_TABLE", "Sink"]

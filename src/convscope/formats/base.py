@@ -6,7 +6,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Sink"]
+from ..store.layout import ARRAYS_TABLE
+
+__all__ = ["Sink", "ARRAYS_TABLE"]
+
+# ARRAYS_TABLE: the store's index of arrays (kind, key, shape, dtype, step, meta), which every
+# array-kind concern lists its arrays through; re-exported so pages name it through formats.
 
 
 @runtime_checkable

@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,43 +113,33 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
 
 def store_top_examples(run: Run, te: Any) -> None:
     """Store an already computed :class:`~convscope.features.TopExamples` (e.g. from
-    :func:`convscope.distributed.top_examples_sharded`) as :func:`log_top_examples` does: rows of
-    table ``top_examples`` and, when it has crops, ``arrays/top_crops/<layer>``."""
-    layer = te.layer
-    c, kk = te.values.shape
-    vals = te.values.detach().float().cpu().numpy()
-    locs = te.locations.cpu().numpy()
-    boxes = te.boxes.cpu().numpy()
-    run.log_rows("top_examples", {
-        "layer": np.array([layer] * (c * kk), dtype=object),
-        "channel": np.repeat(np.arange(c, dtype=np.int32), kk),
-        "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), c),
-        "index": te.indices.cpu().numpy().reshape(-1).astype(np.int64),
-        "value": vals.reshape(-1),
-        "y": locs[..., 0].reshape(-1).astype(np.int32),
-        "x": locs[..., 1].reshape(-1).astype(np.int32),
-        "y0": boxes[..., 0].reshape(-1).astype(np.int32),
-        "x0": boxes[..., 1].reshape(-1).astype(np.int32),
-        "y1": boxes[..., 2].reshape(-1).astype(np.int32),
-        "x1": boxes[..., 3].reshape(-1).astype(np.int32),
-    })
-    if te.crops is not None:
-        run.log_array("top_crops", layer, te.crops.detach().float().cpu(), dtype=np.float16,
-                      meta={"layer": layer, "k": kk, "n_seen": te.n_seen,
-                            "field": str(te.field)})
+    :func:`convscope.distributed.top_examples_sharded`) as :func:`log_top_examples` does, through
+    :mod:`convscope.formats.top_examples`: rows of table ``top_examples`` and, when it has
+    crops, ``arrays/top_crops/<layer>``."""
+    from ..formats import top_examples as fmt
+
+    fmt.write(run, fmt.TopExamples(
+        layer=te.layer, values=te.values.detach().float().cpu().numpy(),
+        indices=te.indices.cpu().numpy(), locations=te.locations.cpu().numpy(),
+        boxes=te.boxes.cpu().numpy(),
+        crops=None if te.crops is None else te.crops.detach().float().cpu().numpy(),
+        n_seen=te.n_seen, field=str(te.field)))
 
 
 def store_preferred_inputs(run: Run, layer: str, units: Sequence[int], images: Any,
                            values: Any, *, seconds: float | None = None,
                            settings: dict[str, Any] | None = None) -> None:
     """Store already optimised images ``[U, C, H, W]`` of ``units`` of ``layer`` (e.g. from
-    :func:`convscope.distributed.maximize_sharded`) as :func:`log_preferred_inputs` does, as
-    ``arrays/preferred_inputs/<layer>`` with the units and objective ``values [U]``."""
-    run.log_array("preferred_inputs", layer, images.detach().float().cpu(), dtype=np.float16,
-                  meta={"layer": layer, "units": [int(u) for u in units],
-                        "values": values.detach().float().cpu().tolist(),
-                        "seconds": seconds,
-                        "settings": {k: str(v) for k, v in (settings or {}).items()}})
+    :func:`convscope.distributed.maximize_sharded`) as :func:`log_preferred_inputs` does, through
+    :mod:`convscope.formats.preferred_inputs`: ``arrays/preferred_inputs/<layer>`` with the units
+    and objective ``values [U]``."""
+    from ..formats import preferred_inputs as fmt
+
+    fmt.write(run, fmt.PreferredInputs(
+        layer=layer, units=[int(u) for u in units],
+        images=images.detach().float().cpu().numpy(),
+        values=values.detach().float().cpu().tolist(), seconds=seconds,
+        settings={k: str(v) for k, v in (settings or {}).items()}))
 
 
 def channels_of(model: Any, layer: str, **kwargs: Any) -> int:

@@ -2,7 +2,8 @@
 
 These are the bodies of ``run.log_model``, ``run.log_feature_maps`` and ``run.log_embedding``:
 each calls the analysis functions (``convscope.model``, ``convscope.embed``) and persists what
-they return through the run's store.
+they return through their formats (:mod:`convscope.formats.structure`,
+:mod:`~convscope.formats.feature_maps`, :mod:`~convscope.formats.embedding`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..formats import embedding as embedding_format
+from ..formats import feature_maps as maps_format
+from ..formats import structure as structure_format
 from ..nn.ops import minmax
-from ..store.layout import safe_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -39,7 +42,7 @@ def log_model(
     model: nn.Module,
     example_inputs: Any,
     *,
-    key: str = "model",
+    key: str = structure_format.DEFAULT_KEY,
     profile: bool = True,
     backward: bool = True,
     repeat: int = 10,
@@ -51,15 +54,14 @@ def log_model(
     from ..model import profile as run_profile
 
     g = build_graph(model, example_inputs)
-    run.log_object("graph", key, g.to_dict())
+    structure_format.write_graph(run, g, key=key)
     df = None
     if profile:
         df = run_profile(
             model, example_inputs, backward=backward, repeat=repeat, threads=threads,
             quiet=run.quiet,
         )
-        run.log_rows("profile", df.assign(model=key))
-        run.log_object("profile", key, {k: v for k, v in df.attrs.items()})
+        structure_format.write_profile(run, df, key=key)
     return g, df
 
 
@@ -119,8 +121,7 @@ def log_feature_maps(
     if layers is None:
         layers = default_map_layers(model, images)
     maps = capture(model, images, layers)
-    run.log_array("samples", "feature_maps", images.detach().float().cpu(), dtype=np.float16,
-                  meta={"labels": None if labels is None else [int(v) for v in labels]})
+    maps_format.write_samples(run, images.detach().float().cpu().numpy(), labels)
     kept: dict[str, dict[str, Any]] = {}
     total = 0
     for name, x in maps.items():
@@ -136,13 +137,11 @@ def log_feature_maps(
             "capped_channels": x.shape[1] > len(channels),
             "downsampled": list(small.shape[-2:]) != list(x.shape[-2:]),
         }
-        run.log_array("feature_maps", name, small.float().cpu(), dtype=np.float16, meta=info)
+        maps_format.write_layer(run, name, small.float().cpu().numpy(), info)
         total += small.numel() * 2
         kept[name] = info
-    run.log_object("feature_maps", "index", {
-        "layers": list(kept), "max_channels": max_channels, "max_size": max_size,
-        "bytes": total, "images": int(images.shape[0]),
-    })
+    maps_format.write_index(run, list(kept), max_channels=max_channels, max_size=max_size,
+                            nbytes=total, images=int(images.shape[0]))
     return kept
 
 
@@ -164,7 +163,7 @@ def log_embedding(
     features: torch.Tensor | np.ndarray,
     labels: Sequence[int] | torch.Tensor | np.ndarray | None = None,
     *,
-    name: str = "features",
+    name: str = embedding_format.DEFAULT_NAME,
     images: torch.Tensor | None = None,
     class_names: Sequence[str] | None = None,
     k: int = 3,
@@ -188,20 +187,10 @@ def log_embedding(
     if images is not None and images.shape[0] != n:
         raise InputError(f"{images.shape[0]} images for {n} feature rows: pass one per row.")
     res = pca(feats.float(), k=k)
-    proj = res.projections.detach().cpu().numpy()
-    cols: dict[str, Any] = {"name": np.array([name] * n, dtype=object),
-                            "idx": np.arange(n, dtype=np.int64)}
-    for j in range(proj.shape[1]):
-        cols[f"pc{j + 1}"] = proj[:, j].astype(np.float32)
-    cols["label"] = lab if lab is not None else np.full(n, -1, dtype=np.int64)
-    run.log_rows("embedding", cols)
-    run.log_object("embedding", name, {
-        "name": name, "n": n, "dim": int(feats.shape[1]), "k": int(proj.shape[1]),
-        "explained_variance_ratio": res.explained_variance_ratio.detach().cpu().tolist(),
-        "class_names": list(class_names) if class_names is not None else None,
-        "method": f"pca ({res.method})", "has_images": images is not None,
-        "key": safe_key(name),
-    })
-    if images is not None:
-        run.log_array("embedding_images", name, _thumbnails(images))
+    embedding_format.write(run, embedding_format.Embedding(
+        name=name, projections=res.projections.detach().cpu().numpy(),
+        labels=lab if lab is not None else np.full(n, -1, dtype=np.int64),
+        explained_variance_ratio=res.explained_variance_ratio.detach().cpu().tolist(),
+        dim=int(feats.shape[1]), class_names=class_names, method=f"pca ({res.method})",
+        images=_thumbnails(images) if images is not None else None))
     return res

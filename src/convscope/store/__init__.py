@@ -1,13 +1,20 @@
-"""The run directory: Parquet part tables written in the background, arrays, DuckDB reads.
+"""The run directory's transport: Parquet part tables written in the background, arrays,
+objects, DuckDB reads. Knows no concern (those are :mod:`convscope.formats`).
 
 Write side: :class:`PartWriter` (used by :class:`convscope.Run`). Read side: :func:`open_run`,
 :class:`RunReader`, :func:`list_runs`. Maintenance: :func:`compact_run`.
+
+``RunReader``, ``open_run`` and ``TABLE_SOURCES`` live in :mod:`convscope.formats` (the reader
+composes each format's queries); they are re-exported here lazily, so ``from convscope.store
+import open_run`` keeps working.
 """
+
+from typing import Any
 
 from .arrays import load_array, save_array
 from .layout import SCHEMA_VERSION, is_run_dir
 from .parts import compact_run, compact_table, list_parts
-from .reader import TABLE_SOURCES, RunInfo, RunReader, list_runs, open_run
+from .reader import RunInfo, StoreReader, list_runs, open_run
 from .writer import PartWriter, write_part, writer_id
 
 __all__ = [
@@ -16,6 +23,7 @@ __all__ = [
     "PartWriter",
     "RunInfo",
     "RunReader",
+    "StoreReader",
     "compact_run",
     "compact_table",
     "is_run_dir",
@@ -27,3 +35,17 @@ __all__ = [
     "write_part",
     "writer_id",
 ]
+
+_MOVED = {
+    "RunReader": ("convscope.formats.reader", "RunReader"),
+    "TABLE_SOURCES": ("convscope.formats.catalog", "TABLE_SOURCES"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,6 +37,11 @@ Files, for a key ``k`` in file-name form (:func:`~convscope.store.layout.safe_ke
     checkpoints/<k>.state.pt    state_dict (weights only)
     checkpoints/<k>.arch.json   {"format", "key", "builder", "kwargs", "class", "input_shape", ...}
     checkpoints/<k>.pt          whole-module pickle: only when "builder" is null (needs trust)
+
+This module is the files' transport (it needs torch, which :mod:`convscope.formats` never
+imports). Pages, the report and the CLI go through :mod:`convscope.formats.checkpoints`, which
+lists the users' keys (from each record's ``"key"``), reads the record into a dataclass and calls
+the functions here to save and load.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ KEY_SCHEME = 2
 RUN_FILE = "run.json"
 TABLES_DIR = "tables"
 ARRAYS_DIR = "arrays"
+#: the index table of the stored arrays (one row per ``log_array``: kind, key, shape, meta, ...)
+ARRAYS_TABLE = "arrays"
 PART_GLOB = "part-*.parquet"
 # Tables whose parts are sorted before they are written (and when compacted), so Parquet row-group
 # statistics let DuckDB skip everything but the requested layer.

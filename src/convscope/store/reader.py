@@ -1,7 +1,10 @@
 """The read side of a run directory: DuckDB over the complete Parquet parts, plus arrays.
 
-``cs.open_run(path)`` returns a :class:`RunReader`. Every query lists the table's complete parts
-afresh, so a reader sees rows as soon as a writer's part lands, while training still runs.
+:class:`StoreReader` is transport only (tables, SQL, arrays, objects, metadata). ``cs.open_run``
+returns :class:`convscope.formats.reader.RunReader`, which adds each concern's queries; the names
+``RunReader``, ``open_run``, ``TABLE_SOURCES`` and ``PROFILE_SHARES`` stay importable from here
+(lazy re-exports). Every query lists the table's complete parts afresh, so a reader sees rows as
+soon as a writer's part lands, while training still runs.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import pandas as pd
 
 from ..errors import InvalidValueError, NotARunError, StoreError
 from .arrays import load_array
-from .duck import check_select, connect, identifier, integer, quote_ident, sql_path_list
+from .duck import check_select, connect, quote_ident, sql_path_list
 from .layout import (
+    ARRAYS_DIR,
+    ARRAYS_TABLE,
     RUN_FILE,
     TABLES_DIR,
     check_name,
@@ -32,36 +37,36 @@ from .layout import (
     is_run_dir,
     read_json,
 )
-from .objects import list_objects, load_object, object_path
+from .objects import OBJECTS_DIR, list_objects, load_object, object_path
 from .parts import list_parts
 from .training import TrainingQueries
 
-__all__ = ["RunReader", "open_run", "list_runs", "RunInfo", "TABLE_SOURCES", "PROFILE_SHARES"]
+# (also importable from here: RunReader, TABLE_SOURCES, PROFILE_SHARES; see _MOVED)
+__all__ = ["StoreReader", "open_run", "list_runs", "RunInfo"]
 
-# the share columns of the profile table (convscope.model.profile): the only column names
-# RunReader.profile_shares lets into SQL text
-PROFILE_SHARES = ("time_share", "memory_share", "param_share", "activation_share",
-                  "forward_share", "backward_share")
-
-# Which call records each table: used in messages and on dashboard pages that lack data.
-TABLE_SOURCES: dict[str, str] = {
-    "scalars": "run.log_scalars(step, loss=..., acc=...)",
-    "arrays": "run.log_array(kind, key, value)",
-    "profile": "run.log_model(model, example_inputs)",
-    "embedding": "run.log_embedding(features, labels)",
-    "watch_layers": "run.watch(model, every=10)",
-    "watch_filters": "run.watch(model, every=10)",
-    "validation": "run.log_validation(step, ids, labels, predictions)",
-    "validation_images": "run.log_validation(step, ids, labels, predictions)",
-    "attribution_metrics": "run.log_attributions(model, images)",
-    "diagnosis_findings": "run.log_diagnosis(model, inputs)",
-    "top_examples": "run.log_top_examples(model, layers, dataset)",
-    "diagnosis_layers": "run.log_diagnosis(model, inputs)",
+#: Names that moved up to :mod:`convscope.formats` (the concerns' knowledge), re-exported here
+#: lazily so that ``from convscope.store.reader import RunReader`` keeps working: the reader with
+#: every concern's queries is :class:`convscope.formats.reader.RunReader`.
+_MOVED = {
+    "RunReader": ("convscope.formats.reader", "RunReader"),
+    "TABLE_SOURCES": ("convscope.formats.catalog", "TABLE_SOURCES"),
+    "PROFILE_SHARES": ("convscope.formats.structure", "PROFILE_SHARES"),
 }
 
 
-class RunReader(TrainingQueries):
-    """Read access to one run directory.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class StoreReader(TrainingQueries):
+    """Transport-level read access to one run directory: metadata, tables and SQL, arrays,
+    objects. Knows no concern: :class:`convscope.formats.reader.RunReader` adds each format's
+    queries (what ``cs.open_run`` returns).
 
     Args:
         path: the run directory (the one holding ``run.json``).
@@ -92,7 +97,7 @@ class RunReader(TrainingQueries):
         return dict(self.meta.get("config") or {})
 
     def __repr__(self) -> str:
-        return f"RunReader({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     # -- tables ------------------------------------------------------------------------------
     def table_names(self) -> list[str]:
@@ -160,8 +165,7 @@ class RunReader(TrainingQueries):
 
     def _missing_hint(self) -> str:
         have = ", ".join(self.tables()) or "none"
-        recorded = "; ".join(f"{t} by {c}" for t, c in TABLE_SOURCES.items())
-        return f"Tables in this run: {have}. Tables are recorded as follows: {recorded}."
+        return f"Tables in this run: {have}."
 
     def table(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """A whole table as a DataFrame (empty DataFrame when the run has none)."""
@@ -173,88 +177,14 @@ class RunReader(TrainingQueries):
         cols = "*" if columns is None else ", ".join(quote_ident(c) for c in columns)
         return self.query(f"SELECT {cols} FROM {quote_ident(name)}")
 
-    # -- scalars -----------------------------------------------------------------------------
-    def scalar_tags(self) -> list[str]:
-        if not self.has_table("scalars"):
-            return []
-        return self.query("SELECT DISTINCT tag FROM scalars ORDER BY tag")["tag"].tolist()
-
-    def scalars(self, tags: Iterable[str] | None = None, long: bool = False) -> pd.DataFrame:
-        """Logged scalars.
-
-        Returns a DataFrame with a ``step`` column, a ``wall_time`` column (seconds since the
-        epoch, the latest write at that step) and one column per tag; or, with ``long=True``,
-        rows of (step, tag, value, wall_time) in the order written.
-        """
-        if not self.has_table("scalars"):
-            cols = ["step", "tag", "value", "wall_time"] if long else ["step", "wall_time"]
-            return pd.DataFrame({c: [] for c in cols})
-        where, params = "", []
-        if tags is not None:
-            tags = [tags] if isinstance(tags, str) else list(tags)  # bound, never SQL text
-            where = f"WHERE tag IN ({', '.join('?' for _ in tags)})"
-            params = tags
-        df = self.query(
-            f"SELECT step, tag, value, wall_time FROM scalars {where} ORDER BY step, wall_time",
-            params,
-        )
-        if long:
-            return df
-        wide = df.pivot_table(index="step", columns="tag", values="value", aggfunc="last")
-        wide.columns.name = None
-        wall = df.groupby("step")["wall_time"].max()
-        wide.insert(0, "wall_time", wall)
-        return wide.reset_index()
-
-    def scalar_series(self, tag: str, max_points: int = 2000) -> pd.DataFrame:
-        """One tag's series, downsampled on the server to at most ``max_points`` buckets.
-
-        Columns: step, value (bucket mean), vmin, vmax, wall_time. When the series is short
-        enough, every point is returned and vmin = vmax = value.
-        """
-        max_points = max(integer(max_points, "max_points"), 1)
-        n = int(
-            self.query("SELECT count(*) AS n FROM scalars WHERE tag = ?", [tag])["n"].iloc[0]
-        )
-        if n <= max_points:
-            df = self.query(
-                "SELECT step, value, value AS vmin, value AS vmax, wall_time FROM scalars "
-                "WHERE tag = ? ORDER BY step, wall_time",
-                [tag],
-            )
-            return df
-        return self.query(
-            """
-            WITH s AS (SELECT step, value, wall_time FROM scalars WHERE tag = ?),
-                 r AS (SELECT min(step) AS lo, greatest(max(step) - min(step), 1) AS span FROM s)
-            SELECT min(step) AS step, avg(value) AS value, min(value) AS vmin,
-                   max(value) AS vmax, max(wall_time) AS wall_time
-            FROM s, r
-            GROUP BY floor((step - lo) * ? / (span + 1))
-            ORDER BY step
-            """,
-            [tag, max_points],
-        )
-
-    # -- profile -----------------------------------------------------------------------------
-    def profile_shares(self, column: str, model: str = "model") -> dict[str, float]:
-        """``{module path: share}`` of one share column of the ``profile`` table (recorded by
-        ``run.log_model``); ``{}`` without one. ``column`` must be one of
-        :data:`PROFILE_SHARES` (it names a column, so it is checked, never pasted as given)."""
-        column = identifier(column, PROFILE_SHARES, "profile share")
-        if not self.has_table("profile"):
-            return {}
-        df = self.query(f'SELECT name, "{column}" AS v FROM profile WHERE model = ?', [model])
-        return dict(zip(df["name"].astype(str), df["v"].astype(float), strict=True))
-
     # -- arrays ------------------------------------------------------------------------------
     def arrays(self, kind: str | None = None) -> pd.DataFrame:
         """Index of stored arrays (newest row per kind/key), optionally of one kind."""
-        if not self.has_table("arrays"):
+        if not self.has_table(ARRAYS_TABLE):
             return pd.DataFrame(columns=["kind", "key", "file", "shape", "dtype", "step", "meta"])
         where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
         df = self.query(
-            f"""SELECT * FROM arrays {where}
+            f"""SELECT * FROM {ARRAYS_TABLE} {where}
                 QUALIFY row_number() OVER (PARTITION BY kind, key ORDER BY wall_time DESC) = 1
                 ORDER BY kind, key""",
             params,
@@ -279,26 +209,6 @@ class RunReader(TrainingQueries):
         path = object_path(self.path, kind, key)
         return find_key_file(self.path, path.parent, key, ".json").is_file()
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def checkpoints(self) -> list[str]:
-        """Keys (file-name form) of the models saved with ``run.log_checkpoint``, whatever their
-        form (including whole-module pickles written by older versions)."""
-        from .checkpoints import checkpoint_keys
-
-        return checkpoint_keys(self.path)
-
-    def load_model(self, key: str = "model", map_location: Any = "cpu", *,
-                   trust: bool = False) -> Any:
-        """The module saved with ``run.log_checkpoint(model, key)``, in eval mode.
-
-        Rebuilt from its weights (``weights_only=True``) and an allow-listed architecture
-        record, so nothing from the run directory runs. A whole-module pickle (runs of older
-        versions, or models no builder reproduces) loads only with ``trust=True``; without it a
-        :class:`StoreError` says how to opt in. See :mod:`convscope.store.checkpoints`."""
-        from .checkpoints import load_checkpoint
-
-        return load_checkpoint(self.path, key, map_location, trust=trust, run_name=self.name)
-
     # -- summary -----------------------------------------------------------------------------
     def size_bytes(self) -> int:
         return dir_size(self.path)
@@ -307,9 +217,13 @@ class RunReader(TrainingQueries):
         return RunInfo.of(self.path)
 
 
-def open_run(path: str | Path) -> RunReader:
-    """Open a run directory for reading (``cs.open_run("runs/my-run").scalars()``)."""
-    return RunReader(path)
+def open_run(path: str | Path) -> Any:
+    """Open a run directory for reading (``cs.open_run("runs/my-run").scalars()``): a
+    :class:`convscope.formats.reader.RunReader` (this name is kept for imports from
+    ``convscope.store``)."""
+    from ..formats.reader import open_run as _open
+
+    return _open(path)
 
 
 def _as_path(path: Any, what: str) -> Path:
@@ -403,7 +317,7 @@ class RunInfo:
                                  "from a backup or record the run again.")
         info.tables, problems = _scan_tables(path)
         info.problems.extend(problems)
-        for sub, target in (("arrays", info.array_kinds), ("objects", info.object_kinds)):
+        for sub, target in ((ARRAYS_DIR, info.array_kinds), (OBJECTS_DIR, info.object_kinds)):
             root = path / sub
             if root.is_dir():
                 target.extend(sorted(p.name for p in root.iterdir() if p.is_dir()))

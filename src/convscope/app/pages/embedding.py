@@ -7,7 +7,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from ...figures.embedding import embedding_figure
 from ...figures.images import png_data_uri
-from ...store.arrays import array_path
+from ...formats import embedding as emb_format
 from ..components import (
     FIGURE,
     NOTICE,
@@ -43,7 +43,7 @@ def layout() -> html.Div:
 
 def register(app, state) -> None:
     def has_embedding(r) -> bool:
-        return r.has_table("embedding")
+        return emb_format.has(r)
 
     @app.callback(
         Output("emb-run", "options"), Output("emb-run", "value"), Output("emb-status", "children"),
@@ -54,7 +54,8 @@ def register(app, state) -> None:
         if not selected:
             return [], None, no_runs_selected()
         return picker_status(state, selected, current, has_embedding, "embeddings",
-                             "run.log_embedding(features, labels, images=...)", ["embedding"])
+                             "run.log_embedding(features, labels, images=...)",
+                             [emb_format.TABLE])
 
     @app.callback(Output("emb-name", "options"), Output("emb-name", "value"),
                   Input("emb-run", "value"), State("emb-name", "value"))
@@ -62,8 +63,7 @@ def register(app, state) -> None:
     def _names(run, current):
         if not run:
             return [], None
-        names = state.reader(run).query(
-            "SELECT DISTINCT name FROM embedding ORDER BY name")["name"].tolist()
+        names = emb_format.names(state.reader(run))
         return names, current if current in names else (names[0] if names else None)
 
     @app.callback(Output("emb-graph", "figure"), Output("emb-notes", "children"),
@@ -75,11 +75,11 @@ def register(app, state) -> None:
             return {}, "", {"display": "none"}
         reader = state.reader(run)
         dmg = Damage()
-        damaged = dmg.check(reader, ["embedding"])
+        damaged = dmg.check(reader, [emb_format.TABLE])
         df = None
-        if not (damaged and not reader.has_table("embedding")):  # else: the notice says why
+        if not (damaged and not emb_format.has(reader)):  # else: the notice says why
             with dmg.guard(run, "the embedding"):
-                df = reader.query("SELECT * FROM embedding WHERE name = ? ORDER BY idx", [name])
+                df = emb_format.frame(reader, name)
         meta = _meta(reader, name, dmg)
         if df is None:
             return error_figure([t for _, t in dmg.items]), dmg.notice(), {}
@@ -111,10 +111,9 @@ def register(app, state) -> None:
         meta = _meta(reader, name, dmg)
         label = pt.get("data", {}).get("name") if isinstance(pt.get("data"), dict) else None
         body = [html.Div(f"item {idx}" + (f" · {label}" if label else ""), className="tip-text")]
-        if meta.get("has_images") or (
-                not meta and array_path(reader.path, "embedding_images", name).exists()):
+        if emb_format.has_images(reader, name, meta):
             with dmg.guard(run, "the thumbnail"):
-                thumbs = reader.array("embedding_images", name, mmap=True)
+                thumbs = emb_format.thumbnails(reader, name, mmap=True)
                 if 0 <= idx < len(thumbs):
                     body.insert(0, html.Img(src=png_data_uri(thumbs[idx], scale=2),
                                             className="tip-img", id="emb-tip-img"))
@@ -125,11 +124,8 @@ def register(app, state) -> None:
 
 def _meta(reader, name: str, dmg: Damage) -> dict:
     """The embedding's settings (class names, variance), or {} when missing or damaged."""
-    if not name or not reader.has_object("embedding", name):
-        return {}
     with dmg.guard(reader.name, "the embedding's settings"):
-        meta = reader.object("embedding", name)
-        return meta if isinstance(meta, dict) else {}
+        return emb_format.meta(reader, name)
     return {}
 
 

@@ -5,7 +5,7 @@ the server.
 Bounded work per request:
 
 * The saved model is rebuilt from weights and an allow-listed architecture record
-  (:mod:`convscope.store.checkpoints`); nothing from the run directory runs. A whole-module pickle
+  (:mod:`convscope.formats.checkpoints`, :mod:`convscope.store.checkpoints`); nothing from the run directory runs. A whole-module pickle
   loads only when the server was started with ``--trust-checkpoints``; otherwise the page says so.
 * Uploads: at most :data:`MAX_UPLOAD_BYTES` (checked on the data-URI string, before base64
   decoding), PNG or JPEG only, at most :data:`MAX_SIDE` pixels a side and :data:`MAX_PIXELS`
@@ -46,7 +46,9 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 from ...errors import ConvscopeError, InputError, StoreError
 from ...figures.features import channel_grid
 from ...figures.images import png_data_uri, to_rgb
-from ...store.checkpoints import TRUST_HINT, checkpoint_form, checkpoint_identity, input_shape
+from ...formats import checkpoints as ck_format
+from ...formats import feature_maps as fm_format
+from ...formats import structure
 from ..components import (
     NOTICE,
     graph,
@@ -93,24 +95,23 @@ def _trust(state) -> bool:
 
 
 def _has(reader) -> bool:
-    return bool(reader.checkpoints())
+    return ck_format.has(reader)
 
 
 def _key(reader) -> str:
-    """The checkpoint the page runs: ``model`` when there is one, else the first."""
-    keys = reader.checkpoints()
-    return "model" if "model" in keys or not keys else keys[0]
+    """The checkpoint the page runs: the default key when there is one, else the first."""
+    return ck_format.default_key(reader)
 
 
 def _model(reader, key: str, trust: bool) -> tuple[Any, threading.Lock]:
     """The run's saved model with a lock for running it, loaded once per checkpoint version;
     the :data:`MAX_MODELS` most recently used stay loaded."""
-    ident = (str(reader.path), key, checkpoint_identity(reader.path, key), trust)
+    ident = (str(reader.path), key, ck_format.identity(reader, key), trust)
     with _lock:
         if ident in _models:
             _models.move_to_end(ident)
             return _models[ident]
-        entry = (reader.load_model(key, trust=trust), threading.Lock())
+        entry = (ck_format.load_model(reader, key, trust=trust), threading.Lock())
         _models[ident] = entry
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)
@@ -119,46 +120,27 @@ def _model(reader, key: str, trust: bool) -> tuple[Any, threading.Lock]:
 
 def _graph_layers(reader) -> list[str]:
     """Names of the graph's modules with 4-d outputs (a damaged graph: StoreError)."""
-    if not reader.has_object("graph", "model"):
-        return []
-    nodes = reader.object("graph", "model")
-    nodes = nodes.get("nodes") if isinstance(nodes, dict) else None
-    if not isinstance(nodes, list):
-        raise StoreError(f"objects/graph/model.json of run {reader.name!r} has no list of nodes: "
-                         "record the graph again with run.log_object('graph', 'model', "
-                         "cs.model.graph(model, x).to_dict()).")
-    out = []
-    for n in nodes:
-        if not isinstance(n, dict) or n.get("op") != "module" or not isinstance(n.get("name"), str):
-            continue
-        shapes = n.get("output_shapes")
-        if isinstance(shapes, list) and shapes and isinstance(shapes[0], list) \
-                and len(shapes[0]) == 4:
-            out.append(n["name"])
-    return out
+    return structure.graph_layers(reader)
 
 
 def _trust_note(reader, key: str, trust: bool) -> html.Div | None:
-    if trust or checkpoint_form(reader.path, key) != "pickle":
+    if trust or ck_format.form(reader, key) != "pickle":
         return None
     return notice(f"The saved model {key!r} of run {reader.name!r} is a whole-module pickle, "
-                  "so the live view does not load it. " + TRUST_HINT, "warn")
+                  "so the live view does not load it. " + ck_format.TRUST_HINT, "warn")
 
 
 def _input_shape(reader, key: str) -> tuple[int, int, int]:
     """The model's input ``(C, H, W)``: the stored samples' shape, else the graph's input, else
     the shape recorded with the checkpoint, else 3 x 32 x 32."""
     shape = None
-    samples = reader.arrays("samples")
+    samples = fm_format.samples_index(reader)
     if len(samples):
         shape = list(samples.iloc[0]["shape"][1:])
-    elif reader.has_object("graph", "model"):
-        nodes = reader.object("graph", "model").get("nodes") or []
-        first = next((n for n in nodes if isinstance(n, dict) and n.get("op") == "input"), None)
-        if first and first.get("output_shapes"):
-            shape = list(first["output_shapes"][0][1:])
+    elif structure.has_graph(reader):
+        shape = structure.graph_input_shape(reader)
     if shape is None:
-        shape = input_shape(reader.path, key) or [3, 32, 32]
+        shape = ck_format.input_shape(reader, key) or [3, 32, 32]
     try:
         c, h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
@@ -237,7 +219,7 @@ def register(app, state) -> None:
             return [], None, [], None, no_update
         reader = state.reader(run)
         layers = _graph_layers(reader)
-        samples = reader.arrays("samples")
+        samples = fm_format.samples_index(reader)
         n = int(samples.iloc[0]["shape"][0]) if len(samples) else 0
         value = current if isinstance(current, str) and current in layers else (
             layers[0] if layers else None)
@@ -319,7 +301,7 @@ def _sample(reader, index: Any, shape):
     the index, decides what would be read)."""
     import torch
 
-    samples = reader.arrays("samples")
+    samples = fm_format.samples_index(reader)
     if not len(samples):
         raise InputError("this run stores no sample images: upload one, or record samples with "
                          "run.log_feature_maps(model, images).")
@@ -327,9 +309,10 @@ def _sample(reader, index: Any, shape):
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
         raise InputError(f"sample {index!r} does not exist: pick one of 0..{n - 1}.")
     key = samples.iloc[0]["key"]
-    arr = reader.array("samples", key, mmap=True)
+    arr = fm_format.samples(reader, key, mmap=True)
     if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape) or not index < arr.shape[0]:
-        raise StoreError(f"arrays/samples/{key}.npy holds an array of shape {tuple(arr.shape)}, "
+        raise StoreError(f"{fm_format.samples_file(key)} holds an array of shape "
+                         f"{tuple(arr.shape)}, "
                          f"not {n} samples of {tuple(shape)} as the run's index says: the file "
                          "is damaged or replaced; record the samples again with "
                          "run.log_feature_maps(model, images).")

@@ -13,6 +13,10 @@ from ...errors import StoreError
 from ...figures.features import preferred_grid, unit_pane
 from ...figures.graph import GRAPH_STYLESHEET, TYPE_COLORS, graph_elements
 from ...figures.maps import cell_at, channel_zoom, feature_map_grid, image_strip
+from ...formats import ARRAYS_TABLE, structure
+from ...formats import feature_maps as fm_format
+from ...formats import preferred_inputs as pi_format
+from ...formats import top_examples as te_format
 from ..components import (
     FIGURE,
     NOTICE,
@@ -45,7 +49,7 @@ SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "me
 
 
 def _has_graph(reader) -> bool:
-    return reader.has_object("graph", "model")
+    return structure.has_graph(reader)
 
 
 def layout() -> html.Div:
@@ -112,7 +116,7 @@ def register(app, state) -> None:
         if not selected:
             return [], None, no_runs_selected()
         return picker_status(state, selected, current, _has_graph, "model graph",
-                             "run.log_model(model, example_inputs)", PANEL_TABLES)
+                             structure.SOURCE, PANEL_TABLES)
 
     @app.callback(
         Output("model-expanded", "data"), Output("model-selected", "data"),
@@ -151,14 +155,14 @@ def register(app, state) -> None:
         if not run:
             return [], [], None
         reader = state.reader(run)
-        gd = reader.object("graph", "model")
+        gd = structure.graph(reader)
         metric = None
         dmg = Damage()
         # the column is an identifier: only the fixed set of size options is ever looked up
         if isinstance(size_by, str) and size_by in SIZE_OPTIONS and size_by \
-                and reader.has_table("profile"):
+                and structure.has_profile(reader):
             with dmg.guard(run, "the profile (node sizes)"):
-                metric = reader.profile_shares(size_by)
+                metric = structure.shares(reader, size_by)
         els = graph_elements(gd, expanded=expanded or [], depth=depth or 1, metric=metric,
                              selected=selected)
         names = sorted({b["name"] for b in gd["blocks"] if b["name"]})
@@ -226,11 +230,11 @@ def _zoom_maps(reader, layer: str, column: int) -> np.ndarray:
     """Stored column ``column`` of the layer's feature maps as ``[n, 1, h, w]`` float32, read
     memory-mapped: at most MAX_GRID_IMAGES images and about MAX_ZOOM_VALUES values (larger maps
     are subsampled by a stride), so a file declaring a huge array costs no more."""
-    maps = reader.array("feature_maps", layer, mmap=True)
+    maps = fm_format.maps(reader, layer, mmap=True)
     if maps.ndim != 4 or not 0 <= column < maps.shape[1]:
         raise StoreError(f"the feature maps of {layer} in run {reader.name!r} have shape "
                          f"{tuple(maps.shape)}, without column {column}: record them again "
-                         "with run.log_feature_maps.")
+                         f"with {fm_format.SOURCE}.")
     n, _, h, w = maps.shape
     n = min(n, MAX_GRID_IMAGES)
     step = max(1, math.ceil(math.sqrt(n * h * w / MAX_ZOOM_VALUES)))
@@ -242,13 +246,11 @@ def _fmt_shape(shapes) -> str:
 
 
 def _grid_figure(reader, layer: str, order: str):
-    idx = reader.arrays("feature_maps")
-    if not len(idx) or layer not in set(idx["key"]):
+    meta = fm_format.layer_meta(reader, layer)
+    if meta is None:
         raise StoreError(f"the feature maps of {layer} are not in run {reader.name!r}'s arrays "
-                         "index (tables/arrays): record them with run.log_feature_maps.")
-    row = idx[idx["key"] == layer].iloc[0]
-    maps = reader.array("feature_maps", layer, mmap=True)
-    meta = row["meta"]
+                         f"index (tables/{ARRAYS_TABLE}): record them with {fm_format.SOURCE}.")
+    maps = fm_format.maps(reader, layer, mmap=True)
     channels = [int(c) for c in meta["channels"]]
     cols = list(range(len(channels)))
     if order == "mean":
@@ -289,7 +291,7 @@ def layer_panel(reader, layer: str) -> html.Div:
     damaged = dmg.check(reader, PANEL_TABLES, run_file=False)
     gd = None
     with dmg.guard(run, "the model graph"):
-        gd = reader.object("graph", "model")
+        gd = structure.graph(reader)
     node = block = None
     if isinstance(gd, dict):
         node = next((n for n in gd.get("nodes", [])
@@ -304,12 +306,10 @@ def layer_panel(reader, layer: str) -> html.Div:
         elif block:
             facts += [("type", block["type"]), ("parameters", f"{block['params']:,}"),
                       ("contains", f"{len(block['children'])} modules")]
-    if reader.has_table("profile"):
+    if structure.has_profile(reader):
         with dmg.guard(run, "the layer's profile"):
-            prof = reader.query("SELECT * FROM profile WHERE name = ? AND model = ?",
-                                [layer, "model"])
-            if len(prof):
-                p = prof.iloc[0]
+            p = structure.profile_row(reader, layer)
+            if p is not None:
                 facts += [("forward", f"{p['forward_s'] * 1e3:.3f} ms"),
                           ("backward", f"{p['backward_s'] * 1e3:.3f} ms"),
                           ("time share", f"{p['time_share']:.1%}"),
@@ -319,7 +319,7 @@ def layer_panel(reader, layer: str) -> html.Div:
         html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in facts], className="facts"),
     ]
     with dmg.guard(run, "the feature maps"):
-        children += _feature_maps_section(reader, layer, dmg, "arrays" in damaged)
+        children += _feature_maps_section(reader, layer, dmg, ARRAYS_TABLE in damaged)
     for extra in PANEL_SECTIONS:
         with dmg.guard(run, (extra.__doc__ or extra.__name__).split("(")[0].strip()):
             section = extra(reader, layer)
@@ -331,15 +331,13 @@ def layer_panel(reader, layer: str) -> html.Div:
 
 
 def _feature_maps_section(reader, layer: str, dmg: Damage, index_damaged: bool) -> list:
-    idx = reader.arrays("feature_maps")
-    if not (len(idx) and layer in set(idx["key"])):
+    meta = fm_format.layer_meta(reader, layer)
+    if meta is None:
         if index_damaged:  # the notice names the damaged part of the arrays index
             return [html.H3("Feature maps"), html.Div(
                 "Feature maps cannot be listed: the run's arrays table is damaged (see above).",
                 className="muted")]
-        return [missing("feature maps for this layer", "run.log_feature_maps(model, images)",
-                        [reader.name])]
-    meta = idx[idx["key"] == layer].iloc[0]["meta"]
+        return [missing("feature maps for this layer", fm_format.SOURCE, [reader.name])]
     note = []
     if meta.get("capped_channels"):
         note.append(f"{len(meta['channels'])} most active of "
@@ -349,12 +347,12 @@ def _feature_maps_section(reader, layer: str, dmg: Damage, index_damaged: bool) 
                     f"{meta['original_shape'][3]}")
     out = [html.H3("Feature maps")]
     with dmg.guard(reader.name, "the sample images"):
-        samples = reader.array("samples", "feature_maps", mmap=True)
+        samples = fm_format.samples(reader, mmap=True)
         out.append(graph("fm-samples", figure=image_strip(
             _thumbs(samples[:MAX_GRID_IMAGES])), config={"staticPlot": True}))
     grid = None
     with dmg.guard(reader.name, "the feature maps"):
-        maps_shape = reader.array("feature_maps", layer, mmap=True).shape
+        maps_shape = fm_format.maps(reader, layer, mmap=True).shape
         grid = _grid_figure(reader, layer, "index")
         capped = _grid_note(maps_shape, len(meta["channels"]))
         if capped:
@@ -389,17 +387,10 @@ def _diagnosis_section(reader, layer: str):
                               className="muted")])
 
 
-def _index_meta(reader, kind: str, layer: str) -> dict | None:
-    idx = reader.arrays(kind)
-    if not len(idx) or layer not in set(idx["key"]):
-        return None
-    return idx[idx["key"] == layer].iloc[0]["meta"]
-
-
 def _features_section(reader, layer: str):
     """Preferred inputs (activation maximisation) and top-k dataset crops of the layer's units."""
-    pref = _index_meta(reader, "preferred_inputs", layer)
-    crops = _index_meta(reader, "top_crops", layer)
+    pref = pi_format.meta(reader, layer)
+    crops = te_format.crops_meta(reader, layer)
     if pref is None and crops is None:
         return None
     dmg = Damage()
@@ -408,7 +399,7 @@ def _features_section(reader, layer: str):
     if pref is not None:
         units = [int(u) for u in pref["units"]]
         with dmg.guard(reader.name, "the preferred inputs"):
-            images = reader.array("preferred_inputs", layer, mmap=True)
+            images = pi_format.images(reader, layer, mmap=True)
             shown = min(len(units), MAX_PREFERRED)
             values = pref.get("values")
             more = (f"; showing {shown} of {len(units)} units (pick any below)"
@@ -424,7 +415,7 @@ def _features_section(reader, layer: str):
             ]
     if crops is not None and not units:
         with dmg.guard(reader.name, "the top examples"):
-            n_ch = reader.array("top_crops", layer, mmap=True).shape[0]
+            n_ch = te_format.crops(reader, layer, mmap=True).shape[0]
             units = list(range(n_ch))
     if units:
         pane = _pane(reader, layer, units[0], dmg)
@@ -443,26 +434,23 @@ def _features_section(reader, layer: str):
 def _pane(reader, layer: str, unit: int, dmg: Damage):
     """The unit pane, or None when nothing of it could be loaded (``dmg`` names why)."""
     run = reader.name
-    pref = _index_meta(reader, "preferred_inputs", layer)
+    pref = pi_format.meta(reader, layer)
     preferred = None
     if pref is not None and unit in pref["units"]:
         with dmg.guard(run, "the preferred input"):
-            preferred = _thumbs(reader.array("preferred_inputs", layer, mmap=True)[
+            preferred = _thumbs(pi_format.images(reader, layer, mmap=True)[
                 pref["units"].index(unit)][None])[0]
     crops, values = None, None
-    if _index_meta(reader, "top_crops", layer) is not None:
+    if te_format.crops_meta(reader, layer) is not None:
         with dmg.guard(run, "the top examples"):
-            stored = reader.array("top_crops", layer, mmap=True)
+            stored = te_format.crops(reader, layer, mmap=True)
             if not 0 <= unit < stored.shape[0]:
                 raise StoreError(f"unit {unit} is not among the {stored.shape[0]} stored units "
                                  f"of {layer}: pick another unit.")
             crops = _thumbs(stored[unit][:MAX_CROPS])
-        if crops is not None and reader.has_table("top_examples"):
+        if crops is not None and te_format.has_table(reader):
             with dmg.guard(run, "the top examples' values"):
-                rows = reader.query("SELECT value FROM top_examples WHERE layer = ? AND "
-                                    "channel = ? ORDER BY rank LIMIT ?",
-                                    [layer, int(unit), int(len(crops))])
-                got = rows["value"].tolist()
+                got = te_format.channel_values(reader, layer, int(unit), int(len(crops)))
                 if len(got) == len(crops):
                     keep = [i for i, v in enumerate(got) if np.isfinite(v)]
                     crops, values = crops[keep], [got[i] for i in keep]
@@ -487,7 +475,7 @@ def _thumbs(images) -> np.ndarray:
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
 PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
 # The tables the layer panel reads (their damaged parts are named on the page).
-PANEL_TABLES = ["profile", "arrays", "top_examples"]
+PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
 
 PAGE = Page(

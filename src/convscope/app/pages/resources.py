@@ -6,6 +6,7 @@ from __future__ import annotations
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from ...figures.resources import children_of, resource_rings
+from ...formats import structure
 from ..components import (
     FIGURE,
     NOTICE,
@@ -60,7 +61,7 @@ def layout() -> html.Div:
 
 def register(app, state) -> None:
     def has_profile(r) -> bool:
-        return r.has_table("profile")
+        return structure.has_profile(r)
 
     @app.callback(
         Output("res-run", "options"), Output("res-run", "value"), Output("res-status", "children"),
@@ -71,7 +72,7 @@ def register(app, state) -> None:
         if not selected:
             return [], None, no_runs_selected()
         return picker_status(state, selected, current, has_profile, "profile",
-                             "run.log_model(model, example_inputs)", ["profile"])
+                             structure.SOURCE, [structure.PROFILE_TABLE])
 
     @app.callback(
         Output("res-parent", "data"),
@@ -87,7 +88,7 @@ def register(app, state) -> None:
             return ""
         if run is None:
             return no_update
-        prof = state.reader(run).query("SELECT * FROM profile WHERE model = 'model'")
+        prof = structure.profile(state.reader(run))
         target = None
         if trig == "res-rings" and click:
             target = click["points"][0]["customdata"][0]
@@ -122,11 +123,11 @@ def register(app, state) -> None:
             return {}, [], [], "", {"display": "none"}
         reader = state.reader(run)
         dmg = Damage()
-        damaged = dmg.check(reader, ["profile"])
+        damaged = dmg.check(reader, [structure.PROFILE_TABLE])
         prof = None
-        if not (damaged and not reader.has_table("profile")):
+        if not (damaged and not structure.has_profile(reader)):
             with dmg.guard(run, "the profile"):
-                prof = reader.query("SELECT * FROM profile WHERE model = 'model'")
+                prof = structure.profile(reader)
         if prof is None:
             return (error_figure([t for _, t in dmg.items]), [], [], dmg.notice(), {})
         parent = parent or ""
@@ -141,10 +142,8 @@ def register(app, state) -> None:
             crumbs.append(html.Button("↑ up", id="res-up", className="button",
                                       style={"display": "none"}))
         attrs = {}
-        if reader.has_object("profile", "model"):
-            with dmg.guard(run, "the profile's settings"):
-                attrs = reader.object("profile", "model")
-                attrs = attrs if isinstance(attrs, dict) else {}
+        with dmg.guard(run, "the profile's settings"):
+            attrs = structure.profile_attrs(reader)
         total = prof[prof["level"] == "model"]
         notes = []
         if len(total):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from dash import Input, Output, html
 
+from ...formats.catalog import TABLE_SOURCES
 from ...store.layout import RUN_FILE, is_run_dir, read_json
-from ...store.reader import TABLE_SOURCES, RunInfo
+from ...store.reader import RunInfo
 from ..components import NOTICE, fmt_bytes, notice, page_header, survive
 from . import Page
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dash import Input, Output, dcc, html
 
 from ...figures.scalars import X_AXES, scalar_figure
+from ...formats import scalars as sc_format
 from ..components import (
     NOTICE,
     Damage,
@@ -70,7 +71,7 @@ def register(app, state) -> None:
         tags: set[str] = set()
         for r in drawn_runs(state, selected)[0]:
             with Damage().guard(r.name):  # the figure's callback names the damage
-                tags.update(r.scalar_tags())
+                tags.update(sc_format.tags(r))
         return [{"label": t, "value": t} for t in sorted(tags)]
 
     @app.callback(
@@ -94,10 +95,10 @@ def register(app, state) -> None:
         capped: dict[str, int] = {}  # run -> its number of tags, where not all are drawn
         per_run = max(1, min(MAX_TAGS, MAX_SERIES // len(readers)))
         for r in readers:
-            damaged = dmg.check(r, ["scalars"])
+            damaged = dmg.check(r, [sc_format.TABLE])
             run_tags: list[str] = []
             with dmg.guard(r.name, "scalars"):
-                run_tags = r.scalar_tags()
+                run_tags = sc_format.tags(r)
             if not run_tags and not damaged:
                 lacking.append(r.name)
             if tags:
@@ -113,12 +114,12 @@ def register(app, state) -> None:
         for r in readers:
             for tag in wanted[r.name]:
                 with dmg.guard(r.name, f"scalar {tag!r}"):
-                    df = r.scalar_series(tag, max_points=points)
+                    df = sc_format.series(r, tag, max_points=points)
                     downsampled |= bool((df["vmin"] != df["vmax"]).any())
                     series.setdefault(tag, {})[r.name] = df
         notes = []
         if lacking:
-            notes.append(missing("scalars", "run.log_scalars(step, loss=..., acc=...)", lacking))
+            notes.append(missing("scalars", sc_format.SOURCE, lacking))
         if dmg:
             notes.append(dmg.notice())
         if not series:
