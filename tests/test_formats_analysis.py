@@ -5,11 +5,7 @@ rule that only ``formats/`` knows these concerns' tables and kinds."""
 
 from __future__ import annotations
 
-import ast
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -335,56 +331,3 @@ def test_the_fixture_run_reads_through_the_formats():
     assert ft.load_validation(reader).correct.shape == (3, 4)
     w = ft.load_watch(reader)
     assert len(w.layers) and set(w.layers["layer"]) == set(reader.watched_layers())
-
-
-# -- only formats/ knows these concerns' tables and kinds --------------------------------------
-NAMES = {fa.IMAGES_KIND, fa.MAPS_KIND, fa.SET_KIND, fa.METRICS_TABLE, fd.REPORT_KIND,
-         fd.FINDINGS_TABLE, fd.LAYERS_TABLE, fd.MAPS_KIND, fd.KDE_KIND, fd.VIEW_KIND,
-         fd.PARAM_KIND, fd.PARAM_KDE_KIND, fd.PARAM_VIEW_KIND, fd.SAMPLES_KIND, ft.LAYERS_TABLE,
-         ft.FILTERS_TABLE, ft.VALIDATION_TABLE, ft.IMAGES_TABLE}
-CONSUMERS = {"app/pages/attribution.py": None, "app/pages/diagnosis.py": None,
-             "app/pages/training.py": None, "report.py": ("_attribution", "_diagnosis"),
-             "cli.py": ("_cmd_diagnose",)}
-
-
-def _strings(node: ast.AST) -> list[str]:
-    """String constants under ``node``, except the words a page shows for what it lacks
-    (``picker_status(..., "diagnosis", ...)``: a label, not a kind)."""
-    labels = {id(c.args[4]) for c in ast.walk(node) if isinstance(c, ast.Call)
-              and getattr(c.func, "id", None) == "picker_status" and len(c.args) > 4}
-    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
-            and isinstance(n.value, str) and id(n) not in labels]
-
-
-def _is_sql(text: str) -> bool:
-    return bool(re.search(r"\bSELECT\b[\s\S]*\bFROM\b", text, re.IGNORECASE))
-
-
-@pytest.mark.parametrize("rel", sorted(CONSUMERS))
-def test_consumers_name_no_table_kind_or_sql_of_these_concerns(rel):
-    tree = ast.parse((SRC / rel).read_text())
-    funcs = CONSUMERS[rel]
-    nodes = [tree] if funcs is None else [n for n in ast.walk(tree) if isinstance(
-        n, ast.FunctionDef) and n.name in funcs]
-    assert nodes, rel
-    found = [s for n in nodes for s in _strings(n)
-             if s in NAMES or _is_sql(s)]
-    assert not found, f"{rel} names {found}: import them from convscope.formats"
-
-
-def test_the_checker_sees_kind_strings_and_sql_but_not_labels():
-    tree = ast.parse('def f(r):\n    picker_status(s, a, b, h, "diagnosis", "x")\n'
-                     '    return r.object("diag_view", "x")\n')
-    assert [s for s in _strings(tree) if s in NAMES] == ["diag_view"]
-    assert _is_sql("select *\n from validation") and not _is_sql("; figures from ")
-
-
-def test_these_formats_never_import_torch():
-    for name in ("attribution", "diagnosis", "training"):
-        text = (SRC / "formats" / f"{name}.py").read_text()
-        assert "import torch" not in text, name
-    code = ("import sys; import convscope.formats.attribution, convscope.formats.diagnosis, "
-            "convscope.formats.training; print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(SRC.parent)}, check=True)
-    assert out.stdout.strip() == "False"

@@ -6,8 +6,10 @@
     text and pass no table name, array/object kind or default key as a literal to a reader
     call: they name them through ``formats`` (checked on the source with ``ast``).
 
-The attribution, diagnosis and training concerns (and their pages) are checked the same way
-once their format modules exist.
+(c) No string literal in those files equals a table, array-kind or object-kind name of a run
+    recorded by convscope 0.1.0 (the committed fixture's directories: an oracle independent of
+    ``formats``), except display labels (``picker_status``'s ``what``, ``missing``'s first
+    argument, ``Damage.guard``'s ``what``) and the ``convscope analyze --what`` words.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ FORMATS = SRC / "formats"
 #: table names, array/object kinds and default keys owned by the structure-side formats
 NAMES = {"scalars", "graph", "profile", "feature_maps", "samples", "top_crops", "top_examples",
          "preferred_inputs", "embedding", "embedding_images", "arrays", "checkpoints", "model",
-         "index", "features"}
+         "index", "features",
+         # attribution, diagnosis, training
+         "attr_images", "attributions", "attribution_metrics", "diagnosis", "diagnosis_findings",
+         "diagnosis_layers", "diag_maps", "diag_kde", "diag_view", "diag_param", "diag_param_kde",
+         "diag_param_view", "watch_layers", "watch_filters", "validation", "validation_images"}
 #: calls that take a table name, a kind or a key (reader methods, Damage.check), and those that
 #: take them only in some positions (picker_status(state, selected, current, has, what,
 #: records_with, tables): ``what`` is display text)
@@ -34,13 +40,14 @@ READ_CALLS = {"has_table", "table", "query", "query_numpy", "array", "arrays", "
 POSITIONS = {"picker_status": {6}}
 SQL = re.compile(r"\b(SELECT|FROM|WHERE|ORDER BY|GROUP BY)\b")
 
-#: files (whole) and (file, functions) read through formats
-WHOLE = ["app/pages/model.py", "app/pages/resources.py", "app/pages/embedding.py",
-         "app/pages/scalars.py", "app/pages/runs.py", "app/pages/live.py", "app/state.py",
-         "app/shell.py", "app/components.py"]
-FUNCTIONS = {"report.py": {"_scalars", "_model", "_feature_maps", "_resources", "_embedding",
-                           "write_report"},
-             "cli.py": {"_cmd_runs", "_cmd_report", "_cmd_compact"}}
+#: every file of the dashboard, the report and the CLI
+CONSUMERS = sorted(str(p.relative_to(SRC)) for p in
+                   [*(SRC / "app").rglob("*.py"), SRC / "report.py", SRC / "cli.py"])
+RUN = Path(__file__).resolve().parent / "fixtures" / "logdir-0.1.0" / "intact"
+#: display labels: (call, positional index, keyword)
+LABELS = {"picker_status": (4, "what"), "missing": (0, "what"), "guard": (1, "what")}
+#: ``convscope analyze --what`` takes these words (options, not kinds)
+CLI_WORDS = {"attributions", "diagnosis"}
 
 
 def _strings(node: ast.AST):
@@ -115,12 +122,49 @@ def test_formats_never_import_torch():
 
 def test_pages_report_and_cli_read_through_formats():
     found = []
-    for rel in WHOLE:
+    for rel in CONSUMERS:
         found += problems(ast.parse((SRC / rel).read_text()), rel)
-    for rel, names in FUNCTIONS.items():
-        tree = ast.parse((SRC / rel).read_text())
-        fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-        assert {f.name for f in fns} == names, rel
-        for f in fns:
-            found += problems(f, f"{rel}:{f.name}")
     assert not found, "\n".join(found)
+
+
+def run_dir_names() -> set[str]:
+    names = {"validation", "validation_images", "diagnosis_findings"}  # tables it lacks
+    for sub in ("tables", "arrays", "objects"):
+        names |= {p.name for p in (RUN / sub).iterdir() if p.is_dir()}
+    return names
+
+
+def literals(tree: ast.AST) -> list[ast.Constant]:
+    """String constants that are not docstrings nor display labels (:data:`LABELS`)."""
+    skip = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if n.body and isinstance(n.body[0], ast.Expr) and isinstance(
+                    n.body[0].value, ast.Constant):
+                skip.add(id(n.body[0].value))
+        if isinstance(n, ast.Call) and _call_name(n) in LABELS:
+            pos, kw = LABELS[_call_name(n)]
+            if len(n.args) > pos:
+                skip.add(id(n.args[pos]))
+            skip |= {id(k.value) for k in n.keywords if k.arg == kw}
+    return [c for c in _strings(tree) if id(c) not in skip]
+
+
+def test_no_literal_names_a_table_or_kind_of_a_recorded_run():
+    names = run_dir_names()
+    assert {"scalars", "profile", "top_examples", "feature_maps", "graph", "diag_view"} <= names
+    bad = []
+    for rel in CONSUMERS:
+        allowed = CLI_WORDS if rel == "cli.py" else set()
+        bad += [f"{rel}:{c.lineno}: {c.value!r}" for c in literals(ast.parse(
+            (SRC / rel).read_text())) if c.value in names - allowed]
+    assert not bad, "name them through convscope.formats:\n" + "\n".join(bad)
+
+
+def test_the_literal_check_catches_kinds_but_not_labels():
+    tree = ast.parse('"""doc: graph"""\n'
+                     'def f(r):\n    picker_status(s, a, b, h, "diagnosis", "x")\n'
+                     '    dmg.guard(r.name, "scalars")\n    missing("profile", SOURCE)\n'
+                     '    return r.object("diag_view", "x"), {"kind": "top_crops"}\n')
+    assert [c.value for c in literals(tree) if c.value in run_dir_names()] == [
+        "diag_view", "top_crops"]

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from ._version import __version__
 from .errors import InvalidValueError, RunExistsError, StoreError
@@ -52,10 +51,6 @@ from .store.reader import RunReader
 from .store.writer import PartWriter, writer_id
 
 __all__ = ["Run", "default_run_name"]
-
-# the scalars table's arrow types (log_scalars checks its values itself)
-_SCALAR_TYPES = {"step": pa.int64(), "tag": pa.string(), "value": pa.float64(),
-                 "wall_time": pa.float64()}
 
 
 def default_run_name() -> str:

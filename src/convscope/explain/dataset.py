@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from ..errors import InputError, NotApplicableError, TargetError
 from ..nn import model_device, positive_int, preserved
 from ..nn.passes import DatasetPass, Share, run_pass
-from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
 from . import registry
+from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionPass", "AttributionSet", "attribute_all",
            "unit_scale"]

@@ -1,6 +1,6 @@
 """Attribution maps of sample images with their quality metrics (``run.log_attributions``).
 
-The run-directory contract (docs/formats-analysis.md), per set ``key`` (default
+The run-directory contract (docs/formats.md), per set ``key`` (default
 :data:`DEFAULT_KEY`):
 
 * ``arrays/attr_images/<key>`` (:data:`IMAGES_KIND`) — the images ``[N, C, H, W]`` (float16);
@@ -45,6 +45,8 @@ SET_KIND = "attributions"
 METRICS_TABLE = "attribution_metrics"
 TABLES = [METRICS_TABLE]
 DEFAULT_KEY = "samples"
+#: The call that records this concern (named on pages and in messages that lack it).
+SOURCE = "run.log_attributions(model, images)"
 #: What the stored ``cam_layer`` says (plain CAM always reads the map feeding the pooling).
 CAM_LAYER = "the map feeding the global pooling"
 

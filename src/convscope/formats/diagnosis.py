@@ -1,7 +1,7 @@
 """Wang & Li (2020)'s diagnosis of a model, with the data behind its figures
 (``run.log_diagnosis``).
 
-The run-directory contract (docs/formats-analysis.md), per report ``key`` (default
+The run-directory contract (docs/formats.md), per report ``key`` (default
 :data:`DEFAULT_KEY`):
 
 * ``objects/diagnosis/<key>`` (:data:`REPORT_KIND`) — the whole
@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..errors import StoreError
 from ..store.layout import safe_key
+from . import feature_maps
 from .base import Sink
 
 __all__ = [
@@ -58,10 +59,12 @@ MAPS_KIND, KDE_KIND, VIEW_KIND = "diag_maps", "diag_kde", "diag_view"
 #: Per parameter layer: the grid (``diag_param``), densities (``diag_param_kde``), the rest.
 PARAM_KIND, PARAM_KDE_KIND, PARAM_VIEW_KIND = "diag_param", "diag_param_kde", "diag_param_view"
 DEFAULT_KEY = "model"
+#: The call that records this concern (named on pages and in messages that lack it).
+SOURCE = "run.log_diagnosis(model, inputs)"
 #: Where ``convscope diagnose RUN`` finds sample images when no ``--inputs`` are given: the
 #: images ``run.log_feature_maps`` stores (the feature-maps format's ``arrays/samples/
 #: feature_maps``).
-SAMPLES_KIND, SAMPLES_KEY = "samples", "feature_maps"
+SAMPLES_KIND, SAMPLES_KEY = feature_maps.SAMPLES_KIND, feature_maps.SAMPLES_KEY
 
 
 class NotAReportError(StoreError):

@@ -15,11 +15,13 @@ from .catalog import TABLE_SOURCES
 from .checkpoints import CheckpointQueries
 from .scalars import ScalarQueries
 from .structure import StructureQueries
+from .training import TrainingQueries
 
 __all__ = ["RunReader", "open_run"]
 
 
-class RunReader(StoreReader, ScalarQueries, StructureQueries, CheckpointQueries):
+class RunReader(StoreReader, ScalarQueries, StructureQueries, CheckpointQueries,
+                TrainingQueries):
     """Read access to one run directory.
 
     Args:

@@ -1,7 +1,7 @@
 """Training dynamics (Liu et al. 2018, DeepTracker): the watch and validation tables, their
 writers and the queries behind the Training page (mixed into the run reader).
 
-Tables (the run-directory contract; docs/formats-analysis.md):
+Tables (the run-directory contract; docs/formats.md):
 
 * ``watch_layers`` (:data:`LAYERS_TABLE`) — one row per (step, layer): ``step``, ``layer``, the
   weight and gradient statistics :data:`LAYER_COLUMNS` (:mod:`convscope.track.stats`) and
@@ -35,8 +35,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, InvalidValueError, StoreError
+from ..store.duck import check_select, identifier, integer, sql_path_list
+from ..store.layout import TABLES_DIR
+from ..store.parts import list_parts
+from ..store.summary import TOP_K, open_summary, summary_file, top_file
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from ..track.correlate import correlate
+from . import structure
 from .base import Sink
 
 __all__ = [
@@ -59,9 +64,12 @@ WATCH_TABLES = (LAYERS_TABLE, FILTERS_TABLE)
 VALIDATION_TABLES = (VALIDATION_TABLE, IMAGES_TABLE)
 #: Every table of this concern (the Training page names them when they are damaged).
 TABLES = [VALIDATION_TABLE, IMAGES_TABLE, LAYERS_TABLE, FILTERS_TABLE]
+#: The calls that record the watch and the validation tables.
+WATCH_SOURCE = "run.watch(model, every=10)"
+VALIDATION_SOURCE = "run.log_validation(step, ids, labels, predictions)"
 #: The model graph (object kind, key) whose module order sorts the watched layers: the
 #: structure format's ``objects/graph/model`` (``run.log_model``).
-GRAPH_KIND, GRAPH_KEY = "graph", "model"
+GRAPH_KIND, GRAPH_KEY = structure.GRAPH_KIND, structure.DEFAULT_KEY
 
 
 
@@ -688,12 +696,3 @@ def filter_changes_near(reader: Any, anomaly_steps: Any, k: int = 10, rank: int 
     top = top.sort_values("layer", kind="stable")
     return pd.concat([top, marks.assign(cos_prev=np.nan)], ignore_index=True)
 
-
-# The transport this module reads through. Imported last: ``convscope.store.reader`` still mixes
-# :class:`TrainingQueries` into its ``RunReader`` (importing this module), so importing this
-# module first must define the class before ``convscope.store`` loads. Once the reader that
-# composes the format mixins lives in ``formats/`` these move to the top.
-from ..store.duck import check_select, identifier, integer, sql_path_list  # noqa: E402
-from ..store.layout import TABLES_DIR  # noqa: E402
-from ..store.parts import list_parts  # noqa: E402
-from ..store.summary import TOP_K, open_summary, summary_file, top_file  # noqa: E402

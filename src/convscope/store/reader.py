@@ -39,7 +39,6 @@ from .layout import (
 )
 from .objects import OBJECTS_DIR, list_objects, load_object, object_path
 from .parts import list_parts
-from .training import TrainingQueries
 
 # (also importable from here: RunReader, TABLE_SOURCES, PROFILE_SHARES; see _MOVED)
 __all__ = ["StoreReader", "open_run", "list_runs", "RunInfo"]
@@ -63,7 +62,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class StoreReader(TrainingQueries):
+class StoreReader:
     """Transport-level read access to one run directory: metadata, tables and SQL, arrays,
     objects. Knows no concern: :class:`convscope.formats.reader.RunReader` adds each format's
     queries (what ``cs.open_run`` returns).

@@ -14,6 +14,7 @@ from ...figures.features import preferred_grid, unit_pane
 from ...figures.graph import GRAPH_STYLESHEET, TYPE_COLORS, graph_elements
 from ...figures.maps import cell_at, channel_zoom, feature_map_grid, image_strip
 from ...formats import ARRAYS_TABLE, structure
+from ...formats import diagnosis as diag_format
 from ...formats import feature_maps as fm_format
 from ...formats import preferred_inputs as pi_format
 from ...formats import top_examples as te_format
@@ -373,12 +374,12 @@ def _feature_maps_section(reader, layer: str, dmg: Damage, index_damaged: bool) 
 
 def _diagnosis_section(reader, layer: str):
     """The diagnosis findings about this layer (and a link to its full view)."""
-    keys = reader.objects("diagnosis")
+    keys = diag_format.keys(reader)
     if not keys:
         return None
     from .diagnosis import findings_list
 
-    report = reader.object("diagnosis", keys[0])
+    report = diag_format.report_dict(reader, keys[0])
     mine = [f for f in report.get("findings", []) if f.get("layer") in (layer, layer + ":1")]
     body = findings_list({"findings": mine}, link=False) if mine else html.Div(
         "No finding about this layer.", className="muted")
