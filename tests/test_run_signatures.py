@@ -162,7 +162,8 @@ def test_preferred_inputs_arguments_reach_maximize(tmp_path, monkeypatch):
 def test_quiet_none_follows_the_run_and_is_restored(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(structure, "log_model",
-                        lambda run, *a, **k: seen.append(run.quiet) or (None, None))
+                        lambda run, *a, quiet=None, **k: seen.append(
+                            run.quiet if quiet is None else quiet) or (None, None))
     monkeypatch.setattr(attribution, "log_attributions",
                         lambda run, *a, quiet=None, **k: seen.append(quiet) or {})
     with cs.Run(tmp_path, "r", quiet=True) as run:

@@ -329,12 +329,8 @@ class Run:
         """
         from .record.structure import log_model
 
-        saved, self.quiet = self.quiet, self.quiet if quiet is None else bool(quiet)
-        try:
-            return log_model(self, model, example_inputs, key=key, profile=profile,
-                             backward=backward, repeat=repeat, threads=threads)
-        finally:
-            self.quiet = saved
+        return log_model(self, model, example_inputs, key=key, profile=profile,
+                         backward=backward, repeat=repeat, threads=threads, quiet=quiet)
 
     def log_feature_maps(
         self,
@@ -562,12 +558,8 @@ class Run:
             options["max_elements"] = max_elements
         if abstraction is not None:
             options["abstraction"] = abstraction
-        saved, self.quiet = self.quiet, self.quiet if quiet is None else bool(quiet)
-        try:
-            return log_diagnosis(self, model, inputs, key=key, views=views,
-                                 batch_size=batch_size, sharded=sharded, **options)
-        finally:
-            self.quiet = saved
+        return log_diagnosis(self, model, inputs, key=key, views=views, batch_size=batch_size,
+                             sharded=sharded, quiet=quiet, **options)
 
     # -- attribution -------------------------------------------------------------------------
     def log_attributions(

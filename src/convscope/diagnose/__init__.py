@@ -26,7 +26,14 @@ from .cluster import (
     merge_height_stats,
 )
 from .core import default_layers, diagnose, diagnose_activations, diagnose_checkpoint
-from .dataset import OutputMoments, accumulate_outputs, diagnose_dataset, merge_outputs, report_of
+from .dataset import (
+    DiagnosisPass,
+    OutputMoments,
+    accumulate_outputs,
+    diagnose_dataset,
+    merge_outputs,
+    report_of,
+)
 from .kde import KDE, kde
 from .report import Report
 from .rules import ADVICE, CODES, SEVERITIES, STAGES, Finding
@@ -40,6 +47,7 @@ __all__ = [
     "Clustering",
     "Finding",
     "KDE",
+    "DiagnosisPass",
     "OutputMoments",
     "LayerStats",
     "OutputView",

@@ -36,7 +36,7 @@ from .base import Layer, Target, auto_layer
 # the input-space methods register first: the table's order is the Attribution page's order
 from .gradients import deconvnet, guided_backprop, saliency, to_heatmap  # isort: skip
 from .cams import CamContext, cam, grad_cam, grad_cam_pp, register_cam, score_cam  # isort: skip
-from .dataset import ATTRIBUTION_METHODS, AttributionSet, attribute_all  # isort: skip
+from .dataset import ATTRIBUTION_METHODS, AttributionPass, AttributionSet, attribute_all  # isort: skip
 from .registry import METHODS, Method, get, names, register, unregister  # isort: skip
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "score_cam",
     "auto_layer",
     "attribute_all",
+    "AttributionPass",
     "AttributionSet",
     "ATTRIBUTION_METHODS",
     "METHODS",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .maximize import DEFAULTS, IMAGENET, maximize, unit_seed
 from .objectives import OUTPUT, Objective, channel, class_logit, neuron
 from .param import Canvas, FFTImage, PixelImage, fft_image, pixel_image
+from .preferred import PreferredInputsPass, preferred_inputs
 from .regularizers import (
     LR_SCALE_0_255,
     Blur,
@@ -35,7 +36,15 @@ from .regularizers import (
     yosinski,
 )
 from .render import Progress, Render, adam, progress, sgd
-from .top import ReceptiveField, TopExamples, live, merge, receptive_field, top_examples
+from .top import (
+    ReceptiveField,
+    TopExamples,
+    TopExamplesPass,
+    live,
+    merge,
+    receptive_field,
+    top_examples,
+)
 from .transforms import Jitter, Pad, RandomRotate, RandomScale, Transform, standard_transforms
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "Objective",
     "Pad",
     "PixelImage",
+    "PreferredInputsPass",
     "Progress",
     "Preset",
     "RandomRotate",
@@ -61,6 +71,7 @@ __all__ = [
     "Render",
     "Regularizer",
     "TopExamples",
+    "TopExamplesPass",
     "Transform",
     "adam",
     "channel",
@@ -76,6 +87,7 @@ __all__ = [
     "merge",
     "neuron",
     "pixel_image",
+    "preferred_inputs",
     "progress",
     "receptive_field",
     "sgd",

@@ -26,7 +26,7 @@ def store_report(run: Run, report: Any, key: str = fmt.DEFAULT_KEY) -> None:
 
 def log_diagnosis(run: Run, model: Any, inputs: Any, *, key: str = fmt.DEFAULT_KEY,
                   views: bool = True, batch_size: int | None = None, sharded: bool = False,
-                  **kwargs: Any) -> Any:
+                  quiet: bool | None = None, **kwargs: Any) -> Any:
     """Diagnose and store the report (with the figures' data when ``views``). Returns it.
 
     * ``inputs`` a tensor and no ``batch_size``: :func:`convscope.diagnose.diagnose` on that
@@ -35,25 +35,28 @@ def log_diagnosis(run: Run, model: Any, inputs: Any, *, key: str = fmt.DEFAULT_K
       (:func:`convscope.diagnose.diagnose_dataset`; the figures show the first batch);
     * ``sharded=True`` under ``torch.distributed``: every rank must call it; the data set is
       split across ranks (:func:`convscope.distributed.diagnose_sharded`) and rank 0 stores.
+
+    ``quiet``: hide the progress bar (None: the run's setting).
     """
     import torch
 
+    quiet = run.quiet if quiet is None else bool(quiet)
     if sharded:
         from ..distributed import diagnose_sharded, rank_world
 
         report = diagnose_sharded(model, inputs, batch_size=batch_size or 64, views=views,
-                                  quiet=run.quiet, **kwargs)
+                                  quiet=quiet, **kwargs)
         if rank_world()[0] == 0:
             store_report(run, report, key)
         return report
     if isinstance(inputs, torch.Tensor) and batch_size is None:
         from ..diagnose import diagnose
 
-        report = diagnose(model, inputs, views=views, quiet=run.quiet, **kwargs)
+        report = diagnose(model, inputs, views=views, quiet=quiet, **kwargs)
     else:
         from ..diagnose import diagnose_dataset
 
         report = diagnose_dataset(model, inputs, batch_size=batch_size or 64, views=views,
-                                  quiet=run.quiet, **kwargs)
+                                  quiet=quiet, **kwargs)
     store_report(run, report, key)
     return report

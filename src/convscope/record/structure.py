@@ -47,9 +47,11 @@ def log_model(
     backward: bool = True,
     repeat: int = 10,
     threads: int | None = None,
+    quiet: bool | None = None,
 ) -> tuple[Any, Any]:
     """Record the graph (``objects/graph/<key>``) and, with ``profile``, the per-layer profile
-    (table ``profile``, attrs in ``objects/profile/<key>``). Returns (graph, profile DataFrame)."""
+    (table ``profile``, attrs in ``objects/profile/<key>``). ``quiet``: hide the progress bar
+    (None: the run's setting). Returns (graph, profile DataFrame)."""
     from ..model import graph as build_graph
     from ..model import profile as run_profile
 
@@ -59,7 +61,7 @@ def log_model(
     if profile:
         df = run_profile(
             model, example_inputs, backward=backward, repeat=repeat, threads=threads,
-            quiet=run.quiet,
+            quiet=run.quiet if quiet is None else bool(quiet),
         )
         structure_format.write_profile(run, df, key=key)
     return g, df
