@@ -24,6 +24,7 @@ import pytest
 
 import convscope as cs
 from convscope.errors import InvalidValueError, StoreError
+from convscope.formats.training_summary import top_file
 from convscope.store import PartWriter, compact_run, list_parts, open_run
 from convscope.store.layout import (
     ORPHAN_AGE_S,
@@ -38,7 +39,7 @@ from convscope.store.layout import (
     writer_alive,
 )
 from convscope.store.reader import RunInfo
-from convscope.store.summary import open_summary, summary_file, top_file
+from convscope.store.summary import open_summary, summary_file
 
 PY = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(Path(cs.__file__).parents[1])}

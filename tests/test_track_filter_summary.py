@@ -1,5 +1,6 @@
-"""The filter view's summaries (convscope.store.summary): filter_matrix over a log whose parts
-are partly compacted (summarised) and partly not equals a brute-force pandas computation."""
+"""The filter view's summaries (convscope.formats.training_summary): filter_matrix over a log
+whose parts are partly compacted (summarised) and partly not equals a brute-force pandas
+computation."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import pandas as pd
 import pytest
 
 import convscope as cs
+from convscope.formats.training_summary import build_filter_summary
 from convscope.store.layout import TABLES_DIR
 from convscope.store.parts import compact_table, list_parts
-from convscope.store.summary import build_filter_summary, summary_file
+from convscope.store.summary import summary_file
 
 VALUES = ("w_l2", "g_l2", "ratio", "cos_prev")
 
@@ -227,8 +229,8 @@ def test_top_filters_at_equals_brute_force_over_indexed_and_raw_parts(mixed_log,
 
 
 def test_top_filters_at_reads_the_index_of_compacted_parts(mixed_log, monkeypatch):
+    from convscope.formats.training_summary import top_file
     from convscope.store.reader import RunReader
-    from convscope.store.summary import top_file
 
     reader, df, steps = mixed_log
     seen: list[str] = []
@@ -277,7 +279,7 @@ def test_top_changed_index_breaks_ties_by_layer_then_filter():
     filter), the order the raw query documents, not whichever tied rows DuckDB meets first."""
     import pyarrow as pa
 
-    from convscope.store.summary import build_top_changed
+    from convscope.formats.training_summary import build_top_changed
 
     rows = [("b", 0, 0.5), ("a", 2, 0.5), ("c", 0, 0.5), ("a", 1, 0.5), ("b", 1, 0.1),
             ("a", 0, 0.5)]

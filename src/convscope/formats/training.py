@@ -8,8 +8,8 @@ Tables (the run-directory contract; docs/formats.md):
   ``rank`` (int16).
 * ``watch_filters`` (:data:`FILTERS_TABLE`) — one row per (step, layer, filter): ``step``,
   ``layer``, ``filter``, :data:`FILTER_COLUMNS` (w_l2, g_l2, ratio, cos_prev) and ``rank``.
-  Parts are sorted by (layer, filter, step); compacted parts carry summaries
-  (:mod:`convscope.store.summary`).
+  Parts are sorted by (layer, filter, step); compacted parts carry summaries and a top-changed
+  index (:mod:`.training_summary`, which registers these as the table's store hooks).
 * ``validation_images`` (:data:`IMAGES_TABLE`) — one row per validation image the first time it
   is seen: ``pos`` (registration position), ``id``, ``label`` (int64).
 * ``validation`` (:data:`VALIDATION_TABLE`) — one row per logged checkpoint (per call):
@@ -38,11 +38,12 @@ from ..errors import InputError, InvalidValueError, StoreError
 from ..store.duck import check_select, identifier, integer, sql_path_list
 from ..store.layout import TABLES_DIR
 from ..store.parts import list_parts
-from ..store.summary import TOP_K, open_summary, summary_file, top_file
+from ..store.summary import open_summary, summary_file
 from ..track.columns import FILTER_COLUMNS, LAYER_COLUMNS
 from ..track.correlate import correlate
 from . import structure
 from .base import Sink
+from .training_summary import FILTERS_TABLE, LAYERS_TABLE, TOP_K, top_file
 
 __all__ = [
     "FILTERS_TABLE", "FILTER_COLUMNS", "IMAGES_TABLE", "LAYERS_TABLE", "LAYER_COLUMNS",
@@ -52,10 +53,8 @@ __all__ = [
     "most_changed_rows", "write_watch",
 ]
 
-#: One row per (step, layer): weight and gradient statistics (:data:`LAYER_COLUMNS`).
-LAYERS_TABLE = "watch_layers"
-#: One row per (step, layer, filter): :data:`FILTER_COLUMNS`.
-FILTERS_TABLE = "watch_filters"
+# LAYERS_TABLE (one row per (step, layer): LAYER_COLUMNS) and FILTERS_TABLE (one row per
+# (step, layer, filter): FILTER_COLUMNS) are defined with their store hooks in .training_summary
 #: One row per logged validation checkpoint (bitset of correct images, predictions).
 VALIDATION_TABLE = "validation"
 #: One row per validation image, the first time it is seen: position, id, label.
@@ -160,7 +159,7 @@ class TrainingQueries:
         smallest k that gives at most ``max_steps`` buckets over ``[lo, hi]``: the layer's first
         and last recorded step, clipped to ``steps`` when given. So S lies between about
         ``max_steps / 2`` and ``max_steps``, and the buckets are the blocks of the parts'
-        summaries (:mod:`convscope.store.summary`): summarised parts contribute per-bucket sums
+        summaries (:mod:`.training_summary`): summarised parts contribute per-bucket sums
         and counts (~F × S rows), the rest raw rows, with the same result. ``steps[S]`` is the
         first step present in each bucket; buckets and filters without rows are left out.
         """
@@ -310,8 +309,8 @@ class TrainingQueries:
         lowest cosine similarity to their previous snapshot. Columns: step, layer, filter,
         cos_prev, rank_in (ties in cos_prev by layer, then filter).
 
-        Compacted parts carry a top-changed index (the :data:`~convscope.store.summary.TOP_K`
-        lowest per step, :func:`~convscope.store.summary.build_top_changed`); for
+        Compacted parts carry a top-changed index (the :data:`~.training_summary.TOP_K`
+        lowest per step, :func:`~.training_summary.build_top_changed`); for
         ``k <= TOP_K`` those are read instead of every filter's row, the other parts raw. The k
         lowest of the union are the k lowest of the per-part lists, so the result is the same.
         """

@@ -37,14 +37,18 @@ ARRAYS_DIR = "arrays"
 #: the index table of the stored arrays (one row per ``log_array``: kind, key, shape, meta, ...)
 ARRAYS_TABLE = "arrays"
 PART_GLOB = "part-*.parquet"
-# Tables whose parts are sorted before they are written (and when compacted), so Parquet row-group
-# statistics let DuckDB skip everything but the requested layer.
-TABLE_SORT: dict[str, tuple[str, ...]] = {
-    "watch_filters": ("layer", "filter", "step"),
-    "watch_layers": ("layer", "step"),
-}
 ROW_GROUP_ROWS = 131_072
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+
+def __getattr__(name: str) -> Any:
+    # TABLE_SORT (which tables' parts are sorted by what) moved to the tables' hooks
+    # (convscope.store.hooks, registered by the formats); this view stays for older imports
+    if name == "TABLE_SORT":
+        from .hooks import registered_tables
+
+        return {t: h.sort_by for t, h in registered_tables().items() if h.sort_by}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_run_dir(path: Path) -> bool:

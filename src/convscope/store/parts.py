@@ -4,12 +4,20 @@ A part becomes visible when it is renamed to ``part-*.parquet``. Compaction of a
 an exclusive ``flock`` on ``tables/<table>/.compact.lock``, goes:
 
 1. finish what an earlier, killed compaction left: delete every part that a present, readable
-   merged part lists as replaced (and those parts' summaries), and the orphaned temporary files;
+   merged part lists as replaced (and those parts' side files), and the orphaned temporary
+   files;
 2. write each merged part to a temporary file, fsync, rename it into place: its Parquet footer
    lists the parts it replaces (``convscope.replaces``); a part is visible only complete;
-3. write the merged part's summaries (``watch_filters``), the top-changed index last;
-4. delete the replaced parts and their summaries;
-5. build missing summaries, drop summaries whose part is gone.
+3. write the merged part's side files (summaries, indexes), in the order the table's hooks give
+   (:mod:`convscope.store.hooks`), the last one as the marker of a complete set;
+4. delete the replaced parts and their side files;
+5. build the side files of compacted parts that lack the marker, drop side files whose part is
+   gone.
+
+Parts are sorted as the table's hooks say (``sort_by``) when written, merged parts included.
+The hooks come from the registry of :mod:`convscope.store.hooks`, which loads the formats that
+register them at its first lookup, so ``compact_run`` called on its own writes the same files as
+``Run.close`` and ``convscope compact``.
 
 A reader lists the directory and drops every part named in the ``replaces`` list of a present,
 readable part, so whatever step a compaction is killed at, a query reads each logged row exactly
@@ -32,15 +40,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .hooks import SideFile, table_hooks
 from .layout import PART_GLOB, TABLES_DIR, clean_orphans
-from .summary import (
-    SUMMARIZED_TABLES,
-    SUMMARY_DIR,
-    TOP_PREFIX,
-    remove_summary,
-    top_file,
-    write_summary,
-)
+from .summary import SUMMARY_DIR, remove_side_files, side_file, write_side_files
 from .writer import write_part
 
 __all__ = ["PartListing", "list_parts", "compact_table", "compact_run"]
@@ -142,18 +144,18 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
     """Merge the visible parts of one table into parts of at most ``max_rows`` rows (memory
     stays bounded by that). Returns (parts before, parts after)."""
     table_dir = Path(table_dir)
+    sides = table_hooks(table_dir.name).side_files
     with _Lock(table_dir / ".compact.lock"):
         listing = list_parts(table_dir)
-        summarize = table_dir.name in SUMMARIZED_TABLES
         # 1. what a killed compaction left: replaced parts first (while their merged part is
         # still there to hide them), then temporary files of dead processes
-        _delete_replaced(listing.replaced)
+        _delete_replaced(listing.replaced, sides)
         clean_orphans(table_dir)
         clean_orphans(table_dir / SUMMARY_DIR)
         before = len(listing.files)
         if before < min_parts:
-            if summarize and listing.replaced:
-                _summarize_missing(table_dir)
+            if sides and listing.replaced:
+                _complete_side_files(table_dir, sides)
             return before, before
         groups: list[list[Path]] = [[]]
         rows = 0
@@ -175,21 +177,20 @@ def compact_table(table_dir: Path, min_parts: int = 2, max_rows: int = 4_000_000
             name = f"part-c{time.time_ns():020d}-{os.urandom(4).hex()}.parquet"
             path = write_part(table_dir, name, merged,
                               {REPLACES_KEY.decode(): json.dumps([f.name for f in group])})
-            if summarize:
-                write_summary(path, merged)
+            write_side_files(path, merged, sides)
             del merged
             for f in group:
                 try:
                     f.unlink()
                 except FileNotFoundError:
                     pass
-                remove_summary(f)
-        if summarize:
-            _summarize_missing(table_dir)
+                remove_side_files(f, sides)
+        if sides:
+            _complete_side_files(table_dir, sides)
         return before, after
 
 
-def _delete_replaced(parts: list[Path]) -> None:
+def _delete_replaced(parts: list[Path], sides: tuple[SideFile, ...]) -> None:
     """Delete replaced parts, a part that itself hides others of the list after them (so a
     crash in between never uncovers rows: a chain left by older versions stays hidden)."""
     left = {f.name: f for f in parts}
@@ -202,27 +203,26 @@ def _delete_replaced(parts: list[Path]) -> None:
                 ready.append(f)
         for f in ready or list(left.values()):
             f.unlink(missing_ok=True)
-            remove_summary(f)
+            remove_side_files(f, sides)
             del left[f.name]
 
 
-def _summarize_missing(table_dir: Path) -> None:
-    """Summaries for compacted parts that lack one (killed compaction, older runs); drop the
-    summaries of parts that are gone."""
+def _complete_side_files(table_dir: Path, sides: tuple[SideFile, ...]) -> None:
+    """Side files for compacted parts that lack the last one (killed compaction, older runs);
+    drop the side files of parts that are gone."""
     listing = list_parts(table_dir)
+    marker = sides[-1].prefix
     for f in listing.files:
-        # the top-changed index is written last: without it, the summary may be missing too
-        if f.name.startswith("part-c") and not top_file(f).exists():
-            remove_summary(f)
-            write_summary(f, pq.read_table(f).replace_schema_metadata(None))
+        # the last side file is written last: without it, the others may be missing too
+        if f.name.startswith("part-c") and not side_file(f, marker).exists():
+            remove_side_files(f, sides)
+            write_side_files(f, pq.read_table(f).replace_schema_metadata(None), sides)
     visible = {f.name for f in listing.files}
-    for s in (table_dir / SUMMARY_DIR).glob(PART_GLOB):
-        if s.name not in visible and not (table_dir / s.name).exists():
-            s.unlink(missing_ok=True)
-    for s in (table_dir / SUMMARY_DIR).glob(TOP_PREFIX + PART_GLOB):
-        name = s.name[len(TOP_PREFIX):]
-        if name not in visible and not (table_dir / name).exists():
-            s.unlink(missing_ok=True)
+    for side in sides:
+        for s in (table_dir / SUMMARY_DIR).glob(side.prefix + PART_GLOB):
+            name = s.name[len(side.prefix):]
+            if name not in visible and not (table_dir / name).exists():
+                s.unlink(missing_ok=True)
 
 
 def compact_run(run_dir: Path, min_parts: int = 2) -> dict[str, tuple[int, int]]:

@@ -1,148 +1,68 @@
-"""Multi-resolution summaries of ``watch_filters`` parts, so the filter view reads ~F × S rows.
+"""Side files of compacted parts (summaries, indexes), generically: where they live, how they are
+written and removed with their part, and how a summary with a row-range footer index is read.
 
-For each compacted part ``tables/watch_filters/part-X.parquet`` compaction writes
-``tables/watch_filters/_summary/part-X.parquet``: per (rank, layer, filter, level k, block)
-with ``block = step >> k`` (aligned blocks of 2**k steps), the row count, first and last step,
-and per filter statistic the sum and count of its non-NaN values. Levels run from the first
-whose blocks hold about 4 recorded steps (``k_min``) to the first where the part spans at most
-two blocks (``k_max``); a query at a coarser level shifts the ``k_max`` blocks (dyadic blocks
-nest). Rows with filter -1 hold, per layer, level and block, the first and last step and the row
-count over all filters; rows with ``level = -1`` (filter -1) each layer's first and last step in
-the part.
+Which tables get side files, and what is in them, is the table owner's business
+(:class:`convscope.store.hooks.TableHooks`, registered by :mod:`convscope.formats`): for a
+compacted part ``tables/<table>/part-X.parquet`` each side file of the table's hooks lives at
+``tables/<table>/_summary/<prefix>part-X.parquet`` (:func:`side_file`). They are written in the
+hooks' order, the last one as the marker of a complete set, and belong to the part of the same
+name: a side file is used only while that part is visible, and compaction deletes it with the
+part. Parts without side files (written while training runs, or by an older version) are read
+raw, so queries stay exact either way.
 
-A summary belongs to the raw part of the same name: it is used only while that part is
-visible, and compaction deletes it with the part. Parts without a summary (written while
-training runs, or by an older version) are read raw, so queries stay exact either way.
+A *summary* (the side file with prefix ``""``, :func:`summary_file`) is sorted by
+(level, layer, rank, ...) and carries, in its footer under :data:`INDEX_KEY`, the row range of
+each (level, rank, layer) and each (rank, layer)'s step bounds (:func:`summary_index`), so a
+query reads just its rows' row groups (:class:`SummaryFile`, :func:`open_summary`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..track.columns import FILTER_COLUMNS
-from .duck import connect
+from .hooks import SideFile, registered_tables, table_hooks
 
-__all__ = ["SUMMARY_DIR", "INDEX_KEY", "TOP_K", "summary_index", "SummaryFile", "open_summary",
-           "SUMMARIZED_TABLES", "summary_file", "top_file", "build_filter_summary",
-           "build_top_changed", "write_summary", "remove_summary"]
+__all__ = ["SUMMARY_DIR", "INDEX_KEY", "SUMMARY_ROW_GROUP", "side_file", "summary_file",
+           "summary_index", "write_side_files", "remove_side_files", "write_summary",
+           "remove_summary", "SummaryFile", "open_summary"]
 
 SUMMARY_DIR = "_summary"
 INDEX_KEY = "convscope.index"  # footer metadata: see summary_index
-SUMMARIZED_TABLES = ("watch_filters",)
-STEPS_PER_BLOCK = 4  # recorded steps in a block of the finest level (about)
 SUMMARY_ROW_GROUP = 8192
-TOP_K = 16  # filters kept per (rank, step) in the top-changed index
-TOP_PREFIX = "top-"
+
+#: names that moved to the format owning the summarised table; importable from here (lazily:
+#: the store imports no format at module level) for code written against earlier versions
+_MOVED = {name: "convscope.formats.training_summary" for name in (
+    "TOP_K", "TOP_PREFIX", "STEPS_PER_BLOCK", "top_file", "build_filter_summary",
+    "build_top_changed")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    if name == "SUMMARIZED_TABLES":  # the tables whose compacted parts get side files
+        return tuple(t for t, h in registered_tables().items() if h.side_files)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def side_file(part: Path, prefix: str = "") -> Path:
+    """Where the side file ``prefix`` of raw part ``part`` lives."""
+    return part.parent / SUMMARY_DIR / (prefix + part.name)
 
 
 def summary_file(part: Path) -> Path:
-    """Where the summary of raw part ``part`` lives."""
-    return part.parent / SUMMARY_DIR / part.name
-
-
-def top_file(part: Path) -> Path:
-    """Where the top-changed index of raw part ``part`` lives."""
-    return part.parent / SUMMARY_DIR / (TOP_PREFIX + part.name)
-
-
-def build_top_changed(table: pa.Table, k: int = TOP_K) -> pa.Table | None:
-    """Per (rank, step) of one ``watch_filters`` part, the ``k`` filters with the lowest
-    non-NaN ``cos_prev``, ties broken by layer then filter (rank, step, layer, filter, cos_prev;
-    sorted by rank, step, cos_prev).
-    The k lowest of a step over all parts are the k lowest of these per-part lists, so the
-    correlation view reads ~k rows per step instead of every filter's. None without the
-    column."""
-    if "cos_prev" not in table.column_names:
-        return None
-    con = connect()
-    try:
-        con.register("t", table)
-        return con.sql(f"""
-            SELECT rank::SMALLINT AS rank, step::BIGINT AS step, x.layer AS layer,
-                   x.filter::INTEGER AS filter, x.cos_prev::FLOAT AS cos_prev
-            FROM (SELECT rank, step,
-                         unnest(min_by({{'layer': layer, 'filter': filter,
-                                        'cos_prev': cos_prev}},
-                                       {{'c': cos_prev, 'l': layer, 'f': filter}}, {int(k)})) AS x
-                  FROM t WHERE cos_prev IS NOT NULL AND NOT isnan(cos_prev)
-                  GROUP BY rank, step)
-            ORDER BY rank, step, cos_prev, layer, filter""").to_arrow_table()
-    finally:
-        con.close()
-
-
-def _levels(steps: np.ndarray) -> tuple[int, int] | None:
-    """``(k_min, k_max)`` for a part with these distinct sorted steps, None if too few."""
-    if len(steps) < 2 * STEPS_PER_BLOCK:
-        return None
-    spacing = max(1.0, float(np.median(np.diff(steps))))
-    k_min = max(0, math.ceil(math.log2(STEPS_PER_BLOCK * spacing)))
-    lo, hi = int(steps[0]), int(steps[-1])
-    k_max = k_min
-    while (hi >> k_max) - (lo >> k_max) > 1:
-        k_max += 1
-    return k_min, k_max
-
-
-def build_filter_summary(table: pa.Table) -> tuple[pa.Table, tuple[int, int]] | None:
-    """The summary rows of one ``watch_filters`` part (an arrow table) and its levels
-    ``(k_min, k_max)``, or None when the part holds too few steps to be worth one."""
-    values = [c for c in FILTER_COLUMNS if c in table.column_names]
-    con = connect()
-    try:
-        con.register("t", table)
-        steps = con.execute("SELECT DISTINCT step FROM t ORDER BY step").fetchnumpy()["step"]
-        levels = _levels(np.asarray(steps, dtype=np.int64))
-        if levels is None:
-            return None
-        k_min, k_max = levels
-        aggs = ", ".join(
-            f'coalesce(sum("{v}") FILTER (WHERE NOT isnan("{v}")), 0)::DOUBLE AS "{v}_sum", '
-            f'count("{v}") FILTER (WHERE NOT isnan("{v}"))::INTEGER AS "{v}_n"'
-            for v in values)
-        con.execute(f"""
-            CREATE TEMP TABLE lvl AS
-            SELECT rank, layer, filter, {k_min}::TINYINT AS level, step >> {k_min} AS block,
-                   min(step) AS first, max(step) AS last, count(*)::INTEGER AS n, {aggs}
-            FROM t GROUP BY rank, layer, filter, step >> {k_min}""")
-        roll = ", ".join(f'sum("{v}_sum")::DOUBLE AS "{v}_sum", sum("{v}_n")::INTEGER AS "{v}_n"'
-                         for v in values)
-        for k in range(k_min + 1, k_max + 1):
-            con.execute(f"""
-                INSERT INTO lvl
-                SELECT rank, layer, filter, {k}::TINYINT, block >> 1, min(first), max(last),
-                       sum(n)::INTEGER, {roll}
-                FROM lvl WHERE level = {k - 1} GROUP BY rank, layer, filter, block >> 1""")
-        zeros = ", ".join(f'0::DOUBLE AS "{v}_sum", 0::INTEGER AS "{v}_n"' for v in values)
-        # per layer and block, over its filters (filter -1): the bucket's first step comes
-        # from these few rows instead of a column of every filter's row
-        con.execute(f"""
-            INSERT INTO lvl
-            SELECT rank, layer, -1, level, block, min(first), max(last), sum(n)::INTEGER,
-                   {zeros}
-            FROM lvl GROUP BY rank, layer, level, block""")
-        # level -1: the layer's first and last step in the part
-        con.execute(f"""
-            INSERT INTO lvl
-            SELECT rank, layer, -1, -1::TINYINT, 0, min(first), max(last), sum(n)::INTEGER,
-                   {zeros}
-            FROM lvl WHERE level = {k_max} AND filter = -1 GROUP BY rank, layer""")
-        floats = ", ".join(f'"{v}_sum"::FLOAT AS "{v}_sum", "{v}_n"' for v in values)
-        out = con.sql(f"""
-            SELECT rank::SMALLINT AS rank, layer, filter::INTEGER AS filter, level,
-                   block::BIGINT AS block, first::BIGINT AS first, last::BIGINT AS last, n,
-                   {floats}
-            FROM lvl ORDER BY level, layer, rank, filter, block""").to_arrow_table()
-        return out, (k_min, k_max)
-    finally:
-        con.close()
+    """Where the summary (the side file without prefix) of raw part ``part`` lives."""
+    return side_file(part, "")
 
 
 def summary_index(summary: pa.Table, levels: tuple[int, int]) -> dict:
@@ -171,36 +91,48 @@ def summary_index(summary: pa.Table, levels: tuple[int, int]) -> dict:
     return {"levels": list(levels), "ranges": ranges, "bounds": bounds}
 
 
-def write_summary(part: Path, table: pa.Table) -> Path | None:
-    """Build and durably write the summary and the top-changed index of raw part ``part``
-    holding ``table``; returns the summary's path (None when the part is too short for one)."""
+def _side_files(part: Path, sides: Sequence[SideFile] | None) -> Sequence[SideFile]:
+    if sides is not None:
+        return sides
+    return table_hooks(part.parent.name).side_files
+
+
+def write_side_files(part: Path, table: pa.Table, sides: Sequence[SideFile] | None = None
+                     ) -> list[Path]:
+    """Build and durably write, in order, the side files of raw part ``part`` holding
+    ``table`` (``sides``: default, those its table's hooks register); returns the paths
+    written (a builder that returns None writes nothing)."""
     from .writer import write_part
 
-    # the top-changed index last: compaction takes its presence for "summaries complete"
-    built = build_filter_summary(table)
-    out = None
-    if built is not None:
-        summary, levels = built
-        target = summary_file(part)
-        # small row groups: a query reads one layer at one level, ~F x (blocks in the part)
-        # rows, found through the footer index
-        out = write_part(target.parent, target.name, summary,
-                         {INDEX_KEY: json.dumps(summary_index(summary, levels))},
-                         row_group_size=SUMMARY_ROW_GROUP)
-    top = build_top_changed(table)
-    if top is not None:
-        target = top_file(part)
-        write_part(target.parent, target.name, top, {}, row_group_size=SUMMARY_ROW_GROUP)
+    out = []
+    for side in _side_files(part, sides):
+        built = side.build(table)
+        if built is None:
+            continue
+        rows, meta = built
+        target = side_file(part, side.prefix)
+        out.append(write_part(target.parent, target.name, rows, dict(meta),
+                              row_group_size=side.row_group_size))
     return out
 
 
+def remove_side_files(part: Path, sides: Sequence[SideFile] | None = None) -> None:
+    """Delete the side files of raw part ``part`` (``sides`` as in :func:`write_side_files`)."""
+    for side in _side_files(part, sides):
+        side_file(part, side.prefix).unlink(missing_ok=True)
+
+
+def write_summary(part: Path, table: pa.Table) -> Path | None:
+    """Write the side files of raw part ``part`` (its table's hooks); returns the summary's
+    path (None when none was written). Kept for code written against earlier versions: see
+    :func:`write_side_files`."""
+    target = summary_file(part)
+    return target if target in write_side_files(part, table) else None
+
+
 def remove_summary(part: Path) -> None:
-    """Delete the summary and the top-changed index of raw part ``part``."""
-    for f in (summary_file(part), top_file(part)):
-        try:
-            f.unlink()
-        except FileNotFoundError:
-            pass
+    """Delete the side files of raw part ``part`` (see :func:`remove_side_files`)."""
+    remove_side_files(part)
 
 
 class SummaryFile:

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InvalidValueError, StoreError
+from .hooks import load_providers, table_hooks
 from .layout import (
     ROW_GROUP_ROWS,
-    TABLE_SORT,
     TABLES_DIR,
     check_name,
     fsync_dir,
@@ -54,9 +54,11 @@ def write_part(
     table_dir: Path, name: str, table: pa.Table, metadata: Mapping[str, str] | None = None,
     row_group_size: int = ROW_GROUP_ROWS,
 ) -> Path:
-    """Write ``table`` durably as ``table_dir/name`` (temp file, fsync, rename, fsync dir)."""
+    """Write ``table`` durably as ``table_dir/name`` (temp file, fsync, rename, fsync dir),
+    sorted by the ``sort_by`` columns of the hooks registered for table ``table_dir.name``
+    (:mod:`convscope.store.hooks`), so Parquet row-group statistics let DuckDB skip the rest."""
     table_dir.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in TABLE_SORT.get(table_dir.name, ()) if k in table.column_names]
+    keys = [k for k in table_hooks(table_dir.name).sort_by if k in table.column_names]
     if keys:
         table = table.sort_by([(k, "ascending") for k in keys])
     if metadata:
@@ -239,6 +241,9 @@ class PartWriter:
         self._closed = False
         self.rows_written = 0
         self.parts_written = 0
+        # the tables' hooks (part sort orders) registered before the background thread needs
+        # them: importing their providers there could wait on an import this thread holds
+        load_providers()
         self._thread = threading.Thread(
             target=self._loop, name=f"convscope-writer-{self.writer}", daemon=True
         )
