@@ -8,8 +8,8 @@
 
 (c) No string literal in those files equals a table, array-kind or object-kind name of a run
     recorded by convscope 0.1.0 (the committed fixture's directories: an oracle independent of
-    ``formats``), except display labels (``picker_status``'s ``what``, ``missing``'s first
-    argument, ``Damage.guard``'s ``what``) and the ``convscope analyze --what`` words.
+    ``formats``), except display labels (``picker_status``'s and ``register_run_picker``'s
+    ``what``, ``missing``'s first argument, ``Damage.guard``'s ``what``) and the ``convscope analyze --what`` words.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ NAMES = {"scalars", "graph", "profile", "feature_maps", "samples", "top_crops", 
          "diag_param_view", "watch_layers", "watch_filters", "validation", "validation_images"}
 #: calls that take a table name, a kind or a key (reader methods, Damage.check), and those that
 #: take them only in some positions (picker_status(state, selected, current, has, what,
-#: records_with, tables): ``what`` is display text)
+#: records_with, tables) and register_run_picker(app, state, prefix, has, what, records_with,
+#: tables): ``what`` is display text)
 READ_CALLS = {"has_table", "table", "query", "query_numpy", "array", "arrays", "object",
               "objects", "has_object", "check", "load_model", "profile_shares", "scalars",
               "scalar_series"}
-POSITIONS = {"picker_status": {6}}
+POSITIONS = {"picker_status": {6}, "register_run_picker": {6}}
 SQL = re.compile(r"\b(SELECT|FROM|WHERE|ORDER BY|GROUP BY)\b")
 
 #: every file of the dashboard, the report and the CLI
@@ -45,7 +46,8 @@ CONSUMERS = sorted(str(p.relative_to(SRC)) for p in
                    [*(SRC / "app").rglob("*.py"), SRC / "report.py", SRC / "cli.py"])
 RUN = Path(__file__).resolve().parent / "fixtures" / "logdir-0.1.0" / "intact"
 #: display labels: (call, positional index, keyword)
-LABELS = {"picker_status": (4, "what"), "missing": (0, "what"), "guard": (1, "what")}
+LABELS = {"picker_status": (4, "what"), "register_run_picker": (4, "what"),
+          "missing": (0, "what"), "guard": (1, "what")}
 #: ``convscope analyze --what`` takes these words (options, not kinds)
 CLI_WORDS = {"attributions", "diagnosis"}
 

@@ -8,11 +8,11 @@ lazily, so ``import convscope`` stays fast and does not import torch until it is
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import ConvscopeError
+from .lazy import lazy_getattr
 
 if TYPE_CHECKING:  # pragma: no cover
     from .formats.reader import RunReader, open_run
@@ -38,7 +38,7 @@ __all__ = [
     "distributed",
 ]
 
-_LAZY_ATTRS = {
+_LAZY_ATTRS: dict[str, tuple[str, str | None]] = {
     "Run": ("convscope.run", "Run"),
     "open_run": ("convscope.formats.reader", "open_run"),
     "RunReader": ("convscope.formats.reader", "RunReader"),
@@ -48,19 +48,8 @@ _SUBPACKAGES = {
     "data", "zoo", "model", "explain", "features", "diagnose", "track", "embed", "store",
     "figures", "app", "distributed",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRS:
-        module, attr = _LAZY_ATTRS[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    if name in _SUBPACKAGES:
-        value = importlib.import_module(f"convscope.{name}")
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+__getattr__ = lazy_getattr(
+    "convscope", {**_LAZY_ATTRS, **{p: (f"convscope.{p}", None) for p in _SUBPACKAGES}}, globals())
 
 
 def __dir__() -> list[str]:

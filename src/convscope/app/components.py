@@ -1,5 +1,6 @@
-"""Small building blocks shared by the pages (cards, notices, tables), and the way pages
-survive damaged runs: :class:`Damage` collects the damaged files a page met (table parts from
+"""Small building blocks shared by the pages (cards, notices, tables); the frame and callbacks
+every run page shares (:func:`picker_page`, :func:`register_run_picker`, :func:`register_choice`);
+and the way pages survive damaged runs: :class:`Damage` collects the damaged files a page met (table parts from
 ``RunReader.problems``, unreadable table directories, a bad ``run.json``, and every
 ``StoreError`` raised while loading an array or object) and :func:`damage_notice` names them;
 ``with damage.guard(run):`` lets one damaged item drop out while the rest of a panel renders, and
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import dcc, html
+from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from ..errors import ConvscopeError
@@ -99,8 +100,7 @@ def _pick(readers: Sequence[Any], current: Any, has: Any
 
     ok = [r.name for r in readers if ok_(r)]
     lacking = [r.name for r in readers if r.name not in ok]
-    value = current if isinstance(current, str) and current in ok else (ok[0] if ok else None)
-    return [{"label": n, "value": n} for n in ok], value, lacking
+    return [{"label": n, "value": n} for n in ok], keep_or_first(current, ok), lacking
 
 
 # -- damaged runs -------------------------------------------------------------------------------
@@ -210,6 +210,17 @@ class Damage:
             if prob:
                 self.add(reader.name, prob)
         return found
+
+    def load(self, reader: Any, tables: Iterable[str], has: Callable[[Any], Any],
+             load: Callable[[], Any], what: str) -> Any:
+        """``load()`` under :meth:`guard` after :meth:`check` of ``tables`` (and ``run.json``);
+        None when it failed, and without trying when a table is damaged and ``has(reader)`` is
+        false (nothing readable is left: the notice says why)."""
+        if self.check(reader, tables) and not has(reader):
+            return None
+        with self.guard(reader.name, what):
+            return load()
+        return None
 
     @contextmanager
     def guard(self, run: str, what: str = "this view") -> Iterator[None]:
@@ -338,6 +349,69 @@ def picker_status(state: Any, selected: Any, current: Any, has: Any,
     if dmg:
         notes.append(dmg.notice())
     return options, value, notes
+
+
+def picker_page(prefix: str, title: str, subtitle: str, controls: Sequence[Any],
+                *body: Any) -> html.Div:
+    """A page built around a run picker: its header, a row of controls led by the picker
+    ``<prefix>-run``, the picker's notices ``<prefix>-status`` (both filled by
+    :func:`register_run_picker` with the same ``prefix``), then ``body``."""
+    return html.Div([
+        page_header(title, subtitle),
+        html.Div([run_picker(f"{prefix}-run"), *controls], className="controls"),
+        html.Div(id=f"{prefix}-status"),
+        *body,
+    ])
+
+
+def register_run_picker(app: Any, state: Any, prefix: str,
+                        has: Callable[[Any], Any] | None = None, what: str = "",
+                        call: str = "", tables: Iterable[str] = (), *,
+                        status: Callable[[Any, Any], Any] | None = None) -> None:
+    """Register a page's run-picker callback: the header's ``run-select`` fills the options and
+    value of ``<prefix>-run`` (made by :func:`run_picker`) and the notices of
+    ``<prefix>-status``, by :func:`picker_status` (``has``, ``what``, ``call``, ``tables``).
+
+    A page that says more (the Live page's trust note) passes ``status(selected, current) ->
+    (options, value, notes)`` instead of ``has``, ``what``, ``call`` and ``tables``. No selected
+    run: "select one or more runs"; a failure: a damage notice (:func:`survive`).
+    """
+    tables = list(tables)
+
+    @app.callback(
+        Output(f"{prefix}-run", "options"), Output(f"{prefix}-run", "value"),
+        Output(f"{prefix}-status", "children"),
+        Input("run-select", "value"), State(f"{prefix}-run", "value"),
+    )
+    @survive([], None, NOTICE)
+    def _runs(selected: Any, current: Any) -> Any:
+        if not selected:
+            return [], None, no_runs_selected()
+        if status is not None:
+            return status(selected, current)
+        return picker_status(state, selected, current, has, what, call, tables)
+
+
+def keep_or_first(current: Any, options: Sequence[Any]) -> Any:
+    """A dropdown's value: ``current`` while it is still among ``options``, else the first
+    option (None when there is none)."""
+    return current if current in options else (options[0] if options else None)
+
+
+def register_choice(app: Any, state: Any, run_id: str, choice_id: str,
+                    options_of: Callable[[Any], Sequence[str]]) -> None:
+    """Register the callback that offers ``options_of(reader)`` of the run picked in
+    ``run_id`` as the options of dropdown ``choice_id`` (its value kept by
+    :func:`keep_or_first`); nothing picked or a failure: no options."""
+
+    @app.callback(Output(choice_id, "options"), Output(choice_id, "value"),
+                  Input(run_id, "value"), State(choice_id, "value"))
+    @survive([], None)
+    def _choices(run: Any, current: Any) -> Any:
+        if not run:
+            return [], None
+        options = options_of(state.reader(run))
+        return options, keep_or_first(current, options)
 
 
 def shrink(images: Any, max_side: int) -> Any:

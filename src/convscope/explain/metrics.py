@@ -86,6 +86,14 @@ def _check_unit(maps: Tensor) -> None:
         )
 
 
+def _checked(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target
+             ) -> tuple[Tensor, Tensor, TargetSpec]:
+    """The checked inputs ``[B, C, H, W]``, maps ``[B, H, W]`` and target of a metric."""
+    check_model(model)
+    x = check_inputs(inputs)
+    return x, check_maps(maps, x), TargetSpec(target, x.shape[0])
+
+
 def confidence_change(
     model: nn.Module,
     inputs: Tensor,
@@ -107,12 +115,9 @@ def confidence_change(
     Returns:
         :class:`ConfidenceChange` (``.average_drop``, ``.increase_in_confidence`` in percent).
     """
-    check_model(model)
     batch_size = positive_int(batch_size, "batch_size")
-    x = check_inputs(inputs)
-    m = check_maps(maps, x)
+    x, m, spec = _checked(model, inputs, maps, target)
     _check_unit(m)
-    spec = TargetSpec(target, x.shape[0])
     rows = torch.arange(x.shape[0], device=x.device)
     with prepared(model), torch.no_grad():
         out = run_forward(model, x)
@@ -256,10 +261,7 @@ def deletion(
     Returns:
         :class:`Curve` with ``[B, steps + 1]`` probabilities and ``[B]`` AUC.
     """
-    check_model(model)
-    x = check_inputs(inputs)
-    m = check_maps(maps, x)
-    spec = TargetSpec(target, x.shape[0])
+    x, m, spec = _checked(model, inputs, maps, target)
     with prepared(model), torch.no_grad():
         spec.resolve(run_forward(model, x))
         base = _background(baseline, x, "baseline")
@@ -289,10 +291,7 @@ def insertion(
     Returns:
         :class:`Curve`.
     """
-    check_model(model)
-    x = check_inputs(inputs)
-    m = check_maps(maps, x)
-    spec = TargetSpec(target, x.shape[0])
+    x, m, spec = _checked(model, inputs, maps, target)
     with prepared(model), torch.no_grad():
         spec.resolve(run_forward(model, x))
         if isinstance(start, str):

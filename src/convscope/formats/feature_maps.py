@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.arrays import array_path
+from .array_index import key_meta
 from .base import Sink
 
 __all__ = ["KIND", "SAMPLES_KIND", "SAMPLES_KEY", "INDEX_KEY", "DTYPE", "SOURCE", "LayerMaps",
@@ -100,10 +101,7 @@ def layers(reader: Any) -> list[str]:
 
 def layer_meta(reader: Any, layer: str, idx: pd.DataFrame | None = None) -> dict | None:
     """What was kept of ``layer`` (its index meta), or None when its maps are not indexed."""
-    idx = index(reader) if idx is None else idx
-    if not len(idx) or layer not in set(idx["key"]):
-        return None
-    return idx[idx["key"] == layer].iloc[0]["meta"]
+    return key_meta(index(reader) if idx is None else idx, layer)
 
 
 def maps(reader: Any, layer: str, mmap: bool = False) -> np.ndarray:
@@ -121,10 +119,7 @@ def samples(reader: Any, key: str = SAMPLES_KEY, mmap: bool = False) -> np.ndarr
 
 
 def samples_meta(reader: Any) -> dict | None:
-    idx = samples_index(reader)
-    if not len(idx) or SAMPLES_KEY not in set(idx["key"]):
-        return None
-    return idx[idx["key"] == SAMPLES_KEY].iloc[0]["meta"]
+    return key_meta(samples_index(reader), SAMPLES_KEY)
 
 
 def samples_file(key: str = SAMPLES_KEY) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .array_index import key_meta
 from .base import Sink
 
 __all__ = ["KIND", "DTYPE", "SOURCE", "PreferredInputs", "write", "load", "layers", "meta",
@@ -52,10 +53,7 @@ def layers(reader: Any) -> list[str]:
 
 def meta(reader: Any, layer: str) -> dict[str, Any] | None:
     """The index meta of ``layer``'s preferred inputs, or None when there are none."""
-    idx = reader.arrays(KIND)
-    if not len(idx) or layer not in set(idx["key"]):
-        return None
-    return idx[idx["key"] == layer].iloc[0]["meta"]
+    return key_meta(reader.arrays(KIND), layer)
 
 
 def images(reader: Any, layer: str, mmap: bool = False) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
+from .array_index import key_meta
 from .base import Sink
 
 __all__ = ["TABLE", "CROPS_KIND", "DTYPE", "SOURCE", "TopExamples", "write", "load", "layers",
@@ -104,10 +105,7 @@ def channel_values(reader: Any, layer: str, channel: int, limit: int) -> list[fl
 
 def crops_meta(reader: Any, layer: str) -> dict[str, Any] | None:
     """The index meta of ``layer``'s crops, or None when there are none."""
-    idx = reader.arrays(CROPS_KIND)
-    if not len(idx) or layer not in set(idx["key"]):
-        return None
-    return idx[idx["key"] == layer].iloc[0]["meta"]
+    return key_meta(reader.arrays(CROPS_KIND), layer)
 
 
 def crops(reader: Any, layer: str, mmap: bool = False) -> np.ndarray:

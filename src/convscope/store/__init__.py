@@ -9,8 +9,7 @@ composes each format's queries); they are re-exported here lazily, so ``from con
 import open_run`` keeps working.
 """
 
-from typing import Any
-
+from ..lazy import lazy_getattr
 from .arrays import load_array, save_array
 from .layout import SCHEMA_VERSION, is_run_dir
 from .parts import compact_run, compact_table, list_parts
@@ -36,16 +35,9 @@ __all__ = [
     "writer_id",
 ]
 
-_MOVED = {
+_MOVED: dict[str, tuple[str, str | None]] = {
     "RunReader": ("convscope.formats.reader", "RunReader"),
     "TABLE_SOURCES": ("convscope.formats.catalog", "TABLE_SOURCES"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _MOVED, globals())

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InvalidValueError, NotARunError, StoreError
+from ..lazy import lazy_getattr
 from .arrays import load_array
 from .duck import check_select, connect, quote_ident, sql_path_list
 from .layout import (
@@ -46,20 +47,13 @@ __all__ = ["StoreReader", "open_run", "list_runs", "RunInfo"]
 #: Names that moved up to :mod:`convscope.formats` (the concerns' knowledge), re-exported here
 #: lazily so that ``from convscope.store.reader import RunReader`` keeps working: the reader with
 #: every concern's queries is :class:`convscope.formats.reader.RunReader`.
-_MOVED = {
+_MOVED: dict[str, tuple[str, str | None]] = {
     "RunReader": ("convscope.formats.reader", "RunReader"),
     "TABLE_SOURCES": ("convscope.formats.catalog", "TABLE_SOURCES"),
     "PROFILE_SHARES": ("convscope.formats.structure", "PROFILE_SHARES"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _MOVED, globals())
 
 
 class StoreReader:

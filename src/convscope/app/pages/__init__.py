@@ -2,6 +2,9 @@
 
 A page is a path, a title, a layout function and a function that registers its callbacks. The
 shell builds the navigation from :data:`PAGES` in order; adding a page is adding a module here.
+A page about one run's data frames its layout with :func:`~convscope.app.components.picker_page`
+and registers its run picker with :func:`~convscope.app.components.register_run_picker` (same
+prefix), so every page answers "no run selected", "no X recorded yet" and damaged files alike.
 """
 
 from __future__ import annotations

@@ -15,10 +15,9 @@ from ..components import (
     Damage,
     error_figure,
     graph,
-    no_runs_selected,
-    page_header,
-    picker_status,
-    run_picker,
+    keep_or_first,
+    picker_page,
+    register_run_picker,
     shrink,
     survive,
 )
@@ -30,17 +29,12 @@ PAGE_SIZE = 8
 MAX_SIDE = 128
 
 
-def _has(reader) -> bool:
-    return fmt.has_sets(reader)
-
-
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Attribution", "Which pixels drive each prediction: gradient methods "
-                    "(input space, max |·| over channels) and class activation maps, each "
-                    "scaled to [0, 1] per image and overlaid on the input."),
-        html.Div([
-            run_picker("attr-run"),
+    return picker_page(
+        "attr", "Attribution", "Which pixels drive each prediction: gradient methods "
+        "(input space, max |·| over channels) and class activation maps, each scaled to [0, 1] "
+        "per image and overlaid on the input.",
+        [
             html.Label(["Sample set", dcc.Dropdown(id="attr-key", clearable=False)],
                        className="control"),
             html.Label(["Methods", dcc.Checklist(id="attr-methods", inline=True,
@@ -53,28 +47,18 @@ def layout() -> html.Div:
                                             value=1, debounce=True, style={"width": "5em"}),
                         html.Span(id="attr-pages", className="muted")],
                        className="control", id="attr-paging", style={"display": "none"}),
-        ], className="controls"),
-        html.Div(id="attr-status"),
+        ],
         html.Div(id="attr-key-notes"),
         html.Div([graph("attr-gallery")], className="panel", id="attr-body",
                  style={"display": "none"}),
         html.H3("Quality of the maps"),
         html.Div(id="attr-metrics"),
-    ])
+    )
 
 
 def register(app, state) -> None:
-    @app.callback(
-        Output("attr-run", "options"), Output("attr-run", "value"),
-        Output("attr-status", "children"),
-        Input("run-select", "value"), State("attr-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, _has, "attribution maps",
-                             "run.log_attributions(model, images)", fmt.TABLES)
+    register_run_picker(app, state, "attr", fmt.has_sets, "attribution maps",
+                        "run.log_attributions(model, images)", fmt.TABLES)
 
     @app.callback(
         Output("attr-key", "options"), Output("attr-key", "value"),
@@ -87,7 +71,7 @@ def register(app, state) -> None:
             return [], None, None
         dmg = Damage()
         keys = [m.key for m in _metas(state.reader(run), dmg)]
-        return keys, current if current in keys else (keys[0] if keys else None), dmg.notice()
+        return keys, keep_or_first(current, keys), dmg.notice()
 
     @app.callback(
         Output("attr-methods", "options"), Output("attr-methods", "value"),

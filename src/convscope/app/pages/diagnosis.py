@@ -16,10 +16,9 @@ from ..components import (
     damage_notice,
     error_figure,
     graph,
-    no_runs_selected,
-    page_header,
-    picker_status,
-    run_picker,
+    picker_page,
+    register_choice,
+    register_run_picker,
     survive,
 )
 from . import Page
@@ -28,26 +27,20 @@ STAGES = {1: "low-abstraction outputs", 2: "high-abstraction outputs", 3: "conv 
           4: "dense parameters"}
 
 
-def _has(reader) -> bool:
-    return fmt.has_reports(reader)
-
-
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Diagnosis", "Findings in Wang & Li's order: low-abstraction outputs, then "
-                    "high-abstraction outputs, then conv parameters, then dense parameters. "
-                    "Click a layer to see its dendrogram, grid and distributions."),
-        html.Div([run_picker("diag-run"),
-                  html.Label(["Report", dcc.Dropdown(id="diag-key", clearable=False)],
-                             className="control"),
-                  html.Label(["Layer", dcc.Dropdown(id="diag-layer", placeholder="a layer")],
-                             className="control control-wide")], className="controls"),
-        html.Div(id="diag-status"),
+    return picker_page(
+        "diag", "Diagnosis", "Findings in Wang & Li's order: low-abstraction outputs, then "
+        "high-abstraction outputs, then conv parameters, then dense parameters. Click a layer "
+        "to see its dendrogram, grid and distributions.",
+        [html.Label(["Report", dcc.Dropdown(id="diag-key", clearable=False)],
+                    className="control"),
+         html.Label(["Layer", dcc.Dropdown(id="diag-layer", placeholder="a layer")],
+                    className="control control-wide")],
         html.Div(id="diag-findings"),
         html.Div(id="diag-view-box", className="panel", style={"display": "none"},
                  children=[html.Div(id="diag-view-notes", className="muted"),
                            graph("diag-view"), graph("diag-param-view")]),
-    ])
+    )
 
 
 def findings_list(report: dict, link: bool = True) -> html.Div:
@@ -85,29 +78,10 @@ def _fmt(v) -> str:
 
 
 def register(app, state) -> None:
-    @app.callback(
-        Output("diag-run", "options"), Output("diag-run", "value"),
-        Output("diag-status", "children"),
-        Input("run-select", "value"), State("diag-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, _has, "diagnosis",
-                             "run.log_diagnosis(model, inputs)",
-                             fmt.TABLES)
+    register_run_picker(app, state, "diag", fmt.has_reports, "diagnosis",
+                        "run.log_diagnosis(model, inputs)", fmt.TABLES)
 
-    @app.callback(
-        Output("diag-key", "options"), Output("diag-key", "value"),
-        Input("diag-run", "value"), State("diag-key", "value"),
-    )
-    @survive([], None)
-    def _keys(run, current):
-        if not run:
-            return [], None
-        keys = fmt.keys(state.reader(run))
-        return keys, current if current in keys else (keys[0] if keys else None)
+    register_choice(app, state, "diag-run", "diag-key", fmt.keys)
 
     @app.callback(
         Output("diag-findings", "children"), Output("diag-layer", "options"),

@@ -14,10 +14,9 @@ from ..components import (
     Damage,
     error_figure,
     graph,
-    no_runs_selected,
-    page_header,
-    picker_status,
-    run_picker,
+    picker_page,
+    register_choice,
+    register_run_picker,
     survive,
 )
 from . import Page
@@ -27,44 +26,23 @@ MAX_POINTS = 20_000
 
 
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Embedding", "Features projected on their first three principal components "
-                    "(PCA via SVD of the covariance). Drag to rotate; hover for the image."),
-        html.Div([run_picker("emb-run"),
-                  html.Label(["Features", dcc.Dropdown(id="emb-name", clearable=False)],
-                             className="control")], className="controls"),
-        html.Div(id="emb-status"),
+    return picker_page(
+        "emb", "Embedding", "Features projected on their first three principal components "
+        "(PCA via SVD of the covariance). Drag to rotate; hover for the image.",
+        [html.Label(["Features", dcc.Dropdown(id="emb-name", clearable=False)],
+                    className="control")],
         html.Div([graph("emb-graph", clear_on_unhover=True),
                   dcc.Tooltip(id="emb-tip", direction="right")], className="panel",
                  id="emb-body", style={"display": "none"}),
         html.Div(id="emb-notes", className="muted"),
-    ])
+    )
 
 
 def register(app, state) -> None:
-    def has_embedding(r) -> bool:
-        return emb_format.has(r)
+    register_run_picker(app, state, "emb", emb_format.has, "embeddings",
+                        "run.log_embedding(features, labels, images=...)", [emb_format.TABLE])
 
-    @app.callback(
-        Output("emb-run", "options"), Output("emb-run", "value"), Output("emb-status", "children"),
-        Input("run-select", "value"), State("emb-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, has_embedding, "embeddings",
-                             "run.log_embedding(features, labels, images=...)",
-                             [emb_format.TABLE])
-
-    @app.callback(Output("emb-name", "options"), Output("emb-name", "value"),
-                  Input("emb-run", "value"), State("emb-name", "value"))
-    @survive([], None)
-    def _names(run, current):
-        if not run:
-            return [], None
-        names = emb_format.names(state.reader(run))
-        return names, current if current in names else (names[0] if names else None)
+    register_choice(app, state, "emb-run", "emb-name", emb_format.names)
 
     @app.callback(Output("emb-graph", "figure"), Output("emb-notes", "children"),
                   Output("emb-body", "style"),
@@ -75,11 +53,8 @@ def register(app, state) -> None:
             return {}, "", {"display": "none"}
         reader = state.reader(run)
         dmg = Damage()
-        damaged = dmg.check(reader, [emb_format.TABLE])
-        df = None
-        if not (damaged and not emb_format.has(reader)):  # else: the notice says why
-            with dmg.guard(run, "the embedding"):
-                df = emb_format.frame(reader, name)
+        df = dmg.load(reader, [emb_format.TABLE], emb_format.has,
+                      lambda: emb_format.frame(reader, name), "the embedding")
         meta = _meta(reader, name, dmg)
         if df is None:
             return error_figure([t for _, t in dmg.items]), dmg.notice(), {}

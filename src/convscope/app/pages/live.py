@@ -52,12 +52,13 @@ from ...formats import structure
 from ..components import (
     NOTICE,
     graph,
+    keep_or_first,
     missing,
     no_runs_selected,
     notice,
-    page_header,
     pick_run,
-    run_picker,
+    picker_page,
+    register_run_picker,
     survive,
 )
 from . import Page
@@ -92,10 +93,6 @@ _decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 def _trust(state) -> bool:
     return bool(getattr(state, "trust_checkpoints", False))
-
-
-def _has(reader) -> bool:
-    return ck_format.has(reader)
 
 
 def _key(reader) -> str:
@@ -154,12 +151,11 @@ def _input_shape(reader, key: str) -> tuple[int, int, int]:
 
 
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Live", "Run one image through the saved model and see every channel of a "
-                    "layer (each scaled on its own; bright = strong). Upload a PNG or JPEG, or "
-                    "use a stored sample image."),
-        html.Div([
-            run_picker("live-run"),
+    return picker_page(
+        "live", "Live", "Run one image through the saved model and see every channel of a "
+        "layer (each scaled on its own; bright = strong). Upload a PNG or JPEG, or use a stored "
+        "sample image.",
+        [
             html.Label(["Layer", dcc.Dropdown(id="live-layer", clearable=False)],
                        className="control control-wide"),
             html.Label(["Sample image", dcc.Dropdown(id="live-sample", clearable=False)],
@@ -169,32 +165,24 @@ def layout() -> html.Div:
                 html.Div(f"PNG or JPEG, up to {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_SIDE} px "
                          "a side", className="hint")]),
                 className="upload", accept="image/png,image/jpeg", max_size=MAX_UPLOAD_BYTES),
-        ], className="controls"),
-        html.Div(id="live-status"),
+        ],
         html.Div([html.Img(id="live-input", className="live-input"),
                   html.Div(graph("live-grid"), className="live-grid")],
                  className="live-row", id="live-body", style={"display": "none"}),
         dcc.Store(id="live-image"),
-    ])
+    )
 
 
 def register(app, state) -> None:
-    @app.callback(
-        Output("live-run", "options"), Output("live-run", "value"),
-        Output("live-status", "children"),
-        Input("run-select", "value"), State("live-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
+    def _status(selected, current):
+        """The runs with a saved model, and a note when the chosen one needs trust."""
         if isinstance(selected, str):
             selected = [selected]
         if not isinstance(current, str):
             current = None
         if not isinstance(selected, list) or not all(isinstance(n, str) for n in selected):
-            selected = None
-        if not selected:
             return [], None, no_runs_selected()
-        options, value, lacking = pick_run(state, selected, current, _has)
+        options, value, lacking = pick_run(state, selected, current, ck_format.has)
         note = missing("saved model", "run.log_checkpoint(model)", lacking) if lacking else None
         if value is not None:
             try:
@@ -205,6 +193,8 @@ def register(app, state) -> None:
             if warn is not None:
                 note = html.Div([n for n in (note, warn) if n is not None])
         return options, value, note
+
+    register_run_picker(app, state, "live", status=_status)
 
     @app.callback(
         Output("live-layer", "options"), Output("live-layer", "value"),
@@ -221,8 +211,7 @@ def register(app, state) -> None:
         layers = _graph_layers(reader)
         samples = fm_format.samples_index(reader)
         n = int(samples.iloc[0]["shape"][0]) if len(samples) else 0
-        value = current if isinstance(current, str) and current in layers else (
-            layers[0] if layers else None)
+        value = keep_or_first(current, layers)
         return layers, value, list(range(n)), (0 if n else None), no_update
 
     @app.callback(

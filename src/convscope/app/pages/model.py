@@ -25,10 +25,8 @@ from ..components import (
     error_figure,
     graph,
     missing,
-    no_runs_selected,
-    page_header,
-    picker_status,
-    run_picker,
+    picker_page,
+    register_run_picker,
     shrink,
     survive,
 )
@@ -49,10 +47,6 @@ SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "me
                 "param_share": "parameter share"}
 
 
-def _has_graph(reader) -> bool:
-    return structure.has_graph(reader)
-
-
 def layout() -> html.Div:
     legend = html.Div(
         [html.Span([html.Span(className="swatch", style={"background": c}), cat],
@@ -60,64 +54,50 @@ def layout() -> html.Div:
          for cat, c in TYPE_COLORS.items()],
         className="legend",
     )
-    return html.Div(
+    return picker_page(
+        "model", "Model", "The network's data flow. Click a block (dashed) to open it; click a "
+        "layer to see its feature maps.",
         [
-            page_header("Model", "The network's data flow. Click a block (dashed) to open it; "
-                        "click a layer to see its feature maps."),
-            html.Div(
-                [
-                    run_picker("model-run"),
-                    html.Label(["Size nodes by", dcc.Dropdown(
-                        id="model-size", options=[{"label": v, "value": k}
-                                                  for k, v in SIZE_OPTIONS.items()],
-                        value="", clearable=False)], className="control"),
-                    html.Label(["Fold to depth", dcc.RadioItems(
-                        id="model-depth", options=[{"label": "stages", "value": 1},
-                                                   {"label": "blocks", "value": 2},
-                                                   {"label": "layers", "value": 99}],
-                        value=1, inline=True)], className="control"),
-                    html.Label(["Find a layer", dcc.Dropdown(id="model-find",
-                                                             placeholder="layer path")],
-                               className="control control-wide"),
-                    html.Button("Collapse all", id="model-collapse", className="button"),
-                ],
-                className="controls",
-            ),
-            html.Div(id="model-status"),
-            html.Div(id="model-graph-notice"),
-            legend,
-            html.Div(
-                [
-                    html.Div(cyto.Cytoscape(
-                        id="model-graph", elements=[], stylesheet=GRAPH_STYLESHEET,
-                        layout={"name": "dagre", "rankDir": "TB", "nodeSep": 18,
-                                "rankSep": 28, "animate": False},
-                        style={"width": "100%", "height": "78vh"},
-                        minZoom=0.05, maxZoom=3, wheelSensitivity=0.3,
-                    ), className="panel graph-panel"),
-                    html.Div(id="model-panel", className="panel side-panel",
-                             children=html.P("Click a layer.", className="muted")),
-                ],
-                className="two-col",
-            ),
-            dcc.Store(id="model-expanded", data=[]),
-            dcc.Store(id="model-selected"),
-        ]
+            html.Label(["Size nodes by", dcc.Dropdown(
+                id="model-size", options=[{"label": v, "value": k}
+                                          for k, v in SIZE_OPTIONS.items()],
+                value="", clearable=False)], className="control"),
+            html.Label(["Fold to depth", dcc.RadioItems(
+                id="model-depth", options=[{"label": "stages", "value": 1},
+                                           {"label": "blocks", "value": 2},
+                                           {"label": "layers", "value": 99}],
+                value=1, inline=True)], className="control"),
+            html.Label(["Find a layer", dcc.Dropdown(id="model-find", placeholder="layer path")],
+                       className="control control-wide"),
+            html.Button("Collapse all", id="model-collapse", className="button"),
+        ],
+        html.Div(id="model-graph-notice"),
+        legend,
+        html.Div(
+            [
+                html.Div(cyto.Cytoscape(
+                    id="model-graph", elements=[], stylesheet=GRAPH_STYLESHEET,
+                    layout={"name": "dagre", "rankDir": "TB", "nodeSep": 18,
+                            "rankSep": 28, "animate": False},
+                    style={"width": "100%", "height": "78vh"},
+                    minZoom=0.05, maxZoom=3, wheelSensitivity=0.3,
+                ), className="panel graph-panel"),
+                html.Div(id="model-panel", className="panel side-panel",
+                         children=html.P("Click a layer.", className="muted")),
+            ],
+            className="two-col",
+        ),
+        dcc.Store(id="model-expanded", data=[]),
+        dcc.Store(id="model-selected"),
     )
 
 
 def register(app, state) -> None:
-    @app.callback(
-        Output("model-run", "options"), Output("model-run", "value"),
-        Output("model-status", "children"),
-        Input("run-select", "value"), State("model-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, _has_graph, "model graph",
-                             structure.SOURCE, PANEL_TABLES)
+    # the layer panel's callbacks read the open layer and its run: (layer, run)
+    open_layer = (State("model-selected", "data"), State("model-run", "value"))
+
+    register_run_picker(app, state, "model", structure.has_graph, "model graph",
+                        structure.SOURCE, PANEL_TABLES)
 
     @app.callback(
         Output("model-expanded", "data"), Output("model-selected", "data"),
@@ -182,7 +162,7 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("fi-pane", "figure"),
-        Input("fi-unit", "value"), State("model-selected", "data"), State("model-run", "value"),
+        Input("fi-unit", "value"), *open_layer,
         prevent_initial_call=True,
     )
     @survive(FIGURE)
@@ -196,7 +176,7 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("fm-grid", "figure"),
-        Input("fm-order", "value"), State("model-selected", "data"), State("model-run", "value"),
+        Input("fm-order", "value"), *open_layer,
         prevent_initial_call=True,
     )
     @survive(FIGURE)
@@ -205,8 +185,7 @@ def register(app, state) -> None:
 
     @app.callback(
         Output("fm-zoom", "figure"), Output("fm-zoom", "style"),
-        Input("fm-grid", "clickData"), State("fm-grid", "figure"),
-        State("model-selected", "data"), State("model-run", "value"),
+        Input("fm-grid", "clickData"), State("fm-grid", "figure"), *open_layer,
         prevent_initial_call=True,
     )
     @survive(FIGURE, {"display": "block"})

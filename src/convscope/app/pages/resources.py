@@ -14,10 +14,8 @@ from ..components import (
     error_figure,
     fmt_bytes,
     graph,
-    no_runs_selected,
-    page_header,
-    picker_status,
-    run_picker,
+    picker_page,
+    register_run_picker,
     survive,
 )
 from . import Page
@@ -30,12 +28,10 @@ COLUMNS = [
 
 
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Resources", "Memory (tensor sizes) and compute time per layer, as shares "
-                    "of the whole model. Click a ring segment or a table row to drill down."),
-        html.Div([run_picker("res-run"),
-                  html.Div(id="res-crumbs", className="crumbs")], className="controls"),
-        html.Div(id="res-status"),
+    return picker_page(
+        "res", "Resources", "Memory (tensor sizes) and compute time per layer, as shares of "
+        "the whole model. Click a ring segment or a table row to drill down.",
+        [html.Div(id="res-crumbs", className="crumbs")],
         html.Div(id="res-body", style={"display": "none"}, children=[
             html.Div(graph("res-rings"), className="panel"),
             html.Div([
@@ -56,23 +52,12 @@ def layout() -> html.Div:
             ], className="panel"),
         ], className="two-col two-col-even"),
         dcc.Store(id="res-parent", data=""),
-    ])
+    )
 
 
 def register(app, state) -> None:
-    def has_profile(r) -> bool:
-        return structure.has_profile(r)
-
-    @app.callback(
-        Output("res-run", "options"), Output("res-run", "value"), Output("res-status", "children"),
-        Input("run-select", "value"), State("res-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, has_profile, "profile",
-                             structure.SOURCE, [structure.PROFILE_TABLE])
+    register_run_picker(app, state, "res", structure.has_profile, "profile", structure.SOURCE,
+                        [structure.PROFILE_TABLE])
 
     @app.callback(
         Output("res-parent", "data"),
@@ -123,11 +108,8 @@ def register(app, state) -> None:
             return {}, [], [], "", {"display": "none"}
         reader = state.reader(run)
         dmg = Damage()
-        damaged = dmg.check(reader, [structure.PROFILE_TABLE])
-        prof = None
-        if not (damaged and not structure.has_profile(reader)):
-            with dmg.guard(run, "the profile"):
-                prof = structure.profile(reader)
+        prof = dmg.load(reader, [structure.PROFILE_TABLE], structure.has_profile,
+                        lambda: structure.profile(reader), "the profile")
         if prof is None:
             return (error_figure([t for _, t in dmg.items]), [], [], dmg.notice(), {})
         parent = parent or ""

@@ -18,32 +18,25 @@ from ...formats.training import FILTER_COLUMNS, LAYER_COLUMNS, most_changed_rows
 from ...track import correlate
 from ..components import (
     FIGURE,
-    NOTICE,
     Damage,
     error_figure,
     graph,
-    no_runs_selected,
+    keep_or_first,
     notice,
-    page_header,
-    picker_status,
-    run_picker,
+    picker_page,
+    register_run_picker,
     survive,
 )
 from . import Page
 
 
-def _has_training(reader) -> bool:
-    return fmt.has_training(reader)
-
-
 def layout() -> html.Div:
-    return html.Div([
-        page_header("Training", "Per-class validation error with anomaly iterations (images "
-                    "that flip after being stable), per-layer weight and gradient statistics, "
-                    "and the filters that changed most at the anomalies. Zoom the step axis of "
-                    "one view to filter the others."),
-        html.Div([
-            run_picker("trn-run"),
+    return picker_page(
+        "trn", "Training", "Per-class validation error with anomaly iterations (images that "
+        "flip after being stable), per-layer weight and gradient statistics, and the filters "
+        "that changed most at the anomalies. Zoom the step axis of one view to filter the "
+        "others.",
+        [
             html.Label(["Layer statistic", dcc.Dropdown(
                 id="trn-stat", options=list(LAYER_COLUMNS), value="update_ratio",
                 clearable=False)], className="control"),
@@ -55,8 +48,7 @@ def layout() -> html.Div:
                 tooltip={"placement": "bottom"})], className="control"),
             html.Div(id="trn-range-text", className="muted"),
             html.Button("Reset range", id="trn-reset", className="button"),
-        ], className="controls"),
-        html.Div(id="trn-status"),
+        ],
         html.Div(graph("trn-validation"), className="panel", id="trn-validation-box",
                  style={"display": "none"}),
         html.Div(graph("trn-correlation"), className="panel", id="trn-correlation-box",
@@ -74,7 +66,7 @@ def layout() -> html.Div:
         html.Div([html.Div(id="trn-filters-note"), graph("trn-filters")], className="panel",
                  id="trn-filters-box", style={"display": "none"}),
         dcc.Store(id="trn-range"),
-    ])
+    )
 
 
 def _range_from(relayout) -> list[float] | None | str:
@@ -92,17 +84,9 @@ def _range_from(relayout) -> list[float] | None | str:
 
 
 def register(app, state) -> None:
-    @app.callback(
-        Output("trn-run", "options"), Output("trn-run", "value"), Output("trn-status", "children"),
-        Input("run-select", "value"), State("trn-run", "value"),
-    )
-    @survive([], None, NOTICE)
-    def _runs(selected, current):
-        if not selected:
-            return [], None, no_runs_selected()
-        return picker_status(state, selected, current, _has_training, "training dynamics",
-                             "run.watch(model) and run.log_validation(step, ids, labels, "
-                             "predictions)", TABLES)
+    register_run_picker(app, state, "trn", fmt.has_training, "training dynamics",
+                        "run.watch(model) and run.log_validation(step, ids, labels, "
+                        "predictions)", TABLES)
 
     @app.callback(
         Output("trn-range", "data"),
@@ -201,7 +185,7 @@ def register(app, state) -> None:
         fig = layer_figure(series, stat, layers,
                            x_range=rng if rng else None)
         has_f = fmt.has_filters(reader)
-        value = flayer if flayer in layers else (layers[0] if layers else None)
+        value = keep_or_first(flayer, layers)
         return fig, {}, layers, value, ({} if has_f else hidden)
 
     @app.callback(
