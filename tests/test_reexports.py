@@ -1,5 +1,5 @@
 """Lazy re-exports (:func:`convscope.lazy.lazy_getattr`) and the arrays-index look-up the
-array-kind formats share (:func:`convscope.formats.array_index.key_meta`)."""
+array-kind formats share (:func:`convscope.formats.base.key_meta`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from convscope.formats.array_index import key_meta
+from convscope.formats.base import key_meta
 from convscope.lazy import lazy_getattr
 
 

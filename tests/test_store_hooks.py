@@ -309,7 +309,7 @@ def _code_strings(tree: ast.AST):
 
 
 #: a shim from before formats/ (re-exports formats.training's queries); not transport code
-LEGACY_SHIMS = {"training.py"}
+LEGACY_SHIMS: set[str] = set()
 
 
 def test_store_names_no_concern():

@@ -1,10 +1,13 @@
-"""What every format module shares: the sink a ``write`` writes into."""
+"""What every format module shares: the sink a ``write`` writes into, and the arrays-index
+lookup of the array-kind formats."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
 
 from ..store.layout import ARRAYS_TABLE
 
@@ -26,3 +29,12 @@ class Sink(Protocol):
                   meta: Mapping[str, Any] | None = None, dtype: Any = None) -> Path: ...
 
     def log_object(self, kind: str, key: str, obj: Any) -> Path: ...
+
+
+def key_meta(idx: pd.DataFrame, key: str) -> dict[str, Any] | None:
+    """The meta of ``key`` in the store's arrays index ``idx`` (``reader.arrays(kind)``: kind,
+    key, shape, dtype, step, meta; the first row when it was logged more than once), or None
+    when the key is not indexed."""
+    if not len(idx) or key not in set(idx["key"]):
+        return None
+    return idx[idx["key"] == key].iloc[0]["meta"]

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..store.arrays import array_path
-from .array_index import key_meta
-from .base import Sink
+from .base import Sink, key_meta
 
 __all__ = ["KIND", "SAMPLES_KIND", "SAMPLES_KEY", "INDEX_KEY", "DTYPE", "SOURCE", "LayerMaps",
            "FeatureMaps", "write", "write_samples", "write_layer", "write_index", "load",

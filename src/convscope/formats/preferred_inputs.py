@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .array_index import key_meta
-from .base import Sink
+from .base import Sink, key_meta
 
 __all__ = ["KIND", "DTYPE", "SOURCE", "PreferredInputs", "write", "load", "layers", "meta",
            "images"]

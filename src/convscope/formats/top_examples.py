@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .array_index import key_meta
-from .base import Sink
+from .base import Sink, key_meta
 
 __all__ = ["TABLE", "CROPS_KIND", "DTYPE", "SOURCE", "TopExamples", "write", "load", "layers",
            "has_table", "rows", "channel_values", "crops_meta", "crops"]
