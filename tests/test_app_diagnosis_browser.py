@@ -1,4 +1,5 @@
-"""Diagnosis page in chromium: findings are listed; a layer link opens its dendrogram view."""
+"""Diagnosis page in chromium: findings are listed (grouped by stage and layer); a layer link
+opens its dendrogram view."""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def test_findings_are_listed_and_a_layer_link_opens_its_view(diag_run, server, p
     assert card.get_attribute("data-layer") == "layer2.0.relu1"
     assert "batch normalisation" in card.inner_text() or "activation" in card.inner_text()
     assert page.locator(".finding").count() == len(report.findings)
-    card.locator(".layer-link").click()
+    # the layer link heads the layer's group of findings (one link per layer and stage)
+    group = page.locator(".finding-group[data-layer='layer2.0.relu1']")
+    assert group.locator(".finding[data-code='dead-maps']").count() == 1
+    group.locator(".layer-link").click()
     gd = "document.querySelector('#diag-view .js-plotly-plot')"
     page.wait_for_function(f"() => {gd} && {gd}.layout.meta && "
                            f"{gd}.layout.meta.layer === 'layer2.0.relu1'")

@@ -18,9 +18,11 @@ def embedding_figure(
     class_names: Sequence[str] | None = None,
     explained: Sequence[float] | None = None,
     title: str = "",
+    height: int | None = 640,
 ) -> go.Figure:
     """Scatter3d of ``df`` (columns idx, pc1, pc2, pc3, label), one trace per class; each point's
-    ``customdata`` is its item index (for hover thumbnails)."""
+    ``customdata`` is its item index (for hover thumbnails). ``height``: in pixels, or None to
+    fill the element it is drawn in (the dashboard gives it most of the window)."""
     fig = go.Figure()
     labels = sorted(df["label"].unique())
     for i, lab in enumerate(labels):
@@ -37,10 +39,14 @@ def embedding_figure(
     ax = [f"PC{j + 1}" + (f" ({explained[j]:.1%})" if explained and j < len(explained) else "")
           for j in range(3)]
     fig.update_layout(scene={"xaxis_title": ax[0], "yaxis_title": ax[1], "zaxis_title": ax[2],
-                             "camera": {"eye": {"x": 1.25, "y": 1.25, "z": 0.9}},
+                             "camera": {"eye": {"x": 1.45, "y": 1.45, "z": 1.0}},
                              "aspectmode": "cube"},
                       legend={"itemsizing": "constant"})
-    theme.apply(fig, height=640, title=title or None)
-    fig.update_layout(legend={"orientation": "v", "x": 1.0, "y": 1.0, "xanchor": "right"},
-                      uirevision="embedding")
+    theme.apply(fig, height=height, title=title or None)
+    # yanchor "top": the theme's "bottom" put the legend above the plot, and plotly then
+    # pushed the 3-D scene down by the legend's height (cut off at the bottom)
+    fig.update_layout(legend={"orientation": "v", "x": 1.0, "y": 1.0, "xanchor": "right",
+                              "yanchor": "top"},
+                      uirevision="embedding", autosize=height is None,
+                      meta={"kind": "embedding", "points": int(len(df))})
     return fig

@@ -28,13 +28,16 @@ MAX_POINTS = 20_000
 def layout() -> html.Div:
     return picker_page(
         "emb", "Embedding", "Features projected on their first three principal components "
-        "(PCA via SVD of the covariance). Drag to rotate; hover for the image.",
+        "(PCA via SVD of the covariance). Drag to rotate, scroll to zoom; hover for the "
+        "image; click a class in the legend to hide it.",
         [html.Label(["Features", dcc.Dropdown(id="emb-name", clearable=False)],
-                    className="control")],
-        html.Div([graph("emb-graph", clear_on_unhover=True),
+                    className="control"),
+         html.Div(id="emb-notes", className="muted emb-notes")],
+        # the scatter takes the window's height (CSS .emb-graph-box), not a fixed box
+        html.Div([html.Div(graph("emb-graph", clear_on_unhover=True, responsive=True,
+                                 style={"height": "100%"}), className="emb-graph-box"),
                   dcc.Tooltip(id="emb-tip", direction="right")], className="panel",
                  id="emb-body", style={"display": "none"}),
-        html.Div(id="emb-notes", className="muted"),
     )
 
 
@@ -62,7 +65,8 @@ def register(app, state) -> None:
         total = len(df)
         if total > MAX_POINTS:  # bounded response: every k-th item (classes keep their shares)
             df = df.iloc[:: -(-total // MAX_POINTS)]
-        fig = embedding_figure(df, class_names=meta.get("class_names"), explained=ev)
+        fig = embedding_figure(df, class_names=meta.get("class_names"), explained=ev,
+                               height=None)
         note = (f"{total:,} items, {meta.get('dim', '?')}-d features; the three components "
                 f"explain {sum(ev):.1%} of the variance.") if ev else f"{total:,} items."
         if len(df) < total:

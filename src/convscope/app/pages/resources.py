@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
-from ...figures.resources import children_of, resource_rings
+from ...figures.resources import children_of, resource_rings, ring_legend
 from ...formats import structure
 from ..components import (
     FIGURE,
@@ -33,7 +33,7 @@ def layout() -> html.Div:
         "the whole model. Click a ring segment or a table row to drill down.",
         [html.Div(id="res-crumbs", className="crumbs")],
         html.Div(id="res-body", style={"display": "none"}, children=[
-            html.Div(graph("res-rings"), className="panel"),
+            html.Div([graph("res-rings"), html.Div(id="res-legend")], className="panel"),
             html.Div([
                 dash_table.DataTable(
                     id="res-table", sort_action="native", row_selectable=False,
@@ -99,19 +99,19 @@ def register(app, state) -> None:
     @app.callback(
         Output("res-rings", "figure"), Output("res-table", "data"),
         Output("res-crumbs", "children"), Output("res-notes", "children"),
-        Output("res-body", "style"),
+        Output("res-body", "style"), Output("res-legend", "children"),
         Input("res-run", "value"), Input("res-parent", "data"),
     )
-    @survive(FIGURE, [], [], NOTICE, {})
+    @survive(FIGURE, [], [], NOTICE, {}, "")
     def _show(run, parent):
         if not run:
-            return {}, [], [], "", {"display": "none"}
+            return {}, [], [], "", {"display": "none"}, ""
         reader = state.reader(run)
         dmg = Damage()
         prof = dmg.load(reader, [structure.PROFILE_TABLE], structure.has_profile,
                         lambda: structure.profile(reader), "the profile")
         if prof is None:
-            return (error_figure([t for _, t in dmg.items]), [], [], dmg.notice(), {})
+            return (error_figure([t for _, t in dmg.items]), [], [], dmg.notice(), {}, "")
         parent = parent or ""
         kids = children_of(prof, parent)
         fig = resource_rings(prof, parent)
@@ -140,7 +140,33 @@ def register(app, state) -> None:
                 f"Memory: {attrs.get('memory_note', '')}.")
         if dmg:
             notes.append(dmg.notice())
-        return fig, rows, crumbs, notes, {}
+        return fig, rows, crumbs, notes, {}, legend_block(ring_legend(prof, parent))
+
+
+def legend_block(legend: dict) -> html.Div:
+    """The rings' legend: what a colour, a bar's angle and its length mean, then one swatch per
+    child in execution order (the colours the rings draw)."""
+    items = legend["items"]
+    where = f"of {legend['parent']}" if legend["parent"] else "of the model"
+    if legend["by"] == "child":
+        colour = (f"Colour: one per child {where}, the same in both rings; "
+                  f"the {len(items)} children go clockwise from the top in execution order.")
+    else:
+        colour = (f"Colour: position in execution order, from the first child (dark purple, at "
+                  f"the top) clockwise to the last (yellow) of the {len(items)} children {where}"
+                  " (more than the palette's colours); hover a bar for its name.")
+    note = html.Div([html.Strong("Legend. "), colour, " A bar's length is that child's share "
+                     "of the whole model's memory (left) or time (right); click one to open it."],
+                    className="muted ring-legend-note")
+    chips = [html.Span([html.Span(className="swatch", style={"background": it["color"]}),
+                        it["name"],
+                        html.Span(f" memory {it['memory_share']:.0%}, time "
+                                  f"{it['time_share']:.0%}", className="muted")],
+                       className="legend-item", title=f"{it['name']} ({it['type']}): memory "
+                       f"{it['memory_share']:.1%}, time {it['time_share']:.1%}",
+                       **{"data-name": it["name"], "data-color": it["color"]})
+             for it in items]
+    return html.Div([note, html.Div(chips, className="legend ring-legend")], id="res-legend-box")
 
 
 PAGE = Page(
