@@ -2,7 +2,13 @@
 
 Every function has the shape ``(model, inputs, target=None, layer=None, normalize=True, *,
 quiet=False, **options) -> [B, H, W]``: one map per image, upsampled (bilinear) to the input size,
-on the inputs' device.
+on the inputs' device and in their dtype.
+
+Reduced precision: the model runs in its own dtype (float16, bfloat16) and memory format
+(channels_last); ``A`` and ``dS/dA`` are promoted to float32 before any variant sees them, so the
+channel weights, the weighted sum, the ReLU, the upsampling and the min-max are float32, and only
+the finished map is cast to the inputs' dtype. In float16, a layer gradient below 2^-8 is
+recomputed from a scaled score (:func:`_layer_grad`) so that it does not round to zero.
 
 One base (:class:`CamVariant`) checks the arguments, picks the layer, gathers the layer's
 activations ``A`` and the target score's gradient ``dS/dA`` in one forward, and finishes the map
@@ -19,6 +25,7 @@ map to [0, 1] (a constant map becomes zeros). ``normalize=False`` returns the up
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +102,7 @@ def _gather(
             if gradients:
                 score = spec.scores(cap.output)
                 if score.requires_grad:
-                    (grad,) = torch.autograd.grad(score.sum(), cap.act, allow_unused=True)
+                    grad = _layer_grad(score, cap.act)
     if gradients and grad is None:
         raise NotApplicableError(
             f"the target score does not depend on layer {name!r} (no gradient path from the "
@@ -110,6 +117,35 @@ def _gather(
     return f32(cap.act.detach()), grad, cap.output, fc
 
 
+#: float16 gradients at a layer smaller than this are rescaled (see :func:`_layer_grad`)
+_FP16_SMALL = 2.0**-8
+
+
+def _layer_grad(score: Tensor, act: Tensor) -> Tensor | None:
+    """``d(sum of score)/dA`` in the model's dtype (None if ``A`` is not on the score's path).
+
+    In float16 the backward runs where a gradient below 6.1e-5 is subnormal (fewer bits) and one
+    below 6e-8 becomes 0. As loss scaling does in mixed-precision training (Micikevicius et al.
+    2018), when the largest gradient at the layer is below 2^-8 the backward is run again from
+    the score times a power of two (at most 2^15, the largest that float16 holds) that brings it
+    near 1, and the gradient is divided by it in float32; if that backward overflows somewhere,
+    the unscaled gradient is kept.
+    """
+    half = act.dtype == torch.float16
+    (grad,) = torch.autograd.grad(score.sum(), act, allow_unused=True, retain_graph=half)
+    if grad is None or not half:
+        return grad
+    top = float(grad.abs().max())
+    if not top < _FP16_SMALL:  # large enough, or non-finite (reported by the caller)
+        return grad
+    power = 15 if top == 0 else min(15, int(math.floor(-math.log2(top))))
+    scale = 2.0**power
+    (scaled,) = torch.autograd.grad(score, act, grad_outputs=torch.full_like(score, scale))
+    if not bool(torch.isfinite(scaled).all()):
+        return grad
+    return scaled.float() / scale
+
+
 @dataclass(frozen=True)
 class CamVariant:
     """A CAM method: the base plus the channel weights (the idea of pytorch-grad-cam's
@@ -119,8 +155,10 @@ class CamVariant:
     ``layer=None``), runs one forward recording the layer's activations ``A [B, K, h, w]`` and
     (with ``gradients``) ``dS/dA``, asks ``weights(A, dS/dA) -> [B, K]`` (with ``context``:
     ``weights(A, dS/dA, ctx)``, a :class:`CamContext`) and returns
-    ``relu(sum_k w_k A_k)`` upsampled and min-max scaled (:func:`finish_map`). The model's mode,
-    ``requires_grad`` and hooks are restored afterwards.
+    ``relu(sum_k w_k A_k)`` upsampled and min-max scaled (:func:`finish_map`). ``A`` and ``dS/dA``
+    reach ``weights`` in float32 whatever the model's dtype; the map is computed in float32 and
+    returned in the inputs' dtype. The model's mode, ``requires_grad`` and hooks are restored
+    afterwards.
     """
 
     name: str
@@ -239,12 +277,18 @@ def grad_cam_weights(act: Tensor, grad: Tensor) -> Tensor:
 
 def grad_cam_pp_weights(act: Tensor, grad: Tensor) -> Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): ``w_k = sum_ij alpha_kij relu(g_kij)`` with
-    ``alpha = g^2 / (2 g^2 + (sum_ab A_kab) g^3)``; only a zero denominator is guarded."""
-    g2 = grad * grad
-    g3 = g2 * grad
-    denom = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g3
-    nonzero = denom != 0
-    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, 1.0), 0.0)
+    ``alpha = g^2 / (2 g^2 + (sum_ab A_kab) g^3)``; only a zero denominator is guarded.
+
+    Computed as ``alpha = 1 / (2 + (sum_ab A_kab) g)`` where ``g != 0`` (the same fraction with
+    ``g^2`` cancelled; ``alpha = 0`` where ``g = 0``, where it multiplies ``relu(g) = 0``), in
+    float32: no power of ``g`` is formed, so nothing underflows or overflows at any gradient scale
+    (in float16, ``g^2`` is 0 for ``|g| < 2.4e-4`` and the old form gave an all-zero map).
+    """
+    act, grad = f32(act), f32(grad)
+    sg = act.sum(dim=(2, 3), keepdim=True) * grad
+    denom = 2 + sg
+    ok = (grad != 0) & (denom != 0)  # 1 / inf = 0: the limit of the fraction
+    alpha = torch.where(ok, 1 / torch.where(ok, denom, 1.0), 0.0)
     return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
 
 
@@ -278,7 +322,8 @@ def grad_cam(
         quiet: accepted for the one call shape (one forward and backward: no progress bar).
 
     Returns:
-        ``[B, H, W]`` maps upsampled to the input size.
+        ``[B, H, W]`` maps upsampled to the input size, on the inputs' device and in their dtype
+        (computed in float32; see the module's notes on reduced precision).
 
     Example:
         >>> maps = cs.explain.grad_cam(model, x, target=[281, 5], layer="layer4")

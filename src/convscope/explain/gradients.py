@@ -1,7 +1,12 @@
 """Input-space attributions: saliency, DeconvNet, guided backpropagation.
 
-All three return the signed signal ``[B, C, H, W]`` in input space; :func:`to_heatmap` reduces it
-to ``[B, H, W]`` for display.
+All three return the signed signal ``[B, C, H, W]`` in input space, in the inputs' dtype and on
+their device; :func:`to_heatmap` reduces it to ``[B, H, W]`` for display (in float32, returned in
+the attributions' dtype).
+
+Reduced precision: the model runs forward and backward in its own dtype (float16, bfloat16) and
+memory format (channels_last), so the signal is autograd's gradient in that dtype: there is no
+reduction to promote before :func:`to_heatmap`.
 
 How the ReLU rules are applied: while the model runs forward, a ``torch`` function mode
 (:class:`torch.overrides.TorchFunctionMode`) intercepts every ReLU call -- ``nn.ReLU`` (which calls
@@ -164,8 +169,9 @@ def saliency(model: nn.Module, inputs: Tensor, target: Target = None) -> Tensor:
             ``[B, K]`` class scores (for tuple/dict outputs: ``lambda out: out["logits"]``).
 
     Returns:
-        ``[B, C, H, W]`` signed gradient, on the inputs' device. Simonyan's map is
-        ``to_heatmap(result)`` (max of ``|.|`` over channels).
+        ``[B, C, H, W]`` signed gradient, on the inputs' device and in their dtype (memory
+        format as autograd returns it). Simonyan's map is ``to_heatmap(result)`` (max of ``|.|``
+        over channels).
 
     Example:
         >>> sal = cs.explain.saliency(model, x, target=[3, 7])

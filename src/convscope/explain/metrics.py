@@ -9,6 +9,10 @@
 Maps are ``[B, H, W]`` at the input size (what every ``cs.explain`` CAM returns; reduce
 input-space attributions with :func:`~convscope.explain.to_heatmap`). Confidence is the softmax
 probability of the target class (a callable target returning ``[B]`` scores is used as is).
+
+Reduced precision: the model runs in its own dtype (float16, bfloat16) and memory format; the
+masked and blurred images are built in the inputs' dtype (the blur computed in float32), and every
+probability, drop and AUC is computed and returned in float32 -- they are scores, not maps.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..nn import check_args, check_finite, chunks, positive_int
+from ..nn import check_args, check_finite, chunks, f32, positive_int
 from .base import Target, TargetSpec, check_inputs, check_maps, check_model, prepared, run_forward
 
 __all__ = [
@@ -163,6 +167,9 @@ class Curve:
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur, computed in float32 (a bfloat16 kernel does not sum to 1) and
+    returned in ``x``'s dtype."""
+    dtype, x = x.dtype, f32(x)
     radius = max(1, int(round(sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -174,7 +181,7 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
         extra = radius - pad
         y = F.pad(y, (extra, extra, extra, extra))
     y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c).to(dtype)
 
 
 def _background(value: float | Tensor, x: Tensor, name: str) -> Tensor:
