@@ -241,3 +241,26 @@ def test_grad_cam_pp_float32_gradients_of_1e_minus_24() -> None:
     oracle = eq19_map(a.double(), g.double())
     got = cs.explain.grad_cam_pp(model, x, target=0, layer="act")
     torch.testing.assert_close(got.double(), oracle, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_maximize_runs_a_reduced_precision_model_like_float32(dtype):
+    """The image is optimised in float32 and fed to the model in its own dtype; the objective is
+    promoted to float32. The reached values follow the float32 run (the same seeds) and rise
+    from the first step, so the optimisation really worked in that dtype."""
+    import copy
+
+    import convscope as cs
+
+    torch.manual_seed(0)
+    model = cs.zoo.resnet(width=8).eval()
+    low = copy.deepcopy(model).to(dtype)
+    kw = dict(steps=32, return_values=True, quiet=True, size=32)
+    ref_img, ref = cs.features.maximize(model, "layer2", [0, 1], **kw)
+    img, vals = cs.features.maximize(low, "layer2", [0, 1], **kw)
+    _, first = cs.features.maximize(low, "layer2", [0, 1], **{**kw, "steps": 1})
+    assert img.dtype == torch.float32 and vals.dtype == torch.float32
+    assert torch.isfinite(img).all()
+    assert (vals > 3 * first).all(), (vals, first)
+    torch.testing.assert_close(vals, ref, rtol=0.2, atol=1e-3)
+    assert next(low.parameters()).dtype == dtype  # the model is left as it was

@@ -359,7 +359,8 @@ def maximize(
         )
     device = model_device(model)
     hooks = _Hooks(model, obj.layers, stop_early)
-    model_input = inp.feed(device, channels_last)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    model_input = inp.feed(device, channels_last, dtype)
     fill = inp.centre.to(device, torch.float32)
 
     n_all = len(units)
@@ -413,13 +414,17 @@ class _Input:
     std: Tensor | None
     centre: Tensor
 
-    def feed(self, device: torch.device, channels_last: bool) -> Callable[[Tensor], Tensor]:
-        """Raw image -> what the model is fed (normalised, channels-last if asked)."""
+    def feed(self, device: torch.device, channels_last: bool,
+             dtype: torch.dtype | None = None) -> Callable[[Tensor], Tensor]:
+        """Raw image -> what the model is fed (normalised, in the model's floating dtype, e.g.
+        float16 / bfloat16, channels-last if asked). The image itself stays float32."""
         mean = self.mean.view(1, -1, 1, 1).to(device) if self.mean is not None else None
         std = self.std.view(1, -1, 1, 1).to(device) if self.std is not None else None
 
         def model_input(img: Tensor) -> Tensor:
             x = (img - mean) / std if mean is not None else img
+            if dtype is not None and x.dtype != dtype:
+                x = x.to(dtype)
             return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
         return model_input
@@ -491,7 +496,7 @@ def _render(
         img = image.image()
         x = apply_transforms(tlist, img, u_all[:, step] if u_all is not None else None,
                              canvas.centre)
-        vals = obj(hooks.run(model_input(x)))
+        vals = obj(hooks.run(model_input(x))).float()  # reduced-precision models: f32 objective
         if vals.shape != (n,):
             raise InputError(
                 f"the objective returned shape {list(vals.shape)}; it must give one value per "
@@ -530,7 +535,7 @@ def _render(
 
     with torch.no_grad():
         final = image.image().detach()
-        vals = obj(hooks.run(model_input(final))).detach() if want_values else None
+        vals = obj(hooks.run(model_input(final))).detach().float() if want_values else None
     return final, vals
 
 
