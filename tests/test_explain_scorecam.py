@@ -112,3 +112,236 @@ def test_score_cam_bad_batch_size():
     model = DeadChannels()
     with pytest.raises(InputError, match="batch_size"):
         cs.explain.score_cam(model, torch.randn(1, 3, 8, 8), layer="r1", batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------
+# work skipped, batching across images, the fast mode (issue 14)
+# --------------------------------------------------------------------------------------------
+class StridedDead(nn.Module):
+    """A stride-2 layer (its masks are upsampled) with 5 of 12 channels constant after the ReLU:
+    zero weights and biases 0, -1 (both all-zero) and 0.4, 1.5, 2.0 (constant, not zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(12, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 7)
+        with torch.no_grad():
+            self.c1.weight[7:] = 0
+            self.c1.bias[7:] = torch.tensor([0.0, -1.0, 0.4, 1.5, 2.0])
+            self.fc.weight.mul_(10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(self.r1(self.c1(x)))).mean((2, 3)))
+
+
+def _brute_force(model, x, layer_fn, targets, size):
+    """Score-CAM one image and one channel at a time, straight from the paper's recipe with
+    torch.nn.functional (no convscope code): the raw map sum_k softmax(s)_k A_k, upsampled."""
+    out = []
+    with torch.no_grad():
+        for i, t in enumerate(targets):
+            a = layer_fn(x[i : i + 1])[0]  # [K, h, w]
+            scores = []
+            for k in range(a.shape[0]):
+                up = torch.nn.functional.interpolate(a[k][None, None], size=size,
+                                                     mode="bilinear", align_corners=True)[0, 0]
+                # a constant map stays constant when upsampled; decided on a[k] because bilinear
+                # weights can turn 0.4 into 0.39999998 in places (min-max would blow that up)
+                span = up.max() - up.min()
+                mask = (up - up.min()) / span if a[k].max() > a[k].min() else 0 * up
+                scores.append(model(x[i : i + 1] * mask)[0, t])
+            w = torch.stack(scores).softmax(0)
+            raw = (w[:, None, None] * a).sum(0)
+            out.append(torch.nn.functional.interpolate(raw[None, None], size=size,
+                                                       mode="bilinear")[0, 0])
+    return torch.stack(out)
+
+
+class _CountImages:
+    """Counts the images the model is run on (a forward pre-hook on the model)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.n += int(args[0].shape[0])
+
+
+def test_score_cam_skipping_is_exact_and_skips_the_model():
+    torch.manual_seed(4)
+    model = StridedDead().eval()
+    x = torch.randn(3, 3, 10, 10)
+    targets = [2, 0, 6]
+    expect = _brute_force(model, x, lambda v: model.r1(model.c1(v)), targets, (10, 10))
+    counter = _CountImages(model)
+    try:
+        got, info = cs.explain.cams.score_cam_info(model, x, target=targets, layer="r1",
+                                                   normalize=False, batch_size=4, quiet=True)
+    finally:
+        counter.handle.remove()
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-6)
+    # one forward for the activations, 7 live channels x 3 images, one black image per image:
+    # the 5 constant channels of each image never reach the model
+    assert info.constant == 5 and info.mode == "exact" and info.scored == 7
+    assert counter.n == 3 + 3 * 7 + 3 == 3 + info.forwards
+
+
+def test_score_cam_batched_across_images_equals_per_image():
+    torch.manual_seed(5)
+    model = StridedDead().eval()
+    x = torch.randn(4, 3, 10, 10)
+    targets = [1, 4, 0, 3]
+    for channels in (None, 3):
+        whole = cs.explain.score_cam(model, x, target=targets, layer="r1", batch_size=5,
+                                     channels=channels, quiet=True)
+        one = torch.cat([
+            cs.explain.score_cam(model, x[i : i + 1], target=targets[i], layer="r1",
+                                 batch_size=5, channels=channels, quiet=True)
+            for i in range(4)
+        ])
+        torch.testing.assert_close(whole, one, rtol=1e-5, atol=1e-6)
+
+
+class Affine(nn.Module):
+    """conv -> global mean -> linear: the target score is affine in the input, so the
+    first-order estimate of every masked score is exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 5)
+        with torch.no_grad():
+            self.fc.weight.mul_(30)
+
+    def forward(self, x):
+        return self.fc(self.c1(x).mean((2, 3)))
+
+
+def test_score_cam_fast_mode_is_exact_when_the_estimate_is():
+    """With exact estimates the top-K channels are the top-K scores and the unscored ones keep
+    their (exact) estimates: the fast map equals the exact one, though 3 of 24 channels ran."""
+    torch.manual_seed(6)
+    model = Affine().eval()
+    x = torch.randn(2, 3, 9, 9)
+    exact = cs.explain.score_cam(model, x, target=[1, 3], layer="c1", normalize=False,
+                                 quiet=True)
+    counter = _CountImages(model)
+    try:
+        fast, info = cs.explain.cams.score_cam_info(model, x, target=[1, 3], layer="c1",
+                                                    normalize=False, channels=3, quiet=True)
+    finally:
+        counter.handle.remove()
+    assert info.mode == "fast" and info.scored == 3 and info.forwards == 6
+    assert counter.n == 2 + 2 + 6  # activations, the gradient pass, 3 masks per image
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
+
+
+def _zoo(scale):
+    from convscope.zoo.resnet import resnet
+
+    torch.manual_seed(7)
+    model = resnet(num_classes=10, width=32).eval()  # layer4: 256 channels, 2 x 2 at 32²
+    with torch.no_grad():
+        model.fc.weight.mul_(scale)
+    return model, "layer4", torch.randn(2, 3, 32, 32), 64
+
+
+def _tv(arch, scale, layer, k):
+    torch.manual_seed(8)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    with torch.no_grad():
+        if arch == "resnet18":
+            model.fc.weight.mul_(scale)
+        else:  # mobilenet_v3_small: both head layers scaled for O(1) score differences
+            model.classifier[0].weight.mul_(scale)
+            model.classifier[-1].weight.mul_(scale)
+    return model, layer, torch.randn(2, 3, 64, 64), k
+
+
+# at 64²: resnet18 layer3 has 256 channels (4 x 4), layer4 512 (2 x 2); mobilenet_v3_small's
+# features 576 (2 x 2)
+FIDELITY = [
+    pytest.param(lambda: _zoo(1.0), id="zoo-resnet"),
+    pytest.param(lambda: _zoo(100.0), id="zoo-resnet-sharp"),
+    pytest.param(lambda: _tv("resnet18", 1.0, "layer3", 64), id="resnet18-layer3",
+                 marks=pytest.mark.slow),
+    pytest.param(lambda: _tv("resnet18", 100.0, "layer4", 128), id="resnet18-layer4-sharp",
+                 marks=pytest.mark.slow),
+    pytest.param(lambda: _tv("mobilenet_v3_small", 100.0, "features", 128),
+                 id="mobilenet_v3_small", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("make", FIDELITY)
+def test_score_cam_fast_mode_is_faithful(make):
+    """Fast mode (a quarter of the channels or fewer; dead channels are free) against the exact map: per-image Pearson
+    r >= 0.99 with random weights (x1: close scores, a flat softmax; x100: a sharp one), and
+    really fewer channels scored (the model counts its images)."""
+    model, layer, x, k = make()
+    targets = [1, 5]
+    exact, ei = cs.explain.cams.score_cam_info(model, x, targets, layer, quiet=True)
+    counter = _CountImages(model)
+    try:
+        fast, fi = cs.explain.cams.score_cam_info(model, x, targets, layer, quiet=True,
+                                                  channels=k)
+    finally:
+        counter.handle.remove()
+    assert ei.mode == "exact" and fi.mode == "fast"
+    assert fi.scored == k < ei.scored and fi.forwards < ei.forwards / 2
+    # not exact mode in disguise: the model saw the activation and gradient passes and only
+    # fi.forwards masked images (a sharp softmax can still give the same map: one channel wins)
+    assert counter.n == 2 * 2 + fi.forwards
+    assert (exact.flatten(1).std(1) > 0.05).all()  # real maps, not constants
+    r = pearson(fast, exact)
+    assert (r >= 0.99).all(), r
+
+
+def test_score_cam_channels_option():
+    torch.manual_seed(9)
+    model = StridedDead().eval()
+    x = torch.randn(2, 3, 10, 10)
+    exact = cs.explain.score_cam(model, x, target=[1, 2], layer="r1", quiet=True)
+    for channels in (12, 100, "auto"):  # >= the layer's channels, or auto on 12 <= 256: exact
+        got, info = cs.explain.cams.score_cam_info(model, x, [1, 2], "r1", quiet=True,
+                                                   channels=channels)
+        assert info.mode == "exact"
+        torch.testing.assert_close(got, exact)
+    for bad in (0, -3, 2.5, "fast", True):
+        with pytest.raises(InputError, match="channels"):
+            cs.explain.score_cam(model, x, layer="r1", channels=bad)
+    assert cs.explain.registry.get("score_cam").options[-1] == "channels"
+
+
+def test_score_cam_warns_before_a_long_run(monkeypatch, caplog):
+    from convscope.explain import cams
+
+    monkeypatch.setattr(cams, "SCORE_CAM_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(cams, "SCORE_CAM_FAST_CHANNELS", 4)
+    torch.manual_seed(10)
+    model = StridedDead().eval()
+    with caplog.at_level("WARNING", logger="convscope.explain"):
+        cs.explain.score_cam(model, torch.randn(2, 3, 10, 10), layer="r1", batch_size=2,
+                             quiet=True)
+    msgs = [r.getMessage() for r in caplog.records if "score_cam (exact)" in r.getMessage()]
+    assert len(msgs) == 1 and "channels=4" in msgs[0] and "16 masked forward" in msgs[0], msgs
+
+
+def test_attribute_all_chooses_fast_score_cam_on_large_layers():
+    from convscope.explain.dataset import attribute_all
+    from convscope.zoo.resnet import resnet
+
+    torch.manual_seed(11)
+    model = resnet(num_classes=10, width=40).eval()  # layer4: 320 channels > 256
+    x = torch.randn(2, 3, 32, 32)
+    res = attribute_all(model, x, methods=["score_cam"], layer="layer4", quiet=True)
+    assert res.modes["score_cam"].startswith("fast: 128 of 320 channels of 'layer4'")
+    direct = cs.explain.score_cam(model, x, layer="layer4", channels=128, quiet=True)
+    torch.testing.assert_close(res.maps["score_cam"], direct, rtol=1e-5, atol=1e-6)
+    res = attribute_all(model, x, methods=["score_cam"], layer="layer4", quiet=True,
+                        score_cam_channels=None)
+    assert res.modes["score_cam"] == "exact: all 320 channels of 'layer4' scored"
+    with pytest.raises(InputError, match="channels"):
+        attribute_all(model, x, methods=["score_cam"], score_cam_channels="all")

@@ -57,7 +57,7 @@ def test_table_lists_every_method_in_page_order_with_its_kind():
     assert cs.explain.names("classifier") == ("cam",)
     assert cs.explain.names("layer") == ("grad_cam", "grad_cam_pp", "score_cam")
     assert list(cs.explain.METHODS) == list(cs.explain.names())
-    assert cs.explain.get("score_cam").options == ("normalize", "batch_size", "quiet")
+    assert cs.explain.get("score_cam").options == ("normalize", "batch_size", "quiet", "channels")
     with pytest.raises(InputError, match="registered: .*'saliency'.*'score_cam'"):
         cs.explain.get("gradcam")
     with pytest.raises(InputError):

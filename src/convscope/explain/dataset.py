@@ -60,6 +60,9 @@ class AttributionSet:
         skipped: ``{method: reason}`` for methods that do not apply to the model.
         seconds: ``{method: seconds}`` spent computing the maps.
         layer: the layer Grad-CAM, Grad-CAM++ and Score-CAM used.
+        modes: ``{method: how it ran}`` where a method has modes (Score-CAM: ``"exact: ..."``
+            or ``"fast: K of C channels ..."``, :meth:`~convscope.explain.cams.ScoreCamInfo.
+            describe`).
         images: ``[N, C, H, W]`` the explained images (float32, CPU) when asked for with
             ``keep_images=True``, else ``None``.
     """
@@ -78,6 +81,7 @@ class AttributionSet:
     seconds: dict[str, float] = field(default_factory=dict)
     layer: str = ""
     images: Tensor | None = None
+    modes: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -94,6 +98,7 @@ class AttributionSet:
             increase=mv(self.increase), pointing=mv(self.pointing), skipped=dict(self.skipped),
             seconds=dict(self.seconds), layer=self.layer,
             images=None if self.images is None else self.images.to(device),
+            modes=dict(self.modes),
         )
 
     @classmethod
@@ -119,8 +124,10 @@ class AttributionSet:
             for k, v in p.seconds.items():
                 seconds[k] = seconds.get(k, 0.0) + v
         skipped: dict[str, str] = {}
+        modes: dict[str, str] = {}
         for p in parts:
             skipped.update(p.skipped)
+            modes.update(p.modes)
         return cls(
             methods=list(first.methods), maps=cat_d("maps"),
             indices=torch.cat([p.indices for p in parts]),
@@ -131,6 +138,7 @@ class AttributionSet:
             skipped=skipped, seconds=seconds, layer=first.layer,
             images=(torch.cat([p.images for p in parts])
                     if all(p.images is not None for p in parts) else None),
+            modes=modes,
         )
 
 
@@ -188,6 +196,7 @@ def attribute_all(
     layer: Any = None,
     batch_size: int = 64,
     score_cam_batch_size: int = 64,
+    score_cam_channels: int | str | None = "auto",
     offset: int = 0,
     keep_images: bool = False,
     quiet: bool = False,
@@ -207,6 +216,10 @@ def attribute_all(
         masks: ``[N, H, W]`` object masks for the pointing game.
         layer: Grad-CAM / Grad-CAM++ / Score-CAM layer (default :func:`auto_layer`).
         batch_size: images per pass. score_cam_batch_size: masked images per Score-CAM pass.
+        score_cam_channels: Score-CAM's ``channels=`` (:func:`~convscope.explain.score_cam`):
+            ``"auto"`` (default) scores every channel of layers with at most 256 channels and
+            128 per image (the fast mode) of larger ones; ``None``: always exact. The mode that
+            ran is in ``.modes``.
         offset: added to the running image positions (the share's start, when sharded).
         keep_images: also return the images (``.images``, CPU float32), e.g. to store them
             next to the maps (a shuffling loader could not be read in the same order twice).
@@ -217,8 +230,9 @@ def attribute_all(
     """
     return run_pass(AttributionPass(
         model, dataset, methods=methods, target=target, labels=labels, masks=masks, layer=layer,
-        batch_size=batch_size, score_cam_batch_size=score_cam_batch_size, offset=offset,
-        keep_images=keep_images, quiet=quiet, progress=progress))
+        batch_size=batch_size, score_cam_batch_size=score_cam_batch_size,
+        score_cam_channels=score_cam_channels, offset=offset, keep_images=keep_images,
+        quiet=quiet, progress=progress))
 
 
 class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
@@ -241,6 +255,7 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
         layer: Any = None,
         batch_size: int = 64,
         score_cam_batch_size: int = 64,
+        score_cam_channels: int | str | None = "auto",
         offset: int = 0,
         keep_images: bool = False,
         quiet: bool = False,
@@ -254,6 +269,10 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
         self.methods = _check_methods(methods)
         super().__init__(dataset, batch_size, "attributions")
         self.score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size")
+        from .cams import score_cam_budget
+
+        score_cam_budget(score_cam_channels, 1 << 30)  # checks the value
+        self.score_cam_channels = score_cam_channels
         if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
             raise InputError(f"offset must be an int >= 0, got {offset!r}.")
         if isinstance(dataset, Tensor) and dataset.dim() == 3:
@@ -274,7 +293,7 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
             self.model, piece, methods=self.methods, target=cut(self.target),
             labels=cut(self.labels), masks=cut(self.masks), layer=self.layer,
             batch_size=self.align, score_cam_batch_size=self.score_cam_batch_size,
-            offset=self.offset + offset, keep_images=self.keep_images, quiet=self.quiet,
+            score_cam_channels=self.score_cam_channels, offset=self.offset + offset, keep_images=self.keep_images, quiet=self.quiet,
             progress=self.progress)
 
     def merge(self, partials: Sequence[AttributionSet]) -> AttributionSet:
@@ -287,16 +306,27 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
 
 
 def _attribute_one(method: str, model: nn.Module, x: Tensor, target: Any, layer: Any, *,
-                   score_cam_batch_size: int = 64) -> Tensor:
+                   score_cam_batch_size: int = 64, score_cam_channels: Any = "auto",
+                   modes: dict[str, str] | None = None) -> Tensor:
     """The raw map ``[B, H, W]`` of one registered method on one batch (input-space methods
     reduced with :func:`~convscope.explain.to_heatmap`); raises NotApplicableError when it does
-    not fit. CAM ("classifier" kind) always takes the layer that feeds the global pooling."""
+    not fit. CAM ("classifier" kind) always takes the layer that feeds the global pooling.
+    The built-in Score-CAM's mode is written to ``modes``."""
+    from . import cams
+
     m = registry.get(method)
     opts: dict[str, Any] = {}
     if "batch_size" in m.options:
         opts["batch_size"] = score_cam_batch_size
+    if "channels" in m.options:
+        opts["channels"] = score_cam_channels
     if "quiet" in m.options:
         opts["quiet"] = True
+    if m.fn is cams.score_cam:
+        maps, info = cams.score_cam_info(model, x, target, layer, **opts)
+        if modes is not None:
+            modes[method] = info.describe()
+        return maps
     return m.heatmap(model, x, target, layer=None if m.kind == "classifier" else layer, **opts)
 
 
@@ -311,6 +341,7 @@ def _attribute_share(
     layer: Any,
     batch_size: int,
     score_cam_batch_size: int,
+    score_cam_channels: Any,
     offset: int,
     keep_images: bool,
     quiet: bool,
@@ -345,6 +376,7 @@ def _attribute_share(
     device = model_device(model)
     parts: list[AttributionSet] = []
     skipped: dict[str, str] = {}
+    modes: dict[str, str] = {}
     cam_layer = layer
     bar = tqdm(total=total, disable=quiet, desc="attributions", unit="img")
     with preserved(model, True):  # modes, requires_grad, batch-norm statistics, hooks
@@ -395,7 +427,9 @@ def _attribute_share(
                     t0 = time.perf_counter()
                     try:
                         raw = _attribute_one(method, model, x, tgt, cam_layer,
-                                             score_cam_batch_size=score_cam_batch_size)
+                                             score_cam_batch_size=score_cam_batch_size,
+                                             score_cam_channels=score_cam_channels,
+                                             modes=modes)
                     except NotApplicableError as exc:  # the method does not fit the model
                         if any(method in p.maps for p in parts):  # it worked on earlier images
                             raise
@@ -430,4 +464,5 @@ def _attribute_share(
         raise InputError("the data set is empty: there is nothing to explain.")
     out = AttributionSet.cat(parts)
     out.skipped = skipped
+    out.modes = modes
     return out

@@ -11,7 +11,7 @@ Every method is registered here under its name, with the same call shape::
 * ``kind="layer"`` (Grad-CAM, Grad-CAM++, Score-CAM and any variant added with
   :func:`convscope.explain.cams.register_cam`): a map ``[B, H, W]`` from a layer's channels, at
   ``layer`` (None: :func:`~convscope.explain.auto_layer`). Options: ``normalize``, ``quiet``, and
-  what the method adds (Score-CAM: ``batch_size``).
+  what the method adds (Score-CAM: ``batch_size``, ``channels``).
 * ``kind="classifier"`` (CAM): like ``"layer"``, but the layer must be the one feeding global
   pooling and a linear classifier, so a data-set pass leaves ``layer=None`` for it (the automatic
   choice) rather than the layer chosen for the other CAMs.
