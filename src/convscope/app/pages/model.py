@@ -3,6 +3,7 @@ parameters, feature maps of the sample images, and what later recordings add).""
 
 from __future__ import annotations
 
+import json
 import math
 
 import dash_cytoscape as cyto
@@ -11,7 +12,13 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from ...errors import StoreError
 from ...figures.features import preferred_grid, unit_pane
-from ...figures.graph import GRAPH_STYLESHEET, TYPE_COLORS, graph_elements
+from ...figures.graph import (
+    GRAPH_STYLESHEET,
+    LABEL_FONT_PX,
+    MIN_LABEL_PX,
+    TYPE_COLORS,
+    graph_elements,
+)
 from ...figures.maps import cell_at, channel_zoom, feature_map_grid, image_strip
 from ...formats import ARRAYS_TABLE, structure
 from ...formats import diagnosis as diag_format
@@ -43,6 +50,14 @@ MAX_CROPS = 16  #: top-example crops in a unit's pane
 MAX_THUMB = 96  #: pixels a side of the images sent (area-averaged above)
 MAX_ZOOM_VALUES = 250_000  #: values of one zoomed channel (larger maps are subsampled)
 
+# The graph's view (see _VIEW_JS). Default: the whole graph when its labels are then at least
+# MIN_LABEL_PX tall, else zoom READ_ZOOM (labels LABEL_FONT_PX tall) from the input down; "Fit"
+# shows the whole graph (labels under MIN_LABEL_PX are not drawn; hover a node for its name).
+READ_ZOOM = 1.0
+FIT_PADDING = 24  #: pixels around the graph at fit
+GRAPH_LAYOUT = {"name": "dagre", "rankDir": "TB", "nodeSep": 16, "rankSep": 20,
+                "animate": False}
+
 SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "memory share",
                 "param_share": "parameter share"}
 
@@ -69,6 +84,8 @@ def layout() -> html.Div:
                 value=1, inline=True)], className="control"),
             html.Label(["Find a layer", dcc.Dropdown(id="model-find", placeholder="layer path")],
                        className="control control-wide"),
+            html.Button("Fit", id="model-fit", className="button",
+                        title="show the whole graph (hover a node for its name)"),
             html.Button("Collapse all", id="model-collapse", className="button"),
         ],
         html.Div(id="model-graph-notice"),
@@ -77,10 +94,11 @@ def layout() -> html.Div:
             [
                 html.Div(cyto.Cytoscape(
                     id="model-graph", elements=[], stylesheet=GRAPH_STYLESHEET,
-                    layout={"name": "dagre", "rankDir": "TB", "nodeSep": 18,
-                            "rankSep": 28, "animate": False},
+                    layout={**GRAPH_LAYOUT, "fit": False},
+                    # the page lays the graph out itself (_VIEW_JS), once the elements are in
+                    autoRefreshLayout=False,
                     style={"width": "100%", "height": "78vh"},
-                    minZoom=0.05, maxZoom=3, wheelSensitivity=0.3,
+                    minZoom=0.01, maxZoom=3, wheelSensitivity=0.3,
                 ), className="panel graph-panel"),
                 html.Div(id="model-panel", className="panel side-panel",
                          children=html.P("Click a layer.", className="muted")),
@@ -88,6 +106,7 @@ def layout() -> html.Div:
             className="two-col",
         ),
         dcc.Store(id="model-expanded", data=[]),
+        dcc.Store(id="model-view"),
         dcc.Store(id="model-selected"),
     )
 
@@ -98,6 +117,12 @@ def register(app, state) -> None:
 
     register_run_picker(app, state, "model", structure.has_graph, "model graph",
                         structure.SOURCE, PANEL_TABLES)
+
+    app.clientside_callback(
+        _VIEW_JS, Output("model-view", "data"),
+        Input("model-graph", "elements"), Input("model-fit", "n_clicks"),
+        Input("model-find", "value"),
+    )
 
     @app.callback(
         Output("model-expanded", "data"), Output("model-selected", "data"),
@@ -204,6 +229,102 @@ def register(app, state) -> None:
         maps = _zoom_maps(state.reader(run), layer, stored_col)
         return (channel_zoom(maps, 0, int(meta["channels"][stored_col])),
                 {"display": "block"})
+
+
+# Lays the graph out once cytoscape holds the new elements, then sets the view:
+# - a layer picked under "Find a layer": centred (zoomed in to READ_ZOOM if needed);
+# - after a click: the clicked node (or the first node of the block it opened) stays where it was;
+# - a new set of nodes (another run, depth or "Collapse all"): the default view (see READ_ZOOM);
+# - "Fit": the whole graph.
+# Hovering a node shows its full name, type, shape and parameters (the canvas' title).
+_VIEW_JS = """
+function(elements, fitClicks, found) {
+  const dc = window.dash_clientside;
+  const el = document.getElementById('model-graph');
+  if (!el || !el._cyreg) { return dc.no_update; }
+  const cy = el._cyreg.cy;
+  const LAYOUT = $LAYOUT, FONT = $FONT, MIN = $MIN, READ = $READ, PAD = $PAD;
+  const trig = (dc.callback_context.triggered || []).map(t => t.prop_id);
+  let st = cy.scratch('_convscope');
+  if (!st) {
+    st = {ids: null, focus: null, anchor: null, gen: 0};
+    cy.scratch('_convscope', st);
+    cy.on('tap', 'node', e => {
+      st.anchor = {id: e.target.id(), pos: Object.assign({}, e.target.renderedPosition())};
+    });
+    cy.on('mouseover', 'node', e => { el.title = e.target.data('full') || e.target.id(); });
+    cy.on('mouseout', 'node', () => { el.title = ''; });
+  }
+  const findNode = name => {
+    const n = cy.getElementById(name);
+    return n.length ? n : cy.nodes().filter(m => m.data('module') === name).first();
+  };
+  const defaultView = () => {
+    if (!cy.nodes().length) { return; }
+    cy.fit(cy.nodes(), PAD);
+    if (cy.zoom() * FONT >= MIN) { return; }
+    cy.zoom(READ);
+    const z = cy.zoom(), w = cy.width(), bb = cy.nodes().boundingBox();
+    const first = cy.nodes().min(n => n.position('y')).ele;
+    const cx = bb.w * z <= w - 2 * PAD ? (bb.x1 + bb.x2) / 2 : first.position('x');
+    cy.pan({x: w / 2 - z * cx, y: PAD - z * bb.y1});
+  };
+  const view = changed => {
+    if (st.focus) {
+      const n = findNode(st.focus);
+      if (n.length) {
+        st.focus = null; st.anchor = null;
+        cy.zoom(Math.max(cy.zoom(), READ));
+        cy.center(n);
+        return;
+      }
+    }
+    if (st.anchor) {
+      const a = st.anchor;
+      st.anchor = null;
+      let t = cy.getElementById(a.id);
+      if (!t.length) {
+        const inside = cy.nodes().filter(n => n.id().startsWith(a.id + '.'));
+        t = inside.length ? inside.min(n => n.position('y')).ele : t;
+      }
+      if (t.length) {
+        const z = cy.zoom(), p = t.position();
+        cy.pan({x: a.pos.x - z * p.x, y: a.pos.y - z * p.y});
+        return;
+      }
+    }
+    if (changed) { defaultView(); }
+  };
+  if (trig.includes('model-fit.n_clicks')) {
+    cy.fit(cy.elements(), PAD);
+    return Date.now();
+  }
+  if (trig.includes('model-find.value') && found) { st.focus = found; }
+  if (!trig.includes('model-graph.elements')) { return dc.no_update; }
+  const want = (elements || []).filter(e => e.data && e.data.source === undefined)
+    .map(e => e.data.id);
+  const key = want.slice().sort().join('\\n');
+  const gen = ++st.gen;  // only the latest elements are laid out
+  let tries = 0;
+  const go = () => {
+    if (gen !== st.gen) { return; }
+    if (cy.nodes().length !== want.length || want.some(id => !cy.getElementById(id).length)) {
+      if (tries++ < 400) { setTimeout(go, 25); }
+      return;
+    }
+    const changed = key !== st.ids;
+    st.ids = key;
+    const lay = cy.layout(Object.assign({}, LAYOUT, {fit: false}));
+    lay.one('layoutstop', () => view(changed));
+    lay.run();
+  };
+  setTimeout(go, 0);
+  return Date.now();
+}
+"""
+for _name, _value in {"$LAYOUT": json.dumps(GRAPH_LAYOUT), "$FONT": LABEL_FONT_PX,
+                      "$MIN": MIN_LABEL_PX, "$READ": READ_ZOOM, "$PAD": FIT_PADDING}.items():
+    _VIEW_JS = _VIEW_JS.replace(_name, str(_value))
 
 
 def _zoom_maps(reader, layer: str, column: int) -> np.ndarray:
