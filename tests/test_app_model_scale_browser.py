@@ -176,3 +176,10 @@ def test_short_label_keeps_the_last_dotted_parts(name, shown):
 
     assert short_label(name) == shown
     assert len(short_label(name)) <= MAX_LABEL_CHARS
+
+
+def test_a_time_the_profile_did_not_measure_shows_a_dash():
+    from convscope.app.pages.model import _ms
+
+    assert _ms(0.0023) == "2.300 ms"
+    assert _ms(float("nan")) == "—" and _ms(None) == "—"  # log_model(..., backward=False)

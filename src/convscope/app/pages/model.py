@@ -411,8 +411,8 @@ def layer_panel(reader, layer: str) -> html.Div:
         with dmg.guard(run, "the layer's profile"):
             p = structure.profile_row(reader, layer)
             if p is not None:
-                facts += [("forward", f"{p['forward_s'] * 1e3:.3f} ms"),
-                          ("backward", f"{p['backward_s'] * 1e3:.3f} ms"),
+                facts += [("forward", _ms(p["forward_s"])),
+                          ("backward", _ms(p["backward_s"])),
                           ("time share", f"{p['time_share']:.1%}"),
                           ("memory", f"{int(p['memory_bytes']):,} B ({p['memory_share']:.1%})")]
     children = [
@@ -470,6 +470,16 @@ def _feature_maps_section(reader, layer: str, dmg: Damage, index_damaged: bool) 
             graph("fm-zoom", style={"display": "none"}),
         ]
     return out
+
+
+def _ms(seconds) -> str:
+    """Seconds as milliseconds; a time the profile did not measure (NaN: e.g. the backward of
+    ``log_model(..., backward=False)``) as a dash."""
+    try:
+        v = float(seconds)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{v * 1e3:.3f} ms" if math.isfinite(v) else "—"
 
 
 def _diagnosis_section(reader, layer: str):
