@@ -367,3 +367,162 @@ def test_torchvision_models_build_within_the_budget(name):
     # and the budget is real: these models register over 1.4 per state-dict entry
     with pytest.raises(ck._OverBudget):
         ck._on_meta(fn, {}, budget=int(1.4 * n))
+
+
+# -- one copy of the weights (issue 14, item 4) --------------------------------------------------
+def _listing(run_path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (run_path / "checkpoints").iterdir()}
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("name", ["zoo", "resnet18", "regnet_y_400mf"])
+def test_zoo_and_torchvision_models_store_their_weights_once(tmp_path, name):
+    """The checkpoint directory holds the state dict and a record of a few hundred bytes,
+    nothing else; RegNet builders (which compute their widths with tensors, so they cannot be
+    built on the meta device) included: before, they fell back to a second, pickled copy."""
+    torch.manual_seed(0)
+    if name == "zoo":
+        model = cs.zoo.resnet(num_classes=5, width=8)
+        x, layer = torch.rand(2, 3, 32, 32), "layer2.0.conv1"
+    else:
+        tv = pytest.importorskip("torchvision")
+        model = tv.models.get_model(name, weights=None)
+        x, layer = torch.rand(2, 3, 64, 64), ("layer1.0.conv1" if name == "resnet18"
+                                              else "trunk_output.block2")
+    _round_trip(tmp_path, model, x, layer)
+    files = _listing(tmp_path / "r")
+    assert sorted(files) == ["model.arch.json", "model.state.pt"]
+    assert files["model.arch.json"] < 1024
+    weights = _state_bytes(model)
+    assert weights <= files["model.state.pt"] < weights * 1.05 + 100_000
+
+
+def test_regnet_builds_on_the_meta_device_without_memory():
+    tv = pytest.importorskip("torchvision")
+    with pytest.raises(NotImplementedError):  # why the fallback exists
+        with torch.device("meta"):
+            tv.models.regnet_y_400mf(weights=None)
+    from torch.nn.modules import module as tm
+
+    hooks = (tm._global_module_registration_hooks, tm._global_parameter_registration_hooks,
+             tm._global_buffer_registration_hooks)
+    before = [len(h) for h in hooks]
+    probe = ck._on_meta(ck._resolve("torchvision.regnet_y_400mf"), {}, budget=10_000)
+    tensors = list(probe.state_dict().values())
+    assert tensors and all(t.is_meta for t in tensors)
+    assert ck._architecture(probe, None) == ("torchvision.regnet_y_400mf", {})
+    assert [len(h) for h in hooks] == before  # the fallback's hooks are gone
+    with pytest.raises(ck._OverBudget):  # and the budget holds in the fallback too
+        ck._on_meta(ck._resolve("torchvision.regnet_y_400mf"), {}, budget=100)
+
+
+def test_backbone_builders_never_download(monkeypatch):
+    """torchvision's detection builders default to ImageNet backbone weights even with
+    weights=None: the resolved builder passes weights_backbone=None, and a record may not ask
+    for a backbone."""
+    pytest.importorskip("torchvision")
+    import torch.hub
+
+    calls = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: calls.append(a) or 1 / 0)
+    fn = ck._resolve("torchvision.fasterrcnn_mobilenet_v3_large_320_fpn")
+    probe = ck._on_meta(fn, {"num_classes": 3})
+    assert calls == [] and probe.roi_heads.box_predictor.cls_score.out_features == 3
+    with pytest.raises(StoreError, match="weights_backbone"):
+        ck._check_kwargs({"weights_backbone": "DEFAULT"})
+
+
+class Wide(nn.Module):
+    """A user's model with a non-persistent buffer and a frozen layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 64, 3)
+        self.fc = nn.Linear(64, 100)
+        self.register_buffer("offset", torch.arange(100.0), persistent=False)
+        self.conv.weight.requires_grad_(False)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3))) + self.offset
+
+
+def test_unknown_model_stores_its_weights_once_and_loads_with_trust(tmp_path):
+    torch.manual_seed(0)
+    model = Wide().eval()
+    with torch.no_grad():
+        model.offset.mul_(3)  # a buffer that is not in the state dict, changed after init
+    with cs.Run(tmp_path, "r", quiet=True) as run:
+        with pytest.warns(UserWarning, match="without its weights"):
+            run.log_checkpoint(model)
+    files = _listing(run.path)
+    assert sorted(files) == ["model.arch.json", "model.pt", "model.state.pt"]
+    weights = _state_bytes(model)
+    assert weights <= files["model.state.pt"] < weights * 1.05 + 100_000
+    assert files["model.pt"] < 20_000  # the module without its weights (kilobytes)
+    assert model.conv.weight.device.type == "cpu"  # the model itself is untouched
+    rec = json.loads((run.path / "checkpoints" / "model.arch.json").read_text())
+    assert rec["pickle_weights"] == "state" and rec["builder"] is None
+    with pytest.raises(StoreError, match="trust=True"):
+        cs.open_run(run.path).load_model()
+    loaded = cs.open_run(run.path).load_model(trust=True)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+    assert not loaded.conv.weight.requires_grad and loaded.fc.weight.requires_grad
+    torch.testing.assert_close(loaded.offset, model.offset)
+    assert isinstance(loaded.conv.weight, nn.Parameter)
+    # the weights file is the only copy: without it the pickle does not load
+    (run.path / "checkpoints" / "model.state.pt").unlink()
+    with pytest.raises(StoreError, match="missing"):
+        cs.open_run(run.path).load_model(trust=True)
+
+
+def test_previous_versions_two_copy_checkpoints_still_load(tmp_path):
+    """The layout the version before this one wrote for an unknown model: the state dict, a
+    whole-module pickle with its weights and a record without "pickle_weights"."""
+    torch.manual_seed(0)
+    model = Wide().eval()
+    with cs.Run(tmp_path, "r", quiet=True) as run:
+        run.log_scalars(0, loss=1.0)
+    root = run.path / "checkpoints"
+    root.mkdir()
+    torch.save(model.state_dict(), root / "model.state.pt")
+    torch.save(model, root / "model.pt")
+    (root / "model.arch.json").write_text(json.dumps({
+        "format": 1, "key": "model", "class": "tests.test_checkpoints.Wide", "builder": None,
+        "kwargs": {}, "input_shape": None, "state": "model.state.pt", "pickle": "model.pt"}))
+    assert ck.checkpoint_form(run.path) == "pickle"
+    loaded = cs.open_run(run.path).load_model(trust=True)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+class Tied(nn.Module):
+    """A user's model whose decoder reuses the encoder's weight (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(6, 4, bias=False)
+        self.dec = nn.Linear(4, 6, bias=False)
+        self.dec.weight = self.enc.weight  # [4, 6] used transposed below
+
+    def forward(self, x):
+        return self.enc(x) @ self.dec.weight
+
+
+def test_unknown_model_with_tied_weights_keeps_them_tied(tmp_path):
+    torch.manual_seed(0)
+    model = Tied().eval()
+    with cs.Run(tmp_path, "r", quiet=True) as run:
+        with pytest.warns(UserWarning, match="without its weights"):
+            run.log_checkpoint(model)
+    loaded = cs.open_run(run.path).load_model(trust=True)
+    assert loaded.dec.weight is loaded.enc.weight
+    x = torch.rand(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)

@@ -27,16 +27,27 @@ device (no memory, no random init), must have the same class, the same ``repr`` 
 their hyper-parameters) and the same state-dict keys and shapes. When loading, the builder's meta
 model must match the stored weights before anything is allocated.
 
-A model no builder reproduces (a user's own class) is saved as well as a whole-module pickle
-``<key>.pt``, with a warning: that file loads only with an explicit opt-in (``trust=True``,
-``convscope serve --trust-checkpoints``, ``convscope diagnose --trust-checkpoints``), as do the
-``<key>.pt`` pickles written by convscope versions before this one.
+A model no builder reproduces (a user's own class) is saved as well as a pickle of the module
+*without its weights* ``<key>.pt`` (every tensor of its ``state_dict`` replaced by a meta tensor,
+so the file is kilobytes: the weights are stored once, in ``<key>.state.pt``), with a warning:
+that file loads only with an explicit opt-in (``trust=True``, ``convscope serve
+--trust-checkpoints``, ``convscope diagnose --trust-checkpoints``), and gets its weights from the
+state file (``load_state_dict(assign=True)``). The whole-module pickles (weights included) that
+earlier versions wrote load as before, with the same opt-in.
+
+Builders that compute with tensors while building (torchvision's RegNets derive their widths
+with ``torch.pow``) cannot run with every tensor on the meta device; they are built on the CPU
+with each parameter and buffer moved to the meta device as it is registered (no memory either).
+Builders with a pretrained backbone (torchvision's detection and segmentation models) are always
+called with ``weights_backbone=None`` too: nothing is downloaded, and a record may not ask for it.
 
 Files, for a key ``k`` in file-name form (:func:`~convscope.store.layout.safe_key`)::
 
     checkpoints/<k>.state.pt    state_dict (weights only)
-    checkpoints/<k>.arch.json   {"format", "key", "builder", "kwargs", "class", "input_shape", ...}
-    checkpoints/<k>.pt          whole-module pickle: only when "builder" is null (needs trust)
+    checkpoints/<k>.arch.json   {"format", "key", "builder", "kwargs", "class", "input_shape",
+                                 "state", "pickle", "pickle_weights"}
+    checkpoints/<k>.pt          the module without its weights (``"pickle_weights": "state"``):
+                                only when "builder" is null (needs trust)
 
 This module is the files' transport (it needs torch, which :mod:`convscope.formats` never
 imports). Pages, the report and the CLI go through :mod:`convscope.formats.checkpoints`, which
@@ -157,7 +168,10 @@ def _resolve(name: Any) -> Callable[..., Any]:
             from torchvision.models import get_model_builder
 
             fn = get_model_builder(tv)
-            return lambda **kw: fn(weights=None, **kw)
+            fixed = {"weights": None}
+            if "weights_backbone" in _parameters(fn):  # never download a backbone either
+                fixed["weights_backbone"] = None
+            return lambda **kw: fn(**fixed, **kw)
     if name in _REGISTERED:
         return _REGISTERED[name][0]
     raise StoreError(
@@ -165,6 +179,16 @@ def _resolve(name: Any) -> Callable[..., Any]:
         "install torchvision if it is a torchvision model, or call "
         f"convscope.store.checkpoints.register_builder({name!r}, fn) before loading."
     )
+
+
+def _parameters(fn: Callable[..., Any]) -> set[str]:
+    """Names of ``fn``'s parameters (through ``functools.wraps``); empty when not inspectable."""
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _check_kwargs(kwargs: Any) -> dict[str, Any]:
@@ -198,7 +222,7 @@ def _check_kwargs(kwargs: Any) -> dict[str, Any]:
     out = {}
     for k, v in kwargs.items():
         if (not isinstance(k, str) or not k.isidentifier() or k.startswith("_")
-                or k in ("weights", "progress") or not plain(v)):
+                or k in ("weights", "weights_backbone", "progress") or not plain(v)):
             raise StoreError(f"the checkpoint's builder argument {k!r}={str(v)[:200]} is not "
                              "allowed (plain values only: integers within "
                              f"+-{MAX_KWARG_INT:,}, at most {MAX_KWARG_VALUES} values, no "
@@ -218,14 +242,15 @@ class _OverBudget(Exception):
 
 def _on_meta(fn: Callable[..., Any], kwargs: Mapping[str, Any], budget: int | None = None
              ) -> Any:
-    """``fn(**kwargs)`` on the meta device; with ``budget``, stopped (:class:`_OverBudget`) as
-    soon as it registers more modules, parameters and buffers than that (counted in this thread
-    only, with torch's global registration hooks, removed afterwards)."""
-    import torch
+    """``fn(**kwargs)`` with its parameters and buffers on the meta device (no memory, no random
+    init); with ``budget``, stopped (:class:`_OverBudget`) as soon as it registers more modules,
+    parameters and buffers than that (counted in this thread only, with torch's global
+    registration hooks, removed afterwards).
 
-    if budget is None:
-        with torch.device("meta"):
-            return fn(**kwargs)
+    First built under ``torch.device("meta")``; a builder that needs real values while building
+    (RegNet's widths) is built again on the CPU with each parameter and buffer moved to the meta
+    device as it is registered (the initialisers then run on meta tensors)."""
+    import torch
     from torch.nn.modules import module as tm
 
     me, seen = threading.get_ident(), [0]
@@ -236,12 +261,31 @@ def _on_meta(fn: Callable[..., Any], kwargs: Mapping[str, Any], budget: int | No
             if seen[0] > budget:
                 raise _OverBudget(f"more than {budget} modules, parameters and buffers")
 
-    hooks = [tm.register_module_module_registration_hook(count),
-             tm.register_module_parameter_registration_hook(count),
-             tm.register_module_buffer_registration_hook(count)]
+    def meta_param(_m: Any, _name: str, p: Any) -> Any:
+        if threading.get_ident() != me or p is None or p.is_meta:
+            return None
+        return torch.nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+    def meta_buffer(_m: Any, _name: str, b: Any) -> Any:
+        if threading.get_ident() != me or b is None or b.is_meta:
+            return None
+        return b.to("meta")
+
+    hooks = [] if budget is None else [
+        tm.register_module_module_registration_hook(count),
+        tm.register_module_parameter_registration_hook(count),
+        tm.register_module_buffer_registration_hook(count)]
     try:
-        with torch.device("meta"):
-            return fn(**kwargs)
+        try:
+            with torch.device("meta"):
+                return fn(**kwargs)
+        except _OverBudget:
+            raise
+        except Exception:  # a builder computing with tensors, or arguments it refuses
+            seen[0] = 0
+        hooks += [tm.register_module_parameter_registration_hook(meta_param),
+                  tm.register_module_buffer_registration_hook(meta_buffer)]
+        return fn(**kwargs)
     finally:
         for h in hooks:
             h.remove()
@@ -366,6 +410,26 @@ def _torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def _skeleton(model: Any) -> Any:
+    """A copy of ``model`` whose ``state_dict`` tensors are meta tensors of the same shape, dtype
+    and ``requires_grad`` (the weights are saved once, in the state file); everything else
+    (non-persistent buffers, plain attributes) is copied as is. The model is not touched."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    memo: dict[int, Any] = {}
+    for t in model.state_dict(keep_vars=True).values():
+        if not isinstance(t, torch.Tensor) or id(t) in memo:
+            continue
+        twin = torch.empty_like(t, device="meta")
+        if isinstance(t, nn.Parameter):
+            twin = nn.Parameter(twin, requires_grad=t.requires_grad)
+        memo[id(t)] = twin
+    return copy.deepcopy(model, memo)
+
+
 def _input_shape(example_inputs: Any) -> list[int] | None:
     shape = getattr(example_inputs, "shape", None)
     if shape is None or len(shape) < 2:
@@ -398,15 +462,16 @@ def save_checkpoint(run_path: str | Path, model: Any, key: str = "model", *,
         f"{type(model).__qualname__}", "builder": found[0] if found else None,
         "kwargs": found[1] if found else {}, "input_shape": _input_shape(example_inputs),
         "state": state_path.name, "pickle": None if found else pickle_path.name,
+        "pickle_weights": None if found else "state",
     }
     atomic_write_bytes(state_path, _torch_bytes(model.state_dict()))
     if found is None:
         avoid = ("Register a builder with convscope.store.checkpoints.register_builder, or pass "
                  "arch=, to avoid that.")
         try:
-            pickled = _torch_bytes(model)
+            pickled = _torch_bytes(_skeleton(model))
         except Exception as exc:  # a local class or an unpicklable attribute
-            record["pickle"] = None
+            record["pickle"] = record["pickle_weights"] = None
             pickle_path.unlink(missing_ok=True)
             warnings.warn(
                 f"convscope cannot record how to rebuild {record['class']}, and cannot pickle it "
@@ -416,8 +481,9 @@ def save_checkpoint(run_path: str | Path, model: Any, key: str = "model", *,
         else:
             warnings.warn(
                 f"convscope cannot record how to rebuild {record['class']} without running "
-                f"code, so checkpoint {key!r} is also saved as a whole-module pickle "
-                f"({pickle_path.name}); loading it needs trust (reader.load_model(trust=True), "
+                f"code, so checkpoint {key!r} is also saved as a pickle of the module without "
+                f"its weights ({pickle_path.name}, beside the weights in {state_path.name}); "
+                "loading it needs trust (reader.load_model(trust=True), "
                 f"convscope serve --trust-checkpoints). {avoid}", UserWarning, stacklevel=3)
             atomic_write_bytes(pickle_path, pickled)
     atomic_write_bytes(arch_path, json.dumps(record, indent=2).encode())  # last: marks complete
@@ -591,6 +657,7 @@ def load_checkpoint(run_path: str | Path, key: str = "model", map_location: Any 
                              f"{', recorded by an older convscope' if doc is None else ''}). "
                              + TRUST_HINT)
         model = _load_pickle(pickle_path, where, map_location)
+        model = _fill_weights(model, state_path, where)
     elif state_path.is_file():
         raise StoreError(
             f"{where} holds weights only ({DIR}/{state_path.name}), with no record of the "
@@ -607,6 +674,43 @@ def load_checkpoint(run_path: str | Path, key: str = "model", map_location: Any 
         raise StoreError(f"cannot move {where} to {map_location!r} ({exc}): pass an available "
                          "map_location such as 'cpu'.") from None
     return model.eval()
+
+
+def _fill_weights(model: Any, state_path: Path, where: str) -> Any:
+    """A pickled module whose weights are meta tensors (this version's pickles) gets them from
+    the state file; a whole-module pickle of an earlier version is returned as it is."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return model
+    tensors = model.state_dict(keep_vars=True).values()
+    if not any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        return model
+    if not state_path.is_file():
+        raise StoreError(f"the weights {state_path.name} of {where} are missing (its pickle "
+                         "holds the module without them): re-save the model with "
+                         "run.log_checkpoint(model).")
+    state = _load_state(state_path, where)
+    tied: dict[int, list[tuple[Any, str]]] = {}  # shared parameters (tied weights) stay shared
+    for _, module in model.named_modules(remove_duplicate=False):
+        for name, p in module.named_parameters(recurse=False):
+            tied.setdefault(id(p), []).append((module, name))
+    try:
+        model.load_state_dict(state, assign=True)
+        for places in tied.values():
+            first = getattr(places[0][0], places[0][1])
+            for module, name in places[1:]:
+                setattr(module, name, first)
+    except Exception as exc:  # weights of another model
+        raise StoreError(f"the weights {state_path.name} of {where} do not fit its pickled "
+                         f"module ({str(exc)[:300]}): re-save the model with "
+                         "run.log_checkpoint(model).") from None
+    left = [k for k, t in model.state_dict(keep_vars=True).items()
+            if isinstance(t, torch.Tensor) and t.is_meta]
+    if left:
+        raise StoreError(f"the weights {state_path.name} of {where} lack {left[:3]}: re-save the "
+                         "model with run.log_checkpoint(model).")
+    return model
 
 
 def _load_pickle(path: Path, where: str, map_location: Any) -> Any:
