@@ -490,8 +490,9 @@ class Run:
         ``checkpoints/<key>.state.pt`` plus ``checkpoints/<key>.arch.json`` naming the
         allow-listed builder that rebuilds it (convscope.zoo and torchvision models are
         recognised; ``arch=("torchvision.resnet50", {"num_classes": 10})`` names one, see
-        :mod:`convscope.store.checkpoints`). A model no builder reproduces is also pickled as
-        ``checkpoints/<key>.pt`` with a warning: loading that needs ``trust=True``.
+        :mod:`convscope.store.checkpoints`). A model no builder reproduces is also pickled,
+        without its weights (they stay in ``.state.pt``: one copy), as ``checkpoints/<key>.pt``
+        with a warning: loading that needs ``trust=True``.
         ``example_inputs`` records the input shape. Returns the path of the record."""
         from .formats import checkpoints
         from .track.watch import strip_wrapper

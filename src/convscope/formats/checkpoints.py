@@ -6,7 +6,9 @@ Contract, for a key ``k`` stored under its file-name form ``f`` (:func:`file_key
     checkpoints/<f>.state.pt    state_dict (weights only)
     checkpoints/<f>.arch.json   {"format", "key": k, "builder", "kwargs", "class",
                                  "input_shape", "state", "pickle"}
-    checkpoints/<f>.pt          whole-module pickle: only when "builder" is null (needs trust)
+    checkpoints/<f>.pt          only when "builder" is null: the module pickled without its
+                                weights ("pickle_weights": "state"; older runs: whole-module
+                                pickle); needs trust
 
 Runs recorded before keys were made injective keep their files under the older file-name form;
 every function here finds them by the user's key as well as by the file-name form.
