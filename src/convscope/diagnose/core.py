@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvscopeError, InputError, ModelError
+from ..nn import grid_layout
 from .cluster import MAX_CHANNELS
 from .report import Report
 from .rules import STAGES, output_findings, param_findings
@@ -69,6 +70,28 @@ def _nonfinite(output: Any) -> bool:
     output itself, under the name ``""``, is analysed too, so the report says so)."""
     return (isinstance(output, torch.Tensor) and output.is_floating_point()
             and not output.is_meta and not bool(torch.isfinite(output).all()))
+
+
+def channels_first(x: torch.Tensor, reference: Any) -> tuple[torch.Tensor, str | None]:
+    """A transformer-style layer output with its channels moved to dimension 1, as every
+    statistic here expects, and a note saying so (None when ``x`` is left as it is).
+
+    With an image ``reference`` ``[B, C, H, W]``, :func:`convscope.nn.grid_layout` reads ``x``:
+    a channels-last grid ``[B, h, w, C]`` (Swin, ConvNeXt blocks) becomes ``[B, C, h, w]``, patch
+    tokens ``[B, N, D]`` (ViT) become ``[B, D, N]`` -- D channels over N positions, class tokens
+    kept, since they are units' activity too.
+    """
+    if not isinstance(reference, torch.Tensor) or reference.dim() != 4 or x.dim() not in (3, 4):
+        return x, None
+    layout = grid_layout(x, (int(reference.shape[2]), int(reference.shape[3])))
+    if layout is None or layout.kind == "channels_first":
+        return x, None
+    if layout.kind == "channels_last":
+        return layout.apply(x), (
+            f"channels-last output {list(x.shape)} read as [B, C, h, w] (channels last dim).")
+    return x.transpose(1, 2), (
+        f"token output {list(x.shape)} read as {int(x.shape[2])} channels over "
+        f"{int(x.shape[1])} token positions ({layout.describe()}).")
 
 
 def default_layers(calls: list[tuple[str, nn.Module]]) -> list[str]:
@@ -234,6 +257,7 @@ def diagnose_activations(
                     layer_stats.append(st)
                     bar.update(1)
                     continue
+            x, moved = channels_first(x, ref)
             level = abstraction.get(name)
             if level is None and x.dim() == 4 and size_ref is not None:
                 side = min(int(size_ref.shape[2]), int(size_ref.shape[3]))
@@ -245,6 +269,8 @@ def diagnose_activations(
                 reference=sim_ref, abstraction=level or "high", thresholds=th,
                 max_channels=max_channels, max_elements=max_elements, seed=seed,
             )
+            if moved:
+                st.notes.append(moved)
             layer_stats.append(st)
             if views and st.kind in ("maps", "features") and x.numel():
                 from .views import output_view

@@ -19,12 +19,15 @@ from torch import Tensor, nn
 from ..errors import InputError, LayerNotFoundError, ModelError, NotApplicableError, TargetError
 from ..nn import (
     NONFINITE_MODEL_FIX,
+    GridLayout,
     Recorder,
     check_args,
     check_finite,
     check_model,
     f32,
+    flat_tensors,
     forward,
+    grid_layout,
     handles,
     resolve_layer,
     split_call,
@@ -281,17 +284,116 @@ def _is_feature_map(t: Any) -> bool:
     return isinstance(t, Tensor) and t.ndim == 4 and t.shape[2] * t.shape[3] > 1
 
 
-_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+def patch_size(model: nn.Module) -> int | None:
+    """The model's patch size when it declares one (torchvision ``VisionTransformer.patch_size``,
+    timm ``patch_embed.patch_size``) and it is square; None otherwise."""
+    for owner in (model, getattr(model, "patch_embed", None)):
+        p = getattr(owner, "patch_size", None) if owner is not None else None
+        if isinstance(p, (tuple, list)) and len(p) == 2 and p[0] == p[1]:
+            p = p[0]
+        if isinstance(p, numbers.Integral) and not isinstance(p, bool) and int(p) > 0:
+            return int(p)
+    return None
+
+
+def layer_layout(model: nn.Module, inputs: Tensor, act: Any) -> GridLayout | None:
+    """How a layer output ``act`` for ``inputs`` reads as ``[B, D, h, w]``
+    (:func:`convscope.nn.grid_layout` with the model's patch size); None if it cannot."""
+    return grid_layout(act, tuple(inputs.shape[-2:]), patch_size(model))
+
+
+_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[str, GridLayout]]] = \
+    weakref.WeakKeyDictionary()
 _REPORTED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _probe_scores(output: Any, features: Any) -> list[Tensor]:
+    """Scalars that probe which layers the output depends on: the top class's score of the first
+    image (``[B, K]`` scores; else the sum of the first output tensor), then a fixed random
+    projection of the classifier's input (the last ``nn.Linear``'s), for heads that start at zero
+    (torchvision's ViT) and so make every gradient of the score zero."""
+    probes = []
+    first = output if isinstance(output, Tensor) else next(iter(flat_tensors(output)), None)
+    if isinstance(first, Tensor) and first.is_floating_point() and first.requires_grad:
+        probes.append(first[0, int(first[0].detach().argmax())] if first.ndim == 2
+                      else first.float().sum())
+    if isinstance(features, Tensor) and features.is_floating_point() and features.requires_grad:
+        gen = torch.Generator().manual_seed(0)
+        r = torch.randn(features[:1].shape, generator=gen).to(features.device)
+        probes.append((features[:1].float() * r).sum())
+    return probes
+
+
+def _rearranges(t: Tensor, prev: Tensor) -> bool:
+    """``t`` is ``prev``'s data in another shape (a permute or view layer), not ``prev`` itself."""
+    return (t is not prev and t.numel() == prev.numel()
+            and t.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr())
+
+
+def _depended_on(seen: list[tuple[str, Tensor, GridLayout]], scores: list[Tensor]) -> int:
+    """Index of the last spatial output whose positions (class tokens excluded) the first probe
+    score that depends on any of them depends on: in a ViT, the patch tokens after the last
+    block's attention reach the class token no more. The last output if none does."""
+    for score in scores:
+        end, step = len(seen), 2
+        while end > 0:  # from the end in growing chunks: a few backward passes, bounded memory
+            idx = [i for i in range(max(0, end - step), end) if seen[i][1].requires_grad]
+            grads = torch.autograd.grad(score, [seen[i][1] for i in idx], retain_graph=True,
+                                        allow_unused=True) if idx else ()
+            for i, g in reversed(list(zip(idx, grads, strict=True))):
+                if g is not None and bool((seen[i][2].apply(g) != 0).any()):
+                    return i
+            end, step = end - step, step * 4
+    return len(seen) - 1
+
+
+def _auto(model: nn.Module, x: Tensor) -> tuple[str, GridLayout]:
+    key = (tuple(x.shape[1:]), x.dtype, x.device.type, tuple(id(m) for m in model.modules()))
+    cache = _AUTO_CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    size, patch = tuple(x.shape[-2:]), patch_size(model)
+    modules = {name: module for name, module in model.named_modules() if name}
+
+    def keep(out: Any) -> Any:
+        layout = grid_layout(out, size, patch)
+        return None if layout is None else (out, layout)
+
+    linears = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
+    with prepared(model), torch.inference_mode(False), torch.enable_grad(), \
+            Recorder(modules, value=keep) as rec, \
+            Recorder({}, inputs_of=linears, value=lambda t: t) as fed:
+        probe = x[:1].clone().requires_grad_(True)  # not an inference tensor, even in one
+        output = run_forward(model, probe)
+        scores = _probe_scores(output, list(fed.store.values())[-1] if fed.store else None)
+        seen = [(split_call(k)[0], v[0], v[1]) for k, v in rec.store.items() if v is not None]
+        if not seen:
+            raise NotApplicableError(
+                "no layer of the model outputs a spatial map -- [B, C, h, w], channels-last "
+                f"[B, h, w, C] or patch tokens [B, N, D] -- for inputs of shape {list(x.shape)}; "
+                "pass layer=... naming a convolutional layer, or use larger inputs."
+            )
+        pick = _depended_on(seen, scores)
+        while pick > 0 and _rearranges(seen[pick][1], seen[pick - 1][1]):
+            pick -= 1  # Swin: its final `norm`, not the `permute` after it
+    cache[key] = (seen[pick][0], seen[pick][2])
+    return cache[key]
 
 
 def auto_layer(model: nn.Module, inputs: Tensor) -> str:
     """Module path of the layer CAM methods use when ``layer=None``.
 
-    It is the last module (in execution order, the model itself excluded) whose output is a 4-D
-    feature map ``[B, C, h, w]`` with ``h * w > 1`` -- for torchvision ResNets ``'layer4'``. Found
-    by a forward pass of the first image in eval mode without gradients (the model's mode is
-    restored); the answer is cached per model and input shape.
+    It is the last module (in execution order, the model itself excluded) with a spatial output
+    -- a feature map ``[B, C, h, w]`` with ``h * w > 1``, a channels-last ``[B, h, w, C]`` grid or
+    a sequence of patch tokens ``[B, N, D]`` (see :func:`convscope.nn.grid_layout`) -- on which the
+    top class's score depends at some position (class tokens excluded); a layer that only permutes
+    the previous one's output yields to it. For torchvision ResNets it is ``'layer4'``, for
+    ConvNeXt ``'features'`` (the output of its last stage), for Swin ``'norm'`` (the last stage's
+    norm) and for a ViT the last encoder block's first LayerNorm,
+    ``'encoder.layers.encoder_layer_11.ln_1'`` in ``vit_b_16`` (the layers after it reach the
+    class token only through the class token itself). Found by a forward and backward pass of the
+    first image in eval mode (the model's mode and ``requires_grad`` are restored); the answer is
+    cached per model and input shape.
 
     Args:
         model: the network.
@@ -301,33 +403,17 @@ def auto_layer(model: nn.Module, inputs: Tensor) -> str:
         The module path, usable as ``layer=``.
     """
     check_model(model)
-    x = check_inputs(inputs)
-    key = (tuple(x.shape[1:]), x.dtype, x.device.type, tuple(id(m) for m in model.modules()))
-    cache = _AUTO_CACHE.setdefault(model, {})
-    if key in cache:
-        return cache[key]
-    modules = {name: module for name, module in model.named_modules() if name}
-    with prepared(model), torch.no_grad(), Recorder(modules, value=_is_feature_map) as rec:
-        run_forward(model, x[:1])
-    seen = [split_call(key)[0] for key, is_map in rec.store.items() if is_map]
-    if not seen:
-        raise NotApplicableError(
-            "no layer of the model outputs a 4-D feature map [B, C, h, w] with h*w > 1 for "
-            f"inputs of shape {list(x.shape)}; pass layer=... naming a convolutional layer, or "
-            "use larger inputs."
-        )
-    cache[key] = seen[-1]
-    return seen[-1]
+    return _auto(model, check_inputs(inputs))[0]
 
 
 def choose_layer(model: nn.Module, inputs: Tensor, layer: Layer, method: str) -> tuple[str, nn.Module]:
     """Resolve ``layer=`` (reporting an automatic choice) to ``(path, module)``."""
     if layer is not None:
         return resolve_layer(model, layer, whole=False)
-    name = auto_layer(model, inputs)
+    name, layout = _auto(model, inputs)
     msg = (
-        f"{method}: layer=None -> using {name!r} (the last module with a [B, C, h, w] output "
-        "and h*w > 1); pass layer=... to choose another."
+        f"{method}: layer=None -> using {name!r} ({layout.describe()}; the last layer with a "
+        "spatial output that the top score depends on); pass layer=... to choose another."
     )
     reported = _REPORTED.setdefault(model, set())
     if name not in reported:
@@ -338,29 +424,35 @@ def choose_layer(model: nn.Module, inputs: Tensor, layer: Layer, method: str) ->
     return resolve_layer(model, name, whole=False)
 
 
-def check_feature_map(name: str, act: Any) -> Tensor:
-    """Raise :class:`InputError` unless a layer output is a ``[B, C, h, w]`` map with h*w > 1."""
+def check_feature_map(name: str, act: Any, layout: GridLayout | None = None) -> Tensor:
+    """Raise unless a layer output reads as a spatial map (``layout``, from
+    :func:`layer_layout`; without one: a ``[B, C, h, w]`` map with h*w > 1): a layer that was not
+    called raises :class:`LayerNotFoundError`, any other output :class:`InputError`."""
     if act is None:
         raise LayerNotFoundError(
             f"layer {name!r} was not called during the model's forward pass; choose a layer "
             "that the forward uses (see model.named_modules()) or layer=None."
         )
-    if not _is_feature_map(act):
+    if layout is None and not _is_feature_map(act):
         shape = list(act.shape) if isinstance(act, Tensor) else type(act).__name__
         raise InputError(
-            f"layer {name!r} outputs {shape}, not a spatial feature map [B, C, h, w] with "
-            "h*w > 1, so it has no map to show; choose a convolutional layer before the global "
-            "pooling (e.g. the last conv block, 'layer4' in a ResNet) or layer=None."
+            f"layer {name!r} outputs {shape}, not a spatial feature map -- [B, C, h, w] with "
+            "h*w > 1, channels-last [B, h, w, C], or patch tokens [B, N, D] with N = h*w (plus "
+            "leading class tokens) for a grid that fits the input -- so it has no map to show; "
+            "choose a convolutional layer before the global pooling ('layer4' in a ResNet), "
+            "the last block's 'ln_1' in a ViT, or layer=None."
         )
     return act
 
 
 @dataclass
 class Capture:
-    """The target layer's output of the last forward (``act``) and the model output."""
+    """The target layer's output of the last forward (``act``, as the layer returned it), how it
+    reads as ``[B, D, h, w]`` (``layout``) and the model output."""
 
     act: Tensor | None = None
     output: Any = None
+    layout: GridLayout | None = None
 
 
 def forward_capture(
@@ -372,7 +464,9 @@ def forward_capture(
     becomes a leaf that requires grad and autograd records only the rest of the network, so
     ``torch.autograd.grad(score, cap.act)`` touches nothing before the layer. The module returns a
     copy of its output, so in-place operations after it (``ReLU(inplace=True)``) cannot change the
-    captured activation.
+    captured activation. ``cap.layout`` reshapes ``cap.act`` and its gradient to ``[B, D, h, w]``
+    (tokens to the grid, class tokens dropped; channels-last permuted); it is logged at INFO level
+    when it is not the identity.
     """
     cap = Capture()
 
@@ -391,7 +485,12 @@ def forward_capture(
     with handles() as hs, torch.no_grad():
         hs.append(module.register_forward_hook(hook))
         cap.output = run_forward(model, x)
-    cap.act = check_feature_map(name, cap.act)
+    cap.layout = layer_layout(model, x, cap.act) if isinstance(cap.act, Tensor) else None
+    cap.act = check_feature_map(name, cap.act, cap.layout)
+    if cap.layout is None:  # a 4-D map that is no grid of the input: as it is
+        cap.layout = GridLayout("channels_first", tuple(cap.act.shape[2:]))
+    elif cap.layout.kind != "channels_first":
+        logger.info("layer %r: %s", name, cap.layout.describe())
     return cap
 
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError, NotApplicableError
-from ..nn import Recorder, chunks, f32, minmax, positive_int, split_call, upsample
+from ..nn import GridLayout, Recorder, chunks, f32, minmax, positive_int, split_call, upsample
 from .base import (
     Layer,
     Target,
@@ -96,7 +96,9 @@ def _gather(
     classifier: bool,
 ) -> tuple[Tensor, Tensor | None, Any, nn.Linear | None]:
     """One forward: ``(A, dS/dA or None, output, last nn.Linear called)``, A and dS/dA in
-    float32. The gradient is taken with autograd from the output to the layer only."""
+    float32 and ``[B, K, h, w]`` (a token or channels-last layer output and its gradient are
+    reshaped alike by the capture's :class:`~convscope.nn.GridLayout`). The gradient is taken with
+    autograd from the output to the layer only."""
     linears = (
         {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} if classifier else {}
     )
@@ -114,13 +116,18 @@ def _gather(
             f"the target score does not depend on layer {name!r} (no gradient path from the "
             "output to it); choose a layer on the path to the classifier."
         )
+    assert cap.act is not None and cap.layout is not None
+    grid = cap.layout  # tokens -> [B, D, h, w] (class tokens dropped), channels-last permuted
     if grad is not None:
         layer_grad_check(grad, f"layer {name!r}")
         # reductions in float32 (fp16 g**3 underflows below ~2.4e-4 and sum(A) * g**3 overflows)
-        grad = f32(grad)
+        grad = _as_grid(grid, f32(grad))
     fc = linears[split_call(list(called.store)[-1])[0]] if called.store else None
-    assert cap.act is not None
-    return f32(cap.act.detach()), grad, cap.output, fc
+    return _as_grid(grid, f32(cap.act.detach())), grad, cap.output, fc
+
+
+def _as_grid(layout: GridLayout, t: Tensor) -> Tensor:
+    return t if layout.kind == "channels_first" else layout.apply(t).contiguous()
 
 
 #: float16 gradients at a layer smaller than this are rescaled (see :func:`_layer_grad`)

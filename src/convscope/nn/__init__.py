@@ -12,7 +12,9 @@ torch-free, for the writers that must not import torch):
 * :mod:`~convscope.nn.passes` -- the one data-set pass protocol (run a share, merge partials
   exactly, finish) and its drivers, one process (:func:`run_pass`) or sharded
   (:func:`run_sharded`);
-* :mod:`~convscope.nn.ops` -- float32 promotion, min-max scaling, upsampling.
+* :mod:`~convscope.nn.ops` -- float32 promotion, min-max scaling, upsampling;
+* :mod:`~convscope.nn.tokens` -- token sequences and channels-last grids read as ``[B, D, h, w]``
+  maps (vision transformers, Swin, ConvNeXt blocks).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _WHERE = {
     "INPUT_SUFFIX": "hooks",
     "Pass": "passes",
     "Share": "passes",
+    "GridLayout": "tokens",
     "LayerSpec": "modules",
     "NONFINITE_MODEL_FIX": "forwarding",
     "Recorder": "hooks",
@@ -43,6 +46,7 @@ _WHERE = {
     "f32": "ops",
     "flat_tensors": "forwarding",
     "forward": "forwarding",
+    "grid_layout": "tokens",
     "eval_frozen": "frozen",
     "gather_objects": "dist",
     "handles": "hooks",
@@ -67,6 +71,7 @@ _WHERE = {
     "shard_bounds": "dist",
     "slice_dataset": "batches",
     "split_call": "modules",
+    "to_grid": "tokens",
     "to_device": "passes",
     "translate_error": "forwarding",
     "unwrap": "modules",
@@ -76,6 +81,7 @@ _WHERE = {
 
 __all__ = [
     "DatasetPass",
+    "GridLayout",
     "INPUT_SUFFIX",
     "NONFINITE_MODEL_FIX",
     "LayerSpec",
@@ -97,6 +103,7 @@ __all__ = [
     "forward",
     "eval_frozen",
     "gather_objects",
+    "grid_layout",
     "handles",
     "is_leaf",
     "iter_batches",
@@ -120,6 +127,7 @@ __all__ = [
     "slice_dataset",
     "split_call",
     "to_device",
+    "to_grid",
     "translate_error",
     "unwrap",
     "upsample",
