@@ -24,6 +24,7 @@ from convscope.app.pages import runs as runs_page
 from convscope.app.pages import scalars as scalars_page
 from convscope.app.pages import training as training_page
 from convscope.figures import diagnosis as diag_figures
+from convscope.formats import diagnosis as diag_format
 from convscope.store.reader import RunInfo, open_run
 from convscope.track.columns import LAYER_COLUMNS
 
@@ -44,8 +45,14 @@ def _diagnosis_runs(logdir: Path) -> None:
         torch.nn.Conv2d(16, 512, 3, stride=16, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(512, 2048, 3, padding=1), torch.nn.ReLU(),  # "4": 2048 x 512 x 3 x 3
     ).eval()
-    with cs.Run(logdir, "diag-big", quiet=True) as run:
-        run.log_diagnosis(big, torch.rand(8, 3, 64, 64))
+    # Recorded as convscope did before it stored diagnosis views at the size the page draws
+    # (issue 14): full-size grids, which the page must cut itself (old runs still hold them).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diag_format, "_shown_maps", lambda data: (data, []))
+        mp.setattr(diag_format, "_shown_features", lambda data: (data, []))
+        mp.setattr(diag_format, "_shown_param", lambda d: d)
+        with cs.Run(logdir, "diag-big", quiet=True) as run:
+            run.log_diagnosis(big, torch.rand(8, 3, 64, 64))
     small = cs.zoo.resnet(width=4).eval()
     x, _, _ = cs.data.Shapes(n=4, split="test").tensors()
     with cs.Run(logdir, "diag-small", quiet=True) as run:
