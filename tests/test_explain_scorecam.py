@@ -16,16 +16,11 @@ from torch import nn
 import convscope as cs
 from convscope.errors import InputError
 
+from .test_explain import pearson
+
 TARGETS = [1, 5, 7, 9]
 
 
-def pearson(a: torch.Tensor, b) -> torch.Tensor:
-    b = torch.as_tensor(b)
-    a = a.reshape(a.shape[0], -1).double()
-    b = b.reshape(b.shape[0], -1).double()
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 def _peer(model, layer, x, targets):

@@ -34,26 +34,13 @@ from convscope.nn.passes import (
     to_device,
 )
 
+from .test_dataset_passes import _images as _dataset_images
+from .test_dataset_passes import _net
 from .test_distributed import _script, _torchrun
 
 
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1, stride=2), nn.Tanh(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
-    )
-    with torch.no_grad():  # channel 2 of the first conv is dead on every input
-        net[0].weight[2].zero_()
-        net[0].bias[2] = -1.0
-    return net.eval()
-
-
 def _images(n: int = 37, seed: int = 1) -> torch.Tensor:
-    x = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-    x[::3, :, :6] = 0.0
-    return x
+    return _dataset_images(n, seed)
 
 
 def _random_split(n: int, parts: int, seed: int) -> list[Share]:

@@ -18,6 +18,8 @@ from torch import nn
 
 import convscope as cs
 
+from .test_explain import pearson
+
 METHODS = ("saliency", "deconvnet", "guided_backprop", "cam", "grad_cam", "grad_cam_pp",
            "score_cam")
 FORMATS = {  # name: (dtype, channels_last)
@@ -26,13 +28,6 @@ FORMATS = {  # name: (dtype, channels_last)
     "channels_last": (torch.float32, True),
     "bfloat16+channels_last": (torch.bfloat16, True),
 }
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image Pearson correlation of two ``[B, ...]`` batches, in float64."""
-    a, b = a.double().flatten(1), b.double().flatten(1)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 class Net(nn.Module):

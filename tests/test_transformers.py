@@ -32,17 +32,12 @@ import convscope as cs
 from convscope.errors import InputError, NotApplicableError
 from convscope.nn import GridLayout, grid_layout, to_grid
 
+from .test_explain import pearson
+
 TARGETS = [1, 5, 7]
 VIT_LAYER = "encoder.layers.encoder_layer_1.ln_1"
 
 
-def pearson(a: torch.Tensor, b) -> torch.Tensor:
-    b = torch.as_tensor(b)
-    a = a.reshape(a.shape[0], -1).double()
-    b = b.reshape(b.shape[0], -1).double()
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 # --------------------------------------------------------------------------- models (built once)
