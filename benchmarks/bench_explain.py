@@ -28,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -37,6 +36,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: peers' ba
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from memory import peak_extra_rss  # benchmarks/memory.py
 
 import convscope as cs  # noqa: E402
 
@@ -183,11 +183,6 @@ SC_LAYER = "layer3"
 SC_SIZE = 64
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child_memory(impl: str) -> None:
     """Run one Score-CAM in this (fresh) process; print the peak extra RSS in bytes as JSON."""
     model = resnet50(100.0)
@@ -196,21 +191,7 @@ def child_memory(impl: str) -> None:
     with torch.no_grad():
         model(x)
     fn = _scorecam_impls(model, x)[impl]
-    base = _rss_bytes()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    fn()
-    stop.set()
-    th.join()
-    print(json.dumps({"peak_extra": peak[0] - base}))
+    print(json.dumps({"peak_extra": peak_extra_rss(fn)}))
 
 
 def _scorecam_impls(model, x) -> dict[str, Callable[[], object]]:

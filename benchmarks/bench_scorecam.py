@@ -33,7 +33,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
@@ -41,6 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: peers' ba
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from memory import peak_extra_rss  # benchmarks/memory.py
 
 import convscope as cs  # noqa: E402
 from convscope.explain.cams import score_cam_info  # noqa: E402
@@ -147,11 +147,6 @@ def impls(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict:
     return {"pytorch-grad-cam": peer, "convscope": ours}
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(case: str, impl: str) -> None:
     """One call in this fresh process; prints the peak extra RSS in bytes as JSON."""
     arch, layer, size = {**PEER_CASES, **QUICK_PEER_CASES}[case]
@@ -160,21 +155,7 @@ def child(case: str, impl: str) -> None:
     with torch.no_grad():
         model(x)
     fn = impls(model, layer, x)[impl]
-    base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    fn()
-    stop.set()
-    th.join()
-    print(json.dumps({"peak_extra": peak[0] - base}))
+    print(json.dumps({"peak_extra": peak_extra_rss(fn)}))
 
 
 def part_peer(args: argparse.Namespace) -> list[str]:
