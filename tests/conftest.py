@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -76,11 +77,17 @@ class Server:
             cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=env,
         )
+        # drain the server's output in a thread: a pipe nobody reads fills up (64 KiB) and then
+        # blocks the server on its next log line; the lines are kept for failure reports
+        self.lines: list[str] = []
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
         headers = {"Authorization": f"token {token}"} if token else {}
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"convscope serve exited: {self.proc.stdout.read()}")
+                self._drain.join(timeout=5)
+                raise RuntimeError(f"convscope serve exited: {self.output()}")
             try:
                 req = urllib.request.Request(self.url + "/_dash-layout", headers=headers)
                 urllib.request.urlopen(req, timeout=2)
@@ -90,6 +97,17 @@ class Server:
                     self.stop()
                     raise RuntimeError("convscope serve did not answer within 60 s") from None
                 time.sleep(0.2)
+
+    def _read_output(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+        except (OSError, ValueError):  # closed by stop()
+            pass
+
+    def output(self, last: int = 200) -> str:
+        """The server's last ``last`` lines of output (stdout and stderr)."""
+        return "".join(self.lines[-last:])
 
     def worker_pids(self) -> list[int]:
         """The worker processes serving (the server's own pid when it has no workers)."""
@@ -112,7 +130,8 @@ class Server:
         for p in workers:
             if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
-        if self.proc.stdout is not None:
+        self._drain.join(timeout=5)
+        if not self._drain.is_alive():
             self.proc.stdout.close()
 
 

@@ -96,5 +96,16 @@ def test_three_views_render_with_data_and_range_filters(training_run, server, pa
     page.wait_for_function(
         f"() => Math.max(...Array.from({_plot(page, 'trn-layers')}._fullData[2].x)) === 400")
     # the filter view of the chosen layer
-    page.wait_for_function(f"() => {_plot(page, 'trn-filters')} && "
-                           f"{_plot(page, 'trn-filters')}.layout.meta && {_plot(page, 'trn-filters')}.layout.meta.layer === 'conv1'")
+    try:
+        page.wait_for_function(f"() => {_plot(page, 'trn-filters')} && "
+                               f"{_plot(page, 'trn-filters')}.layout.meta && {_plot(page, 'trn-filters')}.layout.meta.layer === 'conv1'")
+    except Exception as exc:  # say what the page showed and what the server logged
+        shown = page.evaluate(
+            f"() => {{ const g = {_plot(page, 'trn-filters')};"
+            " return {plot: !!g, title: g && g.layout && g.layout.title && g.layout.title.text,"
+            " meta: g && g.layout && g.layout.meta,"
+            " box: document.getElementById('trn-filters-box').style.display,"
+            " layer: document.getElementById('trn-filter-layer').innerText,"
+            " range: document.getElementById('trn-range-text').innerText}; }")
+        raise AssertionError(f"filter view never showed conv1: {shown}\nserver output:\n"
+                             f"{server.output()}") from exc
