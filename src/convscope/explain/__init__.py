@@ -23,7 +23,8 @@ function ``(A, dS/dA) -> [B, K]`` (see :func:`~convscope.explain.cams.register_c
 
 ``target``: None (predicted class), an int, B ints, or a callable on the model output returning
 ``[B]`` scores or ``[B, K]`` class scores. ``layer``: a module, a module path or None
-(:func:`auto_layer`). Quality metrics live in :mod:`convscope.explain.metrics`.
+(:func:`auto_layer`). :func:`project_unit` / :func:`top_projections` project one unit back to
+pixels (Zeiler & Fergus 2014; docs/cnnvis.md). Quality metrics live in :mod:`convscope.explain.metrics`.
 :func:`attribute_all` runs every method, with the metrics, over a data set in batches. See
 docs/explain.md.
 """
@@ -38,6 +39,7 @@ from .gradients import deconvnet, guided_backprop, saliency, to_heatmap  # isort
 from .cams import CamContext, cam, grad_cam, grad_cam_pp, register_cam, score_cam  # isort: skip
 from .dataset import ATTRIBUTION_METHODS, AttributionPass, AttributionSet, attribute_all  # isort: skip
 from .registry import METHODS, Method, get, names, register, unregister  # isort: skip
+from .projection import TopProjections, project_unit, top_projections  # isort: skip
 
 __all__ = [
     "saliency",
@@ -65,4 +67,7 @@ __all__ = [
     "metrics",
     "Target",
     "Layer",
+    "project_unit",
+    "top_projections",
+    "TopProjections",
 ]
