@@ -307,12 +307,18 @@ class Run:
         key: str = "model",
         profile: bool = True,
         backward: bool = True,
-        repeat: int = 10,
+        repeat: int | None = None,
         threads: int | None = None,
         quiet: bool | None = None,
     ) -> tuple[Any, Any]:
         """Record the model's graph and per-layer profile (time, memory). Shown on the Model
         and Resources pages.
+
+        Budget: 60 s for a ResNet-50 at 224² with 8 images on a 2-core CPU (see
+        docs/model.md, "Budgets and defaults"). One forward and backward pass is timed first;
+        a profile projected to take more than twice the budget warns before it starts
+        (:class:`~convscope.nn.budget.BudgetWarning`), naming ``repeat=``, ``backward=False``
+        and ``profile=False``.
 
         Args:
             model: the network.
@@ -320,7 +326,8 @@ class Run:
             key: the name the graph and profile are stored under.
             profile: also time every layer and measure its memory.
             backward: include the backward pass in the profile.
-            repeat: timed repetitions per layer.
+            repeat: timed repetitions per layer (``None``: as many as fit the budget, 3 to 10,
+                from the timed pass: 10 for a small model, 3 for a ResNet-50 at 224²).
             threads: CPU threads while profiling (``None``: torch's setting).
             quiet: hide the progress bar (``None``: the run's ``quiet``).
 
@@ -341,6 +348,7 @@ class Run:
         labels: Any = None,
         max_channels: int = 32,
         max_size: int = 32,
+        quiet: bool | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Record the feature maps of a fixed set of sample images, stored as float16 with a
         per-layer cap. Shown when a layer is clicked on the Model page.
@@ -348,11 +356,18 @@ class Run:
         Args:
             model: the network.
             images: sample images ``[N, C, H, W]`` (stored too, as ``samples/feature_maps``).
-            layers: the layers (any layer specification; ``None``: every module down to depth
-                2 whose output is a 4-D map).
+            layers: the layers (any layer specification; ``None``: of the modules whose
+                output is a 4-D map, every leaf and every block down to depth 2 when they are
+                at most 48, else the blocks down to the deepest depth that keeps at most 48:
+                ResNet-50 by stage and bottleneck, 25 layers; ConvNeXt-T by stage and block,
+                37; see :func:`~convscope.record.structure.default_map_layers`).
             labels: ``[N]`` classes of the images, kept with them.
             max_channels: the most active channels kept per layer.
             max_size: the largest side kept (maps are shrunk by area averaging).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Budget: 30 s for a ResNet-50 at 224² with 8 images on a 2-core CPU; a call projected
+        to take more than twice that warns once, naming ``layers=``.
 
         Returns:
             per layer what was kept: original and stored shape, kept channels, their means.
@@ -360,7 +375,7 @@ class Run:
         from .record.structure import log_feature_maps
 
         return log_feature_maps(self, model, images, layers, labels=labels,
-                                max_channels=max_channels, max_size=max_size)
+                                max_channels=max_channels, max_size=max_size, quiet=quiet)
 
     def log_embedding(
         self,
@@ -427,13 +442,20 @@ class Run:
                 ``(seed, u)``, so images do not depend on batching or sharding.
             steps, lr, size, channels, objective, regularizers, transforms, param, mean, std,
                 batch_size: as for :func:`~convscope.features.maximize` (``None``: its
-                default); ``size`` may be an int or ``(H, W)``.
+                default); ``size`` may be an int or ``(H, W)``. Two defaults fit the model
+                instead: ``size=None`` renders at the model's input size with its longer side
+                cut to 128 (a ResNet-50 renders at 128², not 224²), ``steps=None`` takes 256
+                steps up to 64² and 128 above (a preset or ``render=`` keeps its own).
             sharded: under ``torch.distributed``, split the units across ranks (a collective:
                 every rank calls it; rank 0 stores).
             quiet: hide the progress bar (``None``: the run's ``quiet``).
             **maximize_options: any other keyword of ``maximize`` (e.g. ``optimizer=``,
                 ``max_lr=``, ``decorrelate=``, ``value_range=``, ``stop_early=``): an escape
                 hatch for the options its render configuration adds.
+
+        Budget: 120 s per layer (16 units at 128², 128 steps, ResNet-50, 2-core CPU). The
+        first step of each layer projects the call; one projected at more than twice the
+        budget warns once, naming ``steps=``, ``size=`` and ``max_units=``.
 
         Returns:
             ``{layer: images [U, C, H, W]}``.
@@ -473,6 +495,10 @@ class Run:
                 collective: every rank calls it; rank 0 stores); the result equals one
                 process's.
             quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Budget: 20 s per layer plus 0.5 s per image per layer (ResNet-50 at 224², 2-core CPU).
+        After the first layer the call is projected; one projected at more than twice the
+        budget warns once, naming fewer layers and a subset of the data set.
 
         Returns:
             ``{layer: TopExamples}``.
@@ -542,6 +568,11 @@ class Run:
             abstraction: ``{layer: "low" | "high"}`` as for
                 :func:`~convscope.diagnose.diagnose_dataset` (data sets only).
             quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Budget: 90 s for one batch of 8 ResNet-50 images at 224² on a 2-core CPU (plus 0.5 s
+        per image of a data set); a call projected to take more than twice that warns once,
+        naming ``views=False``, ``layers=`` and ``max_elements=``. About half the time of one
+        batch goes to the views' density curves and dendrograms (``views=False`` skips them).
 
         Returns:
             the :class:`~convscope.diagnose.Report`.

@@ -208,7 +208,7 @@ def diagnose_activations(
     Returns:
         :class:`Report`.
     """
-    from tqdm.auto import tqdm
+    from ..nn.budget import progress
 
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping) else dict(thresholds))
     if not isinstance(activations, Mapping):
@@ -241,7 +241,7 @@ def diagnose_activations(
     layer_stats: list[LayerStats] = []
     param_list: list[ParamStats] = []
     total = len(activations) + len(params)
-    bar = tqdm(total=total, disable=quiet, desc="diagnose", unit="layer")
+    bar = progress(total, quiet=quiet, desc="diagnose", unit="layer")
     try:
         for order, (name, x) in enumerate(activations.items()):
             bar.set_postfix_str(name, refresh=False)

@@ -250,10 +250,9 @@ def accumulate_outputs(
     Returns:
         ``{output name: OutputMoments}`` in execution order.
     """
-    from tqdm.auto import tqdm
-
     from ..model import capture
     from ..nn import check_args, check_model, iter_batches, model_device
+    from ..nn.budget import progress
 
     check_model(model)
     th = Thresholds.coerce(thresholds if not isinstance(thresholds, Mapping)
@@ -294,7 +293,7 @@ def accumulate_outputs(
         templates[name] = OutputMoments(name=name, type=mtype, order=order, kind=kind,
                                         abstraction=level)
     acc: dict[str, OutputMoments | None] = {n: None for n in names}
-    bar = tqdm(total=total, disable=quiet, desc="diagnosis statistics", unit="img")
+    bar = progress(total, quiet=quiet, desc="diagnosis statistics", unit="img")
 
     def run(x: torch.Tensor) -> None:
         check_args((x,), "images")

@@ -329,7 +329,7 @@ def maximize(
         a bad render setting), TargetError (class index out of range), ModelError (the gradient
         or objective became NaN or infinite; the message says at which step and for which units).
     """
-    from tqdm.auto import tqdm
+    from ..nn.budget import progress
 
     # what to render: the model, the layer, the units and the recipe
     check_model(model)
@@ -367,9 +367,9 @@ def maximize(
     chunk = n_all if not batch_size else max(1, int(batch_size))
     images: list[Tensor] = []
     values: list[Tensor] = []
-    bar = tqdm(
+    bar = progress(  # a tqdm bar; feeds the budget of the recording call, if any
         total=render.steps * ((n_all + chunk - 1) // chunk),
-        disable=quiet,
+        quiet=quiet,
         desc=f"maximize {layer if layer is not None else 'output'} ({n_all} units)",
         unit="step",
     )

@@ -176,7 +176,8 @@ def profile(
         ``repeat``, ``warmup``, ``device``, ``input_shapes`` and ``memory_note``.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from ..nn.budget import progress
 
     check_model(model)
     args = as_args(example_inputs)
@@ -248,7 +249,7 @@ def profile(
             for p in model.parameters():
                 p.grad = None
 
-            bar = tqdm(total=warmup + repeat, disable=quiet, desc="profile", unit="pass")
+            bar = progress(warmup + repeat, quiet=quiet, desc="profile", unit="pass")
             for _ in range(warmup):
                 out = forward(model, args, "profile")
                 sync()

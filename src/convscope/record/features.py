@@ -40,21 +40,42 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
                          objective: Any = "channel", regularizers: Any = None,
                          transforms: Any = None, param: str | None = None, mean: Any = None,
                          std: Any = None, batch_size: int | None = None, sharded: bool = False,
-                         quiet: bool | None = None, **maximize_options: Any) -> dict[str, Any]:
+                         quiet: bool | None = None, clock: Any = None,
+                         **maximize_options: Any) -> dict[str, Any]:
     """Activation maximisation (:func:`convscope.features.maximize`) of ``units`` (default: the
     first ``max_units`` channels) of each layer, all units of a layer in one batch.
 
     ``seed``, ``steps``, ``lr``, ``size``, ``channels``, ``objective``, ``regularizers``,
     ``transforms``, ``param``, ``mean``, ``std``, ``batch_size`` and any further
-    ``maximize_options`` go to ``maximize`` (``None``: its default). ``sharded=True`` under
-    ``torch.distributed``: a collective (every rank calls it); the units are split across ranks
-    (:class:`~convscope.features.preferred.PreferredInputsPass`, the images equal one process's)
-    and rank 0 stores them. ``quiet``: hide the progress bar (``None``: the run's setting).
-    Returns ``{layer: images}`` (on every rank when sharded)."""
-    from ..features.preferred import layer_channels, preferred_inputs
+    ``maximize_options`` go to ``maximize`` (``None``: its default), except two defaults that
+    fit the model: ``size=None`` renders at the model's input size with the longer side cut to
+    :data:`~convscope.record.budget.PREFERRED_MAX_SIZE` (128, lucent's size: a ResNet-50 renders
+    at 128², not 224²), and ``steps=None`` takes 256 steps up to 64² and 128 above
+    (:func:`~convscope.record.budget.preferred_steps`; a preset or ``render=`` keeps its own).
+
+    Budget: 120 s per layer (16 units at 128², 128 steps, ResNet-50, 2-core CPU). The progress
+    bar counts steps; the first step of each layer projects the call, and a projection above
+    twice the budget warns once, naming ``steps=``, ``size=`` and ``max_units=``.
+
+    ``sharded=True`` under ``torch.distributed``: a collective (every rank calls it); the units
+    are split across ranks (:class:`~convscope.features.preferred.PreferredInputsPass`, the
+    images equal one process's) and rank 0 stores them. ``quiet``: hide the progress bar
+    (``None``: the run's setting). ``clock``: for tests. Returns ``{layer: images}`` (on every
+    rank when sharded)."""
+    from ..features.preferred import input_shape, layer_channels, preferred_inputs
+    from ..features.regularizers import Preset
     from ..nn.dist import rank_world
+    from .budget import BUDGETS, open_budget, preferred_size, preferred_steps
 
     quiet = run.quiet if quiet is None else bool(quiet)
+    names = _layers(layers)
+    preset = isinstance(regularizers, Preset) or "render" in maximize_options
+    if size is None and not preset:
+        _, h, w = input_shape(model, None, channels)
+        size = preferred_size((h, w))
+    if steps is None and not preset:
+        _, h, w = input_shape(model, size, channels)
+        steps = preferred_steps((h, w))
     given = {"steps": steps, "lr": lr, "size": size, "channels": channels,
              "regularizers": regularizers, "transforms": transforms, "param": param,
              "mean": mean, "std": std, "batch_size": batch_size}
@@ -65,49 +86,86 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     world = rank_world()[1] if sharded else 1
     settings = {"seed": seed, **options, **({"processes": world} if world > 1 else {})}
     write = not sharded or rank_world()[0] == 0
-    out: dict[str, Any] = {}
-    for layer in _layers(layers):
+    chosen_units: dict[str, list[int]] = {}
+    for layer in names:
         chosen = list(units) if units is not None else None
         if chosen is None:
             n = layer_channels(model, layer, size=size, channels=channels)
             chosen = list(range(min(max_units, n)))
-        t0 = time.perf_counter()
-        images, values = preferred_inputs(model, layer, chosen, seed=seed, sharded=sharded,
-                                          quiet=quiet, **options)
-        if write:
-            store_preferred_inputs(run, layer, chosen, images, values,
-                                   seconds=time.perf_counter() - t0, settings=settings)
-        out[layer] = images
+        chosen_units[layer] = chosen
+    n_units = max(len(u) for u in chosen_units.values())
+    side = "x".join(str(d) for d in input_shape(model, size, channels)[1:])
+    chunk = batch_size or n_units
+    n_steps = steps
+    if n_steps is None and isinstance(regularizers, Preset):
+        n_steps = regularizers.get("steps")
+    total = None
+    if isinstance(n_steps, int):  # the steps of every layer's chunks
+        total = sum(n_steps * -(-len(u) // min(chunk, len(u)) if u else 0)
+                    for u in chosen_units.values())
+    out: dict[str, Any] = {}
+    with open_budget(
+            "log_preferred_inputs", BUDGETS["log_preferred_inputs"] * len(names),
+            "steps=64, size=96 or max_units=8",
+            f"{n_units} units x {len(names)} layer{'s' * (len(names) != 1)} at {side}"
+            + (f", {n_steps} steps" if isinstance(n_steps, int) else ""),
+            total=total, unit="step", clock=clock):
+        for layer in names:
+            chosen = chosen_units[layer]
+            t0 = time.perf_counter()
+            images, values = preferred_inputs(model, layer, chosen, seed=seed, sharded=sharded,
+                                              quiet=quiet, **options)
+            if write:
+                store_preferred_inputs(run, layer, chosen, images, values,
+                                       seconds=time.perf_counter() - t0, settings=settings)
+            out[layer] = images
     return out
 
 
 def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset: Any, k: int = 9,
                      *, batch_size: int = 64, offset: int = 0, sharded: bool = False,
-                     quiet: bool | None = None) -> dict[str, Any]:
+                     quiet: bool | None = None, clock: Any = None) -> dict[str, Any]:
     """One streaming pass per layer (:func:`convscope.features.top_examples`): the ``k``
     images that excite each channel most, with receptive-field crops, ``batch_size`` images per
-    forward pass (``offset`` is added to every index). ``sharded=True`` under
+    forward pass (``offset`` is added to every index).
+
+    Budget: 20 s per layer plus 0.5 s per image per layer (ResNet-50 at 224², 2-core CPU).
+    After the first layer the call is projected, and a projection above twice the budget warns
+    once, naming fewer ``layers`` and a subset of the data set. ``sharded=True`` under
     ``torch.distributed``: a collective (every rank calls it with the whole data set, a tensor
     or a map-style ``Dataset``); the data set is split across ranks
     (:class:`~convscope.features.top.TopExamplesPass`, the result equals one process's) and
-    rank 0 stores it. ``quiet``: hide the progress bar (``None``: the run's setting). Returns
-    ``{layer: TopExamples}`` (on every rank when sharded)."""
+    rank 0 stores it. ``quiet``: hide the progress bar (``None``: the run's setting).
+    ``clock``: for tests. Returns ``{layer: TopExamples}`` (on every rank when sharded)."""
     from ..features.top import TopExamplesPass
     from ..nn.dist import rank_world
     from ..nn.passes import run_pass, run_sharded
+    from .budget import BUDGETS, TOP_EXAMPLES_PER_IMAGE, open_budget
 
     quiet = run.quiet if quiet is None else bool(quiet)
     write = not sharded or rank_world()[0] == 0
+    names = _layers(layers)
+    try:
+        n_images: int | None = len(dataset)
+    except TypeError:  # an iterable of batches
+        n_images = None
+    per_layer = BUDGETS["log_top_examples"] + TOP_EXAMPLES_PER_IMAGE * (n_images or 0)
+    what = f"{len(names)} layer{'s' * (len(names) != 1)}" + (
+        f" x {n_images} images" if n_images is not None else "")
     results = {}
-    for layer in _layers(layers):
-        p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=True,
-                            offset=offset, quiet=quiet)
-        if sharded:
-            p.size()  # a tensor or a sized Dataset, also with one process
-        te = run_sharded(p) if sharded else run_pass(p)
-        if write:
-            store_top_examples(run, te)
-        results[layer] = te
+    with open_budget("log_top_examples", per_layer * len(names),
+                     "fewer layers or a subset of the data set", what, total=len(names),
+                     unit="layer", clock=clock) as tracker:
+        for layer in names:
+            p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=True,
+                                offset=offset, quiet=quiet)
+            if sharded:
+                p.size()  # a tensor or a sized Dataset, also with one process
+            te = run_sharded(p) if sharded else run_pass(p)
+            if write:
+                store_top_examples(run, te)
+            results[layer] = te
+            tracker.advance(1)
     return results
 
 
