@@ -112,3 +112,45 @@ def test_bad_input_is_named(tmp_path):
             run.log_embedding(torch.rand(4, 2, 3))
         with pytest.raises(InputError, match="one label per row"):
             run.log_embedding(torch.rand(4, 3), [0, 1])
+
+
+def test_feature_maps_of_token_and_channels_last_outputs_are_stored_channels_first(tmp_path):
+    """A ViT's tokens (class token dropped) and a channels-last block output are stored as
+    [N, C, h, w] maps of the input's grid, equal to the hand-made permutation."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 6, 4, stride=4)  # 16x16 input -> 4x4 patches
+            self.cls = nn.Parameter(torch.randn(1, 1, 6))
+            self.mix = nn.Linear(6, 6)  # on [B, 1 + 16, 6]: tokens
+            self.last = nn.Linear(6, 5)  # on [B, 4, 4, 6]: channels last
+
+        def forward(self, x):
+            p = self.patch(x)
+            t = torch.cat([self.cls.expand(len(x), -1, -1), p.flatten(2).transpose(1, 2)], 1)
+            t = self.mix(t)
+            nhwc = t[:, 1:].reshape(len(x), 4, 4, 6)
+            return self.last(nhwc).mean(dim=(1, 2))
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with cs.Run(tmp_path, "tok") as run:
+        kept = run.log_feature_maps(model, x, layers=["mix", "last"])
+    assert kept["mix"]["original_shape"] == [2, 17, 6]
+    assert kept["mix"]["stored_shape"] == [2, 6, 4, 4]
+    assert kept["last"]["original_shape"] == [2, 4, 4, 5]
+    assert kept["last"]["stored_shape"] == [2, 5, 4, 4]
+    out = cs.model.capture(model, x, ["mix", "last"])
+    reader = cs.open_run(tmp_path / "tok")
+    mix = out["mix"][:, 1:].reshape(2, 4, 4, 6).permute(0, 3, 1, 2).numpy()
+    last = out["last"].permute(0, 3, 1, 2).numpy()
+    np.testing.assert_allclose(reader.array("feature_maps", "mix").astype(np.float32),
+                               mix[:, kept["mix"]["channels"]], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(reader.array("feature_maps", "last").astype(np.float32),
+                               last[:, kept["last"]["channels"]], rtol=2e-3, atol=2e-3)
+    # by default both are found: the spatial outputs, not the pooled vector
+    with cs.Run(tmp_path, "tok2") as run:
+        found = run.log_feature_maps(model, x)
+    assert {"patch", "mix", "last"} <= set(found)

@@ -21,6 +21,7 @@ from ..formats import embedding as embedding_format
 from ..formats import feature_maps as maps_format
 from ..formats import structure as structure_format
 from ..nn.ops import minmax
+from ..nn.tokens import grid_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -117,10 +118,23 @@ def _pass_seconds(model: nn.Module, example_inputs: Any, backward: bool,
 MAX_MAP_LAYERS = 48
 
 
+def _as_map(x: Any, size: tuple[int, int]) -> torch.Tensor | None:
+    """A layer output as ``[N, C, h, w]``: a spatial map read by
+    :func:`convscope.nn.tokens.grid_layout` (channels first or last, ViT tokens), or any other
+    4-D output as it is (e.g. a ``1 x 1`` pooled map); None for the rest."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    layout = grid_layout(x, size)
+    if layout is not None:
+        return layout.apply(x)
+    return x if x.dim() == 4 else None
+
+
 def default_map_layers(model: nn.Module, inputs: torch.Tensor, *,
                        max_layers: int = MAX_MAP_LAYERS) -> list[str]:
     """The layers ``log_feature_maps`` records by default, in execution order: of the modules
-    whose output is a 4-D map,
+    whose output is a spatial map (a 4-D map, channels first or last, or ViT tokens on the
+    patch grid: :func:`convscope.nn.tokens.grid_layout`),
 
     * every leaf and every block down to depth 2, when they are at most ``max_layers``
       (small networks: the demo's ResNet, VGG-16);
@@ -133,7 +147,8 @@ def default_map_layers(model: nn.Module, inputs: torch.Tensor, *,
 
     with torch.no_grad():
         probe = capture(model, inputs[:1], lambda name, m: True, clone=False)
-    maps = [k for k, v in probe.items() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    maps = [k for k, v in probe.items() if _as_map(v, size) is not None]
     named = dict(model.named_modules())
 
     def depth(name: str) -> int:
@@ -190,7 +205,9 @@ def log_feature_maps(
     quiet: bool | None = None,
     clock: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Store the feature maps of ``images [N, C, H, W]`` at ``layers`` (default:
+    """Store the feature maps of ``images [N, C, H, W]`` (a ViT's tokens and a Swin's
+    channels-last maps read as ``[N, C, h, w]`` by :func:`convscope.nn.tokens.grid_layout`) at
+    ``layers`` (default:
     :func:`default_map_layers`, at most :data:`MAX_MAP_LAYERS`) as float16 arrays
     ``arrays/feature_maps/<layer>.npy`` ``[N, C', h, w]`` with at most ``max_channels`` channels
     and ``max_size`` pixels a side.
@@ -217,8 +234,12 @@ def log_feature_maps(
                      clock=clock) as tracker:
         if layers is None:
             layers = default_map_layers(model, images)
-        maps = capture(model, images, layers)
-        maps = {k: x for k, x in maps.items() if isinstance(x, torch.Tensor) and x.dim() == 4}
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        maps = {}  # every spatial output as [N, C, h, w]: ViT tokens and Swin's NHWC maps too
+        for k, x in capture(model, images, layers).items():
+            grid = _as_map(x, size)
+            if grid is not None:
+                maps[k] = (grid, list(x.shape))
         tracker.set_total(len(maps))
         tracker.budget.what = f"{len(maps)} layers of {int(images.shape[0])} images"
         maps_format.write_samples(run, images.detach().float().cpu().numpy(), labels)
@@ -226,11 +247,11 @@ def log_feature_maps(
         total = 0
         bar = progress(len(maps), quiet=quiet, desc="feature maps", unit="layer")
         try:
-            for name, x in maps.items():
+            for name, (x, shape) in maps.items():
                 small, channels = _cap_maps(x.detach(), max_channels, max_size)
                 info = {
                     "layer": name,
-                    "original_shape": list(x.shape),
+                    "original_shape": shape,
                     "stored_shape": list(small.shape),
                     "channels": channels,
                     "channel_mean": x[:, channels].float().mean(dim=(0, 2, 3)).tolist(),
