@@ -1,7 +1,10 @@
 """Score-CAM: the fast mode on ResNet-50 layer4, and the exact mode against pytorch-grad-cam.
 
-    .venv/bin/python benchmarks/bench_scorecam.py                 # the issue-14 setting
-    .venv/bin/python benchmarks/bench_scorecam.py --quick         # reduced, to check it runs
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_scorecam.py          # full (issue 14)
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_scorecam.py --quick  # reduced: checks it runs
+
+The full run takes about half an hour on a quiet 2-core CPU (most of it the exact maps of
+resnet50 at 224², ~2,000 masked passes each, run by both libraries).
 
 Part 1 (fast mode): torchvision resnet50 (random weights, seed 0, head x100 so scores differ by
 O(1) between masks), ``layer4`` (2,048 channels, 7 x 7), ``--images`` images (8) at ``--size``
@@ -9,14 +12,17 @@ O(1) between masks), ``layer4`` (2,048 channels, 7 x 7), ``--images`` images (8)
 ``channels="auto"`` value); median of ``--repeats`` runs. Fidelity: per-image Pearson r of each
 fast map against the exact map on the first ``--exact-images`` images (1: the exact mode takes
 one masked forward pass per channel, ~2,000 per image; ``--exact-size`` to check at a smaller
-size), also with the head unscaled (x1: scores close together, a flat channel softmax).
+size), also with the head unscaled (x1: scores close together, a flat channel softmax). Each row
+gives the channels scored per image (first round K, at most 2K after the extra rounds), the
+rounds and the largest estimated relative map error when scoring stopped.
 
-Part 2 (exact mode vs pytorch-grad-cam's ScoreCAM, same process, interleaved): 1 image on
-resnet50 ``layer3`` at 64² (1,024 channels), resnet18 ``layer3`` at 128² (256) and
-mobilenet_v3_small ``features`` at 224² (576), each library's default batch size; medians of
-``--repeats`` runs, time ratio, peak extra resident memory of one call in a fresh child process
-per implementation (RSS sampled every 2 ms minus the RSS just before the call), and r between
-the two maps.
+Part 2 (exact mode vs pytorch-grad-cam's ScoreCAM, same process, interleaved): ``--peer-images``
+image(s) (1) at 224² on resnet50 ``layer3`` (1,024 channels, 14 x 14) and ``layer4`` (2,048,
+7 x 7), resnet18 ``layer4`` (512) and mobilenet_v3_small ``features`` (576), each library's
+default batch size (pytorch-grad-cam: 16, and it holds every masked input of an image at once;
+convscope: from its byte budget, ``score_cam_batch``); medians of ``--repeats`` runs, time
+ratio, peak extra resident memory of one call in a fresh child process per implementation (RSS
+sampled every 2 ms minus the RSS just before the call), and r between the two maps.
 
 Goals (issue 14): fast mode <= 60 s for 8 images with r >= 0.99 against exact; exact <= 0.5x
 pytorch-grad-cam's time with lower peak memory. Timings move with the machine's load: compare
@@ -48,12 +54,14 @@ from convscope.explain.cams import score_cam_info  # noqa: E402
 warnings.filterwarnings("ignore")
 
 PEER_CASES = {  # name: (arch, layer, size)
-    "resnet50-layer3-64": ("resnet50", "layer3", 64),
-    "resnet18-layer3-128": ("resnet18", "layer3", 128),
+    "resnet50-layer3-224": ("resnet50", "layer3", 224),
+    "resnet50-layer4-224": ("resnet50", "layer4", 224),
+    "resnet18-layer4-224": ("resnet18", "layer4", 224),
     "mobilenet_v3_small-224": ("mobilenet_v3_small", "features", 224),
 }
 QUICK_PEER_CASES = {
     "resnet50-layer3-32": ("resnet50", "layer3", 32),
+    "resnet50-layer4-64": ("resnet50", "layer4", 64),
     "resnet18-layer3-64": ("resnet18", "layer3", 64),
     "mobilenet_v3_small-64": ("mobilenet_v3_small", "features", 64),
 }
@@ -96,9 +104,9 @@ def part_fast(args: argparse.Namespace) -> list[str]:
     n, es = args.exact_images, args.exact_size or args.size
     xe = torch.randn(n, 3, es, es, generator=torch.Generator().manual_seed(3))
     lines.append(f"| resnet50 layer4, {args.images} images at {args.size}², head x100 | median s "
-                 f"| min–max s | masked forwards | min r vs exact, {n} image(s) at {es}²: "
-                 "x100 / x1 |")
-    lines.append("|---|---|---|---|---|")
+                 f"| min–max s | masked forwards | scored per image (rounds, bound) "
+                 f"| min r vs exact, {n} image(s) at {es}²: x100 / x1 |")
+    lines.append("|---|---|---|---|---|---|")
     exact = {}
     for scale in (100.0, 1.0) if n else ():
         model = model_of("resnet50", scale)
@@ -118,15 +126,16 @@ def part_fast(args: argparse.Namespace) -> list[str]:
             print(f"  fast K={k} repeat {r + 1}: {t:.1f} s", file=sys.stderr, flush=True)
         rs = []
         for scale in (100.0, 1.0) if n else ():
-            fast = score_cam_info(models[scale], xe, targets[:n], "layer4", quiet=True,
-                                  channels=k)[0]
-            rs.append(f"{float(pearson(fast, exact[scale]).min()):.4f}")
+            fast, fi = score_cam_info(models[scale], xe, targets[:n], "layer4", quiet=True,
+                                      channels=k)
+            rs.append(f"{float(pearson(fast, exact[scale]).min()):.4f} ({fi.scored} scored)")
         lines.append(f"| fast, channels={k} | {statistics.median(times):.1f} | "
                      f"{min(times):.1f}–{max(times):.1f} | {info.forwards} | "
+                     f"{info.first}–{info.scored} ({info.rounds}, {info.bound:.3f}) | "
                      f"{' / '.join(rs) or 'not measured'} |")
     if n:
         lines.append(f"| exact, {n} image(s) at {es}² (x100 / x1) | {exact[(100.0, 's')]:.1f} / "
-                     f"{exact[(1.0, 's')]:.1f} | | | |")
+                     f"{exact[(1.0, 's')]:.1f} | | | | |")
     return lines
 
 
@@ -139,19 +148,20 @@ def impls(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict:
 
     def peer():
         with ScoreCAM(model=model, target_layers=[module]) as extractor:
-            return extractor(input_tensor=x, targets=[ClassifierOutputTarget(3)])
+            return extractor(input_tensor=x,
+                             targets=[ClassifierOutputTarget(3)] * x.shape[0])
 
     def ours():
-        return cs.explain.score_cam(model, x, target=3, layer=layer, quiet=True)
+        return cs.explain.score_cam(model, x, target=3, layer=layer, quiet=True)  # exact
 
     return {"pytorch-grad-cam": peer, "convscope": ours}
 
 
-def child(case: str, impl: str) -> None:
+def child(case: str, impl: str, images: int) -> None:
     """One call in this fresh process; prints the peak extra RSS in bytes as JSON."""
     arch, layer, size = {**PEER_CASES, **QUICK_PEER_CASES}[case]
     model = model_of(arch, 100.0)
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         model(x)
     fn = impls(model, layer, x)[impl]
@@ -160,11 +170,18 @@ def child(case: str, impl: str) -> None:
 
 def part_peer(args: argparse.Namespace) -> list[str]:
     cases = QUICK_PEER_CASES if args.quick else PEER_CASES
-    lines = ["| 1 image, head x100 | pytorch-grad-cam s | convscope exact s | × | "
-             "peak extra RSS (peer / convscope) | r |", "|---|---|---|---|---|---|"]
+    if args.cases:
+        every = {**PEER_CASES, **QUICK_PEER_CASES}
+        cases = {c: every[c] for c in args.cases.split(",")}
+    lines = [f"| {args.peer_images} image(s), head x100 | pytorch-grad-cam s | convscope exact s "
+             "| × | peak extra RSS (peer / convscope) | convscope batch | r |",
+             "|---|---|---|---|---|---|---|"]
+    from convscope.explain.cams import score_cam_batch
+
     for case, (arch, layer, size) in cases.items():
         model = model_of(arch, 100.0)
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+        x = torch.randn(args.peer_images, 3, size, size,
+                        generator=torch.Generator().manual_seed(2))
         fns = impls(model, layer, x)
         times: dict[str, list[float]] = {k: [] for k in fns}
         maps = {}
@@ -177,19 +194,21 @@ def part_peer(args: argparse.Namespace) -> list[str]:
                   file=sys.stderr, flush=True)
         mem = {}
         for k in fns:
-            out = subprocess.run([sys.executable, __file__, "--child", case, k],
+            out = subprocess.run([sys.executable, __file__, "--child", case, k,
+                                  str(args.peer_images)],
                                  capture_output=True, text=True, check=True)
             mem[k] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"] / 2**20
         med = {k: statistics.median(v) for k, v in times.items()}
         a, p = maps["convscope"].float(), torch.as_tensor(maps["pytorch-grad-cam"]).float()
         if float(a.std()) > 0 and float(p.std()) > 0:
-            r = f"{float(pearson(a, p)[0]):.4f}"
+            r = f"{float(pearson(a, p).min()):.4f}"
         else:  # a constant map (one channel wins a sharp softmax at a tiny size): compare values
             r = f"constant, max |diff| {float((a - p).abs().max()):.1e}"
         lines.append(
             f"| {arch} {layer} at {size}² | {med['pytorch-grad-cam']:.2f} | "
             f"{med['convscope']:.2f} | {med['convscope'] / med['pytorch-grad-cam']:.2f} | "
-            f"{mem['pytorch-grad-cam']:.0f} / {mem['convscope']:.0f} MB | {r} |")
+            f"{mem['pytorch-grad-cam']:.0f} / {mem['convscope']:.0f} MB | "
+            f"{score_cam_batch(model, x)} | {r} |")
     return lines
 
 
@@ -205,16 +224,23 @@ def main() -> None:
     ap.add_argument("--exact-size", type=int, default=0,
                     help="their size (default: --size)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peer-images", type=int, default=1, help="images per part-2 call")
+    ap.add_argument("--cases", default="", help="comma-separated part-2 cases (default: all "
+                    "of the full or the --quick set): " + ", ".join([*PEER_CASES,
+                                                                     *QUICK_PEER_CASES]))
     ap.add_argument("--skip-fast", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.child:
-        child(*args.child)
+        child(args.child[0], args.child[1], int(args.child[2]))
         return
-    if args.quick:
-        args.images, args.size, args.repeats = 2, 96, 1
+    if args.quick:  # explicit --images / --size / --repeats win
+        dflt = ap.parse_args([])
+        args.images = 2 if args.images == dflt.images else args.images
+        args.size = 96 if args.size == dflt.size else args.size
+        args.repeats = 1 if args.repeats == dflt.repeats else args.repeats
     print(f"# bench_scorecam {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
           f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"load {os.getloadavg()[0]:.1f}, command: {' '.join(sys.argv)}")

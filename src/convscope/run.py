@@ -606,10 +606,11 @@ class Run:
         layer: Any = None,
         key: str = "samples",
         class_names: Any = None,
-        score_cam_batch_size: int = 64,
+        score_cam_batch_size: int | None = None,
         batch_size: int = 64,
         sharded: bool = False,
         quiet: bool | None = None,
+        score_cam_channels: int | str | None = "auto",
     ) -> dict[str, Any]:
         """Compute and store attribution maps of ``images`` with their quality metrics.
         Shown on the Attribution page.
@@ -628,11 +629,16 @@ class Run:
             layer: the Grad-CAM / Grad-CAM++ / Score-CAM layer (default: chosen automatically).
             key: the name the set is stored under.
             class_names: names of the classes, in class order.
-            score_cam_batch_size: masked images per Score-CAM forward pass.
+            score_cam_batch_size: masked images per Score-CAM forward pass (``None``: sized
+                from a byte budget, at least 16).
             batch_size: images per pass.
             sharded: under ``torch.distributed``, split the images across ranks (a collective:
                 every rank calls it; rank 0 stores).
             quiet: hide the progress bar (``None``: the run's ``quiet``).
+            score_cam_channels: Score-CAM's ``channels=``: ``"auto"`` (exact up to 256
+                channels, else the fast mode scoring 128 channels per image first and more
+                while the map can still move), an int ``K`` (fast), or ``None`` (always
+                exact). The mode that ran is stored with the set (``modes``).
 
         Returns:
             ``{method: maps [B, H, W]}``.
@@ -643,7 +649,8 @@ class Run:
             self, model, images, labels=labels, masks=masks,
             methods=ATTRIBUTION_METHODS if methods is None else methods, target=target,
             layer=layer, key=key, class_names=class_names,
-            score_cam_batch_size=score_cam_batch_size, batch_size=batch_size, sharded=sharded,
+            score_cam_batch_size=score_cam_batch_size, score_cam_channels=score_cam_channels,
+            batch_size=batch_size, sharded=sharded,
             quiet=self.quiet if quiet is None else bool(quiet))
 
     # -- training dynamics -------------------------------------------------------------------

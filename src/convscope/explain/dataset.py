@@ -61,8 +61,11 @@ class AttributionSet:
         seconds: ``{method: seconds}`` spent computing the maps.
         layer: the layer Grad-CAM, Grad-CAM++ and Score-CAM used.
         modes: ``{method: how it ran}`` where a method has modes (Score-CAM: ``"exact: ..."``
-            or ``"fast: K of C channels ..."``, :meth:`~convscope.explain.cams.ScoreCamInfo.
-            describe`).
+            or ``"fast: n of C channels ..."``, :meth:`~convscope.explain.cams.ScoreCamInfo.
+            describe`, over all batches).
+        mode_details: ``{method: fields}``, the same as JSON-ready dicts
+            (:meth:`~convscope.explain.cams.ScoreCamInfo.to_dict`: mode, channels, scored,
+            forwards summed over batches, ...).
         images: ``[N, C, H, W]`` the explained images (float32, CPU) when asked for with
             ``keep_images=True``, else ``None``.
     """
@@ -82,6 +85,7 @@ class AttributionSet:
     layer: str = ""
     images: Tensor | None = None
     modes: dict[str, str] = field(default_factory=dict)
+    mode_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -98,7 +102,7 @@ class AttributionSet:
             increase=mv(self.increase), pointing=mv(self.pointing), skipped=dict(self.skipped),
             seconds=dict(self.seconds), layer=self.layer,
             images=None if self.images is None else self.images.to(device),
-            modes=dict(self.modes),
+            modes=dict(self.modes), mode_details=dict(self.mode_details),
         )
 
     @classmethod
@@ -125,9 +129,13 @@ class AttributionSet:
                 seconds[k] = seconds.get(k, 0.0) + v
         skipped: dict[str, str] = {}
         modes: dict[str, str] = {}
+        details: dict[str, Any] = {}
         for p in parts:
             skipped.update(p.skipped)
             modes.update(p.modes)
+            for k, d in p.mode_details.items():
+                details[k] = _merge_mode(details.get(k), d)
+        modes.update({k: _describe_mode(d) for k, d in details.items()})
         return cls(
             methods=list(first.methods), maps=cat_d("maps"),
             indices=torch.cat([p.indices for p in parts]),
@@ -138,8 +146,20 @@ class AttributionSet:
             skipped=skipped, seconds=seconds, layer=first.layer,
             images=(torch.cat([p.images for p in parts])
                     if all(p.images is not None for p in parts) else None),
-            modes=modes,
+            modes=modes, mode_details=details,
         )
+
+
+def _merge_mode(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    from .cams import ScoreCamInfo
+
+    return b if a is None else ScoreCamInfo.from_dict(a).merge(ScoreCamInfo.from_dict(b)).to_dict()
+
+
+def _describe_mode(d: dict[str, Any]) -> str:
+    from .cams import ScoreCamInfo
+
+    return ScoreCamInfo.from_dict(d).describe()
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -195,7 +215,7 @@ def attribute_all(
     masks: Tensor | None = None,
     layer: Any = None,
     batch_size: int = 64,
-    score_cam_batch_size: int = 64,
+    score_cam_batch_size: int | None = None,
     score_cam_channels: int | str | None = "auto",
     offset: int = 0,
     keep_images: bool = False,
@@ -215,11 +235,12 @@ def attribute_all(
         labels: ``[N]`` true classes (default: from the data set's items, else unknown).
         masks: ``[N, H, W]`` object masks for the pointing game.
         layer: Grad-CAM / Grad-CAM++ / Score-CAM layer (default :func:`auto_layer`).
-        batch_size: images per pass. score_cam_batch_size: masked images per Score-CAM pass.
+        batch_size: images per pass. score_cam_batch_size: masked images per Score-CAM pass
+            (None: sized from a byte budget, :func:`~convscope.explain.cams.score_cam_batch`).
         score_cam_channels: Score-CAM's ``channels=`` (:func:`~convscope.explain.score_cam`):
             ``"auto"`` (default) scores every channel of layers with at most 256 channels and
-            128 per image (the fast mode) of larger ones; ``None``: always exact. The mode that
-            ran is in ``.modes``.
+            128 first, then more while the map can still move (the fast mode) of larger ones;
+            ``None``: always exact. The mode that ran is in ``.modes`` and ``.mode_details``.
         offset: added to the running image positions (the share's start, when sharded).
         keep_images: also return the images (``.images``, CPU float32), e.g. to store them
             next to the maps (a shuffling loader could not be read in the same order twice).
@@ -254,7 +275,7 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
         masks: Tensor | None = None,
         layer: Any = None,
         batch_size: int = 64,
-        score_cam_batch_size: int = 64,
+        score_cam_batch_size: int | None = None,
         score_cam_channels: int | str | None = "auto",
         offset: int = 0,
         keep_images: bool = False,
@@ -268,7 +289,8 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
         self.model = model
         self.methods = _check_methods(methods)
         super().__init__(dataset, batch_size, "attributions")
-        self.score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size")
+        self.score_cam_batch_size = positive_int(score_cam_batch_size, "score_cam_batch_size",
+                                                 allow_none=True)
         from .cams import score_cam_budget
 
         score_cam_budget(score_cam_channels, 1 << 30)  # checks the value
@@ -306,12 +328,12 @@ class AttributionPass(DatasetPass[AttributionSet, AttributionSet]):
 
 
 def _attribute_one(method: str, model: nn.Module, x: Tensor, target: Any, layer: Any, *,
-                   score_cam_batch_size: int = 64, score_cam_channels: Any = "auto",
-                   modes: dict[str, str] | None = None) -> Tensor:
+                   score_cam_batch_size: int | None = None, score_cam_channels: Any = "auto",
+                   modes: dict[str, dict[str, Any]] | None = None) -> Tensor:
     """The raw map ``[B, H, W]`` of one registered method on one batch (input-space methods
     reduced with :func:`~convscope.explain.to_heatmap`); raises NotApplicableError when it does
     not fit. CAM ("classifier" kind) always takes the layer that feeds the global pooling.
-    The built-in Score-CAM's mode is written to ``modes``."""
+    The built-in Score-CAM's mode is merged into ``modes`` (``{method: fields}``)."""
     from . import cams
 
     m = registry.get(method)
@@ -325,7 +347,7 @@ def _attribute_one(method: str, model: nn.Module, x: Tensor, target: Any, layer:
     if m.fn is cams.score_cam:
         maps, info = cams.score_cam_info(model, x, target, layer, **opts)
         if modes is not None:
-            modes[method] = info.describe()
+            modes[method] = _merge_mode(modes.get(method), info.to_dict())
         return maps
     return m.heatmap(model, x, target, layer=None if m.kind == "classifier" else layer, **opts)
 
@@ -340,7 +362,7 @@ def _attribute_share(
     masks: Tensor | None,
     layer: Any,
     batch_size: int,
-    score_cam_batch_size: int,
+    score_cam_batch_size: int | None,
     score_cam_channels: Any,
     offset: int,
     keep_images: bool,
@@ -376,7 +398,7 @@ def _attribute_share(
     device = model_device(model)
     parts: list[AttributionSet] = []
     skipped: dict[str, str] = {}
-    modes: dict[str, str] = {}
+    modes: dict[str, dict[str, Any]] = {}
     cam_layer = layer
     bar = tqdm(total=total, disable=quiet, desc="attributions", unit="img")
     with preserved(model, True):  # modes, requires_grad, batch-norm statistics, hooks
@@ -464,5 +486,6 @@ def _attribute_share(
         raise InputError("the data set is empty: there is nothing to explain.")
     out = AttributionSet.cat(parts)
     out.skipped = skipped
-    out.modes = modes
+    out.mode_details = modes
+    out.modes = {k: _describe_mode(d) for k, d in modes.items()}
     return out

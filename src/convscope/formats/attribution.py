@@ -12,7 +12,11 @@ The run-directory contract (docs/formats.md), per set ``key`` (default
   with object masks);
 * ``objects/attributions/<key>`` (:data:`SET_KIND`) — the set's description
   (:class:`AttributionInfo`): methods, skipped methods and why, the CAM layer, labels,
-  predictions, targets, class names, seconds per method, whether masks were given.
+  predictions, targets, class names, seconds per method, whether masks were given, and how the
+  methods with modes ran (``modes``: ``{method: one line}``, e.g. Score-CAM's ``"exact: ..."``
+  or ``"fast: n of C channels ..."``; ``mode_details``: ``{method: {"mode", "channels",
+  "scored", "first", "rounds", "bound", "forwards", ...}}``; both ``null`` in runs recorded
+  before they were stored).
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ class AttributionInfo:
     """The description of a stored set (``objects/attributions/<key>``).
 
     ``key``: the key as logged (arrays and metrics are found by it); ``file_key``: its file
-    name. ``labels`` (-1 where unknown), ``pred``, ``target``: one int per image.
+    name. ``labels`` (-1 where unknown), ``pred``, ``target``: one int per image. ``modes`` /
+    ``mode_details``: how the methods with modes ran (Score-CAM exact or fast); ``None`` for a
+    run recorded before they were stored.
     """
 
     key: str
@@ -77,6 +83,8 @@ class AttributionInfo:
     class_names: list[str] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     has_masks: bool = False
+    modes: dict[str, str] | None = None
+    mode_details: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON document (keys in the order written)."""
@@ -86,6 +94,9 @@ class AttributionInfo:
             "n": int(self.n), "labels": list(self.labels), "pred": list(self.pred),
             "target": list(self.target), "class_names": self.class_names,
             "seconds": dict(self.seconds), "has_masks": bool(self.has_masks),
+            "modes": None if self.modes is None else dict(self.modes),
+            "mode_details": (None if self.mode_details is None
+                             else {k: dict(v) for k, v in self.mode_details.items()}),
         }
 
     @classmethod
@@ -104,6 +115,10 @@ class AttributionInfo:
                 cam_layer=str(d.get("cam_layer", d.get("layer", ""))),
                 skipped=dict(d.get("skipped") or {}), class_names=d.get("class_names"),
                 seconds=dict(d.get("seconds") or {}), has_masks=bool(d.get("has_masks", False)),
+                modes=({str(k): str(v) for k, v in d["modes"].items()}
+                       if isinstance(d.get("modes"), dict) else None),
+                mode_details=({str(k): dict(v) for k, v in d["mode_details"].items()}
+                              if isinstance(d.get("mode_details"), dict) else None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{where} is damaged ({type(exc).__name__}: {exc}): record the "
@@ -116,7 +131,8 @@ class Attributions:
 
     images ``[N, C, H, W]`` (None when not kept); maps ``{method: [N, H, W]}`` in [0, 1];
     labels, target, pred ``[N]`` int64; prob ``[N]`` float32; drop ``{method: [N]}`` float32;
-    increase ``{method: [N]}``; pointing ``{method: [N]}`` (methods with object masks).
+    increase ``{method: [N]}``; pointing ``{method: [N]}`` (methods with object masks);
+    modes / mode_details: how the methods with modes ran (None: not recorded, an old run).
     """
 
     key: str
@@ -134,6 +150,8 @@ class Attributions:
     layer: str = ""
     class_names: list[str] | None = None
     has_masks: bool = False
+    modes: dict[str, str] | None = None
+    mode_details: dict[str, dict[str, Any]] | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -148,7 +166,10 @@ class Attributions:
             labels=self.labels.tolist(), pred=self.pred.tolist(), target=self.target.tolist(),
             layer=self.layer, cam_layer=CAM_LAYER, skipped=dict(self.skipped),
             class_names=list(self.class_names) if self.class_names is not None else None,
-            seconds=dict(self.seconds), has_masks=bool(self.has_masks))
+            seconds=dict(self.seconds), has_masks=bool(self.has_masks),
+            modes=None if self.modes is None else dict(self.modes),
+            mode_details=(None if self.mode_details is None
+                          else {k: dict(v) for k, v in self.mode_details.items()}))
 
 
 def from_set(result: Any, key: str = DEFAULT_KEY, *, class_names: Sequence[str] | None = None,
@@ -170,7 +191,9 @@ def from_set(result: Any, key: str = DEFAULT_KEY, *, class_names: Sequence[str] 
         pointing={m: to_numpy(v) for m, v in result.pointing.items()},
         skipped=dict(result.skipped), seconds=dict(result.seconds), layer=result.layer,
         class_names=list(class_names) if class_names is not None else None,
-        has_masks=bool(has_masks))
+        has_masks=bool(has_masks), modes=dict(getattr(result, "modes", None) or {}),
+        mode_details={k: dict(v) for k, v in (getattr(result, "mode_details", None)
+                                              or {}).items()})
 
 
 def write(sink: Sink, result: Attributions, key: str | None = None) -> None:
@@ -291,4 +314,5 @@ def load(reader: Any, key: str = DEFAULT_KEY) -> Attributions:
         drop={m: col(m, "drop") for m in meta.methods},
         increase={m: col(m, "increase") for m in meta.methods},
         pointing=pointing, skipped=dict(meta.skipped), seconds=dict(meta.seconds),
-        layer=meta.layer, class_names=meta.class_names, has_masks=meta.has_masks)
+        layer=meta.layer, class_names=meta.class_names, has_masks=meta.has_masks,
+        modes=meta.modes, mode_details=meta.mode_details)

@@ -8,7 +8,8 @@ Computed by :func:`convscope.explain.dataset.attribute_all` and stored through
   :func:`convscope.explain.to_heatmap`, max |.| over channels, then min-max scaled per image);
 * one metrics row per (key, method, image): target, predicted class and probability,
   average-drop term, and the pointing-game hit when object masks are given;
-* the set's description: methods, the CAM layer used, labels, class names, timings.
+* the set's description: methods, the CAM layer used, labels, class names, timings, and how
+  Score-CAM ran (exact or fast, channels scored: ``modes`` / ``mode_details``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def log_attributions(
     layer: Any = None,
     key: str = fmt.DEFAULT_KEY,
     class_names: Sequence[str] | None = None,
-    score_cam_batch_size: int = 64,
+    score_cam_batch_size: int | None = None,
+    score_cam_channels: int | str | None = "auto",
     batch_size: int = 64,
     sharded: bool = False,
     quiet: bool | None = None,
@@ -54,12 +56,15 @@ def log_attributions(
     stored. ``sharded=True`` under ``torch.distributed``: every rank must call it; the images
     are split across ranks (:func:`convscope.distributed.attributions_sharded`) and rank 0
     stores the whole set. ``quiet``: hide the progress bar (None: the run's setting). Returns
-    ``{method: maps [B, H, W]}`` (on every rank when sharded).
+    ``{method: maps [B, H, W]}`` (on every rank when sharded). ``score_cam_channels``:
+    Score-CAM's ``channels=`` (``"auto"``: exact up to 256 channels, else the fast mode;
+    ``None``: always exact), and ``score_cam_batch_size`` its masked images per pass (None:
+    from a byte budget); the mode that ran is stored with the set.
     """
     quiet = run.quiet if quiet is None else bool(quiet)
     kwargs = dict(methods=methods, target=target, labels=labels, masks=masks, layer=layer,
                   batch_size=batch_size, score_cam_batch_size=score_cam_batch_size,
-                  keep_images=True)
+                  score_cam_channels=score_cam_channels, keep_images=True)
     if sharded:
         from ..distributed import attributions_sharded, rank_world
 

@@ -188,6 +188,9 @@ def _metrics_table(reader, key: str, meta: fmt.AttributionInfo):
     notes = [html.Div(f"Grad-CAM, Grad-CAM++ and Score-CAM at layer {meta.layer}; CAM at "
                       f"{meta.cam_layer}. {meta.n} images.",
                       className="muted")]
+    for m, how in (meta.modes or {}).items():  # e.g. Score-CAM exact or fast (None: old run)
+        notes.append(html.Div(f"{METHOD_TITLES.get(m, m)} {how}", className="muted",
+                              id=f"attr-mode-{m}"))
     for m, why in meta.skipped.items():
         notes.append(html.Div(f"{METHOD_TITLES.get(m, m)} skipped: {why}", className="muted"))
     return html.Div([dash_table.DataTable(id="attr-table", data=t.to_dict("records"),
