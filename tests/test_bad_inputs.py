@@ -269,7 +269,6 @@ def test_bad_batch_sizes(bad) -> None:
     maps = torch.full((2, 8, 8), 0.5)
     checks = [
         lambda: cs.explain.attribute_all(m, x, batch_size=bad, quiet=True),
-        lambda: cs.explain.attribute_all(m, x, score_cam_batch_size=bad, quiet=True),
         lambda: cs.explain.metrics.confidence_change(m, x, maps, batch_size=bad),
         lambda: cs.explain.metrics.deletion(m, x, maps, batch_size=bad, quiet=True),
         lambda: cs.features.top_examples(m, "3", x, batch_size=bad, quiet=True),
@@ -280,6 +279,7 @@ def test_bad_batch_sizes(bad) -> None:
         checks += [
             lambda: cs.features.maximize(m, "3", [0], steps=bad, size=8, quiet=True),
             lambda: cs.explain.score_cam(m, x, layer="3", batch_size=bad, quiet=True),
+            lambda: cs.explain.attribute_all(m, x, score_cam_batch_size=bad, quiet=True),
             lambda: cs.features.maximize(m, "3", [0], steps=1, size=8, batch_size=bad,
                                          quiet=True),
         ]
