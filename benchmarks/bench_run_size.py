@@ -11,12 +11,17 @@ size): ``log_model`` (graph and profile), ``log_feature_maps``, ``log_embedding`
 classifier's input features), ``log_attributions`` (every method but Score-CAM, whose time on
 ``layer4`` of a ResNet-50 is a separate issue; ``--score-cam`` adds it), ``log_diagnosis``,
 ``log_preferred_inputs`` (16 units per layer as in the demo, few steps: the image size, not the
-steps, sets the MB), ``log_top_examples`` (k=9, the same layers, but a layer whose crops would take more than
-``--max-crops-mb``, 500 MB: at 224² resnet50's ``layer4.0.conv2`` crops are whole images, ~1.5 GB
-in the run and ~9 GB in memory, which ran a 23 GB machine out of memory) and ``log_checkpoint``. Each step writes into one run; its MB are the bytes
-the step added to the run directory (files' sizes, after the run is closed and its tables
-compacted the parquet tables are counted once more, as "tables after compaction"). A step that
-fails on a model (an architecture a call does not support) is skipped with its reason printed.
+steps, sets the MB), ``log_top_examples`` (k=9, the same layers, ``layer4.0.conv2`` included:
+at 224² its crops are whole images) and ``log_checkpoint``. Each step writes into one run; its
+MB are the bytes the step added to the run directory (files' sizes; after the run is closed its
+tables are compacted). A step that fails on a model (an architecture a call does not support)
+is skipped with its reason printed. "peak RSS" is the process's peak resident memory after the
+step (it only grows: a step that raises it is the one that needed it).
+
+"old format" is what the same crops, preferred inputs and feature maps took as the float16
+arrays at full size that convscope stored before they were stored as the Model page draws them
+(uint8, at most 96 pixels a side, identical crops once): computed exactly from the stored
+arrays' metadata (their original shapes), ``2 bytes x values + 128`` per file, not written.
 
 MB are 10^6 bytes. "weights aside" leaves out ``checkpoints/``.
 """
@@ -27,6 +32,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -45,6 +51,7 @@ import convscope as cs  # noqa: E402
 from convscope.demo import FEATURE_LAYERS  # noqa: E402
 
 MB = 1e6
+GOAL_MB = 60.0  #: issue 14: the whole standard recording of ResNet-50, weights aside
 CAMS = ["saliency", "deconvnet", "guided_backprop", "cam", "grad_cam", "grad_cam_pp"]
 
 # per model: (attribution layer, feature-map layers for the preferred inputs / top examples)
@@ -90,36 +97,50 @@ def images(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - mean) / std, y
 
 
-def crops_mb(model: torch.nn.Module, layer: str, x: torch.Tensor, k: int = 9) -> float:
-    """MB the top-example crops of ``layer`` will take in the run (float16 ``[C, k, C_in, h,
-    w]``, ``h = min(receptive field, H)``); about 4x that while they are recorded."""
-    from convscope.features.top import receptive_field
-    from convscope.model import capture
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
 
-    with torch.no_grad():
-        out = capture(model, x[:1], layer)[layer]
-    size = receptive_field(model, layer, x[:1]).size or x.shape[2:]
-    h, w = min(int(size[0]), x.shape[2]), min(int(size[1]), x.shape[3])
-    return int(out.shape[1]) * k * x.shape[1] * h * w * 2 / MB
+
+def old_format_mb(path: Path, model: torch.nn.Module, x: torch.Tensor
+                  ) -> dict[str, tuple[float, float]]:
+    """Per concern, (MB the old full-size float16 arrays would take, MB stored now): the crops
+    (``[C, k, C_in, h, w]``, ``h = min(receptive field, H)``), preferred inputs and feature maps
+    of the run at ``path``, from their index meta and the layers' receptive fields."""
+    from convscope.features.top import receptive_field
+    from convscope.formats import feature_maps as fm
+    from convscope.formats import preferred_inputs as pi
+    from convscope.formats import top_examples as te
+
+    reader = cs.open_run(path)
+    on_disk = files(path)
+    out: dict[str, tuple[float, float]] = {}
+
+    def stored(kinds: list[str]) -> float:
+        return sum(v for k, v in on_disk.items()
+                   if k.split("/")[:2] in [["arrays", kd] for kd in kinds]) / MB
+
+    old = 0
+    for _, row in reader.arrays(te.CROPS_KIND).iterrows():
+        size = receptive_field(model, row["key"], x[:1]).size or tuple(x.shape[2:])
+        window = [min(int(size[0]), x.shape[2]), min(int(size[1]), x.shape[3])]
+        old += 2 * int(torch.tensor(row["meta"].get("shape", row["shape"])[:3] + window).prod())
+        old += 128
+    out["top-example crops"] = (old / MB, stored([te.CROPS_KIND, te.RANGE_KIND, te.SLOTS_KIND]))
+    old = 0
+    for _, row in reader.arrays(pi.KIND).iterrows():
+        hw = row["meta"].get("size", list(row["shape"][-2:]))
+        old += 2 * int(torch.tensor(list(row["shape"][:2]) + hw).prod()) + 128
+    out["preferred inputs"] = (old / MB, stored([pi.KIND]))
+    old = sum(2 * int(torch.tensor(row["shape"]).prod()) + 128
+              for _, row in reader.arrays(fm.KIND).iterrows())
+    out["feature maps (samples aside)"] = (old / MB, stored([fm.KIND]))
+    return out
 
 
 def steps(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, args
           ) -> list[tuple[str, Callable[[cs.Run], object]]]:
     layer, feat_layers = LAYERS.get(name, (None, []))
-    top_layers = []
-    for n in feat_layers:  # at 224², resnet50's layer4.0.conv2 crops are whole images: 1.5 GB
-        try:
-            mb = crops_mb(model, n, x)
-        except Exception as exc:  # the step itself reports what fails
-            mb = 0.0
-            if args.verbose:
-                print(f"{name}: cannot estimate the crops of {n} ({exc})")
-        if mb > args.max_crops_mb:
-            print(f"{name}: log_top_examples leaves out {n}: its receptive-field crops would take "
-                  f"{mb:,.0f} MB (more than --max-crops-mb {args.max_crops_mb:,.0f}; ~4x that "
-                  "in memory while recorded)")
-        else:
-            top_layers.append(n)
     methods = CAMS + (["score_cam"] if args.score_cam else [])
 
     def embedding(run: cs.Run) -> None:
@@ -136,7 +157,7 @@ def steps(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, a
         ("log_diagnosis", lambda run: run.log_diagnosis(model, x, quiet=True)),
         ("log_preferred_inputs", lambda run: run.log_preferred_inputs(
             model, feat_layers, max_units=args.units, steps=4 if args.quick else 16, quiet=True)),
-        ("log_top_examples", lambda run: run.log_top_examples(model, top_layers, x, k=9,
+        ("log_top_examples", lambda run: run.log_top_examples(model, feat_layers, x, k=9,
                                                              quiet=True)),
         ("log_checkpoint", lambda run: run.log_checkpoint(model, example_inputs=x)),
     ]
@@ -145,6 +166,8 @@ def steps(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, a
 def record(name: str, args, logdir: Path) -> dict[str, object] | None:
     import torchvision
 
+    torch.manual_seed(0)  # the random weights too: the crops shared between channels, so the
+    # MB of the top examples, depend on them
     try:
         model = torchvision.models.get_model(name, weights=None).eval()
     except Exception as exc:  # an unknown name or an older torchvision
@@ -156,10 +179,13 @@ def record(name: str, args, logdir: Path) -> dict[str, object] | None:
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     by_kind: dict[str, dict[str, int]] = {}
+    peak: dict[str, float] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with cs.Run(logdir, name, quiet=True) as run:
             for step, fn in steps(model, name, x, y, args):
+                if args.steps and step not in args.steps:
+                    continue
                 before = files(run.path)
                 t0 = time.perf_counter()
                 try:
@@ -171,6 +197,7 @@ def record(name: str, args, logdir: Path) -> dict[str, object] | None:
                     continue
                 run.flush()
                 seconds[step] = time.perf_counter() - t0
+                peak[step] = peak_rss_mb()
                 after = files(run.path)
                 sizes[step] = sum(v - before.get(k, 0) for k, v in after.items()) / MB
                 kinds: dict[str, int] = defaultdict(int)
@@ -186,23 +213,33 @@ def record(name: str, args, logdir: Path) -> dict[str, object] | None:
     for k, v in final.items():
         per_kind[group(k)] += v
     return {"name": name, "sizes": sizes, "seconds": seconds, "skipped": skipped,
-            "by_kind": by_kind, "total": total, "weights": weights,
+            "by_kind": by_kind, "total": total, "weights": weights, "peak": peak,
+            "formats": old_format_mb(path, model, x),
             "params": sum(p.numel() for p in model.parameters()), "per_kind": dict(per_kind)}
 
 
 def report(r: dict[str, object], args) -> None:
     print(f"\n## {r['name']} ({r['params'] / 1e6:.1f} M parameters), {args.images} images at "
           f"{args.size}²\n")
-    print("| step | MB | s | largest kinds (MB) |")
-    print("|---|---:|---:|---|")
+    print("| step | MB | s | peak RSS MB | largest kinds (MB) |")
+    print("|---|---:|---:|---:|---|")
     for step, mb in r["sizes"].items():
         kinds = sorted(r["by_kind"][step].items(), key=lambda kv: -kv[1])[:4]
         top = ", ".join(f"{k} {v / MB:.2f}" for k, v in kinds if v > 0.005 * MB)
-        print(f"| {step} | {mb:.2f} | {r['seconds'][step]:.1f} | {top} |")
+        print(f"| {step} | {mb:.2f} | {r['seconds'][step]:.1f} | {r['peak'][step]:,.0f} | "
+              f"{top} |")
     for step, why in r["skipped"].items():
-        print(f"| {step} | skipped | | {why} |")
-    print(f"| **total, weights aside** | **{r['total'] - r['weights']:.2f}** | | |")
-    print(f"| total with weights | {r['total']:.2f} | | checkpoints {r['weights']:.2f} |")
+        print(f"| {step} | skipped | | | {why} |")
+    aside = r["total"] - r["weights"]
+    verdict = "met" if aside <= GOAL_MB else "NOT met"
+    print(f"| **total, weights aside** | **{aside:.2f}** | | | goal ≤ {GOAL_MB:.0f}: "
+          f"{verdict} |")
+    print(f"| total with weights | {r['total']:.2f} | | | checkpoints {r['weights']:.2f} |")
+    print("\n| stored as the page draws them | old format MB | stored MB | ratio |")
+    print("|---|---:|---:|---:|")
+    for what, (old, new) in r["formats"].items():
+        ratio = f"{old / new:,.0f}x smaller" if new > 0 else "-"
+        print(f"| {what} | {old:,.2f} | {new:,.2f} | {ratio} |")
     if args.kinds:
         print("\nper kind after closing the run (MB):")
         for k, v in sorted(r["per_kind"].items(), key=lambda kv: -kv[1]):
@@ -218,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=8, help="images recorded")
     ap.add_argument("--units", type=int, default=16,
                     help="preferred inputs per layer (the demo's 16)")
-    ap.add_argument("--max-crops-mb", type=float, default=500.0,
-                    help="leave out of log_top_examples a layer whose crops would take more "
-                         "(resnet50's layer4.0.conv2 at 224²: ~1.5 GB, ~9 GB in memory)")
     ap.add_argument("--score-cam", action="store_true", help="add Score-CAM to the attributions")
+    ap.add_argument("--steps", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+                    default=None, help="only these steps, comma-separated (e.g. "
+                    "log_top_examples,log_preferred_inputs): the total is then partial")
     ap.add_argument("--quick", action="store_true", help="fewer profile repeats and render steps")
     ap.add_argument("--kinds", action="store_true", help="also list MB per data kind")
     ap.add_argument("--keep", metavar="DIR", help="write the runs here and keep them")

@@ -204,3 +204,236 @@ def test_param_tree_keeps_its_linkage_not_its_drawing(recorded):
     np.testing.assert_allclose(tree["icoord"], d["icoord"])
     np.testing.assert_allclose(tree["dcoord"], d["dcoord"])
     assert tree["leaves"] == stored["leaves"]
+
+
+# -- top-example crops, preferred inputs and feature maps as the Model page draws them ---------
+# Oracles: full-size crops (``crop_size=None``) and images shrunk here by an explicit loop over
+# blocks; the Model page's own thumbnail function (app.components.shrink) and figure code
+# (figures.images.to_rgb, figures.maps.mosaic); the raw float16 arrays of the committed 0.1.0
+# fixture for the old format.
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from convscope.features.top import CROP_SIZE, top_examples  # noqa: E402
+from convscope.formats import feature_maps as fm_fmt  # noqa: E402
+from convscope.formats import preferred_inputs as pi_fmt  # noqa: E402
+from convscope.formats import quantized as qz  # noqa: E402
+from convscope.formats import top_examples as te_fmt  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "logdir-0.1.0" / "intact"
+TOP_LAYERS = ["conv1", "layer2.0.conv2", "layer4.0.conv2"]  # windows 7, 43 and 224 (whole)
+
+
+def _block_mean(x: np.ndarray, side: int) -> np.ndarray:
+    """``x [..., H, W]`` averaged over f x f blocks, f the smallest integer that brings both
+    sides to at most ``side``: an explicit loop over output pixels."""
+    x = np.asarray(x, dtype=np.float64)
+    h, w = x.shape[-2:]
+    f = max(1, math.ceil(max(h, w) / side))
+    out = np.empty(x.shape[:-2] + (h // f, w // f))
+    for i in range(h // f):
+        for j in range(w // f):
+            out[..., i, j] = x[..., i * f:(i + 1) * f, j * f:(j + 1) * f].mean(axis=(-2, -1))
+    return out
+
+
+def _within_quantisation(got, want, item_axes):
+    """``got`` equals ``want`` within 1/255 of each item's range (the uint8 step; the float16
+    the values are decoded to adds less than half of that at these magnitudes)."""
+    want = np.asarray(want, dtype=np.float64)
+    span = want.max(axis=item_axes, keepdims=True) - want.min(axis=item_axes, keepdims=True)
+    err = np.abs(np.asarray(got, dtype=np.float64) - want)
+    assert np.all(err <= span / 255 + 1e-6), float((err - span / 255).max())
+
+
+@pytest.fixture(scope="module")
+def top_run(tmp_path_factory):
+    """resnet18 (random weights), 6 images at 224²: top examples of conv1 (7² windows),
+    layer2.0.conv2 (43²) and layer4.0.conv2 (whole images, 224², more than the page's 96)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(6, 3, 224, 224)
+    with cs.Run(tmp_path_factory.mktemp("runs"), "top", quiet=True) as run:
+        got = run.log_top_examples(model, TOP_LAYERS, x, k=4, quiet=True)
+    full = {n: top_examples(model, n, x, k=4, crop_size=None, quiet=True) for n in TOP_LAYERS}
+    return model, x, got, full, cs.open_run(run.path)
+
+
+def test_crop_bound_is_the_pages():
+    from convscope.app.components import shrink as page_shrink
+    from convscope.app.pages.model import MAX_THUMB
+
+    assert qz.DISPLAY_SIDE == MAX_THUMB == CROP_SIZE
+    rng = np.random.default_rng(0)
+    for shape in [(2, 3, 224, 224), (3, 107, 107), (1, 3, 40, 200), (3, 96, 96), (3, 7, 7)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        np.testing.assert_allclose(qz.shrink(x), page_shrink(x, MAX_THUMB), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", TOP_LAYERS)
+def test_pass_keeps_crops_at_display_size(top_run, layer):
+    """The pass shrinks crops as it keeps them: what it returns is the full-size windows
+    block-averaged, never larger than the page's thumbnail, and cut() agrees with it."""
+    _, x, got, full, _ = top_run
+    te, ref = got[layer], full[layer]
+    assert torch.equal(te.indices, ref.indices) and torch.equal(te.locations, ref.locations)
+    assert max(te.crops.shape[-2:]) <= CROP_SIZE and te.crop_size == CROP_SIZE
+    want = _block_mean(ref.crops.numpy(), CROP_SIZE)
+    assert te.crops.shape == want.shape
+    np.testing.assert_allclose(te.crops.numpy(), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(te.cut(x).numpy(), te.crops.numpy(), rtol=0, atol=1e-6)
+    if max(ref.crops.shape[-2:]) <= CROP_SIZE:  # small windows: exactly the old crops
+        assert torch.equal(te.crops, ref.crops)
+
+
+@pytest.mark.parametrize("layer", TOP_LAYERS)
+def test_stored_crops_are_the_full_crops_at_display_size(top_run, layer):
+    _, _, _, full, reader = top_run
+    ref = full[layer]
+    raw = reader.array(te_fmt.CROPS_KIND, layer)
+    assert raw.dtype == np.uint8 and max(raw.shape[-2:]) <= qz.DISPLAY_SIDE
+    want = _block_mean(ref.crops.numpy(), qz.DISPLAY_SIDE)  # [C, k, 3, h, w]
+    got = te_fmt.load(reader, layer).crops
+    assert got.dtype == np.float16 and got.shape == want.shape
+    _within_quantisation(got, want, (2, 3, 4))
+    # the bytes: one byte per value of each distinct crop, not 2 per value of every slot
+    assert raw.nbytes <= want[0, 0].size * len(np.unique(
+        ref.indices.numpy() * 10**6 + ref.locations[..., 0].numpy() * 1000
+        + ref.locations[..., 1].numpy()))
+
+
+def test_whole_image_crops_are_stored_once_per_image(top_run):
+    """layer4.0.conv2's windows are whole images (224² at 224²): every channel's crop of an
+    image is the same picture, stored once, 74² (224 // 3) instead of 224²."""
+    _, x, _, full, reader = top_run
+    ref = full["layer4.0.conv2"]
+    assert ref.crops.shape[-2:] == (224, 224)
+    raw = reader.array(te_fmt.CROPS_KIND, "layer4.0.conv2")
+    assert raw.shape == (len(set(ref.indices.reshape(-1).tolist())), 3, 74, 74)
+    slots = reader.array(te_fmt.SLOTS_KIND, "layer4.0.conv2")
+    crops = te_fmt.crops(reader, "layer4.0.conv2")
+    for c, r in [(0, 0), (5, 1), (511, 3)]:
+        i = int(ref.indices[c, r])
+        assert int(slots[c, r]) == int(slots[np.nonzero(ref.indices.numpy() == i)][0])
+        _within_quantisation(crops[c, r], _block_mean(x[i].numpy(), 96), (0, 1, 2))
+
+
+def test_page_draws_the_same_crops(top_run):
+    """The Model page's unit pane: thumbnails (page_shrink) coloured by to_rgb, from the old
+    full-size float16 crops and from the stored ones, differ by at most 2 levels of 255."""
+    from convscope.app.components import shrink as page_shrink
+    from convscope.app.pages.model import MAX_THUMB
+    from convscope.figures.images import to_rgb
+
+    _, _, _, full, reader = top_run
+    for layer in TOP_LAYERS:
+        old = full[layer].crops.numpy().astype(np.float16)
+        view = te_fmt.crops(reader, layer, mmap=True)  # what the page reads
+        for unit in (0, 7, 63):
+            a = page_shrink(old[unit], MAX_THUMB)
+            b = page_shrink(view[unit], MAX_THUMB)
+            assert a.shape == b.shape
+            for i in range(len(a)):
+                d = np.abs(to_rgb(a[i]).astype(int) - to_rgb(b[i]).astype(int))
+                assert d.max() <= 2, (layer, unit, i, d.max())
+
+
+def test_lazy_views_index_like_arrays(top_run):
+    """What the pages index (a unit, a column, strided slices, a list) is what the decoded
+    array gives."""
+    *_, reader = top_run
+    view = te_fmt.crops(reader, "layer2.0.conv2", mmap=True)
+    whole = te_fmt.crops(reader, "layer2.0.conv2")
+    assert view.shape == whole.shape and len(view) == len(whole) and view.ndim == 5
+    for key in [3, -1, slice(2, 5), (1, 2), (slice(None, 3), slice(1, 3)), [0, 4, 2],
+                (0, slice(None, 2), 0, slice(None, None, 3), slice(1, None, 5)), (Ellipsis, 0)]:
+        np.testing.assert_array_equal(view[key], whole[key], err_msg=str(key))
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 256, (4, 5, 6, 7)).astype(np.uint8)
+    lo, hi = rng.normal(size=(1, 5, 1, 1)), rng.normal(size=(1, 5, 1, 1)) + 3
+    v = qz.Decoded(q, lo, hi)
+    dense = (lo + q / 255.0 * (hi - lo)).astype(np.float16)
+    for key in [1, (slice(None, 3), slice(2, 3)), (slice(None), 1, slice(None, None, 2)),
+                (slice(None), [0, 3])]:
+        np.testing.assert_allclose(v[key].astype(np.float32), dense[key].astype(np.float32),
+                                   rtol=2e-3, atol=2e-3)
+
+
+def test_preferred_inputs_stored_at_display_size(tmp_path):
+    rng = np.random.default_rng(2)
+    full = rng.normal(size=(4, 3, 224, 224)).astype(np.float32) * [1, 0.01, 5][0]
+    full[1] *= 0.01  # a low-contrast image keeps its 256 levels
+    with cs.Run(tmp_path, "pi", quiet=True) as run:
+        pi_fmt.write(run, pi_fmt.PreferredInputs("layer1", [3, 1, 4, 5], full,
+                                                 [1.0, 2.0, 3.0, 4.0], 1.5, {"steps": 8}))
+    reader = cs.open_run(run.path)
+    raw = reader.array(pi_fmt.KIND, "layer1")
+    assert raw.dtype == np.uint8 and raw.shape == (4, 3, 74, 74)
+    got = pi_fmt.load(reader, "layer1")
+    assert got.units == [3, 1, 4, 5] and got.values == [1.0, 2.0, 3.0, 4.0]
+    assert got.images.dtype == np.float16
+    _within_quantisation(got.images, _block_mean(full, qz.DISPLAY_SIDE), (1, 2, 3))
+    view = pi_fmt.images(reader, "layer1", mmap=True)
+    np.testing.assert_array_equal(view[2], got.images[2])
+    np.testing.assert_array_equal(view[:3], got.images[:3])
+
+
+def test_feature_maps_stored_as_uint8_per_channel(tmp_path):
+    """Maps keep their size (the grid and the zoom draw them at about that size) and one
+    range per channel, the range the grid's mosaic scales each column over."""
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(5, 6, 20, 20)).astype(np.float32)
+    maps[:, 2] *= 1e-3  # a quiet channel keeps its own 256 levels
+    maps[:, 4] = 7.0  # a constant channel
+    info = {"layer": "c", "channels": list(range(6)), "channel_mean": [0.0] * 6}
+    with cs.Run(tmp_path, "fm", quiet=True) as run:
+        nbytes = fm_fmt.write_layer(run, "c", maps, info)
+    reader = cs.open_run(run.path)
+    raw = reader.array(fm_fmt.KIND, "c")
+    assert raw.dtype == np.uint8 and raw.shape == maps.shape and nbytes == maps.size
+    got = fm_fmt.maps(reader, "c")
+    assert got.dtype == np.float16
+    _within_quantisation(got, maps, (0, 2, 3))
+    np.testing.assert_array_equal(got[:, 4], np.float16(7.0))
+    np.testing.assert_array_equal(fm_fmt.maps(reader, "c", mmap=True)[:3, 1:2, ::2, ::2],
+                                  got[:3, 1:2, ::2, ::2])
+    # the page's mosaic (per-column scaling) of the stored maps: within one level of 255
+    old, _, _ = fig_maps.mosaic(maps)
+    new, _, _ = fig_maps.mosaic(got)
+    np.testing.assert_allclose(np.nan_to_num(new), np.nan_to_num(old), rtol=0,
+                               atol=1 / 255 + 2e-3)
+    assert fm_fmt.load(reader).layers["c"].maps.shape == maps.shape
+
+
+def test_old_float16_runs_still_load(tmp_path):
+    """The committed 0.1.0 fixture stores float16 crops, preferred inputs and maps at full
+    size: the formats return them as stored."""
+    dst = tmp_path / "logdir"
+    shutil.copytree(FIXTURE.parent, dst)
+    reader = cs.open_run(dst / "intact")
+    layer = te_fmt.layers(reader)[0]
+    raw = reader.array(te_fmt.CROPS_KIND, layer)
+    assert raw.dtype == np.float16 and raw.ndim == 5
+    np.testing.assert_array_equal(te_fmt.load(reader, layer).crops, raw)
+    assert te_fmt.crops(reader, layer, mmap=True).shape == raw.shape
+    for name in pi_fmt.layers(reader):
+        raw = reader.array(pi_fmt.KIND, name)
+        assert raw.dtype == np.float16
+        np.testing.assert_array_equal(pi_fmt.load(reader, name).images, raw)
+    for name in fm_fmt.layers(reader):
+        raw = reader.array(fm_fmt.KIND, name)
+        assert raw.dtype == np.float16
+        np.testing.assert_array_equal(fm_fmt.maps(reader, name), raw)
+        np.testing.assert_array_equal(fm_fmt.load(reader).layers[name].maps, raw)
+
+
+def test_damaged_ranges_say_what_to_do(top_run, tmp_path):
+    from convscope.errors import StoreError
+
+    *_, reader = top_run
+    dst = tmp_path / "copy"
+    shutil.copytree(reader.path, dst)
+    np.save(dst / "arrays" / te_fmt.RANGE_KIND / "conv1.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(StoreError, match="record them again"):
+        te_fmt.crops(cs.open_run(dst), "conv1")

@@ -42,7 +42,14 @@ from ..nn import (
 from ..nn.passes import DatasetPass, Share, run_pass, to_device
 
 __all__ = ["ReceptiveField", "receptive_field", "TopExamples", "TopExamplesPass", "top_examples",
-           "merge", "live"]
+           "merge", "live", "CROP_SIZE"]
+
+#: Default largest side of the crops kept (the dashboard's largest thumbnail, 96 pixels): larger
+#: receptive-field windows are area-averaged by an integer factor as they are cut, so memory is
+#: ``O(channels x k x CROP_SIZE²)`` whatever the layer's field (``crop_size=None``: full windows).
+CROP_SIZE = 96
+#: Input values cut at once (bounds the memory of the full-size windows before they shrink).
+_CUT_VALUES = 1 << 24
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,10 +237,14 @@ class TopExamples:
         boxes: ``[C, k, 4]`` ``(y0, x0, y1, x1)`` receptive-field box in input pixels, clipped
             to the image.
         crops: ``[C, k, C_in, h, w]`` the receptive-field window of the input around the maximum
-            (``h = min(field, H)``; parts outside the image are 0), or ``None``.
+            (``min(field, H)`` pixels; parts outside the image are 0), area-averaged by the
+            smallest integer factor ``f`` that brings it to at most ``crop_size`` pixels a side
+            (``h = min(field, H) // f``: the last rows and columns that do not fill a block are
+            dropped), or ``None``.
         field: the layer's :class:`ReceptiveField`.
         image_size: ``(H, W)`` of the inputs.
         n_seen: how many images were ranked.
+        crop_size: the largest side of the crops (``None``: full windows).
     """
 
     layer: str
@@ -245,6 +256,7 @@ class TopExamples:
     field: ReceptiveField
     image_size: tuple[int, int]
     n_seen: int
+    crop_size: int | None = None
 
     @property
     def k(self) -> int:
@@ -260,7 +272,8 @@ class TopExamples:
 
     def cut(self, images: Tensor) -> Tensor:
         """Cut the receptive-field windows ``[C, k, C_in, h, w]`` out of ``images [N, C_in, H, W]``
-        (indexed by dataset index) at the stored locations; unused slots are 0."""
+        (indexed by dataset index) at the stored locations, shrunk as :attr:`crops` are (to at
+        most :attr:`crop_size` a side); unused slots are 0."""
         if images.dim() != 4 or tuple(images.shape[2:]) != tuple(self.image_size):
             raise InputError(
                 f"images must be [N, C_in, {self.image_size[0]}, {self.image_size[1]}], got "
@@ -275,7 +288,7 @@ class TopExamples:
             )
         safe = idx.clamp_min(0).to(images.device)
         locs = self.locations.reshape(-1, 2).to(images.device)
-        crops = _cut(images, safe, locs, self.field, self.image_size)
+        crops = _cut_small(images, safe, locs, self.field, self.image_size, self.crop_size)
         crops = crops * valid.to(crops.device).view(-1, 1, 1, 1).to(crops.dtype)
         return crops.reshape(self.channels, self.k, *crops.shape[1:])
 
@@ -287,20 +300,68 @@ def _window(field: ReceptiveField, image_size: tuple[int, int]) -> tuple[int, in
     return (min(field.size[0], h), min(field.size[1], w))
 
 
-def _cut(
-    images: Tensor, which: Tensor, locs: Tensor, field: ReceptiveField, image_size: tuple[int, int]
-) -> Tensor:
-    """Windows ``[M, C_in, wh, ww]`` of ``images[which]`` around layer positions ``locs [M, 2]``."""
-    h, w = image_size
+def _factor(window: tuple[int, int], crop_size: int | None) -> int:
+    """The integer area-averaging factor that brings ``window`` to at most ``crop_size``."""
+    return 1 if crop_size is None else max(1, -(-max(window) // int(crop_size)))
+
+
+def _crop_shape(field: ReceptiveField, image_size: tuple[int, int],
+                crop_size: int | None) -> tuple[int, int]:
     wh, ww = _window(field, image_size)
+    f = _factor((wh, ww), crop_size)
+    return (wh // f, ww // f)
+
+
+def _starts(locs: Tensor, field: ReceptiveField, image_size: tuple[int, int]
+            ) -> tuple[Tensor, Tensor]:
+    """Top-left input pixel ``(y0, x0)`` of the windows :func:`_cut` cuts at ``locs [M, 2]``."""
+    h, w = image_size
     if field.size is None:
-        return images[which].clone()
+        zero = torch.zeros_like(locs[:, 0])
+        return zero, zero
     y0 = field.offset[0] + locs[:, 0] * field.stride[0]
     x0 = field.offset[1] + locs[:, 1] * field.stride[1]
     if field.size[0] >= h:
         y0 = torch.zeros_like(y0)
     if field.size[1] >= w:
         x0 = torch.zeros_like(x0)
+    return y0, x0
+
+
+def _cut_small(images: Tensor, which: Tensor, locs: Tensor, field: ReceptiveField,
+               image_size: tuple[int, int], crop_size: int | None) -> Tensor:
+    """:func:`_cut`, area-averaged to at most ``crop_size`` a side. Each distinct window is cut
+    once, and at most ``_CUT_VALUES`` input values at a time (a deep layer's windows are whole
+    images, and many channels share them)."""
+    wh, ww = _window(field, image_size)
+    f = _factor((wh, ww), crop_size)
+    if which.numel() == 0:
+        return images.new_zeros((0, images.shape[1], wh // f, ww // f))
+    y0, x0 = _starts(locs, field, image_size)
+    keys, inverse = torch.unique(torch.stack([which, y0, x0], 1), dim=0, return_inverse=True)
+    step = max(1, _CUT_VALUES // max(1, images.shape[1] * wh * ww))
+    parts = []
+    for i in range(0, keys.shape[0], step):
+        part = keys[i: i + step]
+        win = _cut(images, part[:, 0], part[:, 1:], field, image_size, starts=True)
+        if f > 1:
+            win = torch.nn.functional.avg_pool2d(
+                win[..., : wh // f * f, : ww // f * f].float(), f).to(images.dtype)
+        parts.append(win)
+    return torch.cat(parts)[inverse]
+
+
+def _cut(
+    images: Tensor, which: Tensor, locs: Tensor, field: ReceptiveField, image_size: tuple[int, int],
+    starts: bool = False,
+) -> Tensor:
+    """Windows ``[M, C_in, wh, ww]`` of ``images[which]`` around layer positions ``locs [M, 2]``
+    (``starts=True``: ``locs`` are already the windows' top-left input pixels, :func:`_starts`)."""
+    h, w = image_size
+    wh, ww = _window(field, image_size)
+    if field.size is None:
+        return images[which].clone()
+    y0, x0 = (locs[:, 0], locs[:, 1]) if starts else _starts(locs, field, image_size)
     padded = torch.nn.functional.pad(images, (ww, ww, wh, wh))
     rows = (y0.clamp(-wh, h) + wh)[:, None] + torch.arange(wh, device=images.device)  # [M, wh]
     cols = (x0.clamp(-ww, w) + ww)[:, None] + torch.arange(ww, device=images.device)  # [M, ww]
@@ -354,6 +415,7 @@ def top_examples(
     *,
     batch_size: int = 64,
     crops: bool = True,
+    crop_size: int | None = CROP_SIZE,
     offset: int = 0,
     quiet: bool = False,
 ) -> TopExamples:
@@ -374,6 +436,10 @@ def top_examples(
         batch_size: images per forward pass (tensor and Dataset inputs).
         crops: keep the receptive-field crops (else only boxes; cut them later with
             :meth:`TopExamples.cut`).
+        crop_size: the largest side of the crops kept (default 96, the dashboard's largest
+            thumbnail): larger windows are area-averaged by an integer factor as they are cut, so
+            a deep layer's whole-image windows cost ``C x k x 96²`` values, not ``C x k x H x W``;
+            ``None`` keeps full windows.
         offset: added to every index (for shards of a larger data set: shard ``[5000:10000]``
             gets ``offset=5000``), so shard results :func:`merge` into the whole.
         quiet: hide the progress bar.
@@ -382,7 +448,7 @@ def top_examples(
         a :class:`TopExamples`; ties in value go to the smaller index.
     """
     p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=crops,
-                        offset=offset, quiet=quiet)
+                        crop_size=crop_size, offset=offset, quiet=quiet)
     return run_pass(p)
 
 
@@ -393,7 +459,8 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
     :func:`convscope.distributed.top_examples_sharded`."""
 
     def __init__(self, model: nn.Module, layer: LayerSpec, dataset: Any, k: int = 9, *,
-                 batch_size: int = 64, crops: bool = True, offset: int = 0,
+                 batch_size: int = 64, crops: bool = True,
+                 crop_size: int | None = CROP_SIZE, offset: int = 0,
                  quiet: bool = False) -> None:
         from ..nn import unwrap
 
@@ -407,12 +474,13 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
         self.offset = int(offset)
         self.layer = layer_path(model, layer)  # one layer spec: path, "path:k", module, type ...
         self.crops = bool(crops)
+        self.crop_size = None if crop_size is None else positive_int(crop_size, "crop_size")
         self.quiet = quiet
 
     def run(self, share: Share) -> TopExamples:
         piece, offset = self.piece(share)
         return _scan(self.model, self.layer, piece, self.k, self.align, self.crops,
-                     self.offset + offset, self.quiet)
+                     self.offset + offset, self.quiet, self.crop_size)
 
     def merge(self, partials: Sequence[TopExamples]) -> TopExamples:
         out = partials[0]
@@ -425,7 +493,7 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
 
 
 def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, crops: bool,
-          offset: int, quiet: bool) -> TopExamples:
+          offset: int, quiet: bool, crop_size: int | None = CROP_SIZE) -> TopExamples:
     """The streaming pass of :func:`top_examples` over ``dataset`` (checked arguments)."""
     from tqdm.auto import tqdm
 
@@ -461,7 +529,7 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
                 fld = receptive_field(model, layer, x[:1]) if tuple(a.shape[2:]) != (1, 1) \
                     else ReceptiveField(None, (1, 1), (0, 0), "graph")
                 state = _empty(layer, a.shape[1], k, fld, (x.shape[2], x.shape[3]),
-                               (x.shape[1],) if crops else None, x.dtype, x.device)
+                               (x.shape[1],) if crops else None, x.dtype, x.device, crop_size)
             state = _update(state, a, idx.to(x.device), x if crops else None)
             n_seen += x.shape[0]
             bar.update(x.shape[0])
@@ -476,8 +544,9 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
 def _empty(
     layer: str, c: int, k: int, fld: ReceptiveField, image_size: tuple[int, int],
     crop_channels: tuple[int] | None, dtype: torch.dtype, device: torch.device,
+    crop_size: int | None = None,
 ) -> TopExamples:
-    wh, ww = _window(fld, image_size)
+    wh, ww = _crop_shape(fld, image_size, crop_size)
     locs = torch.zeros(c, k, 2, dtype=torch.long, device=device)
     return TopExamples(
         layer=layer,
@@ -490,6 +559,7 @@ def _empty(
         field=fld,
         image_size=image_size,
         n_seen=0,
+        crop_size=crop_size,
     )
 
 
@@ -513,9 +583,8 @@ def _update(state: TopExamples, acts: Tensor, idx: Tensor, x: Tensor | None) -> 
         if from_batch.any():
             ch, slot = torch.nonzero(from_batch, as_tuple=True)
             item = sel[ch, slot] - k
-            crops[ch, slot] = _cut(x, item, new_locs[ch, slot], state.field, state.image_size).to(
-                crops.dtype
-            )
+            crops[ch, slot] = _cut_small(x, item, new_locs[ch, slot], state.field,
+                                         state.image_size, state.crop_size).to(crops.dtype)
     return replace(
         state,
         values=cand_v.gather(1, sel),
@@ -540,6 +609,8 @@ def merge(a: TopExamples, b: TopExamples) -> TopExamples:
         raise InputError("cannot merge results over images of different sizes.")
     if (a.crops is None) != (b.crops is None):
         raise InputError("cannot merge a result with crops and one without; use crops= alike.")
+    if a.crops is not None and a.crops.shape[2:] != b.crops.shape[2:]:
+        raise InputError("cannot merge results whose crops differ in size; use crop_size= alike.")
     k, c = a.k, a.channels
     cand_v = torch.cat([a.values, b.values.to(a.values)], 1)
     cand_i = torch.cat([a.indices, b.indices.to(a.indices.device)], 1)

@@ -2,10 +2,14 @@
 
 Contract:
 
-* ``arrays/feature_maps/<layer>.npy``: ``[N, C', h, w]`` float16 (at most ``max_channels``
-  channels, ``max_size`` pixels a side), its index row's meta: ``layer``, ``original_shape``,
-  ``stored_shape``, ``channels`` (kept channel indices), ``channel_mean``,
-  ``capped_channels``, ``downsampled``;
+* ``arrays/feature_maps/<layer>.npy``: ``[N, C', h, w]`` uint8 (at most ``max_channels``
+  channels, ``max_size`` pixels a side) with one value range per channel, the range over which
+  the Model page's grid scales each column (:mod:`.quantized`); its index row's meta: ``layer``,
+  ``original_shape``, ``stored_shape``, ``channels`` (kept channel indices), ``channel_mean``,
+  ``capped_channels``, ``downsampled``, ``encoding`` (``"uint8-range"``) and ``range``
+  (``[[lo, hi], ...]`` per stored channel: a value is ``lo + q / 255 * (hi - lo)``). Runs
+  recorded before this hold float16 maps without ``encoding``; :func:`maps` reads both as
+  float16;
 * ``arrays/samples/feature_maps.npy``: the sample images ``[N, C, H, W]`` float16, meta
   ``{"labels": [...] | None}``;
 * ``objects/feature_maps/index.json``: ``layers``, ``max_channels``, ``max_size``, ``bytes``,
@@ -22,11 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import InvalidValueError, StoreError
 from ..store.arrays import array_path
 from .base import Sink, key_meta
+from .quantized import ENCODING, Decoded, encode
 
 __all__ = ["KIND", "SAMPLES_KIND", "SAMPLES_KEY", "INDEX_KEY", "DTYPE", "SOURCE", "LayerMaps",
-           "FeatureMaps", "write", "write_samples", "write_layer", "write_index", "load",
+           "FeatureMaps", "STORAGE_KEYS", "write", "write_samples", "write_layer", "write_index", "load",
            "index", "layers", "layer_meta", "maps", "samples_index", "samples",
            "samples_meta", "samples_file", "settings"]
 
@@ -34,13 +40,17 @@ KIND = "feature_maps"
 SAMPLES_KIND = "samples"
 SAMPLES_KEY = "feature_maps"
 INDEX_KEY = "index"
-DTYPE = np.float16
+DTYPE = np.float16  #: the sample images' dtype, and what :func:`maps` returns
+#: Index-meta keys that say how maps are stored (not what was kept: :func:`load` leaves them out
+#: of :attr:`LayerMaps.info`).
+STORAGE_KEYS = ("encoding", "range")
 SOURCE = "run.log_feature_maps(model, images)"
 
 
 @dataclass(frozen=True)
 class LayerMaps:
-    """One layer's stored maps ``[N, C', h, w]`` and what was kept (the index meta)."""
+    """One layer's stored maps ``[N, C', h, w]`` (float16) and what was kept (the index meta
+    without :data:`STORAGE_KEYS`)."""
 
     maps: np.ndarray
     info: dict[str, Any]
@@ -62,8 +72,17 @@ def write_samples(sink: Sink, images: np.ndarray, labels: Sequence[int] | None) 
                    meta={"labels": None if labels is None else [int(v) for v in labels]})
 
 
-def write_layer(sink: Sink, name: str, small: np.ndarray, info: Mapping[str, Any]) -> None:
-    sink.log_array(KIND, name, small, dtype=DTYPE, meta=dict(info))
+def write_layer(sink: Sink, name: str, small: np.ndarray, info: Mapping[str, Any]) -> int:
+    """Store one layer's maps ``[N, C', h, w]`` (uint8, a range per channel); returns the bytes
+    of values stored."""
+    small = np.asarray(small)
+    if small.ndim != 4:
+        raise InvalidValueError(f"feature maps must be [N, C, h, w], got {list(small.shape)}.")
+    q, lo, hi = encode(small, axes=(0, 2, 3))
+    sink.log_array(KIND, name, q, dtype=np.uint8, meta={
+        **dict(info), "encoding": ENCODING,
+        "range": [[float(a), float(b)] for a, b in zip(lo.reshape(-1), hi.reshape(-1), strict=True)]})
+    return int(q.size)
 
 
 def write_index(sink: Sink, layer_names: Sequence[str], *, max_channels: int, max_size: int,
@@ -80,8 +99,7 @@ def write(sink: Sink, result: FeatureMaps) -> None:
     write_samples(sink, result.images, result.labels)
     total = 0
     for name, lm in result.layers.items():
-        write_layer(sink, name, lm.maps, lm.info)
-        total += int(np.asarray(lm.maps).size) * 2
+        total += write_layer(sink, name, lm.maps, lm.info)
     write_index(sink, list(result.layers), max_channels=result.settings.get("max_channels"),
                 max_size=result.settings.get("max_size"), nbytes=total,
                 images=int(np.asarray(result.images).shape[0]))
@@ -103,9 +121,23 @@ def layer_meta(reader: Any, layer: str, idx: pd.DataFrame | None = None) -> dict
     return key_meta(index(reader) if idx is None else idx, layer)
 
 
-def maps(reader: Any, layer: str, mmap: bool = False) -> np.ndarray:
-    """The stored maps of ``layer`` ``[N, C', h, w]`` (float16)."""
-    return reader.array(KIND, layer, mmap=mmap)
+def maps(reader: Any, layer: str, mmap: bool = False, meta: Mapping[str, Any] | None = None
+         ) -> Any:
+    """The stored maps of ``layer`` ``[N, C', h, w]`` as float16. ``mmap=True``: a read-only
+    array-like (``shape``, indexing gives numpy arrays) that decodes only what is indexed; else
+    a numpy array. ``meta``: the layer's index meta when the caller has it."""
+    m = (layer_meta(reader, layer) if meta is None else meta) or {}
+    stored = reader.array(KIND, layer, mmap=mmap)
+    if m.get("encoding") != ENCODING:  # recorded before maps were stored as uint8
+        return stored
+    r = np.asarray(m.get("range") or [], dtype=np.float32)
+    if stored.ndim != 4 or r.ndim != 2 or r.shape != (stored.shape[1], 2):
+        raise StoreError(f"the feature maps of {layer} in run {reader.name!r} have shape "
+                         f"{list(stored.shape)} and {len(r)} channel ranges: record them "
+                         f"again with {SOURCE}.")
+    view = Decoded(stored, r[None, :, 0, None, None], r[None, :, 1, None, None],
+                   f"the feature maps of {layer}")
+    return view if mmap else np.asarray(view)
 
 
 def samples_index(reader: Any) -> pd.DataFrame:
@@ -137,8 +169,11 @@ def settings(reader: Any) -> dict[str, Any]:
 def load(reader: Any) -> FeatureMaps:
     """The samples, every layer's maps (in the index's order) and the settings."""
     idx = index(reader)
-    out = {name: LayerMaps(maps(reader, name), layer_meta(reader, name, idx))
-           for name in (idx["key"].tolist() if len(idx) else [])}
+    out = {}
+    for name in (idx["key"].tolist() if len(idx) else []):
+        info = layer_meta(reader, name, idx) or {}
+        kept = {k: v for k, v in info.items() if k not in STORAGE_KEYS}  # what was kept
+        out[name] = LayerMaps(maps(reader, name, meta=info), kept)
     meta = samples_meta(reader) or {}
     images = samples(reader) if meta or len(samples_index(reader)) else np.zeros((0,))
     doc = settings(reader)

@@ -8,8 +8,20 @@ Contract:
   (the activation; NaN where fewer than k images were seen), ``y``, ``x`` int32 (location in
   the layer's output), ``y0``, ``x0``, ``y1``, ``x1`` int32 (receptive-field box in input
   pixels);
-* with crops, ``arrays/top_crops/<layer>.npy``: ``[C, k, C_in, h, w]`` float16, meta ``layer``,
-  ``k``, ``n_seen``, ``field`` (the receptive field, as text).
+* with crops, as the Model page draws them (:mod:`.quantized`): each crop area-averaged by an
+  integer factor to at most 96 pixels a side (``DISPLAY_SIDE``), as ``uint8`` with its own value
+  range, and identical crops stored once (channels often share an image's window; a deep
+  layer's windows are whole images):
+
+  - ``arrays/top_crops/<layer>.npy``: the distinct crops ``[M, C_in, h, w]`` uint8, meta
+    ``layer``, ``k``, ``n_seen``, ``field`` (the receptive field, as text), ``encoding``
+    (``"uint8-range"``) and ``shape`` (``[C, k, C_in, h, w]``, what :func:`crops` returns);
+  - ``arrays/top_crops_range/<layer>.npy``: ``[M, 2]`` float32 ``(lo, hi)`` per crop (a value is
+    ``lo + q / 255 * (hi - lo)``);
+  - ``arrays/top_crops_slots/<layer>.npy``: ``[C, k]`` int32, the crop of each (channel, rank).
+
+  Runs recorded before this hold ``arrays/top_crops/<layer>.npy`` ``[C, k, C_in, h, w]`` float16
+  at full size, without ``encoding``; :func:`crops` reads both as ``[C, k, C_in, h, w]`` float16.
 """
 
 from __future__ import annotations
@@ -20,15 +32,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import StoreError
+from ..errors import InvalidValueError, StoreError
 from .base import Sink, key_meta
+from .quantized import DISPLAY_SIDE, ENCODING, Decoded, Gathered, dedup_rows, encode, shrink
 
-__all__ = ["TABLE", "CROPS_KIND", "DTYPE", "SOURCE", "TopExamples", "write", "load", "layers",
-           "has_table", "rows", "channel_values", "crops_meta", "crops"]
+__all__ = ["TABLE", "CROPS_KIND", "RANGE_KIND", "SLOTS_KIND", "DTYPE", "SOURCE", "TopExamples",
+           "write", "load", "layers", "has_table", "rows", "channel_values", "crops_meta",
+           "crops"]
 
 TABLE = "top_examples"
 CROPS_KIND = "top_crops"
-DTYPE = np.float16
+RANGE_KIND = "top_crops_range"
+SLOTS_KIND = "top_crops_slots"
+DTYPE = np.float16  #: what :func:`crops` returns (and the dtype older runs stored crops in)
 SOURCE = "run.log_top_examples(model, layers, dataset)"
 
 
@@ -68,9 +84,27 @@ def write(sink: Sink, result: TopExamples) -> None:
         "x1": boxes[..., 3].reshape(-1).astype(np.int32),
     })
     if result.crops is not None:
-        sink.log_array(CROPS_KIND, layer, result.crops, dtype=DTYPE,
-                       meta={"layer": layer, "k": kk, "n_seen": result.n_seen,
-                             "field": result.field})
+        _write_crops(sink, result, kk)
+
+
+def _write_crops(sink: Sink, result: TopExamples, kk: int) -> None:
+    full, want = np.asarray(result.crops), list(np.shape(result.values))
+    if full.ndim != 5 or list(full.shape[:2]) != want:
+        raise InvalidValueError(f"crops must be [C, k, C_in, h, w] for values {want}, got "
+                         f"{list(full.shape)}: pass the crops top_examples returned.")
+    small = shrink(full, DISPLAY_SIDE)  # [C, k, C_in, h, w], at most the page's thumbnail
+    c, k = small.shape[:2]
+    flat = small.reshape(c * k, *small.shape[2:])
+    q, lo, hi = encode(flat, axes=(1, 2, 3))
+    ranges = np.concatenate([lo.reshape(-1, 1), hi.reshape(-1, 1)], 1)
+    first, slot = dedup_rows(q, ranges)
+    sink.log_array(RANGE_KIND, result.layer, ranges[first], dtype=np.float32,
+                   meta={"layer": result.layer})
+    sink.log_array(SLOTS_KIND, result.layer, slot.reshape(c, k), dtype=np.int32,
+                   meta={"layer": result.layer})
+    sink.log_array(CROPS_KIND, result.layer, q[first], dtype=np.uint8, meta={
+        "layer": result.layer, "k": kk, "n_seen": result.n_seen, "field": result.field,
+        "encoding": ENCODING, "shape": [int(v) for v in small.shape]})
 
 
 def has_table(reader: Any) -> bool:
@@ -107,8 +141,23 @@ def crops_meta(reader: Any, layer: str) -> dict[str, Any] | None:
     return key_meta(reader.arrays(CROPS_KIND), layer)
 
 
-def crops(reader: Any, layer: str, mmap: bool = False) -> np.ndarray:
-    return reader.array(CROPS_KIND, layer, mmap=mmap)
+def crops(reader: Any, layer: str, mmap: bool = False) -> Any:
+    """The crops of ``layer`` as ``[C, k, C_in, h, w]`` float16 (an empty slot is zeros).
+    ``mmap=True``: a read-only array-like (``shape``, indexing gives numpy arrays) that reads
+    and decodes only what is indexed; else a numpy array."""
+    m = crops_meta(reader, layer) or {}
+    stored = reader.array(CROPS_KIND, layer, mmap=mmap)
+    if m.get("encoding") != ENCODING:  # recorded before crops were stored as thumbnails
+        return stored
+    what = f"the top-example crops of {layer}"
+    ranges = np.asarray(reader.array(RANGE_KIND, layer), dtype=np.float32)
+    if ranges.ndim != 2 or ranges.shape[1] != 2:
+        raise StoreError(f"{what} have ranges of shape {list(ranges.shape)}, not [M, 2]: record "
+                         f"them again with {SOURCE}.")
+    pad = (slice(None),) + (None,) * (stored.ndim - 1)
+    view = Gathered(Decoded(stored, ranges[:, 0][pad], ranges[:, 1][pad], what),
+                    reader.array(SLOTS_KIND, layer), what)
+    return view if mmap else np.asarray(view)
 
 
 def load(reader: Any, layer: str) -> TopExamples:
