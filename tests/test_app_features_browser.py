@@ -59,8 +59,9 @@ def test_conv_layer_panel_shows_preferred_inputs_and_top_crops(feat_run, server,
     from convscope.figures.images import to_rgb
 
     z = np.array(page.evaluate(f"() => {pane}._fullData[2].z"), dtype=np.int64)[..., :3]
-    np.testing.assert_array_equal(z, to_rgb(top.crops[2, 1].numpy().astype(np.float16)
-                                            .astype(np.float32)))
+    # crops are stored as uint8 over their own range: the drawn pixels are within one level
+    want = to_rgb(top.crops[2, 1].numpy().astype(np.float32)).astype(np.int64)
+    assert z.shape == want.shape and np.abs(z - want).max() <= 1
     page.screenshot(path=str(logdir / "features.png"), full_page=True)
 
 

@@ -26,6 +26,7 @@ FORMATS = SRC / "formats"
 #: table names, array/object kinds and default keys owned by the structure-side formats
 NAMES = {"scalars", "graph", "profile", "feature_maps", "samples", "top_crops", "top_examples",
          "preferred_inputs", "embedding", "embedding_images", "arrays", "checkpoints", "model",
+         "top_crops_range", "top_crops_slots",
          "index", "features",
          # attribution, diagnosis, training
          "attr_images", "attributions", "attribution_metrics", "diagnosis", "diagnosis_findings",

@@ -350,8 +350,8 @@ class Run:
         max_size: int = 32,
         quiet: bool | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Record the feature maps of a fixed set of sample images, stored as float16 with a
-        per-layer cap. Shown when a layer is clicked on the Model page.
+        """Record the feature maps of a fixed set of sample images, stored as uint8 with a range
+        per channel and a per-layer cap. Shown when a layer is clicked on the Model page.
 
         Args:
             model: the network.

@@ -2,9 +2,12 @@
 
 Stored:
 
-* ``arrays/preferred_inputs/<layer>`` — the optimised images ``[U, C, H, W]`` (float16) with the
-  units and their reached objective values in the index meta;
-* ``arrays/top_crops/<layer>`` — receptive-field crops ``[C, k, C_in, h, w]`` (float16);
+* ``arrays/preferred_inputs/<layer>`` — the optimised images ``[U, C, H, W]`` at most 96 px a
+  side (the Model page's thumbnail), uint8 with a range per image, with the units and their
+  reached objective values in the index meta;
+* ``arrays/top_crops/<layer>`` — receptive-field crops ``[C, k, C_in, h, w]`` shrunk to at most
+  96 px a side, uint8 with a range per crop, identical crops stored once
+  (:mod:`convscope.formats.top_examples`);
 * table ``top_examples`` — one row per (layer, channel, rank): dataset index, activation value,
   location in the layer's output and the receptive-field box in input pixels.
 """

@@ -207,8 +207,8 @@ def log_feature_maps(
 ) -> dict[str, dict[str, Any]]:
     """Store the feature maps of ``images [N, C, H, W]`` (a ViT's tokens and a Swin's
     channels-last maps read as ``[N, C, h, w]`` by :func:`convscope.nn.tokens.grid_layout`) at
-    ``layers`` (default:
-    :func:`default_map_layers`, at most :data:`MAX_MAP_LAYERS`) as float16 arrays
+    ``layers`` (default: :func:`default_map_layers`, at most :data:`MAX_MAP_LAYERS`) as uint8
+    arrays with a range per channel (:mod:`convscope.formats.feature_maps`)
     ``arrays/feature_maps/<layer>.npy`` ``[N, C', h, w]`` with at most ``max_channels`` channels
     and ``max_size`` pixels a side.
 
@@ -258,8 +258,7 @@ def log_feature_maps(
                     "capped_channels": x.shape[1] > len(channels),
                     "downsampled": list(small.shape[-2:]) != list(x.shape[-2:]),
                 }
-                maps_format.write_layer(run, name, small.float().cpu().numpy(), info)
-                total += small.numel() * 2
+                total += maps_format.write_layer(run, name, small.float().cpu().numpy(), info)
                 kept[name] = info
                 bar.update(1)
         finally:
