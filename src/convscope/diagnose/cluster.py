@@ -366,3 +366,19 @@ def merge_height_stats(cl: Clustering) -> dict[str, float | None]:
         "q90": float(q90),
         "max": float(h.max()),
     }
+
+
+def split_collapse(heights: Any, width: float) -> float | None:
+    """How collapsed a tree's split points are (Wang & Li 2020, §1.3.2 and §1.3.4: a good tree's
+    split points spread evenly and widely): the largest share of the merge heights that fit in
+    one window of ``width`` (cosine distance). 1.0: every merge at about the same height (all
+    units duplicates, or all equally far apart); about ``1 / (n - 1)`` when they spread evenly
+    further apart than ``width``. ``None`` without a merge.
+
+    Example: heights ``[0, 0.001, 0.002, 0.5, 0.9]`` with ``width=0.01`` give 3 / 5 = 0.6."""
+    h = np.sort(np.asarray(heights, dtype=np.float64).ravel())
+    h = h[np.isfinite(h)]
+    if len(h) == 0:
+        return None
+    ends = np.searchsorted(h, h + float(width), side="right")
+    return float((ends - np.arange(len(h))).max() / len(h))

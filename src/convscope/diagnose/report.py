@@ -151,28 +151,32 @@ class Report:
             lines.append("Per-layer numbers (outputs):")
             lines.append(
                 f"   {'layer':<24} {'abstr':<5} {'shape':<18} {'dead':>6} {'~0':>6} "
-                f"{'merge':>7} {'sim':>6} {'rms':>9}"
+                f"{'merge':>7} {'sim':>6} {'rms':>9} {'chdist':>7} {'kurt+':>7}"
             )
             for s in self.layers:
                 lines.append(
                     f"   {s.name[:24]:<24} {s.abstraction:<5} {str(s.shape)[:18]:<18} "
                     f"{_fmt(s.dead_fraction, '%'):>6} {_fmt(s.near_zero_share, '%'):>6} "
                     f"{_fmt(s.merge_median, '.3f'):>7} {_fmt(s.input_similarity, '.2f'):>6} "
-                    f"{_fmt(s.rms, '.3g'):>9}"
+                    f"{_fmt(s.rms, '.3g'):>9} {_fmt(s.channel_distance, '.3f'):>7} "
+                    f"{_fmt(s.active_kurtosis, '.1f'):>7}"
                 )
             lines.append("")
         if numbers and self.params:
             lines.append("Per-layer numbers (weights):")
             lines.append(
                 f"   {'layer':<24} {'kind':<6} {'shape':<18} {'dist':<12} {'gain':>6} "
-                f"{'kurt':>6} {'merge':>7} {'iqr':>7}"
+                f"{'kurt':>6} {'merge':>7} {'iqr':>7} {'coll':>5} {'noise':>6} {'depth':>5} "
+                f"{'xgain':>6}"
             )
             for p in self.params:
                 lines.append(
                     f"   {p.name[:24]:<24} {p.kind:<6} {str(p.shape)[:18]:<18} "
                     f"{p.shape_label:<12} {_fmt(p.gain, '.2f'):>6} "
                     f"{_fmt(p.excess_kurtosis, '.2f'):>6} {_fmt(p.merge_median, '.3f'):>7} "
-                    f"{_fmt(p.merge_iqr, '.3f'):>7}"
+                    f"{_fmt(p.merge_iqr, '.3f'):>7} {_fmt(p.split_collapse, '%'):>5} "
+                    f"{_fmt(p.dense_noise, '%'):>6} {_fmt(p.depth, '.2f'):>5} "
+                    f"{_fmt(p.gain_ratio, '.2f'):>6}"
                 )
         return "\n".join(lines).rstrip() + "\n"
 

@@ -22,6 +22,7 @@ __all__ = [
     "CODES",
     "output_findings",
     "param_findings",
+    "profile_findings",
 ]
 
 #: Severities, most severe first. ``note`` marks a limit of the analysis, not a fault.
@@ -76,6 +77,34 @@ ADVICE: dict[str, str] = {
         "another without structure and extract no effective features (Wang & Li, §1.3.4); train "
         "longer or revisit the learning rate, and confirm with the output findings."
     ),
+    "alike-channel-distributions": (
+        "the features' value distributions barely differ, so the layer hands on little that "
+        "tells inputs apart (Wang & Li, §1.3.3): add batch normalisation or otherwise change how "
+        "the layer extracts features, and check the layers before it for duplicated units."
+    ),
+    "outlier-outputs": (
+        "a few values dominate this layer's output: look for the channels or inputs that "
+        "produce them (an exploding unit, an unnormalised input), normalise the input of this "
+        "layer (batch normalisation) or clip the activation."
+    ),
+    "collapsed-param-splits": (
+        "most output units split off the tree at one height: they are duplicates (height ~0, "
+        "e.g. a constant initialisation that never broke symmetry) or all equally unlike; a "
+        "good tree's split points spread evenly (Wang & Li, §1.3.2, §1.3.4). Re-initialise the "
+        "layer randomly and train it; confirm with the output findings."
+    ),
+    "noisy-dense-params": (
+        "the dense weights look like noise, with little learned structure (Wang & Li, §1.3.4: "
+        "a poor model's heatmap is cluttered); the layer is untrained or trained with too high "
+        "a learning rate or too little data: train longer, lower the learning rate, or add "
+        "weight decay."
+    ),
+    "param-depth-profile": (
+        "this middle layer's weights are far wider than the network's others; in a good model "
+        "they narrow in the middle and widen towards both ends (Wang & Li, §1.3.5). Check its "
+        "initialisation scale and learning rate; parameter analysis is auxiliary, so confirm "
+        "with this layer's output findings."
+    ),
     "no-clustering": "nothing to fix in the model; give a larger batch or a layer with more "
                      "channels to get the channel tree.",
     "sampled": "nothing to fix; pass larger max_channels / max_elements to analyse more of the layer.",
@@ -93,6 +122,11 @@ CODES: dict[str, str] = {
     "nonfinite-params": "error",
     "wide-uniform-params": "info",
     "concentrated-param-splits": "info",
+    "alike-channel-distributions": "warning",
+    "outlier-outputs": "warning",
+    "collapsed-param-splits": "warning",
+    "noisy-dense-params": "info",
+    "param-depth-profile": "info",
     "no-clustering": "note",
     "sampled": "note",
 }
@@ -208,6 +242,26 @@ def output_findings(st: LayerStats, th: Thresholds) -> list[Finding]:
             f"(threshold {_pct(th.saturated_share)}).",
             saturation=st.saturation, threshold=th.saturated_share,
         ))
+    if (st.abstraction == "high" and st.channel_distance is not None
+            and st.channel_distance < th.min_channel_distance):
+        unit = "channels" if st.kind == "maps" else "features"
+        out.append(_make(
+            "alike-channel-distributions", name, stage,
+            f"the live {unit}' value distributions are nearly the same (mean pairwise "
+            f"Wasserstein distance {st.channel_distance:.3f} within-channel std, threshold "
+            f"{th.min_channel_distance}).",
+            channel_distance=st.channel_distance, threshold=th.min_channel_distance,
+        ))
+    if st.active_kurtosis is not None and st.active_kurtosis > th.outlier_kurtosis:
+        out.append(_make(
+            "outlier-outputs", name, stage,
+            f"the non-zero values are extremely heavy-tailed (excess kurtosis "
+            f"{st.active_kurtosis:.1f} > {th.outlier_kurtosis:g}; largest |value| "
+            f"{st.absmax:.4g}, root-mean-square {st.rms:.4g}).",
+            active_kurtosis=st.active_kurtosis, excess_kurtosis=st.excess_kurtosis,
+            skewness=st.skewness, zero_share=st.zero_share, absmax=st.absmax, rms=st.rms,
+            threshold=th.outlier_kurtosis,
+        ))
     if st.merge_median is None and st.nonfinite_share < 1 and st.values:
         why = "; ".join(n for n in st.notes if n.startswith("no clustering")) or (
             "no two live channels to compare" if st.channels >= 2 else
@@ -255,9 +309,54 @@ def param_findings(st: ParamStats, th: Thresholds) -> list[Finding]:
             merge_median=st.merge_median, merge_iqr=st.merge_iqr,
             split_height=th.split_height, split_spread=th.split_spread,
         ))
+    if (st.split_collapse is not None and st.clustered >= 8
+            and st.split_collapse >= th.collapsed_split_share):
+        out.append(_make(
+            "collapsed-param-splits", name, stage,
+            f"{_pct(st.split_collapse)} of the output units' split points lie within "
+            f"{th.split_tie_width:g} of one another (threshold {_pct(th.collapsed_split_share)}; "
+            f"median height {st.merge_median:.3f}).",
+            split_collapse=st.split_collapse, merge_median=st.merge_median,
+            merge_q10=st.merge_q10, merge_q90=st.merge_q90, width=th.split_tie_width,
+            threshold=th.collapsed_split_share,
+        ))
+    if st.dense_noise is not None and st.dense_noise >= th.dense_noise:
+        out.append(_make(
+            "noisy-dense-params", name, stage,
+            f"{_pct(st.dense_noise)} of the weight energy lies below the noise edge of the "
+            f"singular values (threshold {_pct(th.dense_noise)}): the heatmap is mostly noise.",
+            dense_noise=st.dense_noise, threshold=th.dense_noise,
+        ))
     if st.sampled:
         out.append(_make(
             "sampled", name, stage, "; ".join(n for n in st.notes if "sample" in n),
             clustered=st.clustered, outputs=st.outputs,
         ))
+    return out
+
+
+def profile_findings(params: list[ParamStats], th: Thresholds) -> list[Finding]:
+    """Findings that compare weight tensors along the depth (Wang & Li 2020, §1.3.5); fills
+    ``depth`` and ``gain_ratio`` of ``params`` (:func:`~convscope.diagnose.stats.depth_profile`).
+    Needs at least three tensors with a gain; the first and the last are never flagged (the
+    ends are expected to be wider)."""
+    from .stats import depth_profile
+
+    depth_profile(params)
+    measured = [p for p in params if p.gain is not None]
+    out: list[Finding] = []
+    if len(measured) < 3:
+        return out
+    for p in measured[1:-1]:
+        if p.gain_ratio is not None and p.gain_ratio > th.depth_gain_ratio:
+            stage = STAGES[3] if p.kind == "linear" else STAGES[2]
+            expected = "normal" if p.depth < 1 / 3 else "uniform"
+            out.append(_make(
+                "param-depth-profile", p.name, stage,
+                f"at relative depth {p.depth:.2f} the weights' gain {p.gain:.2f} is "
+                f"{p.gain_ratio:.1f}x the network's median (threshold {th.depth_gain_ratio:g}x); "
+                f"distribution {p.shape_label} (expected here: {expected}, narrow).",
+                depth=p.depth, gain=p.gain, gain_ratio=p.gain_ratio, shape_label=p.shape_label,
+                expected_shape=expected, threshold=th.depth_gain_ratio,
+            ))
     return out

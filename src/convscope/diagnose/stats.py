@@ -22,6 +22,7 @@ from .cluster import (
     cluster_rows,
     merge_height_stats,
     sample_indices,
+    split_collapse,
 )
 from .thresholds import Thresholds
 
@@ -36,6 +37,10 @@ __all__ = [
     "measure_batch",
     "fill_stats",
     "similarity_terms",
+    "distribution_shape",
+    "channel_distance",
+    "dense_noise",
+    "depth_profile",
 ]
 
 #: Budget of values fed to one clustering: with ``C`` channels clustered, each channel vector is
@@ -89,6 +94,15 @@ class LayerStats(_DictRoundTrip):
             single-linkage merge heights (cosine distance); ``None`` without a tree.
         input_similarity: low-abstraction maps only: mean over live channels and samples of the
             best ``|correlation|`` with a channel of the reference image resized to the map.
+        zero_share: share of values with ``|x| <= dead_atol`` (exact zeros by default).
+        skewness, excess_kurtosis: shape of the whole layer's value distribution (finite
+            values; 0 and 0 for a normal distribution).
+        active_kurtosis: excess kurtosis of the values with ``|x| > dead_atol`` only (the
+            ReLU's zeros left out): large when a few values dominate the layer
+            (:func:`distribution_shape`).
+        channel_distance: how unlike the live channels' value distributions are: mean pairwise
+            1-Wasserstein distance between channels over the mean within-channel standard
+            deviation (0: identical distributions; :func:`channel_distance`).
         clustered: channels in the tree. sampled: whether channels or values were sampled.
         notes: why something could not be measured, what was sampled.
     """
@@ -115,6 +129,11 @@ class LayerStats(_DictRoundTrip):
     merge_q10: float | None = None
     merge_q90: float | None = None
     input_similarity: float | None = None
+    zero_share: float | None = None
+    skewness: float | None = None
+    excess_kurtosis: float | None = None
+    active_kurtosis: float | None = None
+    channel_distance: float | None = None
     clustered: int = 0
     sampled: bool = False
     notes: list[str] = field(default_factory=list)
@@ -137,6 +156,14 @@ class ParamStats(_DictRoundTrip):
         wide: ``gain > wide_gain``.
         bias_mean, bias_std: of the bias (``None`` without one).
         merge_median, merge_iqr, merge_q10, merge_q90: merge heights of the tree over outputs.
+        split_collapse: largest share of those merge heights inside one window of
+            ``split_tie_width`` (:func:`~convscope.diagnose.cluster.split_collapse`; 1: every
+            split point at the same height).
+        dense_noise: linear layers: share of the weight energy that looks like noise
+            (:func:`dense_noise`; 1 for i.i.d. noise, lower with learned structure).
+        depth: relative position among the analysed weight tensors (0 first, 1 last), and
+        gain_ratio: ``gain`` over the median gain of those tensors; both set by
+            :func:`depth_profile` (``None`` until then).
         clustered, sampled, notes: as in :class:`LayerStats`.
     """
 
@@ -163,6 +190,10 @@ class ParamStats(_DictRoundTrip):
     merge_iqr: float | None = None
     merge_q10: float | None = None
     merge_q90: float | None = None
+    split_collapse: float | None = None
+    dense_noise: float | None = None
+    depth: float | None = None
+    gain_ratio: float | None = None
     clustered: int = 0
     sampled: bool = False
     notes: list[str] = field(default_factory=list)
@@ -392,6 +423,12 @@ def output_stats(
     fill_stats(st, m)
     xz, per_ch = m["xz"], m["alive"]
     xf = x
+    finite = None if m["finite"] == m["values"] else torch.isfinite(x)
+    shape = distribution_shape(xz if finite is None else xz[finite], dead_atol=th.dead_atol)
+    st.zero_share, st.skewness = shape["zero_share"], shape["skewness"]
+    st.excess_kurtosis, st.active_kurtosis = shape["excess_kurtosis"], shape["active_kurtosis"]
+    st.channel_distance = channel_distance(
+        xz, per_ch, max_channels=max_channels, seed=seed)
 
     cl = None
     if clustering:
@@ -534,4 +571,157 @@ def param_stats(
             ms = merge_height_stats(cl)
             st.merge_median, st.merge_iqr = ms["median"], ms["iqr"]
             st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
+            st.split_collapse = split_collapse(cl.live_heights(), th.split_tie_width)
+    if kind == "linear" and w.dim() == 2:
+        st.dense_noise = dense_noise(w, max_rows=max_channels, seed=seed)
     return st, cl
+
+
+# ------------------------------------------------------------------------------------------------
+# distribution measures (Wang & Li 2020, §1.3.2-§1.3.5)
+
+
+def distribution_shape(values: torch.Tensor, dead_atol: float = 0.0) -> dict[str, float | None]:
+    """The whole layer's value distribution (Wang & Li 2020, §1.3.3 read a layer by its value
+    distribution): ``zero_share`` (share with ``|x| <= dead_atol``), ``skewness`` and
+    ``excess_kurtosis`` of all values, and ``active_kurtosis``, the excess kurtosis of the
+    values with ``|x| > dead_atol`` (a ReLU's zeros left out, so a sparse but healthy layer is
+    not mistaken for a heavy-tailed one: half-normal 0.87, exponential 6). Power sums about the
+    mean, accumulated in float64; ``None`` where undefined (fewer than 4 values, no spread)."""
+    v = values.detach().reshape(-1)
+    v = v.float() if v.dtype != torch.float64 else v
+    out: dict[str, float | None] = {"zero_share": None, "skewness": None,
+                                    "excess_kurtosis": None, "active_kurtosis": None}
+    n = int(v.numel())
+    if n == 0:
+        return out
+    f64 = torch.float64
+    mu = float(v.sum(dtype=f64)) / n
+    d = v - mu
+    d2 = d * d
+    sums = [float(d.sum(dtype=f64)), float(d2.sum(dtype=f64)), float((d2 * d).sum(dtype=f64)),
+            float((d2 * d2).sum(dtype=f64))]
+    inactive = v.abs() <= dead_atol
+    n0 = int(inactive.sum())
+    if dead_atol == 0:  # the inactive values are exactly 0: d = -mu for each
+        isums = [n0 * (-mu) ** k for k in (1, 2, 3, 4)]
+    else:
+        di = d[inactive].double()
+        isums = [float((di**k).sum()) for k in (1, 2, 3, 4)]
+    out["zero_share"] = n0 / n
+
+    def central(cnt: int, s: list[float]) -> tuple[float | None, float | None]:
+        if cnt < 4:
+            return None, None
+        a1, a2, a3, a4 = (x / cnt for x in s)
+        m2 = a2 - a1 * a1
+        m3 = a3 - 3 * a1 * a2 + 2 * a1**3
+        m4 = a4 - 4 * a1 * a3 + 6 * a1 * a1 * a2 - 3 * a1**4
+        if not m2 > 1e-12 * max(a2, 1e-300) or not math.isfinite(m2):
+            return None, None
+        return _f(m3 / m2**1.5), _f(m4 / (m2 * m2) - 3.0)
+
+    out["skewness"], out["excess_kurtosis"] = central(n, sums)
+    out["active_kurtosis"] = central(n - n0, [a - b for a, b in zip(sums, isums, strict=True)])[1]
+    return out
+
+
+def channel_distance(
+    x: torch.Tensor,
+    live: torch.Tensor | None = None,
+    *,
+    levels: int = 32,
+    max_channels: int = MAX_CHANNELS,
+    max_values: int = 4096,
+    min_values: int = 64,
+    seed: int = 0,
+) -> float | None:
+    """How unlike the channels' value distributions are (Wang & Li 2020, §1.3.2 and §1.3.3: in a
+    good model the channels' (features') distributions differ a lot; alike distributions are a
+    sign of a poor one, their Fig. 13).
+
+    Each live channel's values over the batch (and space) are summarised by ``levels``
+    quantiles at ``(k + 0.5) / levels``; the 1-Wasserstein distance between two channels is the
+    mean absolute difference of their quantiles. The result is the mean over channel pairs of
+    that distance divided by the mean within-channel standard deviation: 0 for identical
+    distributions; two normal channels whose means differ by ``d`` standard deviations give
+    about ``d``. Enormous layers use at most ``max_channels`` channels and ``max_values``
+    values per channel (seeded positions). ``None`` with fewer than two live channels, fewer
+    than ``min_values`` values per channel or no spread.
+
+    Args:
+        x: ``[B, C, *spatial]`` or ``[B, F]`` (finite values).
+        live: ``[C]`` bool; channels to compare (default all).
+    """
+    if x.dim() < 2:
+        return None
+    flat = x.detach().reshape(int(x.shape[0]), int(x.shape[1]), -1)  # [B, C, P]
+    b, c, p = flat.shape
+    n = b * p
+    keep = torch.arange(c, device=flat.device)
+    if live is not None:
+        keep = keep[live.to(flat.device)]
+    if len(keep) < 2 or n < min_values:
+        return None
+    keep = keep.index_select(0, sample_indices(len(keep), max_channels, seed, device=flat.device))
+    pos = sample_indices(n, max_values, seed + 1, device=flat.device)  # positions over B x P
+    rows = flat[pos // p, :, pos % p].index_select(1, keep).T.float()  # [C', n']
+    probs = (torch.arange(levels, dtype=torch.float32, device=rows.device) + 0.5) / levels
+    q = torch.quantile(rows, probs, dim=1).T  # [C, levels]
+    scale = float(rows.std(dim=1, unbiased=False).mean())
+    if not scale > 0:
+        return None
+    w1 = torch.cdist(q.double(), q.double(), p=1) / levels  # [C, C]
+    k = q.shape[0]
+    mean_pair = float(w1.sum() / (k * (k - 1)))
+    return _f(mean_pair / scale)
+
+
+def dense_noise(w: torch.Tensor, *, max_rows: int = MAX_CHANNELS, seed: int = 0) -> float | None:
+    """How noisy a dense weight matrix (Wang & Li (2020)'s heatmap, §1.3.4: a good model's is
+    even with little noise, a poor one's cluttered) is: the share of its energy outside the
+    singular directions that rise above the largest singular value an i.i.d. matrix of the same
+    shape and energy would reach (the Marchenko-Pastur edge ``sigma * (sqrt(M) + sqrt(N))``,
+    ``sigma**2`` the mean squared weight). About 1 for i.i.d. noise; lower the more of the
+    weights is learned low-rank structure. At most ``max_rows`` rows (seeded) are used;
+    non-finite weights count as 0. ``None`` for fewer than 2 rows or columns or an all-zero
+    matrix."""
+    m = torch.nan_to_num(w.detach().double().reshape(int(w.shape[0]), -1),
+                         nan=0.0, posinf=0.0, neginf=0.0)  # non-finite weights count as 0
+    m = m.index_select(0, sample_indices(m.shape[0], max_rows, seed, device=m.device))
+    r, c = m.shape
+    if min(r, c) < 2:
+        return None
+    peak = float(m.abs().max())
+    if not peak > 0:
+        return None
+    m = m / peak  # the share is scale-free; this keeps the Gram matrix in range
+    small = m @ m.T if r <= c else m.T @ m  # squared singular values = its eigenvalues
+    try:
+        s2 = torch.linalg.eigvalsh(small).clamp_min(0)
+    except RuntimeError:  # torch.linalg.LinAlgError: no convergence
+        return None
+    total = float(s2.sum())
+    if not total > 0:
+        return None
+    edge = math.sqrt(total / (r * c)) * (math.sqrt(r) + math.sqrt(c))
+    signal = float(s2[s2 > edge * edge].sum())
+    return _f(1.0 - signal / total)
+
+
+def depth_profile(params: list[ParamStats]) -> None:
+    """Set each weight tensor's ``depth`` (0 for the first, 1 for the last, in the given order)
+    and ``gain_ratio`` (its ``gain`` over the median gain of all of them). Wang & Li (2020),
+    §1.3.5, see the weight distributions narrow in the middle of a good network and wider at both
+    ends; the gain (``std * sqrt(fan_in)``) takes out the part of the width that the fan-in
+    alone explains. Tensors without a gain get neither number."""
+    measured = [p for p in params if p.gain is not None]
+    if not measured:
+        return
+    gains = sorted(p.gain for p in measured)
+    mid = len(gains) // 2
+    median = gains[mid] if len(gains) % 2 else 0.5 * (gains[mid - 1] + gains[mid])
+    n = len(measured)
+    for i, p in enumerate(measured):
+        p.depth = i / (n - 1) if n > 1 else 0.0
+        p.gain_ratio = _f(p.gain / median) if median > 0 else None

@@ -58,6 +58,23 @@ class Thresholds:
             kernels large *and* concentrated) fires when the interquartile range of a
             parameter tree's merge heights is below this ...
         split_height: ... while their median is above this.
+        split_tie_width: window (cosine distance) in which merge heights count as one split
+            point for ``split_collapse``.
+        collapsed_split_share: ``collapsed-param-splits`` (Wang & Li 2020, §1.3.2 and §1.3.4:
+            a good tree's split points spread evenly and widely) fires when at least this share
+            of a parameter tree's merge heights fits in one ``split_tie_width`` window.
+        min_channel_distance: ``alike-channel-distributions`` (Wang & Li 2020, §1.3.3: the
+            features' value distributions should differ a lot) fires on a high-abstraction
+            output whose ``channel_distance`` (mean pairwise 1-Wasserstein distance over the mean
+            within-channel std) is below this.
+        outlier_kurtosis: ``outlier-outputs`` fires when the excess kurtosis of a layer's
+            non-zero values exceeds this (normal 0, half-normal 0.87, exponential 6).
+        dense_noise: ``noisy-dense-params`` (Wang & Li 2020, §1.3.4: a poor model's dense
+            heatmap is cluttered and noisy) fires when at least this share of a dense weight's
+            energy lies below the i.i.d.-noise edge of its singular values.
+        depth_gain_ratio: ``param-depth-profile`` (Wang & Li 2020, §1.3.5: weights narrow in the
+            middle of the network, wider at both ends) fires when a weight tensor that is neither
+            the first nor the last has a gain more than this many times the median gain.
     """
 
     dead_atol: float = 0.0
@@ -75,6 +92,12 @@ class Thresholds:
     heavy_kurtosis: float = 1.0
     split_spread: float = 0.02
     split_height: float = 0.9
+    split_tie_width: float = 0.002
+    collapsed_split_share: float = 0.5
+    min_channel_distance: float = 0.05
+    outlier_kurtosis: float = 50.0
+    dense_noise: float = 0.95
+    depth_gain_ratio: float = 3.0
 
     def to_dict(self) -> dict[str, float]:
         """Plain dict of every threshold."""
