@@ -319,7 +319,8 @@ def test_concentrated_param_splits_rule():
     g = torch.Generator().manual_seed(0)
     random_units = torch.randn(64, 2048, generator=g)  # near-orthogonal: heights ~1, tight
     r = diagnose_activations({}, {"fc": random_units})
-    assert [f.code for f in r.findings] == ["concentrated-param-splits"]
+    # pure noise: its split points concentrate, and the noisy-dense rule names it too
+    assert [f.code for f in r.findings] == ["concentrated-param-splits", "noisy-dense-params"]
     centres = torch.randn(4, 2048, generator=g)
     grouped = centres.repeat(16, 1) + 0.3 * torch.randn(64, 2048, generator=g)
     assert diagnose_activations({}, {"fc": grouped}).findings == []
