@@ -427,3 +427,22 @@ def shrink(images: Any, max_side: int) -> Any:
     h2, w2 = h // f * f, w // f * f
     x = x[..., :h2, :w2]
     return x.reshape(*x.shape[:-2], h2 // f, f, w2 // f, f).mean(axis=(-3, -1))
+
+
+class RequestReader:
+    """A run's reader for the length of one callback: the arrays index of each kind is read
+    once (a layer panel asks for it six times: one DuckDB query and a JSON parse of every
+    row's meta each time); everything else goes to the reader. Never kept across requests, so
+    a run still being written shows its new arrays on the next request."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._arrays: dict[Any, Any] = {}
+
+    def arrays(self, kind: str | None = None) -> Any:
+        if kind not in self._arrays:
+            self._arrays[kind] = self._reader.arrays(kind)
+        return self._arrays[kind]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)

@@ -31,6 +31,7 @@ MAX_GRID_VALUES = 50_000  #: heatmap cells per figure (float32: ~270 kB in a Das
 MAX_CURVES = 128  #: density curves per figure (the recorded default of a conv)
 MAX_CURVE_POINTS = 256  #: points per density curve
 MAX_TREE_LEAVES = 1024  #: dendrograms with more leaves are not drawn
+MAX_TICK_LABELS = 64  #: channel labels under the dendrogram and grid (every k-th beyond)
 
 
 def evenly(n: int, k: int) -> np.ndarray:
@@ -200,8 +201,11 @@ def layer_view_figure(view: dict[str, Any], data: np.ndarray, density: np.ndarra
         notes.append(f"dendrogram not drawn: {len(leaves)} leaves (at most {MAX_TREE_LEAVES})")
     if len(leaves) <= MAX_TREE_LEAVES:
         ticks = [i * cell + cell / 2 for i in range(len(leaves))]
+        # at most MAX_TICK_LABELS labels (every step-th leaf): 512 labels are a black band
+        step = max(1, math.ceil(len(leaves) / MAX_TICK_LABELS))
         for r in (1, 2):
-            fig.update_xaxes(tickvals=ticks, ticktext=[str(channels[i]) for i in leaves],
+            fig.update_xaxes(tickvals=ticks[::step],
+                             ticktext=[str(channels[i]) for i in leaves][::step],
                              tickfont={"size": 8}, range=[0, len(leaves) * cell], row=r, col=1)
     grid, dens, pick = _curves(view["kde"]["grid"], density, np.asarray(leaves), "channels",
                                notes)

@@ -29,6 +29,7 @@ from ..components import (
     FIGURE,
     NOTICE,
     Damage,
+    RequestReader,
     error_figure,
     graph,
     missing,
@@ -55,8 +56,14 @@ MAX_ZOOM_VALUES = 250_000  #: values of one zoomed channel (larger maps are subs
 # shows the whole graph (labels under MIN_LABEL_PX are not drawn; hover a node for its name).
 READ_ZOOM = 1.0
 FIT_PADDING = 24  #: pixels around the graph at fit
-GRAPH_LAYOUT = {"name": "dagre", "rankDir": "TB", "nodeSep": 16, "rankSep": 20,
+#: rankSep 8 (was 20): with the canvas fitted to the window (GRAPH_HEIGHT, 590 px at 1400 x 900)
+#: the demo's 13 stacked nodes still fit it whole with labels >= MIN_LABEL_PX
+GRAPH_LAYOUT = {"name": "dagre", "rankDir": "TB", "nodeSep": 16, "rankSep": 8,
                 "animate": False}
+
+#: The canvas fills the window below the controls and legend (~260 px at 1400 px wide; 40 px of
+#: panel border and page padding below, 10 px to spare): the page does not scroll; >= 420 px.
+GRAPH_HEIGHT = "max(420px, calc(100vh - 310px))"
 
 SIZE_OPTIONS = {"": "type only", "time_share": "time share", "memory_share": "memory share",
                 "param_share": "parameter share"}
@@ -97,7 +104,7 @@ def layout() -> html.Div:
                     layout={**GRAPH_LAYOUT, "fit": False},
                     # the page lays the graph out itself (_VIEW_JS), once the elements are in
                     autoRefreshLayout=False,
-                    style={"width": "100%", "height": "78vh"},
+                    style={"width": "100%", "height": GRAPH_HEIGHT},
                     minZoom=0.01, maxZoom=3, wheelSensitivity=0.3,
                 ), className="panel graph-panel"),
                 html.Div(id="model-panel", className="panel side-panel",
@@ -182,8 +189,7 @@ def register(app, state) -> None:
     def _panel(layer, run):
         if not run or not layer:
             return html.P("Click a layer (or pick one under 'Find a layer').", className="muted")
-        reader = state.reader(run)
-        return layer_panel(reader, layer)
+        return layer_panel(state.reader(run), layer)
 
     @app.callback(
         Output("fi-pane", "figure"),
@@ -195,7 +201,7 @@ def register(app, state) -> None:
         if unit is None or not layer or not run:
             return no_update
         dmg = Damage()
-        fig = _pane(state.reader(run), layer, int(unit), dmg)
+        fig = _pane(RequestReader(state.reader(run)), layer, int(unit), dmg)
         return fig if not dmg else error_figure([t for _, t in dmg.items]) if fig is None \
             else _with_problems(fig, dmg)
 
@@ -387,6 +393,7 @@ def _grid_note(maps_shape: tuple, stored: int) -> str:
 
 
 def layer_panel(reader, layer: str) -> html.Div:
+    reader = reader if isinstance(reader, RequestReader) else RequestReader(reader)
     run = reader.name
     dmg = Damage()
     damaged = dmg.check(reader, PANEL_TABLES, run_file=False)
