@@ -6,10 +6,12 @@ The public functions live in ``gradients``, ``cams`` and ``metrics``; ``registry
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import numbers
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,6 +280,132 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# precision: a float32 copy of a half-precision model
+# --------------------------------------------------------------------------------------------
+HALF = (torch.float16, torch.bfloat16)
+PRECISIONS = ("auto", "float32", "model")
+_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = \
+    weakref.WeakKeyDictionary()
+_REUSE = [0]  # depth of reuse_float32_copies() blocks
+
+
+def half_bytes(model: nn.Module) -> int:
+    """Bytes a float32 copy of the model's float16 / bfloat16 parameters and buffers takes
+    (0: nothing to upcast)."""
+    return sum(4 * t.numel() for t in (*model.parameters(), *model.buffers()) if t.dtype in HALF)
+
+
+def check_precision(precision: Any) -> str:
+    """Raise :class:`InputError` unless ``precision`` is one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise InputError(
+            f"precision must be one of {list(PRECISIONS)}, got {precision!r}: 'auto' (default) "
+            "runs a float16/bfloat16 model's backward on a float32 copy when it fits, 'float32' "
+            "always does, 'model' runs the model in its own dtype."
+        )
+    return precision
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device)
+                 for t in (*model.parameters(), *model.buffers()))
+
+
+def _float32_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose float16 / bfloat16 parameters, buffers and tensor attributes
+    are float32 (the same values: both convert to float32 exactly), in their memory format and
+    on their device. Other tensors share storage with the model; hooks are shared (the copy runs
+    what the model would), never deep-copied (a hook bound to a writer is not duplicated). The
+    model itself is not touched."""
+    memo: dict[int, Any] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        memo[id(t)] = t  # shared by the deep copy; replaced in the copy below
+    for m in model.modules():
+        for key, value in vars(m).items():
+            if "hook" in key and isinstance(value, dict):
+                for fn in value.values():
+                    memo[id(fn)] = fn
+            elif isinstance(value, Tensor) and id(value) not in memo:
+                # a tensor attribute (weight_norm's computed `weight` is no graph leaf, which
+                # deepcopy refuses): detached, float32 if half
+                v = value.detach()
+                memo[id(value)] = v.to(torch.float32) if v.dtype in HALF else v
+    twin = copy.deepcopy(model, memo)
+    new: dict[int, Tensor] = {}  # tied weights stay tied
+
+    def convert(t: Tensor, param: bool) -> Tensor:
+        if id(t) not in new:
+            v = t.detach()
+            v = v.to(torch.float32) if v.dtype in HALF else v
+            new[id(t)] = nn.Parameter(v, requires_grad=t.requires_grad) if param else v
+        return new[id(t)]
+
+    for m in twin.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = convert(p, True)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = convert(b, False)
+    return twin
+
+
+def float32_model(model: nn.Module) -> nn.Module:
+    """The model to run a float32 backward on: a float32 copy of a float16 / bfloat16 model
+    (see :func:`_float32_copy`), made once per call -- or once while the model's weights stay
+    the same, inside :func:`reuse_float32_copies` -- and ``model`` itself when it has nothing to
+    upcast."""
+    if not half_bytes(model):
+        return model
+    if _REUSE[0]:
+        key = _fingerprint(model)
+        hit = _COPIES.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        twin = _float32_copy(model)
+        _COPIES[model] = (key, twin)
+        return twin
+    return _float32_copy(model)
+
+
+@contextlib.contextmanager
+def reuse_float32_copies() -> Iterator[None]:
+    """Inside the block, the float32 copy of a half-precision model is made once and reused by
+    every call (a data-set pass: three input-space methods per batch) while the model's weights
+    are unchanged (same tensors, same in-place version); it is dropped when the outermost block
+    ends."""
+    _REUSE[0] += 1
+    try:
+        yield
+    finally:
+        _REUSE[0] -= 1
+        if not _REUSE[0]:
+            _COPIES.clear()
+
+
+def upcast(model: nn.Module, precision: str) -> bool:
+    """Whether ``precision`` (checked) runs ``model`` as a float32 copy: never for ``"model"``
+    or a model with no float16 / bfloat16 tensors; always for ``"float32"``; for ``"auto"``
+    unless the copy would take more than half of the free memory of the model's CUDA device
+    (then the model runs in its own dtype, with a warning naming ``precision=``)."""
+    need = half_bytes(model) if check_precision(precision) != "model" else 0
+    if not need:
+        return False
+    if precision == "float32":
+        return True
+    device = next((t.device for t in model.parameters() if t.dtype in HALF), None)
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free // 2:
+            logger.warning(
+                "a float32 copy of the model (%.0f MB) does not fit in half of the free GPU "
+                "memory (%.0f MB): the backward runs in the model's own dtype; pass "
+                "precision='float32' to force the copy.", need / 2**20, free / 2**20)
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # layers
 # --------------------------------------------------------------------------------------------
 def _is_feature_map(t: Any) -> bool:
@@ -296,10 +424,21 @@ def patch_size(model: nn.Module) -> int | None:
     return None
 
 
+def prefix_tokens(model: nn.Module) -> int | None:
+    """The model's count of leading non-patch tokens when it declares one (timm's
+    ``num_prefix_tokens``: class token plus register or distillation tokens); None otherwise."""
+    p = getattr(model, "num_prefix_tokens", None)
+    if isinstance(p, numbers.Integral) and not isinstance(p, bool) and int(p) >= 0:
+        return int(p)
+    return None
+
+
 def layer_layout(model: nn.Module, inputs: Tensor, act: Any) -> GridLayout | None:
     """How a layer output ``act`` for ``inputs`` reads as ``[B, D, h, w]``
-    (:func:`convscope.nn.grid_layout` with the model's patch size); None if it cannot."""
-    return grid_layout(act, tuple(inputs.shape[-2:]), patch_size(model))
+    (:func:`convscope.nn.grid_layout` with the model's patch size and prefix tokens); None if it
+    cannot."""
+    return grid_layout(act, tuple(inputs.shape[-2:]), patch_size(model),
+                       prefix=prefix_tokens(model))
 
 
 _AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[str, GridLayout]]] = \
@@ -347,16 +486,31 @@ def _depended_on(seen: list[tuple[str, Tensor, GridLayout]], scores: list[Tensor
     return len(seen) - 1
 
 
+def _preferred(seen: list[tuple[str, Tensor, GridLayout]], modules: dict[str, nn.Module],
+               size: tuple[int, int]) -> list[tuple[str, Tensor, GridLayout]]:
+    """The candidates a user would name: outputs that are a grid of the input (not an attention
+    matrix or per-head queries read as a map) and not a ``nn.Linear``'s (a transformer block's
+    query/key/value projection or MLP hidden layer: timm's ``attn.qkv`` would otherwise win over
+    the block's ``norm1``). All of ``seen`` when none is left."""
+    kept = [s for s in seen
+            if not isinstance(modules.get(s[0]), nn.Linear)
+            and (s[2].kind != "channels_first" or grid_layout(s[1], size, strict=True))]
+    return kept or seen
+
+
 def _auto(model: nn.Module, x: Tensor) -> tuple[str, GridLayout]:
     key = (tuple(x.shape[1:]), x.dtype, x.device.type, tuple(id(m) for m in model.modules()))
     cache = _AUTO_CACHE.setdefault(model, {})
     if key in cache:
         return cache[key]
-    size, patch = tuple(x.shape[-2:]), patch_size(model)
-    modules = {name: module for name, module in model.named_modules() if name}
+    size, patch, prefix = tuple(x.shape[-2:]), patch_size(model), prefix_tokens(model)
+    # an nn.Identity (timm's norm_pre, final_conv, q_norm, ... placeholders) returns another
+    # layer's output (or the input): that layer is the one to name
+    modules = {name: module for name, module in model.named_modules()
+               if name and not isinstance(module, nn.Identity)}
 
     def keep(out: Any) -> Any:
-        layout = grid_layout(out, size, patch)
+        layout = grid_layout(out, size, patch, prefix=prefix)
         return None if layout is None else (out, layout)
 
     linears = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
@@ -373,6 +527,7 @@ def _auto(model: nn.Module, x: Tensor) -> tuple[str, GridLayout]:
                 f"[B, h, w, C] or patch tokens [B, N, D] -- for inputs of shape {list(x.shape)}; "
                 "pass layer=... naming a convolutional layer, or use larger inputs."
             )
+        seen = _preferred(seen, modules, size)
         pick = _depended_on(seen, scores)
         while pick > 0 and _rearranges(seen[pick][1], seen[pick - 1][1]):
             pick -= 1  # Swin: its final `norm`, not the `permute` after it

@@ -4,16 +4,18 @@ knows how a vision transformer's or a channels-last block's layer output lies on
 A layer output is read as a spatial map in one of three layouts (:func:`grid_layout`):
 
 * ``"channels_first"`` -- ``[B, C, h, w]`` (convolutions): kept as it is;
-* ``"channels_last"`` -- ``[B, h, w, D]`` (torchvision Swin blocks and its final ``norm``, the
-  ``LayerNorm`` inside ConvNeXt blocks): permuted to ``[B, D, h, w]``;
+* ``"channels_last"`` -- ``[B, h, w, D]`` (torchvision and timm Swin blocks and their final
+  ``norm``, the ``LayerNorm`` inside ConvNeXt blocks): permuted to ``[B, D, h, w]``;
 * ``"tokens"`` -- ``[B, N, D]`` with ``N = p + h * w``: the first ``p`` tokens (ViT's class token,
   DeiT's distillation token, register tokens) are dropped and the other ``h * w`` patch tokens,
   in row-major order, are reshaped to ``[B, D, h, w]`` (Dosovitskiy et al. 2021).
 
 The grid ``h x w`` is inferred from the token count and the input's size: it must be what some
 patch size (stride) ``s`` makes of the ``H x W`` input (``h, w`` are ``H / s, W / s`` both rounded
-down or both rounded up), and the fewest dropped tokens win. A model attribute ``patch_size`` (torchvision
-``VisionTransformer``) fixes ``s``. The same :class:`GridLayout` reshapes a layer's gradient, so
+down or both rounded up), and the fewest dropped tokens win. A model's patch size (torchvision
+``VisionTransformer.patch_size``, timm ``patch_embed.patch_size``) fixes ``s``, and timm's
+``num_prefix_tokens`` (class token plus register or distillation tokens) is tried first as the
+count of dropped tokens. The same :class:`GridLayout` reshapes a layer's gradient, so
 Grad-CAM weights average over the patch tokens only.
 """
 
@@ -87,9 +89,15 @@ def _grid_of(h: int, w: int, size: tuple[int, int], patch: int | None) -> bool:
     return any(_fits(h, w, size, s) for s in range(lo, hi + 1))
 
 
-def _token_grid(n: int, size: tuple[int, int], patch: int | None) -> tuple[int, int, int] | None:
-    """``(prefix, h, w)`` for ``n`` tokens, fewest prefix tokens first; None if none fits."""
-    for p in range(0, min(MAX_PREFIX, n - 1) + 1):
+def _token_grid(
+    n: int, size: tuple[int, int], patch: int | None, prefix: int | None = None
+) -> tuple[int, int, int] | None:
+    """``(prefix, h, w)`` for ``n`` tokens: the declared ``prefix`` first, then the fewest prefix
+    tokens; None if none fits."""
+    counts = list(range(0, min(MAX_PREFIX, n - 1) + 1))
+    if prefix is not None and 0 <= prefix < n - 1:
+        counts = [prefix] + [p for p in counts if p != prefix]
+    for p in counts:
         m = n - p
         for h in range(1, math.isqrt(m) + 1):
             if m % h:
@@ -101,7 +109,8 @@ def _token_grid(n: int, size: tuple[int, int], patch: int | None) -> tuple[int, 
 
 
 def grid_layout(
-    t: object, size: tuple[int, int], patch: int | None = None
+    t: object, size: tuple[int, int], patch: int | None = None, *, prefix: int | None = None,
+    strict: bool = False,
 ) -> GridLayout | None:
     """The :class:`GridLayout` that reads ``t`` as a spatial map of an ``H x W`` input.
 
@@ -114,6 +123,12 @@ def grid_layout(
         t: a layer output.
         size: the input's ``(H, W)``.
         patch: the model's patch size, if known (fixes the stride).
+        prefix: the model's count of leading non-patch tokens, if known (timm's
+            ``num_prefix_tokens``: class, distillation and register tokens); tried first, and
+            any other count still fits when it does not (a layer after the tokens were pooled).
+        strict: refuse a 4-D output whose last two dimensions are no grid of the input (an
+            attention matrix ``[B, heads, N, N]``, queries ``[B, heads, N, d]``) instead of
+            reading it as a channels-first map as it is.
 
     Returns:
         The layout, or None when ``t`` is not a spatial map (a vector, a tuple, a 1 x 1 map).
@@ -127,18 +142,22 @@ def grid_layout(
         h2, w2 = int(t.shape[1]), int(t.shape[2])
         if h2 * w2 > 1 and _grid_of(h2, w2, size, None) and t.shape[3] > 1:
             return GridLayout("channels_last", (h2, w2))
-        if h * w > 1:  # a map that is no grid of the input (e.g. resized inside): as it is
+        if h2 == w2 == 1:  # [B, 1, 1, C]: a 1 x 1 channels-last map, not a 1 x C one
+            return None
+        if h * w > 1 and not strict:  # no grid of the input (e.g. resized inside): as it is
             return GridLayout("channels_first", (h, w))
         return None
     if t.ndim == 3 and t.shape[1] > 1:
-        found = _token_grid(int(t.shape[1]), size, patch)
+        found = _token_grid(int(t.shape[1]), size, patch, prefix)
         if found is not None:
             p, h, w = found
             return GridLayout("tokens", (h, w), p)
     return None
 
 
-def to_grid(t: Tensor, size: tuple[int, int], patch: int | None = None) -> Tensor | None:
+def to_grid(
+    t: Tensor, size: tuple[int, int], patch: int | None = None, *, prefix: int | None = None
+) -> Tensor | None:
     """``t`` as ``[B, D, h, w]`` (see :func:`grid_layout`), or None if it is no spatial map."""
-    layout = grid_layout(t, size, patch)
+    layout = grid_layout(t, size, patch, prefix=prefix)
     return None if layout is None else layout.apply(t)
