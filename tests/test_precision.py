@@ -419,3 +419,23 @@ def test_a_model_that_cannot_be_copied(monkeypatch, caplog) -> None:
     torch.testing.assert_close(got, cs.explain.saliency(low, low_x, [1, 2], precision="model"))
     with pytest.raises(cs.errors.ModelError, match="precision='model'"):
         cs.explain.saliency(low, low_x, [1, 2], precision="float32")
+
+
+def test_attribute_all_makes_one_float32_copy_per_pass(monkeypatch) -> None:
+    """attribute_all over two batches of a bfloat16 model: the three input-space methods of
+    both batches share one float32 copy, and their maps equal the single calls'."""
+    from convscope.explain import base
+
+    made: list[int] = []
+    real = base._float32_copy
+    monkeypatch.setattr(base, "_float32_copy", lambda m: made.append(1) or real(m))
+    model, x = _resnet18()
+    low, low_x = to_format(model, x, "bfloat16")
+    methods = ("saliency", "deconvnet", "guided_backprop")
+    result = cs.explain.attribute_all(low, low_x, methods=methods, target=1,
+                                      batch_size=max(1, len(x) // 2), quiet=True)
+    assert len(made) == 1 and not base._COPIES
+    for name in methods:  # the pass's maps are min-max scaled single-call heatmaps
+        single = cs.explain.to_heatmap(cs.explain.get(name)(low, low_x, 1)).float()
+        r = pearson(torch.as_tensor(result.maps[name]).float(), single)
+        assert r.min() > 0.999, (name, r)

@@ -33,15 +33,25 @@ _PARAM_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def is_activation(module: nn.Module) -> bool:
-    """Whether ``module`` is an activation function module (``nn.ReLU``, ``nn.LeakyReLU``,
-    ``nn.Tanh``, ``nn.Sigmoid``, ``nn.GELU``, ...: everything in ``torch.nn.modules.activation``
-    except softmax-like and attention modules)."""
-    mod = type(module).__module__
-    name = type(module).__name__
-    if mod != "torch.nn.modules.activation":
-        return False
-    return not (name.startswith("Softmax") or name.startswith("LogSoftmax")
-                or name in ("MultiheadAttention", "Softmin", "Softmax2d"))
+    """Whether ``module`` is an activation function module: everything in
+    ``torch.nn.modules.activation`` (``nn.ReLU``, ``nn.GELU``, ...) and its subclasses except
+    softmax-like and attention modules, and the element-wise activations of other libraries'
+    ``activations`` modules by name (timm's ``GELU``, ``Swish``, ``HardSwish``, ...)."""
+    for cls in type(module).__mro__:
+        if cls.__module__ == "torch.nn.modules.activation":
+            name = cls.__name__
+            return not (name.startswith("Softmax") or name.startswith("LogSoftmax")
+                        or name in ("MultiheadAttention", "Softmin", "Softmax2d"))
+    mod = type(module).__module__.rsplit(".", 1)[-1]
+    return (mod.startswith("activation")
+            and type(module).__name__.lower().rstrip("_") in _ACTIVATION_NAMES)
+
+
+#: element-wise activations known by name in other libraries' ``activations`` modules
+_ACTIVATION_NAMES = frozenset({
+    "relu", "relu6", "leakyrelu", "prelu", "elu", "selu", "celu", "gelu", "gelutanh",
+    "quickgelu", "silu", "swish", "mish", "sigmoid", "hardsigmoid", "tanh", "hardtanh",
+    "hardswish", "softplus"})
 
 
 def has_weights(module: nn.Module) -> bool:

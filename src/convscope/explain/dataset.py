@@ -23,7 +23,15 @@ from ..errors import InputError, NotApplicableError, TargetError
 from ..nn import model_device, positive_int, preserved
 from ..nn.passes import DatasetPass, Share, run_pass
 from . import registry
-from .base import TargetSpec, auto_layer, check_inputs, check_model, check_target, run_forward
+from .base import (
+    TargetSpec,
+    auto_layer,
+    check_inputs,
+    check_model,
+    check_target,
+    reuse_float32_copies,
+    run_forward,
+)
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionPass", "AttributionSet", "attribute_all",
            "unit_scale"]
@@ -401,7 +409,9 @@ def _attribute_share(
     modes: dict[str, dict[str, Any]] = {}
     cam_layer = layer
     bar = tqdm(total=total, disable=quiet, desc="attributions", unit="img")
-    with preserved(model, True):  # modes, requires_grad, batch-norm statistics, hooks
+    # modes, requires_grad, batch-norm statistics, hooks; a half-precision model's float32 copy
+    # (for the input-space methods) is made once for the whole pass
+    with preserved(model, True), reuse_float32_copies():
         try:
             pos = 0
             for idx, x, y in batches:

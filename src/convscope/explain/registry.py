@@ -6,8 +6,9 @@ Every method is registered here under its name, with the same call shape::
 
 * ``kind="input"`` (saliency, DeconvNet, guided backprop): gradients with respect to the input;
   they return the signed signal ``[B, C, H, W]``. ``layer`` is accepted so that one call works for
-  every method, and ignored (these methods have no layer). Options: ``quiet`` (ignored: one
-  forward and backward pass).
+  every method, and ignored (these methods have no layer). Options: ``precision`` (``"auto"``:
+  a half-precision model runs as a float32 copy; ``"float32"``; ``"model"``) and ``quiet``
+  (ignored: one forward and backward pass).
 * ``kind="layer"`` (Grad-CAM, Grad-CAM++, Score-CAM and any variant added with
   :func:`convscope.explain.cams.register_cam`): a map ``[B, H, W]`` from a layer's channels, at
   ``layer`` (None: :func:`~convscope.explain.auto_layer`). Options: ``normalize``, ``quiet``, and
