@@ -109,16 +109,21 @@ def images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 
 def crops_mb(model: torch.nn.Module, layer: str, x: torch.Tensor, k: int = 9) -> float:
-    """MB the top-example crops of ``layer`` would take as float16 ``[C, k, 3, h, w]`` with
-    ``h, w`` the receptive field (at most the image): an upper bound of what is stored."""
+    """MB the top-example crops of ``layer`` would take as uint8 ``[C, k, 3, h, w]`` with
+    ``h, w`` the receptive field (at most the image) shrunk to at most
+    :data:`~convscope.formats.quantized.DISPLAY_SIDE` a side, as they are stored: an upper bound
+    (identical crops are stored once)."""
     from convscope.features.top import receptive_field
+    from convscope.formats.quantized import DISPLAY_SIDE
     from convscope.model import capture
 
     with torch.no_grad():
         out = capture(model, x[:1], layer)[layer]
     size = receptive_field(model, layer, x[:1]).size or x.shape[2:]
     h, w = min(int(size[0]), x.shape[2]), min(int(size[1]), x.shape[3])
-    return int(out.shape[1]) * k * x.shape[1] * h * w * 2 / MB
+    scale = min(1.0, DISPLAY_SIDE / max(h, w))
+    h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    return int(out.shape[1]) * k * x.shape[1] * h * w / MB
 
 
 def per_layer(fn: Callable[[str], object], layers: list[str], notes: list[str]) -> None:
@@ -547,9 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page-repeats", type=int, default=20,
                     help="replays of each page's requests (default 20)")
     ap.add_argument("--max-crops-mb", type=float, default=500.0,
-                    help="leave out of log_top_examples a layer whose crops would take more "
-                         "(default 500: resnet50's layer4.0.conv2 at 224² would take ~1.4 GB, "
-                         "~4x that in memory while recorded)")
+                    help="leave out of log_top_examples a layer whose stored crops (uint8, at "
+                         "most 96 px a side) would take more (default 500)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 2 images at 64², 8 in the data set, log_model repeat=1, "
