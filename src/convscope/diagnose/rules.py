@@ -23,6 +23,8 @@ __all__ = [
     "output_findings",
     "param_findings",
     "profile_findings",
+    "explain_zero_weights",
+    "zero_weights",
 ]
 
 #: Severities, most severe first. ``note`` marks a limit of the analysis, not a fault.
@@ -105,12 +107,20 @@ ADVICE: dict[str, str] = {
         "initialisation scale and learning rate; parameter analysis is auxiliary, so confirm "
         "with this layer's output findings."
     ),
+    "zero-weights": (
+        "zero-initialised layer: its weights and bias are all zero, so its outputs are zero "
+        "whatever the input (no ReLU is at fault). Expected before training for heads "
+        "initialised to zero (torchvision's ViT zero-initialises heads.head); after training it "
+        "means the layer never learned: check its learning rate, that its parameters are in the "
+        "optimiser and that it receives gradients (requires_grad, no detach before it)."
+    ),
     "no-clustering": "nothing to fix in the model; give a larger batch or a layer with more "
                      "channels to get the channel tree.",
     "sampled": "nothing to fix; pass larger max_channels / max_elements to analyse more of the layer.",
 }
 
-#: Every finding code and its severity.
+#: Every finding code and its usual severity (``zero-weights`` is ``info`` for the network's
+#: head, see :func:`explain_zero_weights`).
 CODES: dict[str, str] = {
     "nonfinite-outputs": "error",
     "dead-maps": "warning",
@@ -127,6 +137,7 @@ CODES: dict[str, str] = {
     "collapsed-param-splits": "warning",
     "noisy-dense-params": "info",
     "param-depth-profile": "info",
+    "zero-weights": "warning",
     "no-clustering": "note",
     "sampled": "note",
 }
@@ -359,4 +370,57 @@ def profile_findings(params: list[ParamStats], th: Thresholds) -> list[Finding]:
                 depth=p.depth, gain=p.gain, gain_ratio=p.gain_ratio, shape_label=p.shape_label,
                 expected_shape=expected, threshold=th.depth_gain_ratio,
             ))
+    return out
+
+
+#: last path components that name a classifier head
+HEAD_NAMES = ("head", "heads", "fc", "classifier", "logits", "last_linear")
+
+
+def zero_weights(st: ParamStats) -> bool:
+    """True when a weight tensor (and its bias, if any) is all exactly zero."""
+    return (st.values > 0 and st.nonfinite_share == 0 and st.min == 0 and st.max == 0
+            and (st.bias_mean is None or (st.bias_mean == 0 and st.bias_std == 0)))
+
+
+def explain_zero_weights(findings: list[Finding], params: list[ParamStats]) -> list[Finding]:
+    """Replace ``dead-maps`` (whose advice blames the activation) by ``zero-weights`` for every
+    layer whose weights and bias are all zero: its outputs are zero because of its parameters.
+    Severity ``info`` for the network's head (the last weight tensor analysed, or a linear
+    layer named ``head``/``fc``/``classifier``...: zero-initialised on purpose, e.g. torchvision's
+    ViT), ``warning`` otherwise. A zero layer whose outputs were not analysed gets the finding
+    at its parameter stage. ``findings`` is not modified; a new list is returned."""
+    zero = {p.name: p for p in params if zero_weights(p)}
+    if not zero:
+        return list(findings)
+    last = params[-1].name if params else None
+
+    def finding(p: ParamStats, stage: str, dead: Finding | None) -> Finding:
+        head = p.name == last or (p.kind == "linear"
+                                  and p.name.rsplit(".", 1)[-1] in HEAD_NAMES)
+        what = "outputs" if p.kind == "linear" else "output channels"
+        told = (f"; so all {dead.evidence.get('channels', p.outputs)} of its {what} are zero "
+                "over the batch") if dead is not None else ""
+        evidence: dict[str, Any] = dict(dead.evidence) if dead is not None else {}
+        evidence.update(weights=p.values, weight_shape=list(p.shape), head=head,
+                        has_bias=p.bias_mean is not None)
+        f = _make("zero-weights", p.name if dead is None else dead.layer, stage,
+                  f"all {p.values} weights{' and the bias' if p.bias_mean is not None else ''} "
+                  f"are exactly zero{told}"
+                  + (" (a zero-initialised head)." if head else "."), **evidence)
+        f.severity = "info" if head else "warning"
+        return f
+
+    out: list[Finding] = []
+    explained: set[str] = set()
+    for f in findings:
+        base = f.layer.split(":", 1)[0]
+        if f.code == "dead-maps" and base in zero:
+            out.append(finding(zero[base], f.stage, f))
+            explained.add(base)
+        else:
+            out.append(f)
+    for name, p in zero.items():
+        if name not in explained:
+            out.append(finding(p, STAGES[3] if p.kind == "linear" else STAGES[2], None))
     return out

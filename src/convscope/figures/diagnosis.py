@@ -12,6 +12,8 @@ what was left out is listed in ``fig.layout.meta["capped"]`` ("showing N of M ..
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from typing import Any
 
@@ -43,7 +45,24 @@ def evenly(n: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
 
 
-def _dendrogram(fig: go.Figure, tree: dict[str, Any], cell: float, row: int) -> None:
+@functools.lru_cache(maxsize=4)
+def _subplots(spec: str) -> str:
+    """The layout (axes and title annotations) of ``make_subplots(**json.loads(spec))``, as
+    JSON: built once per process, so every figure gets bit-identical domains without paying
+    for ``make_subplots`` and its per-update validation again."""
+    lay = make_subplots(**json.loads(spec)).layout.to_plotly_json()
+    lay.pop("template", None)
+    return json.dumps(lay)
+
+
+def _layout(height: int, title: str, **subplots: Any) -> dict[str, Any]:
+    """A fresh layout dict: the subplots' axes and titles plus convscope's theme."""
+    out = json.loads(_subplots(json.dumps(subplots, sort_keys=True)))
+    out.update(theme.layout(height=height, title=title))
+    return out
+
+
+def _dendrogram(tree: dict[str, Any], cell: float, xaxis: str, yaxis: str) -> list[dict]:
     """scipy's dendrogram coordinates put leaf i at x = 10 i + 5; rescale to grid columns.
     One trace, links separated by gaps (a trace per link costs ~200 bytes each)."""
     xs: list[float | None] = []
@@ -51,31 +70,29 @@ def _dendrogram(fig: go.Figure, tree: dict[str, Any], cell: float, row: int) -> 
     for x4, y4 in zip(tree.get("icoord", []), tree.get("dcoord", []), strict=True):
         xs += [(x - 5) / 10 * cell + cell / 2 for x in x4] + [None]
         ys += [float(y) for y in y4] + [None]
-    if xs:
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", line={"color": "#344054", "width": 1},
-            hoverinfo="skip", showlegend=False, connectgaps=False,
-        ), row=row, col=1)
-    fig.update_yaxes(title_text="cosine distance", range=[0, 2.05], row=row, col=1)
+    if not xs:
+        return []
+    return [{"type": "scatter", "x": xs, "y": ys, "mode": "lines",
+             "line": {"color": "#344054", "width": 1}, "hoverinfo": "skip",
+             "showlegend": False, "connectgaps": False, "xaxis": xaxis, "yaxis": yaxis}]
 
 
-def _kde(fig: go.Figure, grid: np.ndarray, density: np.ndarray, labels: list[str], row: int,
-         col: int = 1) -> None:
+def _kde(grid: np.ndarray, density: np.ndarray, labels: list[str], xaxis: str, yaxis: str
+         ) -> list[dict]:
+    """One line trace per density curve (plain dicts: validated once, with the figure)."""
     grid = np.asarray(grid, dtype=np.float64)
     step = np.diff(grid)
     # an evenly spaced grid (the usual case) is sent once as x0 + dx, not once per curve
     even = len(grid) > 1 and np.allclose(step, step[0], rtol=1e-4, atol=0)
     xs = {"x0": float(grid[0]), "dx": float(step[0])} if even else \
         {"x": grid.astype(np.float32)}
-    for i in range(density.shape[0]):
-        fig.add_trace(go.Scatter(
-            **xs, y=np.asarray(density[i], dtype=np.float32), mode="lines",
-            line={"width": 1, "color": theme.color(i)}, name=labels[i], showlegend=False,
-            opacity=0.7,
-            hovertemplate=f"{labels[i]}<br>value %{{x:.3g}}<br>density %{{y:.3g}}<extra></extra>",
-        ), row=row, col=col)
-    fig.update_xaxes(title_text="value", row=row, col=col)
-    fig.update_yaxes(title_text="density", row=row, col=col)
+    density = np.asarray(density, dtype=np.float32)
+    return [{"type": "scatter", **xs, "y": density[i], "mode": "lines",
+             "line": {"width": 1, "color": theme.color(i)}, "name": labels[i],
+             "showlegend": False, "opacity": 0.7,
+             "hovertemplate": f"{labels[i]}<br>value %{{x:.3g}}<br>density %{{y:.3g}}"
+                              "<extra></extra>",
+             "xaxis": xaxis, "yaxis": yaxis} for i in range(density.shape[0])]
 
 
 def _curves(grid: Any, density: Any, pick: np.ndarray, what: str, notes: list[str]
@@ -171,10 +188,12 @@ def layer_view_figure(view: dict[str, Any], data: np.ndarray, density: np.ndarra
     leaves = list(view["clustering"].get("leaves") or range(data.shape[1]))
     labels = [f"ch {channels[i]}" for i in range(len(channels))]
     notes: list[str] = []
-    fig = make_subplots(rows=3, cols=1, row_heights=[0.25, 0.5, 0.25], vertical_spacing=0.06,
-                        subplot_titles=["dendrogram of channels (single linkage)",
-                                        "samples × channels, in leaf order",
-                                        "KDE of each channel's values"])
+    layout = _layout(820, f"{view['name']}: {view['kind']} {view['shape']}", rows=3, cols=1,
+                     row_heights=[0.25, 0.5, 0.25], vertical_spacing=0.06,
+                     subplot_titles=["dendrogram of channels (single linkage)",
+                                     "samples × channels, in leaf order",
+                                     "KDE of each channel's values"])
+    data_: list[dict] = []
     if data.ndim == 4:
         shown, more = fit_maps(data, max_values)
         notes += more
@@ -182,38 +201,43 @@ def layer_view_figure(view: dict[str, Any], data: np.ndarray, density: np.ndarra
         cell = w + GAP
         if shown is not None:
             tiles, _, _ = mosaic(shown, leaves)
-            fig.add_trace(go.Heatmap(z=tiles, colorscale="Viridis", showscale=False,
-                                     hoverongaps=False, hoverinfo="skip"), row=2, col=1)
-        fig.update_yaxes(autorange="reversed", showticklabels=False, row=2, col=1)
+            data_.append({"type": "heatmap", "z": tiles,
+                          "colorscale": theme.colorscale("Viridis"), "showscale": False,
+                          "hoverongaps": False, "hoverinfo": "skip", "xaxis": "x2",
+                          "yaxis": "y2"})
+        layout["yaxis2"].update(autorange="reversed", showticklabels=False)
     else:
         shown, more = fit_features(data, max_values)
         notes += more
         cell = 1.0
         if shown is not None:
-            fig.add_trace(go.Heatmap(z=shown[:, leaves], x=np.arange(len(leaves)) + 0.5,
-                                     colorscale="RdBu", zmid=0, showscale=False,
-                                     hovertemplate="sample %{y}<br>value %{z:.3g}<extra></extra>"),
-                          row=2, col=1)
-        fig.update_yaxes(autorange="reversed", title_text="sample", row=2, col=1)
+            data_.append({"type": "heatmap", "z": shown[:, leaves],
+                          "x": np.arange(len(leaves)) + 0.5,
+                          "colorscale": theme.colorscale("RdBu"), "zmid": 0, "showscale": False,
+                          "hovertemplate": "sample %{y}<br>value %{z:.3g}<extra></extra>",
+                          "xaxis": "x2", "yaxis": "y2"})
+        layout["yaxis2"].update(autorange="reversed", title={"text": "sample"})
     if len(leaves) <= MAX_TREE_LEAVES:
-        _dendrogram(fig, view["clustering"], cell, row=1)
+        data_ += _dendrogram(view["clustering"], cell, "x", "y")
+        layout["yaxis"].update(title={"text": "cosine distance"}, range=[0, 2.05])
     else:
         notes.append(f"dendrogram not drawn: {len(leaves)} leaves (at most {MAX_TREE_LEAVES})")
     if len(leaves) <= MAX_TREE_LEAVES:
         ticks = [i * cell + cell / 2 for i in range(len(leaves))]
         # at most MAX_TICK_LABELS labels (every step-th leaf): 512 labels are a black band
         step = max(1, math.ceil(len(leaves) / MAX_TICK_LABELS))
-        for r in (1, 2):
-            fig.update_xaxes(tickvals=ticks[::step],
-                             ticktext=[str(channels[i]) for i in leaves][::step],
-                             tickfont={"size": 8}, range=[0, len(leaves) * cell], row=r, col=1)
+        for ax in ("xaxis", "xaxis2"):
+            layout[ax].update(tickvals=ticks[::step],
+                              ticktext=[str(channels[i]) for i in leaves][::step],
+                              tickfont={"size": 8}, range=[0, len(leaves) * cell])
     grid, dens, pick = _curves(view["kde"]["grid"], density, np.asarray(leaves), "channels",
                                notes)
-    _kde(fig, grid, dens, [labels[i] for i in pick], row=3)
-    theme.apply(fig, height=820, title=f"{view['name']}: {view['kind']} {view['shape']}")
-    fig.update_layout(meta={"kind": "diagnosis_layer", "layer": view["name"],
-                            "leaves": [int(channels[i]) for i in leaves], "capped": notes})
-    return fig
+    data_ += _kde(grid, dens, [labels[i] for i in pick], "x3", "y3")
+    layout["xaxis3"]["title"] = {"text": "value"}
+    layout["yaxis3"]["title"] = {"text": "density"}
+    layout["meta"] = {"kind": "diagnosis_layer", "layer": view["name"],
+                      "leaves": [int(channels[i]) for i in leaves], "capped": notes}
+    return theme.trusted_figure(data_, layout)
 
 
 def _layer_sizes(view: dict[str, Any], n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -291,15 +315,18 @@ def param_view_figure(view: dict[str, Any], grid: np.ndarray, density: np.ndarra
     shown, kept, notes = fit_param_grid(view, grid, max_values)
     curves = kept if len(kept) else np.arange(density.shape[0])
     kde_grid, dens, pick = _curves(view["kde"]["grid"], density, curves, "outputs", notes)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.08,
-                        subplot_titles=["weights (each cell scaled to 0–1; bias last column)",
-                                        "KDE of each output's weights"])
-    fig.add_trace(go.Heatmap(z=shown, colorscale="Greys", showscale=False, hoverongaps=False,
-                             hovertemplate="value %{z:.3g}<extra></extra>"), row=1, col=1)
-    fig.update_yaxes(autorange="reversed", row=1, col=1)
-    _kde(fig, kde_grid, dens, [labels[i] for i in pick], row=1, col=2)
-    theme.apply(fig, height=420, title=f"{view.get('name', '')}: {view.get('kind', '')} "
-                                       f"parameters {view.get('shape', '')}")
-    fig.update_layout(meta={"kind": "diagnosis_params", "layer": view.get("name", ""),
-                            "capped": notes})
-    return fig
+    layout = _layout(420, f"{view.get('name', '')}: {view.get('kind', '')} "
+                          f"parameters {view.get('shape', '')}",
+                     rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.08,
+                     subplot_titles=["weights (each cell scaled to 0–1; bias last column)",
+                                     "KDE of each output's weights"])
+    data = [{"type": "heatmap", "z": shown, "colorscale": theme.colorscale("Greys"),
+             "showscale": False, "hoverongaps": False,
+             "hovertemplate": "value %{z:.3g}<extra></extra>", "xaxis": "x", "yaxis": "y"}]
+    layout["yaxis"]["autorange"] = "reversed"
+    data += _kde(kde_grid, dens, [labels[i] for i in pick], "x2", "y2")
+    layout["xaxis2"]["title"] = {"text": "value"}
+    layout["yaxis2"]["title"] = {"text": "density"}
+    layout["meta"] = {"kind": "diagnosis_params", "layer": view.get("name", ""),
+                      "capped": notes}
+    return theme.trusted_figure(data, layout)
