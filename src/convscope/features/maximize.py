@@ -7,12 +7,22 @@ Every random number a unit uses (its starting image and its transform parameters
 comes from its own generator, seeded from ``(seed, unit)``. Optimising ``[a, b, c]`` together
 therefore gives the same images as optimising ``a``, ``b`` and ``c`` one at a time, up to the
 floating-point differences of batched convolutions.
+
+Transformers and other fixed-size models: a model that accepts one input size only (torchvision's
+``VisionTransformer`` checks ``image_size``, timm's patch embedding ``img_size`` when
+``strict_img_size``; any other model is found when it rejects the canvas, trying the sizes it
+declares, or the first transformed image, fitting back to the canvas) gets every image brought
+to exactly that size by a final :class:`~convscope.features.transforms.FitSize`. Token outputs
+``[B, 1 + h*w, D]`` and channels-last outputs ``[B, h, w, D]`` reach the objectives as
+``[B, D, h, w]`` maps (:func:`convscope.nn.grid_layout`; the class and other prefix tokens
+dropped), so ``channel(layer, d)`` is the mean of feature ``d`` over the patch tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import numbers
 import operator
@@ -24,28 +34,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, LayerNotFoundError, ModelError
+from ..errors import ConvscopeError, InputError, LayerNotFoundError, ModelError
 from ..nn import (
+    GridLayout,
     LayerSpec,
     Recorder,
     check_model,
     chunks,
     copy_tensors,
     forward,
+    grid_layout,
     layer_path,
     model_device,
     positive_int,
     resolve_layers,
     restore_mode,
     split_call,
+    unwrap,
 )
 from .objectives import OUTPUT, Objective, channel, class_logit, neuron
 from .param import Canvas, make_image
 from .regularizers import Preset
 from .render import Render
-from .transforms import apply_transforms, draws_of
+from .transforms import FitSize, apply_transforms, draws_of
 
-__all__ = ["maximize", "IMAGENET", "DEFAULTS", "unit_seed", "check_units"]
+__all__ = ["maximize", "IMAGENET", "DEFAULTS", "unit_seed", "check_units", "fixed_input_size",
+           "size_hints"]
+
+logger = logging.getLogger("convscope.features")
 
 #: ImageNet normalisation: ``maximize(..., **cs.features.IMAGENET)`` for torchvision models.
 IMAGENET = types.MappingProxyType({"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
@@ -82,8 +98,12 @@ class _Hooks:
     it)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], stop_early: bool) -> None:
+        from ..explain.base import patch_size, prefix_tokens
+
         self.model = model
         self.keys = set(layers)
+        self.patch, self.prefix = patch_size(unwrap(model)), prefix_tokens(unwrap(model))
+        self.layouts: dict[tuple[Any, ...], GridLayout | None] = {}
         paths = {split_call(k)[0] for k in self.keys} - {OUTPUT}
         mods = resolve_layers(model, sorted(paths)) if paths else {}
         self.rec = Recorder(mods, keys=self.keys - {OUTPUT},
@@ -98,16 +118,32 @@ class _Hooks:
     def run(self, x: Tensor) -> dict[str, Tensor]:
         out = self.rec.run(forward, self.model, (x,), "forward during maximize")
         store = dict(self.rec.store)
-        if self.rec.stopped:
-            return store
-        if OUTPUT in self.keys:
-            store[OUTPUT] = out
-        missing = self.keys - store.keys()
-        if missing:
-            raise LayerNotFoundError(
-                f"layer(s) {sorted(missing)} did not run in the model's forward pass, so they "
-                "cannot be maximised; choose layers that the forward pass uses."
-            )
+        if not self.rec.stopped:
+            if OUTPUT in self.keys:
+                store[OUTPUT] = out
+            missing = self.keys - store.keys()
+            if missing:
+                raise LayerNotFoundError(
+                    f"layer(s) {sorted(missing)} did not run in the model's forward pass, so they "
+                    "cannot be maximised; choose layers that the forward pass uses."
+                )
+        return self.as_maps(store, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def as_maps(self, store: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+        """Token ``[B, N, D]`` and channels-last ``[B, h, w, D]`` layer outputs as ``[B, D, h,
+        w]`` (:func:`convscope.nn.grid_layout` for the ``size`` input, with the model's patch
+        size and prefix tokens); channels-first maps, vectors and the model output as they are."""
+        for k, v in store.items():
+            if k == OUTPUT or not isinstance(v, Tensor) or v.dim() not in (3, 4):
+                continue
+            key = (k, tuple(v.shape), size)
+            if key not in self.layouts:
+                layout = grid_layout(v, size, self.patch, prefix=self.prefix, strict=True)
+                self.layouts[key] = (layout if layout is not None
+                                     and layout.kind != "channels_first" else None)
+            layout = self.layouts[key]
+            if layout is not None:
+                store[k] = layout.apply(v)
         return store
 
 
@@ -118,7 +154,50 @@ def _infer_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _infer_size(model: nn.Module) -> int:
+def _pair(v: Any) -> tuple[int, int] | None:
+    """An int side, ``(H, W)`` or ``(C, H, W)`` as ``(H, W)``; None for anything else."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0:
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) in (2, 3) and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) > 0 for s in v):
+        return int(v[-2]), int(v[-1])
+    return None
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size ``(H, W)`` a model declares it accepts, or None: torchvision's
+    ``VisionTransformer`` (``image_size``; it raises on any other size) and timm models whose
+    patch embedding checks its ``img_size`` (``strict_img_size``: ViT, DeiT, Swin, ...).
+    Other models may be fixed-size too; :func:`maximize` finds those by a probe."""
+    m = unwrap(model)
+    if type(m).__name__ == "VisionTransformer" and type(m).__module__.startswith("torchvision"):
+        fixed = _pair(getattr(m, "image_size", None))
+        if fixed is not None:
+            return fixed
+    embed = getattr(m, "patch_embed", None)
+    if isinstance(embed, nn.Module) and getattr(embed, "strict_img_size", False) is True:
+        return _pair(getattr(embed, "img_size", None))
+    return None
+
+
+def size_hints(model: nn.Module) -> list[tuple[int, int]]:
+    """Input sizes ``(H, W)`` a model declares, most specific first: :func:`fixed_input_size`,
+    ``image_size``, ``input_size``, timm's ``patch_embed.img_size`` and its configuration's
+    ``input_size``. The sizes :func:`maximize` tries when the model rejects its images."""
+    m = unwrap(model)
+    embed = getattr(m, "patch_embed", None)
+    cfg = getattr(m, "pretrained_cfg", None) or getattr(m, "default_cfg", None)
+    found = [fixed_input_size(m), _pair(getattr(m, "image_size", None)),
+             _pair(getattr(m, "input_size", None)),
+             _pair(getattr(embed, "img_size", None)) if isinstance(embed, nn.Module) else None,
+             _pair(cfg.get("input_size")) if isinstance(cfg, dict) else None]
+    return list(dict.fromkeys(s for s in found if s is not None))
+
+
+def _infer_size(model: nn.Module) -> int | tuple[int, int]:
+    fixed = fixed_input_size(model)
+    if fixed is not None:
+        return fixed
     hint = getattr(model, "input_size", None)
     if isinstance(hint, int):
         return hint
@@ -286,8 +365,10 @@ def maximize(
         units: channel indices ``[3, 7, 9]`` (or a list of ``(c, y, x)`` triples for neurons;
             class indices for logits; a single int is one unit). All are optimised together as
             one batch; image ``i`` is unit ``i``'s.
-        objective: ``"channel"`` (mean over positions), ``"neuron"`` (spatial centre, or the
-            given ``(c, y, x)``), ``"logit"`` (class score of the model output), an
+        objective: ``"channel"`` (mean over positions; for a transformer's token output
+            ``[B, 1 + h*w, D]`` the mean of feature ``d`` over the patch tokens, the class token
+            dropped), ``"neuron"`` (spatial centre, or the given ``(c, y, x)``; tokens and
+            channels-last outputs are read as ``[B, D, h, w]`` maps), ``"logit"`` (class score of the model output), an
             :class:`~convscope.features.Objective` with one unit per batch item
             (``channel("layer3", units) - 0.5 * channel("layer2", 4)``), or a callable
             ``units -> Objective``.
@@ -296,8 +377,14 @@ def maximize(
             ``yosinski(3)``; ``None``: ``Render()`` (256 steps of Adam with lr 0.1 on the FFT
             parameterisation with lucid's standard transforms), or what the keyword arguments
             below say.
-        size: image side (or ``(H, W)``). ``None``: ``model.input_size`` if set, else 32 for a
-            model whose first convolution has stride 1 (CIFAR-style stem), else 224.
+        size: image side (or ``(H, W)``) of the canvas. ``None``: the size a fixed-size model
+            declares (:func:`fixed_input_size`: torchvision ViT's ``image_size``, timm's strict
+            ``img_size``), else ``model.input_size`` if set, else 32 for a model whose first
+            convolution has stride 1 (CIFAR-style stem), else 224. A model that accepts one
+            size only (declared, or found when it rejects the canvas and runs on a size it
+            declares, or rejects the first transformed image and ran on the canvas) sees every image resized by
+            its size over the canvas's and centre-cropped to it (:class:`FitSize`, the last
+            transform); the returned images keep the canvas size.
         channels: input channels; ``None``: the first convolution's ``in_channels``.
         mean, std: per-channel normalisation the model expects (the model sees
             ``(x - mean) / std``); ``None`` (default) feeds raw values in ``value_range``. Use
@@ -362,6 +449,18 @@ def maximize(
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     model_input = inp.feed(device, channels_last, dtype)
     fill = inp.centre.to(device, torch.float32)
+    declared = fixed_input_size(model)
+    feed = _Feed(model_input, fill,
+                 None if declared is None else FitSize(declared, (declared[0] / h, declared[1] / w)))
+
+    def refit() -> bool:
+        """The model rejected a transformed image but ran on the canvas: fit to the canvas."""
+        if feed.fit is not None:
+            return False
+        feed.fit = FitSize((h, w))
+        logger.info("maximize: %s rejects the transformed %d x %d canvas; every transformed "
+                    "image is cut back to %d x %d.", type(unwrap(model)).__name__, h, w, h, w)
+        return True
 
     n_all = len(units)
     chunk = n_all if not batch_size else max(1, int(batch_size))
@@ -375,10 +474,10 @@ def maximize(
     )
     with restore_mode(model, True), torch.enable_grad(), hooks.active():
         try:
-            # probe: shapes of the objective's layers, checked once
+            # probe: shapes of the objective's layers, checked once (and a model that takes
+            # one size only, other than the canvas's, found)
             with torch.no_grad():
-                probe = model_input(fill.view(1, -1, 1, 1).expand(1, c, h, w).contiguous())
-                acts = hooks.run(probe)
+                acts = _probe(model, hooks, feed, _blank(fill, c, (h, w)))
             shapes = {k: tuple(v.shape) for k, v in acts.items() if isinstance(v, Tensor)}
             obj.check(shapes)
             for sl in chunks(n_all, chunk):
@@ -389,8 +488,8 @@ def maximize(
                     [torch.Generator().manual_seed(unit_seed(seed, _unit_key(u))) for u in part],
                     device, torch.float32, fill, inp.lo, inp.hi,
                 )
-                img, val = _render(hooks, sub, part, model_input, render, canvas, param_factory,
-                                   optimizer_factory, tlist, bar, return_values)
+                img, val = _render(hooks, sub, part, feed, render, canvas, param_factory,
+                                   optimizer_factory, tlist, bar, return_values, refit)
                 images.append(img)
                 if val is not None:
                     values.append(val)
@@ -400,6 +499,71 @@ def maximize(
     if return_values:
         return out, torch.cat(values)
     return out
+
+
+def _blank(fill: Tensor, c: int, size: tuple[int, int]) -> Tensor:
+    return fill.view(1, -1, 1, 1).expand(1, c, *size).contiguous()
+
+
+class _Feed:
+    """Raw image -> what the model is fed: brought to a fixed-size model's size by ``fit``
+    (a :class:`FitSize`; None for a model that takes any size), then normalised and cast."""
+
+    def __init__(self, model_input: Callable[[Tensor], Tensor], fill: Tensor,
+                 fit: FitSize | None) -> None:
+        self.model_input, self.fill, self.fit = model_input, fill, fit
+
+    def __call__(self, img: Tensor) -> Tensor:
+        if self.fit is not None:
+            img = self.fit(img, None, self.fill)
+        return self.model_input(img)
+
+
+def _probe(model: nn.Module, hooks: _Hooks, feed: _Feed, blank: Tensor) -> dict[str, Any]:
+    """The layer outputs for the blank canvas (their shapes check the objective). A model that
+    rejects the canvas size (and declares none) is tried at the sizes it declares
+    (:func:`size_hints`); the first that runs becomes ``feed.fit``; the first error is raised
+    if none does."""
+    try:
+        return hooks.run(feed(blank))
+    except LayerNotFoundError:
+        raise
+    except ConvscopeError as exc:
+        if feed.fit is not None:
+            raise
+        size = (int(blank.shape[-2]), int(blank.shape[-1]))
+        for cand in size_hints(model):
+            if cand == size:
+                continue
+            feed.fit = FitSize(cand, (cand[0] / size[0], cand[1] / size[1]))
+            try:
+                acts = hooks.run(feed(blank))
+            except LayerNotFoundError:
+                raise
+            except ConvscopeError:
+                feed.fit = None
+                continue
+            logger.info("maximize: %s rejects %d x %d inputs (%s); images are resized to its "
+                        "%d x %d.", type(unwrap(model)).__name__, *size, exc, *cand)
+            return acts
+        raise
+
+
+def _first_run(hooks: _Hooks, feed: Callable[[Tensor], Tensor], x: Tensor,
+               refit: Callable[[], bool] | None) -> dict[str, Any]:
+    """``hooks.run(feed(x))``; when it fails and ``refit()`` brings the images to the size the
+    model ran on in the probe, once more (the first error is raised if that fails too)."""
+    try:
+        return hooks.run(feed(x))
+    except LayerNotFoundError:
+        raise
+    except ConvscopeError as exc:
+        if refit is None or not refit():
+            raise
+        try:
+            return hooks.run(feed(x))
+        except ConvscopeError:
+            raise exc from None
 
 
 @dataclass(frozen=True)
@@ -478,6 +642,7 @@ def _render(
     tlist: list[Any],
     bar: Any,
     want_values: bool,
+    refit: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Optimise one chunk of units (lucent's ``render_vis`` loop): parameterise, then every
     step transform, score, take the gradient, step the optimiser and regularise in order."""
@@ -496,7 +661,9 @@ def _render(
         img = image.image()
         x = apply_transforms(tlist, img, u_all[:, step] if u_all is not None else None,
                              canvas.centre)
-        vals = obj(hooks.run(model_input(x))).float()  # reduced-precision models: f32 objective
+        acts = (_first_run(hooks, model_input, x, refit) if step == 0
+                else hooks.run(model_input(x)))
+        vals = obj(acts).float()  # reduced-precision models: f32 objective
         if vals.shape != (n,):
             raise InputError(
                 f"the objective returned shape {list(vals.shape)}; it must give one value per "

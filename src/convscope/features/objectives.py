@@ -194,7 +194,10 @@ def channel(layer: str, units: Any) -> Objective:
     """Mean activation of channel ``units`` of ``layer`` over all spatial positions.
 
     ``layer``'s output may be ``[N, C, *spatial]`` or ``[N, C]`` (then the channel is one value).
-    ``units``: one channel index, or one per batch item.
+    ``units``: one channel index, or one per batch item. :func:`~convscope.features.maximize`
+    hands a transformer's tokens ``[N, 1 + h*w, D]`` and a channels-last ``[N, h, w, D]`` output
+    over as ``[N, D, h, w]`` (:func:`convscope.nn.grid_layout`), so there the channel is feature
+    ``d`` averaged over the patch tokens (the class token dropped).
     """
 
     def fn(acts: Acts) -> Tensor:

@@ -7,9 +7,10 @@ call makes with the same ``seed`` (up to floating-point rounding of batched conv
 * :class:`PreferredInputsPass` -- the pass; :func:`preferred_inputs` runs it in one process or,
   with ``sharded=True``, across the ranks of ``torch.distributed``;
 * :func:`input_shape` -- the ``(C, H, W)`` of the images ``maximize`` optimises for a model
-  (``model.input_size`` may be an int, ``(H, W)`` or ``(C, H, W)``, as ``maximize`` reads it);
+  (``model.input_size`` may be an int, ``(H, W)`` or ``(C, H, W)``, as ``maximize`` reads it;
+  a fixed-size model's declared size comes first);
 * :func:`layer_channels` -- how many channels a layer outputs for that input, i.e. how many
-  units there are to choose from.
+  units there are to choose from (a transformer's token output ``[B, 1 + h*w, D]`` has ``D``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
-from ..nn import LayerSpec, check_model, model_device, positive_int, unwrap
+from ..errors import ConvscopeError, InputError, LayerNotFoundError
+from ..nn import LayerSpec, check_model, grid_layout, model_device, positive_int, unwrap
 from ..nn.passes import Pass, Share, run_pass, run_sharded, to_device
 
 __all__ = ["PreferredInputsPass", "preferred_inputs", "input_shape", "layer_channels"]
@@ -86,9 +87,13 @@ def input_shape(model: nn.Module, size: int | Sequence[int] | None = None,
                 channels: int | None = None) -> tuple[int, int, int]:
     """``(C, H, W)`` of the images :func:`~convscope.features.maximize` optimises for ``model``
     with these ``size`` / ``channels`` arguments: ``channels`` or the first convolution's
-    ``in_channels``; ``size`` (an int or ``(H, W)``), else ``model.input_size`` (an int, or a
-    tuple whose last entry is the side: ``(H, W)`` and ``(C, H, W)`` alike), else 32 for a
-    model whose first convolution has stride 1 (a CIFAR-style stem), else 224."""
+    ``in_channels``; ``size`` (an int or ``(H, W)``), else the size a fixed-size model declares
+    (:func:`~convscope.features.maximize.fixed_input_size`: torchvision ViT, timm with a strict
+    ``img_size``), else ``model.input_size`` (an int, or a tuple whose last entry is the side:
+    ``(H, W)`` and ``(C, H, W)`` alike), else 32 for a model whose first convolution has stride
+    1 (a CIFAR-style stem), else 224."""
+    from .maximize import fixed_input_size
+
     check_model(model)
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if channels is not None:
@@ -98,6 +103,8 @@ def input_shape(model: nn.Module, size: int | Sequence[int] | None = None,
     else:
         raise InputError(f"cannot tell how many input channels {type(model).__name__} takes (it "
                          "has no convolution); pass channels=...")
+    if size is None:
+        size = fixed_input_size(model)
     if size is None:
         hint = getattr(model, "input_size", None)
         if isinstance(hint, int):
@@ -118,13 +125,37 @@ def input_shape(model: nn.Module, size: int | Sequence[int] | None = None,
 def layer_channels(model: nn.Module, layer: LayerSpec, *, size: Any = None,
                    channels: int | None = None) -> int:
     """How many channels ``layer`` outputs for the input :func:`input_shape` gives (the units
-    ``maximize`` can optimise there). Raises :class:`InputError` for a layer without channels."""
+    ``maximize`` can optimise there): ``C`` of ``[B, C, ...]``, ``D`` of a transformer's tokens
+    ``[B, 1 + h*w, D]`` or of a channels-last map ``[B, h, w, D]`` (read as ``maximize`` reads
+    them, :func:`convscope.nn.grid_layout`). A model that rejects that size (one that accepts
+    its declared size only) is probed at its declared sizes
+    (:func:`~convscope.features.maximize.size_hints`). Raises :class:`InputError` for a layer
+    without channels."""
+    from ..explain.base import patch_size, prefix_tokens
     from ..model import capture
+    from .maximize import fixed_input_size, size_hints
 
-    probe = capture(model, torch.zeros(1, *input_shape(model, size, channels),
-                                       device=model_device(model)), layer)
+    c, h, w = input_shape(model, size, channels)
+    sizes = list(dict.fromkeys([fixed_input_size(model) or (h, w), (h, w), *size_hints(model)]))
+    error: ConvscopeError | None = None
+    for hw in sizes:
+        try:
+            probe = capture(model, torch.zeros(1, c, *hw, device=model_device(model)), layer)
+            break
+        except LayerNotFoundError:
+            raise
+        except ConvscopeError as exc:
+            error = error or exc
+    else:
+        assert error is not None
+        raise error
     out = next(iter(probe.values()), None)
     if not isinstance(out, Tensor) or out.dim() < 2:
         raise InputError(f"layer {layer!r} gives no [B, C, ...] output, so it has no channels "
                          "to optimise; choose a convolutional layer.")
+    if out.dim() in (3, 4):
+        m = unwrap(model)
+        layout = grid_layout(out, hw, patch_size(m), prefix=prefix_tokens(m), strict=True)
+        if layout is not None and layout.kind != "channels_first":
+            return int(layout.apply(out).shape[1])
     return int(out.shape[1])

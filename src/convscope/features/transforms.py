@@ -8,7 +8,8 @@ generator, so a unit's images do not depend on which other units share the batch
 ``f(x) -> x`` works too (no random numbers, no fill).
 
 Scale and rotation keep the image size (zoom / turn about the centre, one ``grid_sample`` for
-the whole batch); pad grows it and jitter crops it, like lucid.
+the whole batch); pad grows it and jitter crops it, like lucid. :class:`FitSize` ends the chain at
+exactly the size a fixed-size model (a vision transformer) accepts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from torch import Tensor
 from ..errors import InputError
 from ..nn import positive_int
 
-__all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "standard_transforms"]
+__all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "FitSize",
+           "standard_transforms"]
 
 
 class Transform(ABC):
@@ -168,6 +170,50 @@ class RandomRotate(Transform):
     def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:
         assert u is not None
         return _affine(x, self.matrix(u)[:, :2], fill)
+
+
+@dataclass(frozen=True)
+class FitSize(Transform):
+    """Bring every image to exactly ``size`` ``(H, W)``, for a model that accepts no other size
+    (torchvision's and timm's vision transformers): resize by ``scale`` ``(sy, sx)`` (bilinear,
+    antialiased when shrinking; :func:`~convscope.features.maximize` passes the model's size over
+    the canvas's, so an untransformed canvas fills the input exactly), then cut the centre
+    ``H x W`` window, or pad to it with the fill colour. Pad and jitter thus keep moving the
+    image by whole pixels of the canvas, and the model only ever sees ``H x W``."""
+
+    size: tuple[int, int]
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        try:
+            h, w = (int(v) for v in self.size)
+            sy, sx = (float(v) for v in self.scale)
+        except (TypeError, ValueError):
+            raise InputError(f"FitSize: size must be (H, W) and scale (sy, sx), got "
+                             f"{self.size!r} and {self.scale!r}.") from None
+        if h < 1 or w < 1 or not (sy > 0 and sx > 0 and math.isfinite(sy * sx)):
+            raise InputError(f"FitSize: size must be positive and scale positive and finite, got "
+                             f"{self.size!r} and {self.scale!r}.")
+        object.__setattr__(self, "size", (h, w))
+        object.__setattr__(self, "scale", (sy, sx))
+
+    def __call__(self, x: Tensor, u: Tensor | None, fill: Tensor) -> Tensor:
+        (big_h, big_w), (sy, sx) = self.size, self.scale
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        nh, nw = max(1, round(h * sy)), max(1, round(w * sx))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=nh < h or nw < w)
+        if (nh, nw) == (big_h, big_w):
+            return x
+        top, left = (nh - big_h) // 2, (nw - big_w) // 2  # negative: pad
+        x = x[..., max(0, top):max(0, top) + big_h, max(0, left):max(0, left) + big_w]
+        pads = (max(0, -left), big_w - x.shape[-1] - max(0, -left),
+                max(0, -top), big_h - x.shape[-2] - max(0, -top))
+        if any(pads):
+            f = fill.view(1, -1, 1, 1).to(x.dtype)
+            x = F.pad(x - f, pads) + f
+        return x
 
 
 def standard_transforms(size: int) -> list[Transform]:
