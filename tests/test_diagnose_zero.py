@@ -5,10 +5,12 @@ is known; the rule must name exactly those layers."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import torch
 from torch import nn
 
-from convscope.diagnose import diagnose
+from convscope.diagnose import core, diagnose
 from convscope.diagnose.rules import ADVICE, CODES, explain_zero_weights, zero_weights
 
 
@@ -38,10 +40,20 @@ class Net(nn.Module):
         return self.head(self.relu2(self.mid(h)))
 
 
+def _raw(model, x, **kw):
+    """The report with the raw rules only (the zero-weights step switched off)."""
+    with mock.patch.object(core, "explain_zero_weights", lambda findings, params: findings):
+        return diagnose(model, x, quiet=True, **kw)
+
+
 def _report(model):
+    """(raw report, the findings diagnose() gives): diagnose() applies explain_zero_weights to
+    the raw findings, and exactly that."""
     x = torch.rand(6, 3, 12, 12)
-    rep = diagnose(model, x, layers=["mid", "relu2", "head"], quiet=True)
-    return rep, explain_zero_weights(rep.findings, rep.params)
+    rep = _raw(model, x, layers=["mid", "relu2", "head"])
+    found = diagnose(model, x, layers=["mid", "relu2", "head"], quiet=True).findings
+    assert found == explain_zero_weights(rep.findings, rep.params)
+    return rep, found
 
 
 def _codes(findings, layer):
@@ -113,9 +125,10 @@ def test_torchvision_vit_head_is_a_zero_initialised_head():
     vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
                             hidden_dim=16, mlp_dim=32, num_classes=12).eval()
     assert not vit.heads.head.weight.any() and not vit.heads.head.bias.any()  # the premise
-    rep = diagnose(vit, torch.rand(4, 3, 32, 32), quiet=True)
+    x = torch.rand(4, 3, 32, 32)
+    rep = _raw(vit, x)
     assert any(f.code == "dead-maps" and f.layer == "heads.head" for f in rep.findings)
-    found = explain_zero_weights(rep.findings, rep.params)
+    found = diagnose(vit, x, quiet=True).findings
     zw = [f for f in found if f.code == "zero-weights"]
     assert [(f.layer, f.severity) for f in zw] == [("heads.head", "info")]
     assert zw[0].evidence["channels"] == 12

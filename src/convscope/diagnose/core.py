@@ -14,7 +14,13 @@ from ..errors import ConvscopeError, InputError, ModelError
 from ..nn import grid_layout
 from .cluster import MAX_CHANNELS
 from .report import Report
-from .rules import STAGES, output_findings, param_findings, profile_findings
+from .rules import (
+    STAGES,
+    explain_zero_weights,
+    output_findings,
+    param_findings,
+    profile_findings,
+)
 from .stats import MAX_ELEMENTS, LayerStats, ParamStats, output_stats, param_stats
 from .thresholds import Thresholds
 
@@ -165,6 +171,7 @@ def finish_report(report: Report, layer_stats: list[LayerStats], param_list: lis
     for ps in param_list:
         findings.extend(param_findings(ps, th))
     findings.extend(profile_findings(param_list, th))
+    findings = explain_zero_weights(findings, param_list)  # all-zero layers: not the activation
     pos = {st.name: i for i, st in enumerate(layer_stats)}
     ppos = {p.name: i for i, p in enumerate(param_list)}
     findings.sort(key=lambda f: (
