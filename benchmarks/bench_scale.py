@@ -194,16 +194,21 @@ def record(name: str, args, logdir: Path) -> dict | None:
                  "seconds": {}, "runs": {}, "mb": {}, "skipped": {}, "notes": notes}
     scratch = Path(tempfile.mkdtemp(prefix="cs-scale-scratch-"))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with cs.Run(logdir / name, name, quiet=True) as run:
                 for step, fn in steps(model, name, x, y, data, args, notes):
                     before = files(run.path)
                     print(f"{name}: {step} ...", flush=True)
                     t0 = time.perf_counter()
                     try:
+                        del caught[:]
                         fn(run)
                         run.flush()
+                        for w in caught:  # the budget warnings are part of the figures
+                            if type(w.message).__name__ == "BudgetWarning":
+                                notes[step].append(f"warned: {str(w.message)[:240]}")
+                                print(f"{name}: {step} warned: {w.message}", flush=True)
                     except Exception as exc:  # reported, never hidden
                         out["skipped"][step] = f"{type(exc).__name__}: {str(exc)[:300]}"
                         if args.verbose:
