@@ -33,6 +33,7 @@ import convscope as cs
 from convscope.nn import GridLayout, grid_layout
 
 from .test_explain import pearson
+from .test_transformers import assert_watch_records_two_steps
 
 TARGETS = [1, 5, 7]
 
@@ -193,22 +194,4 @@ def test_graph_capture_diagnose_watch_run(case, tmp_path):
         mlp = next(st for st in report.layers if st.name.endswith("mlp.act"))
         assert mlp.channels == hidden[case], (mlp.name, mlp.shape, mlp.channels)
 
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    try:
-        with cs.Run(tmp_path, "w") as run:
-            run.watch(model, every=1, background=False)
-            model.train()
-            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-            for _ in range(2):
-                opt.zero_grad()
-                model(x).logsumexp(1).mean().backward()
-                opt.step()
-            run.unwatch()
-        layers = cs.open_run(tmp_path / "w").table("watch_layers")
-        assert sorted(layers["step"].unique().tolist()) == [1, 2]
-        assert head in set(layers["layer"])
-    finally:
-        model.eval()
-        model.load_state_dict(state)
-        for p in model.parameters():
-            p.grad = None
+    assert_watch_records_two_steps(model, x, head, tmp_path)

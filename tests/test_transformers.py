@@ -256,6 +256,12 @@ def test_graph_capture_diagnose_watch_run(case, tmp_path):
     assert gelu.channels == hidden, (gelu.name, gelu.shape, gelu.channels)
     assert any("read as" in n for n in gelu.notes)
 
+    assert_watch_records_two_steps(model, x, head, tmp_path)
+
+
+def assert_watch_records_two_steps(model, x, head, tmp_path) -> None:
+    """run.watch over two SGD steps records both steps and the classifier ``head``; the model's
+    weights, mode and gradients are restored afterwards."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         with cs.Run(tmp_path, "w") as run:

@@ -504,7 +504,7 @@ def _auto(model: nn.Module, x: Tensor) -> tuple[str, GridLayout]:
     if key in cache:
         return cache[key]
     size, patch, prefix = tuple(x.shape[-2:]), patch_size(model), prefix_tokens(model)
-    # an nn.Identity (timm's norm_pre, final_conv, q_norm, ... placeholders) returns another
+    # an nn.Identity (timm's norm_pre, final_conv, q_norm, ... stand-ins) returns another
     # layer's output (or the input): that layer is the one to name
     modules = {name: module for name, module in model.named_modules()
                if name and not isinstance(module, nn.Identity)}
