@@ -25,6 +25,7 @@ from convscope.record import structure as rec_structure
 from convscope.record.budget import (
     BUDGETS,
     auto_repeat,
+    fit_preferred,
     preferred_size,
     preferred_steps,
 )
@@ -309,6 +310,8 @@ def test_preferred_inputs_default_to_128_pixels_and_128_steps(tmp_path, monkeypa
         return torch.zeros(len(units), 3, h, w), torch.zeros(len(units))
 
     monkeypatch.setattr(preferred, "preferred_inputs", stub)
+    # the stub's steps take no time: the timing probe (2 steps) fits and changes nothing
+    monkeypatch.setattr(rec_features, "_probe_step", lambda *a: 0.01)
     model = Logged([]).eval()  # stride-2 stem: maximize alone would render at 224²
     with cs.Run(tmp_path, "s", quiet=True) as run:
         out = rec_features.log_preferred_inputs(run, model, ["conv1", "conv2"])
@@ -331,6 +334,83 @@ def test_preferred_inputs_default_to_128_pixels_and_128_steps(tmp_path, monkeypa
         rec_features.log_preferred_inputs(run, model, "conv1", max_units=1,
                                           regularizers=preset)
     assert "steps" not in seen[0] and "size" not in seen[0]
+
+
+def test_fit_preferred_by_hand():
+    # a step of 16 units at 3.7 s (ViT-B at 224², 2 cores): 128 steps would take 474 s.
+    # Steps first: 120 / 3.7 = 32 is below the floor of 64; then units: 64 steps x 0.23 s
+    # per unit-step = 14.8 s a unit, 120 / 14.8 = 8.1 -> 8 units (118 s).
+    assert fit_preferred(3.7, 16, 128, budget=120.0) == (64, 8)
+    assert fit_preferred(0.5, 16, 128, budget=120.0) == (128, 16)  # 64 s: fits as it is
+    assert fit_preferred(1.5, 16, 128, budget=120.0) == (80, 16)  # 80 x 1.5 = 120 s
+    # steps given by the user stay; only the units come down: 120 / (128 x 0.23) = 4.05
+    assert fit_preferred(3.7, 16, 128, budget=120.0, fit_steps=False) == (128, 4)
+    # units given by the user stay: the steps stop at the floor
+    assert fit_preferred(3.7, 16, 128, budget=120.0, fit_units=False) == (64, 16)
+    # never below the floors (the budget warning takes over), never above the request
+    assert fit_preferred(100.0, 16, 128, budget=120.0) == (64, 4)
+    assert fit_preferred(100.0, 2, 32, budget=120.0) == (32, 2)
+    assert fit_preferred(float("nan"), 16, 128, budget=120.0) == (128, 16)
+
+
+def test_preferred_inputs_defaults_shrink_to_fit_a_slow_step(tmp_path, monkeypatch, capsys):
+    import convscope.features.preferred as preferred
+
+    seen: list[dict] = []
+
+    def stub(model, layer, units, *, seed=0, sharded=False, **options):
+        seen.append({"units": list(units), **options})
+        return torch.zeros(len(units), 3, 8, 8), torch.zeros(len(units))
+
+    probes: list[tuple] = []
+
+    def probe(model, layer, chosen, seed, options, fn):
+        probes.append((layer, len(chosen), options["steps"]))
+        return 3.7  # ViT-B's step for 16 units at 224² on 2 cores
+
+    monkeypatch.setattr(preferred, "preferred_inputs", stub)
+    monkeypatch.setattr(rec_features, "_probe_step", probe)
+    model = cs.zoo.resnet(width=16).eval()  # 16 channels in layer1.0.conv1
+    with cs.Run(tmp_path, "fit") as run:
+        rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", size=64)
+    assert probes == [("layer1.0.conv1", 16, 256)]
+    assert [(len(o["units"]), o["steps"]) for o in seen] == [(8, 64)]  # 64 x 3.7/16 x 8 = 118 s
+    stored = pref_format.load(cs.open_run(tmp_path / "fit"), "layer1.0.conv1")
+    assert stored.units == list(range(8)) and stored.settings["steps"] == "64"
+    assert "256->64 steps, 16->8 units" in stored.settings["fitted"]
+    assert "to fit the 120 s budget" in capsys.readouterr().err
+    # what the user set stays: max_units -> only the steps shrink; steps -> only the units
+    seen.clear()
+    with cs.Run(tmp_path, "units", quiet=True) as run:
+        rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", size=64, max_units=16)
+    assert [(len(o["units"]), o["steps"]) for o in seen] == [(16, 64)]
+    seen.clear()
+    with cs.Run(tmp_path, "steps", quiet=True) as run:
+        rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", size=64, steps=32)
+    assert [(len(o["units"]), o["steps"]) for o in seen] == [(16, 32)]  # 32 x 3.7 = 118 s
+    # explicit units or a preset: no probe at all
+    probes.clear()
+    seen.clear()
+    with cs.Run(tmp_path, "explicit", quiet=True) as run:
+        rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", [3, 5], size=64,
+                                          steps=256)
+    assert probes == [] and [o["units"] for o in seen] == [[3, 5]]
+
+
+def test_preferred_inputs_probe_times_two_real_steps():
+    model = cs.zoo.resnet(width=4).eval()
+    from convscope.features.preferred import preferred_inputs
+
+    calls: list[dict] = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return preferred_inputs(*args, **kwargs)
+
+    s = rec_features._probe_step(model, "layer1.0.conv1", [0, 1], 0,
+                                 {"steps": 256, "size": 32}, counting)
+    assert s > 0 and calls[0]["steps"] == rec_features.PROBE_STEPS == 2
+    assert calls[0]["quiet"] is True and calls[0]["size"] == 32
 
 
 def test_budgets_are_stated():

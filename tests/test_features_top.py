@@ -160,3 +160,89 @@ def test_bad_input(net, images):
         top_examples(net, "layer9", images, quiet=True)
     with pytest.raises(InputError):
         top_examples(net, "layer1", "not data", quiet=True)
+
+
+# -- token and channels-last layers (issue 14: ViT and Swin at 224²) ----------------------------
+def _tiny_vit():
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    ).eval()
+
+
+class ChannelsLast(nn.Module):
+    """A convolution whose block hands on ``[B, h, w, C]`` (as Swin's blocks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 5, 4, stride=4)
+        self.block = nn.Identity()
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.block(self.conv(x).permute(0, 2, 3, 1))  # [B, 8, 8, 5]
+        return self.head(y.mean((1, 2)))
+
+
+def test_top_examples_of_vit_tokens_rank_the_patch_tokens_only():
+    model = _tiny_vit()
+    x = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    layer = "encoder.layers.encoder_layer_0"
+    res = top_examples(model, layer, x, k=4, batch_size=7, quiet=True)
+    # brute force: the 17 tokens, the class token dropped, 16 patch tokens on the 4 x 4 grid
+    with torch.no_grad():
+        tokens = cs.model.capture(model, x, layer)[layer]  # [20, 17, 16]
+    patches = tokens[:, 1:].reshape(20, 4, 4, 16)  # row-major patch order
+    best = patches.amax((1, 2))  # [20, 16]: each channel's spatial maximum per image
+    assert res.values.shape == (16, 4) and res.field.method == "gradient"
+    for ch in range(16):
+        want = torch.argsort(best[:, ch], descending=True, stable=True)[:4]
+        assert res.indices[ch].tolist() == want.tolist()
+        assert torch.allclose(res.values[ch], best[want, ch], atol=1e-5)
+        y, xx = res.locations[ch, 0].tolist()
+        assert patches[want[0], y, xx, ch] == best[want[0], ch]
+    # one self-attention layer sees every patch: the receptive field is the whole image
+    assert res.field.size == (32, 32)
+    # the class token alone would have changed the ranking: the test is not vacuous
+    cls = tokens[:, 0]
+    assert any(torch.argsort(cls[:, ch], descending=True, stable=True)[:4].tolist()
+               != res.indices[ch].tolist() for ch in range(16))
+
+
+def test_top_examples_of_a_channels_last_block_permute_it():
+    model = ChannelsLast().eval()
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    res = top_examples(model, "block", x, k=3, quiet=True)
+    with torch.no_grad():
+        maps = model.conv(x)  # the same values channels-first: [12, 5, 8, 8]
+    bv, bi, _ = brute_force_maps(maps, 3)
+    assert res.values.shape == (5, 3) and torch.equal(res.indices, bi)
+    assert torch.allclose(res.values, bv, atol=1e-6)
+    # the block only permutes: its receptive field is the convolution's 4 x 4 patch
+    assert res.field.size == (4, 4) and res.field.stride == (4, 4)
+    assert res.crops.shape == (5, 3, 3, 4, 4)
+
+
+def brute_force_maps(maps, k):
+    best = maps.amax((2, 3))  # [N, C]
+    order = torch.argsort(best.t(), dim=1, descending=True, stable=True)[:, :k]
+    return best.t().gather(1, order), order, None
+
+
+def test_top_examples_refuse_an_output_that_is_no_map():
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 8, stride=8)
+            self.out = nn.Identity()
+
+        def forward(self, x):
+            # [B, 3, 4]: three "tokens" are no grid of the 32² input, with or without prefix
+            return self.out(self.conv(x).flatten(2)[:, :, :3].transpose(1, 2))
+
+    x = torch.rand(4, 3, 32, 32)
+    with pytest.raises(InputError, match="no spatial map"):
+        top_examples(Seq().eval(), "out", x, quiet=True)

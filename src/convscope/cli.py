@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--layers", default="", help="comma-separated layer module paths (for "
                     "top-examples and preferred-inputs)")
     an.add_argument("--k", type=int, default=9, help="top examples per channel (default 9)")
-    an.add_argument("--units", type=int, default=16, help="preferred inputs of the first N "
-                    "channels of each layer (default 16)")
+    an.add_argument("--units", type=int, default=None, help="preferred inputs of the first N "
+                    "channels of each layer (default 16, fewer where a step is too slow for "
+                    "the budget)")
     an.add_argument("--images", type=int, default=2000, help="Shapes test images to rank, "
                     "explain and diagnose (default 2000)")
     an.add_argument("--dataset-npy", default=None, help=".npy file of images [N, C, H, W] to "

@@ -412,7 +412,7 @@ class Run:
         layers: Any,
         units: Any = None,
         *,
-        max_units: int = 16,
+        max_units: int | None = None,
         seed: int = 0,
         steps: int | None = None,
         lr: float | None = None,
@@ -437,7 +437,8 @@ class Run:
             model: the network.
             layers: one layer or a list (module paths).
             units: channel indices (default: the first ``max_units`` channels of each layer).
-            max_units: how many channels when ``units`` is None.
+            max_units: how many channels when ``units`` is None (``None``: 16, fewer where a
+                step is too slow for the budget, see below).
             seed: base seed; unit ``u`` starts from :func:`convscope.features.unit_seed`
                 ``(seed, u)``, so images do not depend on batching or sharding.
             steps, lr, size, channels, objective, regularizers, transforms, param, mean, std,
@@ -445,7 +446,11 @@ class Run:
                 default); ``size`` may be an int or ``(H, W)``. Two defaults fit the model
                 instead: ``size=None`` renders at the model's input size with its longer side
                 cut to 128 (a ResNet-50 renders at 128², not 224²), ``steps=None`` takes 256
-                steps up to 64² and 128 above (a preset or ``render=`` keeps its own).
+                steps up to 64² and 128 above (a preset or ``render=`` keeps its own). Where a
+                layer's step is so slow that these would not fit the budget (ViT-B at its
+                fixed 224²), two timed steps measure it and the unset ``steps`` and
+                ``max_units`` shrink to fit (not below 64 steps and 4 units); this is printed
+                and stored with the images.
             sharded: under ``torch.distributed``, split the units across ranks (a collective:
                 every rank calls it; rank 0 stores).
             quiet: hide the progress bar (``None``: the run's ``quiet``).

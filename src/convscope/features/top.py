@@ -178,6 +178,19 @@ def _graph_field(model: nn.Module, example: Tensor, layer: str) -> ReceptiveFiel
     return ReceptiveField((y[0], x[0]), (y[1], x[1]), (y[2], x[2]), "graph")
 
 
+def _layout(model: nn.Module, x: Tensor, out: Tensor) -> Any:
+    """How the layer output ``out`` for images ``x`` reads as ``[B, D, h, w]``: a convolution's
+    map as it is (also a 1 x 1 one), Swin's channels-last ``[B, h, w, D]`` permuted, a ViT's
+    ``[B, N, D]`` tokens on the patch grid without the class token
+    (:func:`convscope.explain.base.layer_layout`); None when it is no spatial map."""
+    from ..explain.base import layer_layout
+    from ..nn import GridLayout
+
+    if out.dim() == 4 and tuple(out.shape[2:]) == (1, 1):
+        return GridLayout("channels_first", (1, 1))
+    return layer_layout(model, x, out) if out.dim() in (3, 4) else None
+
+
 def _gradient_field(
     model: nn.Module, example: Tensor, layer: str, trials: int = 4
 ) -> ReceptiveField:
@@ -187,8 +200,10 @@ def _gradient_field(
     x = torch.rand((trials,) + tuple(example.shape[1:]), generator=gen).to(example)
     x.requires_grad_(True)
     out = capture(model, x, layer, no_grad=False)[layer]
-    if out.dim() != 4:
+    layout = _layout(model, x, out)
+    if layout is None:
         return ReceptiveField(None, (1, 1), (0, 0), "gradient")
+    out = layout.apply(out)
     cy, cx = out.shape[2] // 2, out.shape[3] // 2
     (g,) = torch.autograd.grad(out[:, :, cy, cx].sum(), x)
     support = g.abs().sum((0, 1)) > 0  # [H, W]
@@ -502,6 +517,7 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
     device = model_device(model)
     batches, total = _batches(dataset, int(batch_size), int(offset))
     state: TopExamples | None = None
+    layout: Any = None  # how the layer's output reads as [B, D, h, w] (the first batch's)
     n_seen = 0
     bar = tqdm(total=total, disable=quiet, desc=f"top examples {layer}", unit="img")
     try:
@@ -519,7 +535,17 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
                 )
             if a.dim() == 2:
                 a = a[:, :, None, None]
-            if a.dim() != 4:
+            elif a.dim() in (3, 4):  # tokens and channels-last maps as [B, D, h, w]
+                if state is None:
+                    layout = _layout(model, x, a)
+                if layout is None:
+                    raise InputError(
+                        f"layer {layer!r} outputs shape {list(a.shape)}, which is no spatial "
+                        "map of the input: top_examples needs [B, C, H, W], [B, C], a "
+                        "channels-last [B, H, W, C] or tokens [B, N, D] on the patch grid."
+                    )
+                a = layout.apply(a)
+            else:
                 raise InputError(
                     f"layer {layer!r} outputs shape {list(a.shape)}; top_examples needs "
                     "[B, C, H, W] or [B, C] (channels to rank)."

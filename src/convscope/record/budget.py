@@ -14,7 +14,9 @@ call                          budget
 ``log_model``                 60 s (graph and profile; the profile repeats fit the budget)
 ``log_feature_maps``          30 s
 ``log_diagnosis``             90 s for one batch (more layers or images: proportionally more)
-``log_preferred_inputs``      120 s per layer (16 units at 128², 128 steps)
+``log_preferred_inputs``      120 s per layer (16 units at 128², 128 steps; on a model whose
+                              step is slower, e.g. ViT-B at its fixed 224², the defaults
+                              shrink to fit: :func:`fit_preferred`)
 ``log_top_examples``          20 s per layer plus 0.5 s per image per layer
 ============================  ===============================================================
 """
@@ -29,7 +31,8 @@ from typing import Any
 from ..nn.budget import Budget, Tracker, track
 
 __all__ = ["BUDGETS", "open_budget", "auto_repeat", "preferred_size", "preferred_steps",
-           "PROFILE_REPEATS", "PASSES_PER_REPEAT", "PREFERRED_MAX_SIZE"]
+           "fit_preferred", "PROFILE_REPEATS", "PASSES_PER_REPEAT", "PREFERRED_MAX_SIZE",
+           "PREFERRED_UNITS", "PREFERRED_MIN_STEPS", "PREFERRED_MIN_UNITS"]
 
 #: Seconds each call is stated to take on the reference case (see the module doc).
 BUDGETS: dict[str, float] = {
@@ -82,6 +85,39 @@ def preferred_steps(size: tuple[int, int]) -> int:
     """Optimisation steps ``log_preferred_inputs`` uses when ``steps`` is not given: 256 (the
     render default) for images up to 64², 128 above (where each step costs 4x or more)."""
     return 256 if max(size) <= 64 else 128
+
+
+#: ``log_preferred_inputs(max_units=None)``: this many units per layer, fewer (down to
+#: :data:`PREFERRED_MIN_UNITS`) where a step is so slow that they would not fit the budget.
+PREFERRED_UNITS = 16
+#: The fewest steps and units the fitted defaults go down to (below, the images stop being
+#: worth looking at: the call then warns instead).
+PREFERRED_MIN_STEPS = 64
+PREFERRED_MIN_UNITS = 4
+
+
+def fit_preferred(step_seconds: float, units: int, steps: int, *, budget: float,
+                  fit_steps: bool = True, fit_units: bool = True) -> tuple[int, int]:
+    """``(steps, units)`` for one layer of ``log_preferred_inputs`` whose defaults must fit
+    ``budget`` seconds, when one optimisation step of all ``units`` takes ``step_seconds``
+    (measured; a step's cost is taken as proportional to the units in the batch).
+
+    Nothing changes when ``steps x step_seconds`` fits. Otherwise the steps come down first
+    (when ``fit_steps``: the user left ``steps`` unset), to what fits but not below
+    :data:`PREFERRED_MIN_STEPS`; then the units (when ``fit_units``), to what fits at those
+    steps but not below :data:`PREFERRED_MIN_UNITS`. What still does not fit is left to the
+    budget warning."""
+    units, steps = int(units), int(steps)
+    if not math.isfinite(step_seconds) or step_seconds <= 0 or units <= 0 or steps <= 0:
+        return steps, units
+    if steps * step_seconds <= budget:
+        return steps, units
+    if fit_steps:
+        steps = max(min(steps, PREFERRED_MIN_STEPS), min(steps, int(budget / step_seconds)))
+    per_unit = step_seconds / units
+    if fit_units and steps * per_unit * units > budget:
+        units = max(min(units, PREFERRED_MIN_UNITS), min(units, int(budget / (steps * per_unit))))
+    return steps, units
 
 
 @contextlib.contextmanager

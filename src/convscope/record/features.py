@@ -14,6 +14,7 @@ Stored:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ def _layers(layers: str | Sequence[str]) -> list[str]:
 
 
 def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
-                         units: Sequence[int] | None = None, *, max_units: int = 16,
+                         units: Sequence[int] | None = None, *, max_units: int | None = None,
                          seed: int = 0, steps: int | None = None, lr: float | None = None,
                          size: int | tuple[int, int] | None = None, channels: int | None = None,
                          objective: Any = "channel", regularizers: Any = None,
@@ -50,11 +51,17 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
 
     ``seed``, ``steps``, ``lr``, ``size``, ``channels``, ``objective``, ``regularizers``,
     ``transforms``, ``param``, ``mean``, ``std``, ``batch_size`` and any further
-    ``maximize_options`` go to ``maximize`` (``None``: its default), except two defaults that
+    ``maximize_options`` go to ``maximize`` (``None``: its default), except three defaults that
     fit the model: ``size=None`` renders at the model's input size with the longer side cut to
     :data:`~convscope.record.budget.PREFERRED_MAX_SIZE` (128, lucent's size: a ResNet-50 renders
-    at 128², not 224²), and ``steps=None`` takes 256 steps up to 64² and 128 above
-    (:func:`~convscope.record.budget.preferred_steps`; a preset or ``render=`` keeps its own).
+    at 128², not 224²); ``steps=None`` takes 256 steps up to 64² and 128 above
+    (:func:`~convscope.record.budget.preferred_steps`; a preset or ``render=`` keeps its own);
+    ``max_units=None`` takes 16 units. Where a layer's step is so slow that these would not fit
+    the budget (ViT-B renders at its fixed 224²: ~3.7 s a step for 16 units on 2 cores), two
+    timed steps per layer measure it and the unset ones shrink to fit, steps first (not below
+    64), then units (not below 4) (:func:`~convscope.record.budget.fit_preferred`); what they
+    became is printed (unless ``quiet``) and stored with the images. Not when ``units`` is given
+    or ``sharded`` (the ranks must agree).
 
     Budget: 120 s per layer (16 units at 128², 128 steps, ResNet-50, 2-core CPU). The progress
     bar counts steps; the first step of each layer projects the call, and a projection above
@@ -68,11 +75,21 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     from ..features.preferred import input_shape, layer_channels, preferred_inputs
     from ..features.regularizers import Preset
     from ..nn.dist import rank_world
-    from .budget import BUDGETS, open_budget, preferred_size, preferred_steps
+    from .budget import (
+        BUDGETS,
+        PREFERRED_UNITS,
+        fit_preferred,
+        open_budget,
+        preferred_size,
+        preferred_steps,
+    )
 
     quiet = run.quiet if quiet is None else bool(quiet)
     names = _layers(layers)
     preset = isinstance(regularizers, Preset) or "render" in maximize_options
+    fit_steps = steps is None and not preset
+    fit_units = max_units is None and units is None
+    n_max = PREFERRED_UNITS if max_units is None else max_units
     if size is None and not preset:
         _, h, w = input_shape(model, None, channels)
         size = preferred_size((h, w))
@@ -89,13 +106,32 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     world = rank_world()[1] if sharded else 1
     settings = {"seed": seed, **options, **({"processes": world} if world > 1 else {})}
     write = not sharded or rank_world()[0] == 0
+    per_layer = BUDGETS["log_preferred_inputs"]
     chosen_units: dict[str, list[int]] = {}
+    layer_steps: dict[str, Any] = {}
+    fitted: dict[str, str] = {}
     for layer in names:
         chosen = list(units) if units is not None else None
         if chosen is None:
             n = layer_channels(model, layer, size=size, channels=channels)
-            chosen = list(range(min(max_units, n)))
+            chosen = list(range(min(n_max, n)))
+        layer_steps[layer] = steps
+        if (fit_steps or fit_units) and not sharded and isinstance(steps, int) and chosen:
+            step_s = _probe_step(model, layer, chosen, seed, options, preferred_inputs)
+            s_fit, u_fit = fit_preferred(step_s, len(chosen), steps, budget=per_layer,
+                                         fit_steps=fit_steps, fit_units=fit_units)
+            if (s_fit, u_fit) != (steps, len(chosen)):
+                fitted[layer] = (f"{steps}->{s_fit} steps, {len(chosen)}->{u_fit} units "
+                                 f"(a step of {len(chosen)} units took {step_s:.2f} s)")
+                chosen, layer_steps[layer] = chosen[:u_fit], s_fit
         chosen_units[layer] = chosen
+    if fitted and not quiet:
+        from tqdm.auto import tqdm
+
+        for layer, how in fitted.items():
+            tqdm.write(f"log_preferred_inputs: {layer}: {how}, to fit the "
+                       f"{per_layer:.0f} s budget per layer; pass steps= and max_units= to "
+                       "choose.", file=sys.stderr)
     n_units = max(len(u) for u in chosen_units.values())
     side = "x".join(str(d) for d in input_shape(model, size, channels)[1:])
     chunk = batch_size or n_units
@@ -104,25 +140,47 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
         n_steps = regularizers.get("steps")
     total = None
     if isinstance(n_steps, int):  # the steps of every layer's chunks
-        total = sum(n_steps * -(-len(u) // min(chunk, len(u)) if u else 0)
-                    for u in chosen_units.values())
+        total = sum((layer_steps[layer] or n_steps)
+                    * -(-len(u) // min(chunk, len(u)) if u else 0)
+                    for layer, u in chosen_units.items())
     out: dict[str, Any] = {}
     with open_budget(
-            "log_preferred_inputs", BUDGETS["log_preferred_inputs"] * len(names),
+            "log_preferred_inputs", per_layer * len(names),
             "steps=64, size=96 or max_units=8",
             f"{n_units} units x {len(names)} layer{'s' * (len(names) != 1)} at {side}"
             + (f", {n_steps} steps" if isinstance(n_steps, int) else ""),
             total=total, unit="step", clock=clock):
         for layer in names:
             chosen = chosen_units[layer]
+            layer_options = dict(options)
+            layer_settings = dict(settings)
+            if layer in fitted:
+                layer_options["steps"] = layer_settings["steps"] = layer_steps[layer]
+                layer_settings["fitted"] = fitted[layer]
             t0 = time.perf_counter()
             images, values = preferred_inputs(model, layer, chosen, seed=seed, sharded=sharded,
-                                              quiet=quiet, **options)
+                                              quiet=quiet, **layer_options)
             if write:
                 store_preferred_inputs(run, layer, chosen, images, values,
-                                       seconds=time.perf_counter() - t0, settings=settings)
+                                       seconds=time.perf_counter() - t0,
+                                       settings=layer_settings)
             out[layer] = images
     return out
+
+
+#: Steps of the timing probe of :func:`log_preferred_inputs` (the mean, set-up included, errs
+#: on the slow side).
+PROBE_STEPS = 2
+
+
+def _probe_step(model: Any, layer: str, chosen: list[int], seed: int,
+                options: dict[str, Any], preferred_inputs: Any) -> float:
+    """Seconds per optimisation step of ``chosen`` units of ``layer`` with these options:
+    :data:`PROBE_STEPS` real steps, timed."""
+    probe = {**options, "steps": PROBE_STEPS}
+    t0 = time.perf_counter()
+    preferred_inputs(model, layer, chosen, seed=seed, quiet=True, **probe)
+    return (time.perf_counter() - t0) / PROBE_STEPS
 
 
 def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset: Any, k: int = 9,
