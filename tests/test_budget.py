@@ -415,4 +415,5 @@ def test_preferred_inputs_probe_times_two_real_steps():
 
 def test_budgets_are_stated():
     assert BUDGETS == {"log_model": 60.0, "log_feature_maps": 30.0, "log_diagnosis": 90.0,
-                       "log_preferred_inputs": 120.0, "log_top_examples": 20.0}
+                       "log_preferred_inputs": 120.0, "log_top_examples": 20.0,
+                       "log_projections": 90.0}

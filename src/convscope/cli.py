@@ -132,15 +132,18 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .store import open_run
 
     what = [w.strip() for w in args.what.split(",") if w.strip()]
-    known = ("top-examples", "preferred-inputs", "attributions", "diagnosis")
+    known = ("top-examples", "preferred-inputs", "attributions", "diagnosis", "projections")
     bad = [w for w in what if w not in known]
     if bad or not what:
         raise InputError(f"--what takes a comma-separated list of {', '.join(known)}; got "
                          f"{args.what!r}.")
     layers = [x.strip() for x in (args.layers or "").split(",") if x.strip()]
-    if not layers and {"top-examples", "preferred-inputs"} & set(what):
+    if not layers and {"top-examples", "preferred-inputs", "projections"} & set(what):
         raise InputError("--layers needs at least one layer (module path), e.g. layer1,layer2, "
-                         "for top-examples and preferred-inputs.")
+                         "for top-examples, preferred-inputs and projections.")
+    from .record.features import preferred_method
+
+    preferred_method(args.method)  # a bad name fails before the model is loaded
     started = False
     dist = torch.distributed
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -151,7 +154,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         reader = open_run(args.run)
         model = reader.load_model(args.checkpoint, trust=args.trust_checkpoints)
         data = labels = masks = class_names = None
-        if {"top-examples", "attributions", "diagnosis"} & set(what):
+        if {"top-examples", "attributions", "diagnosis", "projections"} & set(what):
             if args.dataset_npy:
                 data = torch.as_tensor(np.load(args.dataset_npy)).float()
             else:
@@ -169,7 +172,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                                      sharded=True)
             if "preferred-inputs" in what:
                 run.log_preferred_inputs(model, layers, max_units=args.units, seed=args.seed,
-                                         steps=args.steps, sharded=True)
+                                         steps=args.steps, method=args.method, sharded=True)
+            if "projections" in what and rank == 0:  # DeconvNet: one process (not sharded)
+                run.log_projections(model, layers, data, max_units=args.units or 16, k=args.k,
+                                    batch_size=args.batch_size)
             if "attributions" in what:
                 n = min(len(data), args.attribution_images)
                 run.log_attributions(model, data[:n],
@@ -273,19 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="run directory")
     c.set_defaults(func=_cmd_compact)
 
-    an = sub.add_parser("analyze", help="top examples, preferred inputs, attribution maps and "
-                        "diagnosis of a run's saved model over a data set, sharded across "
-                        "processes under torchrun")
+    an = sub.add_parser("analyze", help="top examples, preferred inputs, attribution maps, "
+                        "diagnosis and DeconvNet projections of a run's saved model over a "
+                        "data set, sharded across processes under torchrun")
     an.add_argument("run", help="run directory (with a checkpoint from run.log_checkpoint)")
     an.add_argument("--what", default="top-examples,preferred-inputs",
                     help="comma-separated: top-examples, preferred-inputs, attributions, "
-                    "diagnosis (default: the first two)")
+                    "diagnosis, projections (DeconvNet, Zeiler & Fergus 2014; rank 0 only) "
+                    "(default: the first two)")
     an.add_argument("--layers", default="", help="comma-separated layer module paths (for "
-                    "top-examples and preferred-inputs)")
+                    "top-examples, preferred-inputs and projections)")
     an.add_argument("--k", type=int, default=9, help="top examples per channel (default 9)")
-    an.add_argument("--units", type=int, default=None, help="preferred inputs of the first N "
-                    "channels of each layer (default 16, fewer where a step is too slow for "
-                    "the budget)")
+    an.add_argument("--units", type=int, default=None, help="preferred inputs (and projections) "
+                    "of the first N channels of each layer (default 16, fewer preferred inputs "
+                    "where a step is too slow for the budget)")
     an.add_argument("--images", type=int, default=2000, help="Shapes test images to rank, "
                     "explain and diagnose (default 2000)")
     an.add_argument("--dataset-npy", default=None, help=".npy file of images [N, C, H, W] to "
@@ -299,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--batch-size", type=int, default=64)
     an.add_argument("--steps", type=int, default=None, help="maximisation steps (default: "
                     "maximize's)")
+    an.add_argument("--method", default="lucid", help="preferred inputs: lucid (default: the "
+                    "lucid-style parameterisation and transforms) or yosinski:N, N = 1-4 "
+                    "(Yosinski et al. 2015: plain gradient ascent with the paper's regulariser "
+                    "setting N: L2 decay, blur, small-norm and small-contribution clipping)")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--checkpoint", default="model", help="checkpoint key (default: model)")
     an.add_argument("--quiet", action="store_true", help="no progress bars")

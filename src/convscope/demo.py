@@ -81,6 +81,18 @@ def _record_features(run: Run, res: DemoResult, quiet: bool) -> None:
     run.log_top_examples(model, layers, res.test_images, k=9)
 
 
+# DeconvNet
+PROJECTION_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2")
+
+
+def _record_projections(run: Run, res: DemoResult, quiet: bool) -> None:
+    """DeconvNet projections (Zeiler & Fergus 2014) of 16 units of 3 conv layers (4 units in the
+    seconds-long test setting): each unit's top-9 test images projected back to pixels."""
+    small = res.config.n_train <= 1000
+    run.log_projections(res.model.eval(), list(PROJECTION_LAYERS), res.test_images,
+                        max_units=4 if small else 16, k=9)
+
+
 def _record_attribution_set(run: Run, res: DemoResult, quiet: bool) -> None:
     """The gradient methods and the CAMs (all but Score-CAM, the slow one) over the first 64
     test images as one paged set, the way a validation set is explained."""
@@ -106,6 +118,7 @@ RECORDINGS: list[Recording] = [
     Recording("attribution maps of 64 test images (a paged set)", _record_attribution_set),
     Recording("diagnosis of 64 test images and of the whole test set", _record_diagnosis),
     Recording("preferred inputs and top-9 examples of 5 conv layers", _record_features),
+    Recording("DeconvNet projections of 3 conv layers", _record_projections),  # DeconvNet
 ]
 
 

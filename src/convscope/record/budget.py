@@ -18,6 +18,8 @@ call                          budget
                               step is slower, e.g. ViT-B at its fixed 224², the defaults
                               shrink to fit: :func:`fit_preferred`)
 ``log_top_examples``          20 s per layer plus 0.5 s per image per layer
+``log_projections``           90 s per layer plus 0.5 s per image per layer (the ranking pass
+                              of ``log_top_examples``, then 16 units x 9 DeconvNet projections)
 ============================  ===============================================================
 """
 
@@ -41,6 +43,7 @@ BUDGETS: dict[str, float] = {
     "log_diagnosis": 90.0,
     "log_preferred_inputs": 120.0,  # per layer
     "log_top_examples": 20.0,  # per layer, plus TOP_EXAMPLES_PER_IMAGE per image
+    "log_projections": 90.0,  # per layer, plus TOP_EXAMPLES_PER_IMAGE per image  # DeconvNet
 }
 TOP_EXAMPLES_PER_IMAGE = 0.5
 DIAGNOSIS_PER_IMAGE = 0.5

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
 
 __all__ = ["log_preferred_inputs", "log_top_examples", "store_top_examples",
-           "store_preferred_inputs", "channels_of"]
+           "store_preferred_inputs", "channels_of", "PREFERRED_METHODS", "preferred_method"]
 
 
 def _layers(layers: str | Sequence[str]) -> list[str]:
@@ -37,6 +37,29 @@ def _layers(layers: str | Sequence[str]) -> list[str]:
     return out
 
 
+#: The names ``log_preferred_inputs(method=...)`` and ``convscope analyze --method`` take:
+#: ``"lucid"`` (the default: lucent's decorrelated, transformation-robust parameterisation) or
+#: ``"yosinski:N"``, Yosinski et al. 2015's plain gradient ascent on pixels with the paper's
+#: regulariser setting ``N`` (1-4: L2 decay, Gaussian blur, small-norm and small-contribution
+#: clipping; :func:`convscope.features.yosinski`).
+PREFERRED_METHODS = ("lucid", "yosinski:1", "yosinski:2", "yosinski:3", "yosinski:4")
+
+
+def preferred_method(method: Any) -> Any:
+    """The preset that ``method`` names (``None`` for ``"lucid"``, the default render);
+    :class:`~convscope.errors.InputError` listing the valid names for anything else."""
+    if isinstance(method, str) and method.strip().lower() in PREFERRED_METHODS:
+        name = method.strip().lower()
+        if name == "lucid":
+            return None
+        from ..features.regularizers import yosinski
+
+        return yosinski(int(name.split(":")[1]))
+    raise InputError(f"method must be one of {', '.join(PREFERRED_METHODS)} (lucid: the "
+                     "lucid-style default; yosinski:N: Yosinski et al. 2015's plain gradient "
+                     f"ascent with the paper's regulariser setting N), got {method!r}.")
+
+
 def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
                          units: Sequence[int] | None = None, *, max_units: int | None = None,
                          seed: int = 0, steps: int | None = None, lr: float | None = None,
@@ -44,7 +67,7 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
                          objective: Any = "channel", regularizers: Any = None,
                          transforms: Any = None, param: str | None = None, mean: Any = None,
                          std: Any = None, batch_size: int | None = None, sharded: bool = False,
-                         quiet: bool | None = None, clock: Any = None,
+                         method: str = "lucid", quiet: bool | None = None, clock: Any = None,
                          **maximize_options: Any) -> dict[str, Any]:
     """Activation maximisation (:func:`convscope.features.maximize`) of ``units`` (default: the
     first ``max_units`` channels) of each layer, all units of a layer in one batch.
@@ -62,6 +85,13 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     64), then units (not below 4) (:func:`~convscope.record.budget.fit_preferred`); what they
     became is printed (unless ``quiet``) and stored with the images. Not when ``units`` is given
     or ``sharded`` (the ranks must agree).
+
+    ``method``: ``"lucid"`` (the default render: lucent-style parameterisation and transforms)
+    or ``"yosinski:N"`` (N = 1-4), Yosinski et al. 2015's plain gradient ascent on pixels with
+    the paper's regulariser setting N (:func:`convscope.features.yosinski`: L2 decay, blur,
+    small-norm and small-contribution clipping), a preset that keeps its own steps and size (no
+    timing probe); other names raise :class:`InputError` listing :data:`PREFERRED_METHODS`. The
+    stored settings name the method.
 
     Budget: 120 s per layer (16 units at 128², 128 steps, ResNet-50, 2-core CPU). The progress
     bar counts steps; the first step of each layer projects the call, and a projection above
@@ -86,6 +116,13 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
 
     quiet = run.quiet if quiet is None else bool(quiet)
     names = _layers(layers)
+    chosen_preset = preferred_method(method)
+    method = str(method).strip().lower()
+    if chosen_preset is not None:
+        if regularizers is not None or "render" in maximize_options:
+            raise InputError(f"method={method!r} chooses the regularisers and render settings; "
+                             "pass either method= or regularizers= / render=, not both.")
+        regularizers = chosen_preset
     preset = isinstance(regularizers, Preset) or "render" in maximize_options
     fit_steps = steps is None and not preset
     fit_units = max_units is None and units is None
@@ -104,7 +141,8 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
         options["objective"] = objective
     options.update(maximize_options)
     world = rank_world()[1] if sharded else 1
-    settings = {"seed": seed, **options, **({"processes": world} if world > 1 else {})}
+    settings = {"method": method, "seed": seed, **options,
+                **({"processes": world} if world > 1 else {})}
     write = not sharded or rank_world()[0] == 0
     per_layer = BUDGETS["log_preferred_inputs"]
     chosen_units: dict[str, list[int]] = {}
