@@ -39,6 +39,7 @@ from ..components import (
     survive,
 )
 from . import Page
+from .model_params import params_section
 
 cyto.load_extra_layouts()
 
@@ -591,7 +592,7 @@ def _thumbs(images) -> np.ndarray:
 
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
+PANEL_SECTIONS: list = [_features_section, _diagnosis_section, params_section]
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
