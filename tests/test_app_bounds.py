@@ -142,6 +142,12 @@ def test_a_wide_conv_parameter_view_is_capped_and_says_so(client, logdir):
     stored = open_run(logdir[0] / "diag-big").array("diag_param", "4")
     view = open_run(logdir[0] / "diag-big").object("diag_param_view", "4")
     assert stored.shape == (128 * 3, 128 * 3 + 1) and view["has_bias"]  # what was recorded
+    # the outputs are drawn in their tree's leaf order (issue 15): put the row blocks back in
+    # the recorded order, then compare with the stored grid
+    drawn = fig["layout"]["meta"]["rows"]
+    assert fig["layout"]["meta"]["tree"] and set(drawn) <= set(view["rows"])
+    back = np.argsort([view["rows"].index(r) for r in drawn])
+    z = z.reshape(len(drawn), 3, -1)[back].reshape(z.shape)
     # whole 3 x 3 cells of evenly spaced outputs/inputs: the first and the last recorded
     # output/input are kept, and the bias column (last) is the recorded biases of those rows
     assert z.shape[0] % 3 == 0 and (z.shape[1] - 1) % 3 == 0
@@ -198,7 +204,13 @@ def test_a_small_diagnosis_is_not_capped(client, logdir):
     pfig = resp["diag-param-view"]["figure"]
     assert pfig["layout"]["meta"]["capped"] == []
     stored = reader.array("diag_param", "layer1.0.conv1")
-    np.testing.assert_array_equal(_array(pfig["data"][0]["z"]).astype(np.float32), stored)
+    # every output, drawn in the tree's leaf order (issue 15): the stored row blocks reordered
+    pview = reader.object("diag_param_view", "layer1.0.conv1")
+    drawn, kh = pfig["layout"]["meta"]["rows"], pview["cell"][0]
+    assert pfig["layout"]["meta"]["tree"] and sorted(drawn) == sorted(pview["rows"])
+    blocks = [pview["rows"].index(r) for r in drawn]
+    want = stored.reshape(len(pview["rows"]), kh, -1)[blocks].reshape(stored.shape)
+    np.testing.assert_array_equal(_array(pfig["data"][0]["z"]).astype(np.float32), want)
     assert "showing" not in _text(resp["diag-view-notes"]["children"])
 
 

@@ -1,7 +1,9 @@
 """Wang & Li (2020)'s views of one layer. Layer outputs (:func:`layer_view_figure`): the
 dendrogram of channels (cosine distance, single linkage) drawn above the grid of samples ×
-channels in leaf order, and a KDE curve per channel. Parameters (:func:`param_view_figure`): the
-weight grid and a KDE curve per output, without a dendrogram.
+channels in leaf order, and a KDE curve per channel. Parameters (:func:`param_view_figure`, Wang
+& Li 2020 figures 7 and 10): the outputs' dendrogram (c_out / f_out) beside the weight grid
+whose rows follow its leaf order, and a KDE curve per output; :func:`leaf_tree` prunes the stored
+tree to the outputs drawn.
 
 Each figure is bounded whatever the stored view holds (a dashboard answer stays well under
 1 MB): the grid keeps at most :data:`MAX_GRID_VALUES` values (maps are area-averaged, then
@@ -25,7 +27,8 @@ from . import theme
 from .maps import GAP, mosaic
 
 __all__ = ["layer_view_figure", "param_view_figure", "SEVERITY_COLORS", "MAX_GRID_VALUES",
-           "MAX_CURVES", "MAX_CURVE_POINTS", "MAX_TREE_LEAVES", "evenly"]
+           "MAX_CURVES", "MAX_CURVE_POINTS", "MAX_TREE_LEAVES", "evenly", "leaf_tree",
+           "fit_param_grid"]
 
 SEVERITY_COLORS = {"error": "#b42318", "warning": "#b54708", "info": "#0072B2", "note": "#667085"}
 
@@ -34,6 +37,7 @@ MAX_CURVES = 128  #: density curves per figure (the recorded default of a conv)
 MAX_CURVE_POINTS = 256  #: points per density curve
 MAX_TREE_LEAVES = 1024  #: dendrograms with more leaves are not drawn
 MAX_TICK_LABELS = 64  #: channel labels under the dendrogram and grid (every k-th beyond)
+MAX_CELL_BORDERS = 32  #: parameter grids with more output or input blocks draw no cell borders
 
 
 def evenly(n: int, k: int) -> np.ndarray:
@@ -251,6 +255,14 @@ def _layer_sizes(view: dict[str, Any], n_rows: int, n_cols: int) -> tuple[int, i
     return (i, o) if view.get("kind") == "deconv" else (o, i)
 
 
+def _seq(v: Any) -> list:
+    """A stored list field as a list (a numpy array when the view comes from ``to_dict()``;
+    None or a damaged non-sequence: empty)."""
+    if isinstance(v, np.ndarray):
+        return v.reshape(-1).tolist()
+    return list(v) if isinstance(v, (list, tuple)) else []
+
+
 def fit_param_grid(view: dict[str, Any], grid: Any, max_values: int = MAX_GRID_VALUES
                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(grid, kept rows of the view, notes)``: the parameter grid with at most ``max_values``
@@ -261,13 +273,13 @@ def fit_param_grid(view: dict[str, Any], grid: Any, max_values: int = MAX_GRID_V
         raise ValueError(f"the parameter grid has shape {list(grid.shape)}, not 2-D: record "
                          "the diagnosis again")
     big_h, big_w = (int(s) for s in grid.shape)
-    rows = list(view.get("rows") or [])
-    n_r, n_c = len(rows), len(view.get("cols") or [])
+    rows = list(_seq(view.get("rows")))
+    n_r, n_c = len(rows), len(_seq(view.get("cols")))
     all_rows = np.arange(n_r)
     if big_h * big_w <= max_values:
         return np.asarray(grid, dtype=np.float32), all_rows, []
     try:
-        kh, kw = (int(v) for v in (view.get("cell") or [1, 1]))
+        kh, kw = (int(v) for v in (_seq(view.get("cell")) or [1, 1]))
     except (TypeError, ValueError):
         kh, kw = 0, 0
     bias = 1 if view.get("has_bias") else 0
@@ -299,34 +311,220 @@ def fit_param_grid(view: dict[str, Any], grid: Any, max_values: int = MAX_GRID_V
     return out, ri, [note]
 
 
+def leaf_tree(clustering: dict[str, Any], rows: Any
+              ) -> tuple[np.ndarray, list[list[float]], list[list[float]]]:
+    """The stored tree of a view's outputs, restricted to ``rows`` (output indices, each among
+    ``clustering["labels"]``), as a dendrogram of those rows only.
+
+    Returns ``(order, icoord, dcoord)``: ``order`` the positions into ``rows`` in the tree's
+    leaf order (draw row ``rows[order[0]]`` first); one link per merge of two branches that
+    both hold a drawn row, as scipy's ``dendrogram(Z, no_plot=True)`` gives ``icoord`` /
+    ``dcoord`` but with leaf ``p`` at ``x = p`` (scipy: ``10 p + 5``) and a merge at the middle
+    of its two branches. With every clustered row drawn this is scipy's dendrogram; with some
+    of them (the page draws evenly spaced outputs of a big layer) it is that tree pruned to
+    them: the merge heights are the full tree's (single linkage: the cophenetic distance of
+    two drawn rows is unchanged) and the rows keep the full tree's leaf order. No tree (fewer
+    than two clustered rows): ``rows`` in the given order and no link. A damaged tree (a
+    linkage of the wrong shape, a row it does not hold): :class:`ValueError`.
+    """
+    rows = [int(r) for r in rows]
+    labels = np.asarray(clustering.get("labels", []), dtype=np.int64).reshape(-1)
+    z = np.asarray(clustering.get("linkage", []), dtype=np.float64)
+    n = len(labels)
+    if n < 2 or z.size == 0 or len(rows) < 1:
+        return np.arange(len(rows)), [], []
+    z = z.reshape(-1, z.shape[-1]) if z.ndim else z
+    leaves = np.asarray(clustering.get("leaves", []), dtype=np.int64).reshape(-1)
+    if (z.shape != (n - 1, 4) or len(leaves) != n
+            or not np.array_equal(np.sort(leaves), np.arange(n))):
+        raise ValueError(f"the stored tree of {n} outputs is damaged (linkage of shape "
+                         f"{list(z.shape)}, {len(leaves)} leaves): record the diagnosis again")
+    where = {int(lab): i for i, lab in enumerate(labels)}
+    idx = [where.get(r) for r in rows]
+    if any(i is None for i in idx) or len(set(idx)) != len(idx):
+        raise ValueError("the drawn outputs are not distinct leaves of the stored tree: record "
+                         "the diagnosis again")
+    rank = np.empty(n, dtype=np.int64)
+    rank[leaves] = np.arange(n)
+    order = np.argsort(rank[np.asarray(idx, dtype=np.int64)], kind="stable")
+    pos = np.empty(len(rows), dtype=np.float64)
+    pos[order] = np.arange(len(rows))
+    x: list[float | None] = [None] * (2 * n - 1)
+    h = [0.0] * (2 * n - 1)
+    for j, i in enumerate(idx):
+        x[i] = float(pos[j])
+    icoord: list[list[float]] = []
+    dcoord: list[list[float]] = []
+    for k in range(n - 1):
+        a, b, height = z[k, 0], z[k, 1], float(z[k, 2])
+        if not (a == int(a) and b == int(b) and 0 <= a < n + k and 0 <= b < n + k
+                and math.isfinite(height)):
+            raise ValueError(f"merge {k} of the stored tree is damaged: record the diagnosis "
+                             "again")
+        a, b = int(a), int(b)
+        xa, xb = x[a], x[b]
+        if xa is not None and xb is not None:
+            if xa > xb:
+                a, b, xa, xb = b, a, xb, xa
+            icoord.append([xa, xa, xb, xb])
+            dcoord.append([h[a], height, height, h[b]])
+            x[n + k], h[n + k] = (xa + xb) / 2, height
+        elif xa is not None:
+            x[n + k], h[n + k] = xa, h[a]
+        elif xb is not None:
+            x[n + k], h[n + k] = xb, h[b]
+    return order, icoord, dcoord
+
+
+def _row_dendrogram(icoord: list[list[float]], dcoord: list[list[float]], block: int,
+                    xaxis: str, yaxis: str) -> list[dict]:
+    """A dendrogram lying on its side, leaves on the right: leaf ``p`` beside rows
+    ``p * block .. p * block + block - 1`` of the grid (at their middle), the merge height along
+    x. One trace, links separated by gaps."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for p4, h4 in zip(icoord, dcoord, strict=True):
+        ys += [p * block + (block - 1) / 2 for p in p4] + [None]
+        xs += [float(v) for v in h4] + [None]
+    if not xs:
+        return []
+    return [{"type": "scatter", "x": xs, "y": ys, "mode": "lines", "name": "dendrogram",
+             "line": {"color": "#344054", "width": 1}, "hoverinfo": "skip",
+             "showlegend": False, "connectgaps": False, "xaxis": xaxis, "yaxis": yaxis}]
+
+
+#: Axis domains of the parameter figure: wide (the Diagnosis page: tree | grid | curves in one
+#: row) and compact (the Model page's side panel: tree | grid above, curves below).
+_PARAM_AXES = {
+    False: {"x": [0.0, 0.12], "x2": [0.125, 0.58], "x3": [0.7, 1.0],
+            "y": [0.0, 1.0], "y2": [0.0, 1.0], "y3": [0.0, 1.0]},
+    True: {"x": [0.0, 0.2], "x2": [0.21, 0.92], "x3": [0.0, 1.0],
+           "y": [0.38, 1.0], "y2": [0.38, 1.0], "y3": [0.0, 0.26]},
+}
+
+
 def param_view_figure(view: dict[str, Any], grid: np.ndarray, density: np.ndarray, *,
-                      max_values: int = MAX_GRID_VALUES) -> go.Figure:
-    """Two panels side by side: Wang & Li's parameter grid as a grey heatmap (one row block per
-    output channel, in the stored order of ``view["rows"]``; one column block per input channel;
-    each kh × kw cell scaled to 0–1; the bias as the last column; a linear layer is a plain
-    ``f_out × (f_in + 1)`` heatmap) and a KDE curve of each output's weights. No dendrogram is
-    drawn: the outputs' tree is stored in ``view["clustering"]`` but only
-    :func:`layer_view_figure` draws a tree. What was left out to stay within the bounds is
-    listed in ``layout.meta["capped"]``."""
+                      max_values: int = MAX_GRID_VALUES, compact: bool = False) -> go.Figure:
+    """Wang & Li (2020, figures 7 and 10)'s picture of a layer's parameters: the outputs'
+    dendrogram (cosine distance, single linkage, ``view["clustering"]``) lying on its side at
+    the left, beside the weight grid with its rows in the tree's leaf order (a conv: one row
+    block per output channel, one column block per input channel, each kh × kw cell scaled to
+    0–1, the bias as the last column, in grey; a linear layer: the raw ``f_out × (f_in + 1)``
+    heatmap with the bias last, blue below 0 and red above), and a KDE curve of each drawn
+    output's weights. ``compact``: the curves go under the grid (the Model page's panel).
+
+    Bounded whatever the stored view holds (:func:`fit_param_grid`: at most ``max_values``
+    grid values, evenly spaced whole outputs and inputs; at most :data:`MAX_CURVES` curves; a
+    tree of at most :data:`MAX_TREE_LEAVES` drawn outputs, pruned to them by
+    :func:`leaf_tree`). ``layout.meta``: ``rows`` (the drawn outputs, top to bottom),
+    ``tree`` (whether a dendrogram is drawn), ``links``, ``cell`` and ``capped`` (what was left
+    out, "showing N of M ...")."""
     density = np.asarray(density)
     rows = list(view.get("rows", range(density.shape[0])))
     labels = [f"out {r}" for r in rows] + [f"out #{i}" for i in range(len(rows),
                                                                        density.shape[0])]
     shown, kept, notes = fit_param_grid(view, grid, max_values)
+    kept = np.asarray(kept, dtype=np.int64)
+    try:
+        kh, kw = (int(v) for v in (_seq(view.get("cell")) or [1, 1]))
+    except (TypeError, ValueError):
+        kh, kw = 0, 0
+    blocks = len(kept) > 0 and kh >= 1 and shown.shape[0] == len(kept) * kh \
+        and len(rows) > int(kept.max())
+    clustering = view.get("clustering") if isinstance(view.get("clustering"), dict) else {}
+    drawn = [int(rows[i]) for i in kept] if blocks else []
+    icoord: list[list[float]] = []
+    dcoord: list[list[float]] = []
+    tree_notes: list[str] = []  # listed after the grid's and the curves' notes
+    if not blocks:
+        tree_notes.append("dendrogram not drawn: the stored grid is not one block of rows per "
+                          "output (rows in stored order)")
+    elif len(kept) > MAX_TREE_LEAVES:
+        tree_notes.append(f"dendrogram not drawn: {len(kept)} outputs (at most "
+                          f"{MAX_TREE_LEAVES}); rows in stored order")
+    else:
+        order, icoord, dcoord = leaf_tree(clustering, drawn)
+        if icoord:
+            r_idx = (order[:, None] * kh + np.arange(kh)[None, :]).reshape(-1)
+            shown, kept = shown[r_idx], kept[order]
+            drawn = [drawn[i] for i in order]
+            n_tree = int(np.asarray(clustering.get("labels", [])).size)
+            if len(drawn) < n_tree:
+                tree_notes.append(f"dendrogram: the tree of the {n_tree} recorded outputs, "
+                                  f"pruned to the {len(drawn)} drawn (merge heights unchanged)")
+        else:
+            why = str(clustering.get("note") or "") or "a tree needs at least two outputs"
+            tree_notes.append(f"dendrogram not drawn: {why}")
     curves = kept if len(kept) else np.arange(density.shape[0])
     kde_grid, dens, pick = _curves(view["kde"]["grid"], density, curves, "outputs", notes)
-    layout = _layout(420, f"{view.get('name', '')}: {view.get('kind', '')} "
-                          f"parameters {view.get('shape', '')}",
-                     rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.08,
-                     subplot_titles=["weights (each cell scaled to 0–1; bias last column)",
-                                     "KDE of each output's weights"])
-    data = [{"type": "heatmap", "z": shown, "colorscale": theme.colorscale("Greys"),
-             "showscale": False, "hoverongaps": False,
-             "hovertemplate": "value %{z:.3g}<extra></extra>", "xaxis": "x", "yaxis": "y"}]
-    layout["yaxis"]["autorange"] = "reversed"
-    data += _kde(kde_grid, dens, [labels[i] for i in pick], "x2", "y2")
-    layout["xaxis2"]["title"] = {"text": "value"}
-    layout["yaxis2"]["title"] = {"text": "density"}
+    notes += tree_notes
+    linear = view.get("kind") == "linear"
+    axes = _PARAM_AXES[bool(compact)]
+    layout = theme.layout(height=600 if compact else 460,
+                          title=f"{view.get('name', '')}: {view.get('kind', '')} "
+                                f"parameters {view.get('shape', '')}")
+    height = max(1, shown.shape[0])
+    yrange = [height - 0.5, -0.5]  # row 0 at the top, the tree's leaves beside their rows
+    merges = [d4[1] for d4 in dcoord]
+    top, low = (max(merges), min(merges)) if merges else (1.0, 0.0)
+    span = max(top - low, 0.02)
+    for ax in ("x", "x2", "x3"):
+        name = "xaxis" if ax == "x" else f"xaxis{ax[1:]}"
+        yname = "yaxis" if ax == "x" else f"yaxis{ax[1:]}"
+        layout[name] = {"anchor": ax.replace("x", "y"), "domain": axes[ax]}
+        layout[yname] = {"anchor": ax, "domain": axes[ax.replace("x", "y")]}
+    # the merge heights fill the panel (a random layer merges everything near 1): the leaves'
+    # stubs start at its right edge, the axis says where
+    layout["xaxis"].update(range=[top + 0.05 * span, max(0.0, low - 0.3 * span)],
+                           title={"text": "cosine distance"}, tickfont={"size": 9}, nticks=4,
+                           zeroline=False)
+    layout["yaxis"].update(range=yrange, showticklabels=False, showgrid=False,
+                           zeroline=False)
+    step = max(1, math.ceil(len(drawn) / MAX_TICK_LABELS)) if blocks else 1
+    layout["yaxis2"].update(range=yrange, showgrid=False, zeroline=False, side="right",
+                            tickfont={"size": 8},
+                            tickvals=[p * kh + (kh - 1) / 2 for p in range(len(drawn))][::step],
+                            ticktext=[str(r) for r in drawn][::step])
+    bias = 1 if view.get("has_bias") and shown.shape[1] > 1 else 0
+    layout["xaxis2"].update(showticklabels=False, showgrid=False, zeroline=False,
+                            range=[-0.5, shown.shape[1] - 0.5],
+                            title={"text": "inputs" + (" (kh × kw cells)" if not linear else "")
+                                   + (", bias last" if bias else "")})
+    layout["xaxis3"]["title"] = {"text": "value"}
+    layout["yaxis3"]["title"] = {"text": "density"}
+    # cell borders (Wang & Li's grid of kh x kw cells) while they stay a few pixels apart
+    lines: list[tuple[float, float, float, float]] = []
+    n_in = (shown.shape[1] - bias) // kw if blocks and kw >= 1 else 0
+    if blocks and kh > 1 and len(drawn) <= MAX_CELL_BORDERS:
+        lines += [(-0.5, shown.shape[1] - 0.5, p * kh - 0.5, p * kh - 0.5)
+                  for p in range(1, len(drawn))]
+    if blocks and kw > 1 and n_in <= MAX_CELL_BORDERS and n_in * kw + bias == shown.shape[1]:
+        lines += [(j * kw - 0.5, j * kw - 0.5, -0.5, height - 0.5) for j in range(1, n_in)]
+    if bias:
+        x = shown.shape[1] - 1.5
+        lines.append((x, x, -0.5, height - 0.5))
+    if lines:
+        color = "#344054" if linear else "#53b1fd"
+        layout["shapes"] = [{"type": "line", "xref": "x2", "yref": "y2", "x0": x0, "x1": x1,
+                             "y0": y0, "y1": y1, "line": {"color": color, "width": 1.5}}
+                            for x0, x1, y0, y1 in lines]
+    grid_title = (("outputs' dendrogram and weights, rows in leaf order" if icoord
+                   else "weights, one row per output")
+                  + (" (raw)" if linear else " (each cell scaled to 0–1)"))
+    tree_and_grid = {"xaxis": {"domain": [axes["x"][0], axes["x2"][1]]},
+                     "yaxis": {"domain": axes["y2"]}, "xaxis2": layout["xaxis3"],
+                     "yaxis2": layout["yaxis3"]}
+    layout["annotations"] = theme.title_annotations(
+        tree_and_grid, [grid_title, "KDE of each output's weights"], size=12)
+    heat = {"type": "heatmap", "z": shown, "showscale": False, "hoverongaps": False,
+            "hovertemplate": "value %{z:.3g}<extra></extra>", "xaxis": "x2", "yaxis": "y2"}
+    if linear:
+        heat.update(colorscale=theme.colorscale("RdBu"), zmid=0)
+    else:
+        heat["colorscale"] = theme.colorscale("Greys")
+    data = [heat] + _row_dendrogram(icoord, dcoord, max(kh, 1), "x", "y")
+    data += _kde(kde_grid, dens, [labels[i] for i in pick], "x3", "y3")
     layout["meta"] = {"kind": "diagnosis_params", "layer": view.get("name", ""),
-                      "capped": notes}
+                      "rows": drawn, "tree": bool(icoord), "links": len(icoord),
+                      "cell": [kh, kw], "capped": notes}
     return theme.trusted_figure(data, layout)

@@ -39,6 +39,7 @@ from ..components import (
     survive,
 )
 from . import Page
+from .model_params import params_section
 from .model_projections import projections_section, register_projections  # DeconvNet
 
 cyto.load_extra_layouts()
@@ -594,8 +595,8 @@ def _thumbs(images) -> np.ndarray:
 
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
-PANEL_SECTIONS.append(projections_section)  # DeconvNet
+PANEL_SECTIONS: list = [_features_section, projections_section, params_section,
+                        _diagnosis_section]
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
