@@ -39,6 +39,7 @@ from ..components import (
     survive,
 )
 from . import Page
+from .model_cnnvis import chain_container, cnnvis_section, register_cnnvis  # CNNVis
 
 cyto.load_extra_layouts()
 
@@ -115,6 +116,7 @@ def layout() -> html.Div:
         dcc.Store(id="model-expanded", data=[]),
         dcc.Store(id="model-view"),
         dcc.Store(id="model-selected"),
+        chain_container(),  # CNNVis
     )
 
 
@@ -235,6 +237,8 @@ def register(app, state) -> None:
         maps = _zoom_maps(state.reader(run), layer, stored_col)
         return (channel_zoom(maps, 0, int(meta["channels"][stored_col])),
                 {"display": "block"})
+
+    register_cnnvis(app, state)  # CNNVis
 
 
 # Lays the graph out once cytoscape holds the new elements, then sets the view:
@@ -592,6 +596,7 @@ def _thumbs(images) -> np.ndarray:
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
 PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
+PANEL_SECTIONS.append(cnnvis_section)  # CNNVis
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
