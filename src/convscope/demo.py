@@ -93,6 +93,14 @@ def _record_projections(run: Run, res: DemoResult, quiet: bool) -> None:
                         max_units=4 if small else 16, k=9)
 
 
+def _record_cnnvis(run: Run, res: DemoResult, quiet: bool) -> None:  # CNNVis
+    """CNNVis (Liu et al. 2017) of the first 5 convolutions after the stem (stages 1 to 3): 6
+    channel clusters per layer over the test set's classes, bundled edges between them."""
+    from torch.utils.data import TensorDataset
+
+    run.log_cnnvis(res.model.eval(), TensorDataset(res.test_images, res.test_labels), clusters=6)
+
+
 def _record_attribution_set(run: Run, res: DemoResult, quiet: bool) -> None:
     """The gradient methods and the CAMs (all but Score-CAM, the slow one) over the first 64
     test images as one paged set, the way a validation set is explained."""
@@ -119,6 +127,7 @@ RECORDINGS: list[Recording] = [
     Recording("diagnosis of 64 test images and of the whole test set", _record_diagnosis),
     Recording("preferred inputs and top-9 examples of 5 conv layers", _record_features),
     Recording("DeconvNet projections of 3 conv layers", _record_projections),  # DeconvNet
+    Recording("CNNVis clusters and bundled edges of 5 conv layers", _record_cnnvis),  # CNNVis
 ]
 
 

@@ -566,6 +566,57 @@ class Run:
         return log_projections(self, model, layers, dataset, units=units, max_units=max_units,
                                k=k, batch_size=batch_size, seed=seed, quiet=quiet)
 
+    def log_cnnvis(  # CNNVis
+        self,
+        model: Any,
+        dataset: Any,
+        layers: Any = None,
+        *,
+        clusters: Any = None,
+        by: str = "auto",
+        influence: str = "auto",
+        influence_images: int = 4,
+        batch_size: int = 64,
+        seed: int = 0,
+        key: str | None = None,
+        quiet: bool | None = None,
+    ) -> Any:
+        """CNNVis (Liu et al. 2017): cluster the channels of a chain of layers by their
+        responses over ``dataset`` and measure the influence between adjacent layers
+        (:mod:`convscope.model.cnnvis`). Shown on the Model page: a clicked layer's clusters,
+        the chain's cluster edges bundled by biclustering, the number of clusters changeable.
+
+        Args:
+            model: the network (eval mode; restored afterwards).
+            dataset: a tensor ``[N, C, H, W]``, a map-style ``Dataset`` (with labels the
+                channels are described per class, as CNNVis) or an iterable of batches.
+            layers: the chain, in drawing order (``None``: the first 5 convolutions along the
+                main path after the stem -- for a ResNet-18 the first stage and
+                ``layer2.0.conv1``, see :func:`~convscope.record.cnnvis.default_cnnvis_layers`).
+            clusters: clusters per layer: an int, ``None`` (chosen by the silhouette, 2 to
+                12), or ``{layer: count}``.
+            by: ``"class"``, ``"image"`` or ``"auto"`` (class when the data set has labels).
+            influence: ``"weights"``, ``"gradient"`` or ``"auto"`` (the weights when the next
+                layer is a convolution reading the layer directly, else the gradient).
+            influence_images: images (the first of the data set) for the gradient influence.
+            batch_size: images per forward pass.
+            seed: the k-means seed.
+            key: the view's name (``None``: ``"cnnvis"``; recording it again replaces it).
+            quiet: hide the progress bars (``None``: the run's ``quiet``).
+
+        Budget: 60 s for torchvision's ResNet-18 at 224² with 64 images on a 2-core CPU
+        (measured once: 66 s on a busy machine); a call projected at more than twice that warns
+        once.
+
+        Returns:
+            the :class:`~convscope.model.cnnvis.CNNVisGraph` (on the descriptors as stored).
+        """
+        from .record.cnnvis import log_cnnvis
+
+        return log_cnnvis(self, model, dataset, layers, clusters=clusters, by=by,
+                          influence=influence, influence_images=influence_images,
+                          batch_size=batch_size, seed=seed, key=key, quiet=quiet)
+
     # -- checkpoints -------------------------------------------------------------------------
     def log_checkpoint(self, model: Any, key: str = "model", *, example_inputs: Any = None,
                        arch: Any = None) -> Path:

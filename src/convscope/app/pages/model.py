@@ -39,6 +39,7 @@ from ..components import (
     survive,
 )
 from . import Page
+from .model_cnnvis import chain_container, cnnvis_section, register_cnnvis  # CNNVis
 from .model_params import params_section
 from .model_projections import projections_section, register_projections  # DeconvNet
 
@@ -117,6 +118,7 @@ def layout() -> html.Div:
         dcc.Store(id="model-expanded", data=[]),
         dcc.Store(id="model-view"),
         dcc.Store(id="model-selected"),
+        chain_container(),  # CNNVis
     )
 
 
@@ -239,6 +241,7 @@ def register(app, state) -> None:
                 {"display": "block"})
 
     register_projections(app, state)  # DeconvNet
+    register_cnnvis(app, state)  # CNNVis
 
 
 # Lays the graph out once cytoscape holds the new elements, then sets the view:
@@ -595,8 +598,8 @@ def _thumbs(images) -> np.ndarray:
 
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = [_features_section, projections_section, params_section,
-                        _diagnosis_section]
+PANEL_SECTIONS: list = [_features_section, projections_section, cnnvis_section,
+                        params_section, _diagnosis_section]  # CNNVis: clusters
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
