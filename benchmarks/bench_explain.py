@@ -8,7 +8,8 @@ Setting: torchvision resnet50 (random weights, seed 0), CPU, eval mode. Part 1: 
 channel): 1 image at 64 x 64, layer3 (1024 channels, 4 x 4 maps), each library's default batch
 size (pytorch-grad-cam 16, convscope automatic: 256 at this size); peak memory measured in a fresh child
 process per implementation (resident set size sampled every 2 ms, minus the size just before the
-call).
+call; with ``--device cuda``, the CUDA memory allocated above what was allocated before it).
+``--device`` runs everything there (default cpu; clocks read after ``torch.cuda.synchronize``).
 
 Every repeat runs every method once, in turn, so machine load drifts over all of them alike;
 the table gives medians and ratios to the baselines measured in the same run.
@@ -36,31 +37,34 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: peers' ba
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from memory import peak_extra_rss  # benchmarks/memory.py
+from device import add_device_arg, describe, device, peak_extra, sync  # benchmarks/device.py
 
 import convscope as cs  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 TARGETS8 = [1, 5, 7, 9, 11, 13, 17, 19]
+DEV = torch.device("cpu")  #: --device
 
 
 def resnet50(head_scale: float = 1.0) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
+    model = torchvision.models.resnet50(weights=None).eval().to(DEV)
     with torch.no_grad():
         model.fc.weight.mul_(head_scale)
     return model
 
 
 def timed(fn: Callable[[], object]) -> float:
+    sync(DEV)
     t0 = time.perf_counter()
     fn()
+    sync(DEV)
     return time.perf_counter() - t0
 
 
 def pearson(a, b) -> torch.Tensor:
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    a, b = torch.as_tensor(a).cpu(), torch.as_tensor(b).cpu()
     a = a.reshape(a.shape[0], -1).double()
     b = b.reshape(b.shape[0], -1).double()
     a = a - a.mean(1, keepdim=True)
@@ -89,8 +93,8 @@ def part1(repeats: int) -> list[str]:
 
     model = resnet50()
     torch.manual_seed(1)
-    x = torch.randn(8, 3, 224, 224)
-    t = torch.tensor(TARGETS8)
+    x = torch.randn(8, 3, 224, 224).to(DEV)
+    t = torch.tensor(TARGETS8, device=DEV)
 
     def forward() -> object:
         with torch.no_grad():
@@ -187,11 +191,12 @@ def child_memory(impl: str) -> None:
     """Run one Score-CAM in this (fresh) process; print the peak extra RSS in bytes as JSON."""
     model = resnet50(100.0)
     torch.manual_seed(2)
-    x = torch.randn(1, 3, SC_SIZE, SC_SIZE)
+    x = torch.randn(1, 3, SC_SIZE, SC_SIZE).to(DEV)
     with torch.no_grad():
         model(x)
     fn = _scorecam_impls(model, x)[impl]
-    print(json.dumps({"peak_extra": peak_extra_rss(fn)}))
+    extra, what = peak_extra(fn, DEV)
+    print(json.dumps({"peak_extra": extra, "what": what}))
 
 
 def _scorecam_impls(model, x) -> dict[str, Callable[[], object]]:
@@ -213,7 +218,7 @@ def _scorecam_impls(model, x) -> dict[str, Callable[[], object]]:
 def part2(repeats: int) -> list[str]:
     model = resnet50(100.0)  # O(1) score differences between masks: a sharp channel softmax
     torch.manual_seed(2)
-    x = torch.randn(1, 3, SC_SIZE, SC_SIZE)
+    x = torch.randn(1, 3, SC_SIZE, SC_SIZE).to(DEV)
     impls = _scorecam_impls(model, x)
     maps = {k: fn() for k, fn in impls.items()}
     corr = {k: float(pearson(maps[k], maps["pytorch-grad-cam ScoreCAM"])[0]) for k in maps}
@@ -225,15 +230,15 @@ def part2(repeats: int) -> list[str]:
     mem = {}
     for k in impls:
         res = subprocess.run(
-            [sys.executable, __file__, "--memory-child", k], capture_output=True, text=True,
-            check=True,
+            [sys.executable, __file__, "--memory-child", k, "--device", str(DEV)],
+            capture_output=True, text=True, check=True,
         )
         mem[k] = json.loads(res.stdout.strip().splitlines()[-1])["peak_extra"] / 2**20
     med = {k: statistics.median(v) for k, v in times.items()}
     ref = med["pytorch-grad-cam ScoreCAM"]
     rows = [
         f"| Score-CAM, 1 image {SC_SIZE}², resnet50 {SC_LAYER} (1024 ch), defaults | median s | min–max s | × pytorch-grad-cam "
-        "| peak extra RSS MB | r vs pytorch-grad-cam | goal met (<= 0.5x, less memory, r >= 0.99) |",
+        "| peak extra MB (RSS; CUDA: allocated) | r vs pytorch-grad-cam | goal met (<= 0.5x, less memory, r >= 0.99) |",
         "|---|---|---|---|---|---|---|",
     ]
     for k, ts in times.items():
@@ -255,7 +260,10 @@ def main() -> None:
     ap.add_argument("--skip-scorecam", action="store_true")
     ap.add_argument("--only-scorecam", action="store_true")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    add_device_arg(ap)
     args = ap.parse_args()
+    global DEV
+    DEV = device(args.device)
     if args.memory_child:
         child_memory(args.memory_child)
         return
@@ -270,13 +278,14 @@ def main() -> None:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python "
-        f"{platform.python_version()}",
+        f"{platform.python_version()}, device {describe(DEV)}",
         f"- load average at start: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}",
         f"- repeats: {repeats} (Score-CAM: {sc_repeats}), medians; ratios to baselines of the same run",
         "",
     ]
     if not args.only_scorecam:
-        out += ["resnet50, batch 8, 224 × 224, CPU, one target per image, CAM layer `layer4`:", ""]
+        out += [f"resnet50, batch 8, 224 × 224, {DEV}, one target per image, CAM layer `layer4`:",
+                ""]
         out += part1(repeats)
         out.append("")
     if not args.skip_scorecam:

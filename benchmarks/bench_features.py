@@ -24,15 +24,20 @@ import time
 
 import torch
 import torchvision
+from device import add_device_arg, describe, device, sync  # benchmarks/device.py
 
 import convscope as cs
+
+DEV = torch.device("cpu")  #: --device
 
 
 def timed(fn, runs: int) -> tuple[float, list[float]]:  # noqa: ANN001
     times = []
     for _ in range(runs):
+        sync(DEV)
         t0 = time.perf_counter()
         fn()
+        sync(DEV)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
 
@@ -71,7 +76,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--single", type=int, default=3, help="units timed one at a time")
     ap.add_argument("--quick", action="store_true", help="1 run, 16 units, 16 steps")
+    add_device_arg(ap)
     args = ap.parse_args()
+    global DEV
+    DEV = device(args.device)
     if args.quick:
         args.runs, args.units, args.steps, args.single = 1, 16, 16, 2
     torch.set_num_threads(args.threads)
@@ -79,10 +87,10 @@ def main() -> None:
     rows: list[tuple[str, str, str, str, str]] = []
 
     # -- torchvision resnet18, layer3 ------------------------------------------------------------
-    model = torchvision.models.resnet18(weights=None).eval()
+    model = torchvision.models.resnet18(weights=None).eval().to(DEV)
     n, steps, size = args.units, args.steps, args.size
-    x = torch.rand(n, 3, size, size)
-    x1 = torch.rand(1, 3, size, size)
+    x = torch.rand(n, 3, size, size).to(DEV)
+    x1 = torch.rand(1, 3, size, size).to(DEV)
     fwd_bwd(model, x, None)  # warm up
     trunc = Truncated(model).eval()
     units = list(range(n))
@@ -118,7 +126,7 @@ def main() -> None:
     ]
 
     # -- demo model -------------------------------------------------------------------------------
-    demo = cs.zoo.resnet(width=16).eval()
+    demo = cs.zoo.resnet(width=16).eval().to(DEV)
     d_units = list(range(16))
     t_demo, _ = timed(
         lambda: cs.features.maximize(demo, "layer2.0.conv2", d_units, quiet=True), args.runs
@@ -126,6 +134,7 @@ def main() -> None:
     rows.append(("demo ResNet w16, layer2.0.conv2, 16 units, 256 steps, 32²", f"{t_demo:.2f}", "",
                  "", f"{t_demo / 16:.3f} s per unit"))
     imgs, _, _ = cs.data.Shapes(n=2000, split="test").tensors()
+    imgs = imgs.to(DEV)
     t_top, _ = timed(
         lambda: cs.features.top_examples(demo, "layer2", imgs, k=9, batch_size=200, quiet=True),
         args.runs,
@@ -138,7 +147,8 @@ def main() -> None:
     print(f"command: `{cmd.strip()}`  ")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}  "
+        f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}, "
+        f"device {describe(DEV)}  "
     )
     print(f"date: {dt.datetime.now().isoformat(timespec='seconds')}; medians of {args.runs} runs  ")
     print()

@@ -254,14 +254,17 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         env = dict(os.environ, CONVSCOPE_REFRESH_MS="3600000")  # no refresh while measured
         env.pop("CONVSCOPE_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convscope", "serve", "--logdir", str(logdir), "--port",
-             str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env)
+        # the server's log goes to a file: a pipe nobody reads blocks the server's thread that
+        # writes to it once 64 KiB are waiting (the request it serves then never answers)
+        self.log = Path(tempfile.mkstemp(prefix="bench-scale-serve-", suffix=".log")[1])
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "convscope", "serve", "--logdir", str(logdir), "--port",
+                 str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=err, env=env)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"convscope serve exited: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"convscope serve exited: {self.tail()}")
             try:
                 urllib.request.urlopen(self.url + "/_dash-layout", timeout=5).read()
                 return
@@ -270,6 +273,10 @@ class Serve:
                     self.stop()
                     raise RuntimeError("convscope serve did not answer within 120 s") from None
                 time.sleep(0.2)
+
+    def tail(self, chars: int = 2000) -> str:
+        """The end of the server's log."""
+        return self.log.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -467,9 +474,12 @@ def time_pages(logdir: Path, layer: str | None, repeats: int, dump: str | None =
                                              "first_ms": first.get(n, float("nan")),
                                              "samples": len(v)} for n, v in per_cb.items()},
                            "errors": bad}
-        return {"pages": pages, "repeats": repeats}
+        logged = server.log.stat().st_size
+        return {"pages": pages, "repeats": repeats, "server_log_bytes": logged,
+                "server_log_tail": server.tail(1500) if logged else ""}
     finally:
         server.stop()
+        server.log.unlink(missing_ok=True)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -521,6 +531,9 @@ def report(r: dict, args) -> None:
     if worst:
         print(f"\nworst callback p95: {worst[0]:.0f} ms ({worst[1]} {worst[2]}); worst page load "
               f"p95: {loads[0]:.0f} ms ({loads[1]})")
+    if pages.get("server_log_bytes"):
+        print(f"\nthe server logged {pages['server_log_bytes']:,} bytes; its end:\n"
+              + pages["server_log_tail"])
 
 
 def summary(results: list[dict]) -> None:

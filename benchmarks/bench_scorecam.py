@@ -22,7 +22,9 @@ image(s) (1) at 224² on resnet50 ``layer3`` (1,024 channels, 14 x 14) and ``lay
 default batch size (pytorch-grad-cam: 16, and it holds every masked input of an image at once;
 convscope: from its byte budget, ``score_cam_batch``); medians of ``--repeats`` runs, time
 ratio, peak extra resident memory of one call in a fresh child process per implementation (RSS
-sampled every 2 ms minus the RSS just before the call), and r between the two maps.
+sampled every 2 ms minus the RSS just before the call; with ``--device cuda``, the CUDA memory
+allocated above what was allocated before the call), and r between the two maps. ``--device``
+runs both parts there (default cpu; clocks are read after ``torch.cuda.synchronize``).
 
 Goals (issue 14): fast mode <= 60 s for 8 images with r >= 0.99 against exact; exact <= 0.5x
 pytorch-grad-cam's time with lower peak memory. Timings move with the machine's load: compare
@@ -46,12 +48,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: peers' ba
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from memory import peak_extra_rss  # benchmarks/memory.py
+from device import add_device_arg, describe, device, peak_extra, sync  # benchmarks/device.py
 
 import convscope as cs  # noqa: E402
 from convscope.explain.cams import score_cam_info  # noqa: E402
 
 warnings.filterwarnings("ignore")
+
+DEV = torch.device("cpu")  #: --device
 
 PEER_CASES = {  # name: (arch, layer, size)
     "resnet50-layer3-224": ("resnet50", "layer3", 224),
@@ -69,7 +73,7 @@ QUICK_PEER_CASES = {
 
 def model_of(arch: str, head_scale: float) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
+    model = getattr(torchvision.models, arch)(weights=None).eval().to(DEV)
     with torch.no_grad():
         if arch.startswith("resnet"):
             model.fc.weight.mul_(head_scale)
@@ -89,8 +93,10 @@ def pearson(a: torch.Tensor, b) -> torch.Tensor:
 
 
 def timed(fn) -> tuple[float, object]:
+    sync(DEV)
     t0 = time.perf_counter()
     out = fn()
+    sync(DEV)
     return time.perf_counter() - t0, out
 
 
@@ -98,11 +104,11 @@ def timed(fn) -> tuple[float, object]:
 def part_fast(args: argparse.Namespace) -> list[str]:
     lines = []
     x = torch.randn(args.images, 3, args.size, args.size,
-                    generator=torch.Generator().manual_seed(1))
+                    generator=torch.Generator().manual_seed(1)).to(DEV)
     targets = [(7 * i + 1) % 1000 for i in range(args.images)]
     ks = [int(k) for k in args.channels.split(",")]
     n, es = args.exact_images, args.exact_size or args.size
-    xe = torch.randn(n, 3, es, es, generator=torch.Generator().manual_seed(3))
+    xe = torch.randn(n, 3, es, es, generator=torch.Generator().manual_seed(3)).to(DEV)
     lines.append(f"| resnet50 layer4, {args.images} images at {args.size}², head x100 | median s "
                  f"| min–max s | masked forwards | scored per image (rounds, bound) "
                  f"| min r vs exact, {n} image(s) at {es}²: x100 / x1 |")
@@ -128,7 +134,8 @@ def part_fast(args: argparse.Namespace) -> list[str]:
         for scale in (100.0, 1.0) if n else ():
             fast, fi = score_cam_info(models[scale], xe, targets[:n], "layer4", quiet=True,
                                       channels=k)
-            rs.append(f"{float(pearson(fast, exact[scale]).min()):.4f} ({fi.scored} scored)")
+            rs.append(f"{float(pearson(fast.cpu(), exact[scale].cpu()).min()):.4f} "
+                      f"({fi.scored} scored)")
         lines.append(f"| fast, channels={k} | {statistics.median(times):.1f} | "
                      f"{min(times):.1f}–{max(times):.1f} | {info.forwards} | "
                      f"{info.first}–{info.scored} ({info.rounds}, {info.bound:.3f}) | "
@@ -158,14 +165,16 @@ def impls(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict:
 
 
 def child(case: str, impl: str, images: int) -> None:
-    """One call in this fresh process; prints the peak extra RSS in bytes as JSON."""
+    """One call in this fresh process; prints the peak extra memory in bytes (RSS; on CUDA,
+    allocated device memory) as JSON."""
     arch, layer, size = {**PEER_CASES, **QUICK_PEER_CASES}[case]
     model = model_of(arch, 100.0)
-    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(2)).to(DEV)
     with torch.no_grad():
         model(x)
     fn = impls(model, layer, x)[impl]
-    print(json.dumps({"peak_extra": peak_extra_rss(fn)}))
+    extra, what = peak_extra(fn, DEV)
+    print(json.dumps({"peak_extra": extra, "what": what}))
 
 
 def part_peer(args: argparse.Namespace) -> list[str]:
@@ -181,7 +190,7 @@ def part_peer(args: argparse.Namespace) -> list[str]:
     for case, (arch, layer, size) in cases.items():
         model = model_of(arch, 100.0)
         x = torch.randn(args.peer_images, 3, size, size,
-                        generator=torch.Generator().manual_seed(2))
+                        generator=torch.Generator().manual_seed(2)).to(DEV)
         fns = impls(model, layer, x)
         times: dict[str, list[float]] = {k: [] for k in fns}
         maps = {}
@@ -195,11 +204,13 @@ def part_peer(args: argparse.Namespace) -> list[str]:
         mem = {}
         for k in fns:
             out = subprocess.run([sys.executable, __file__, "--child", case, k,
-                                  str(args.peer_images)],
+                                  str(args.peer_images), "--device", str(DEV)],
                                  capture_output=True, text=True, check=True)
-            mem[k] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"] / 2**20
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            mem[k], mem_what = got["peak_extra"] / 2**20, got["what"]
         med = {k: statistics.median(v) for k, v in times.items()}
-        a, p = maps["convscope"].float(), torch.as_tensor(maps["pytorch-grad-cam"]).float()
+        a = maps["convscope"].float().cpu()
+        p = torch.as_tensor(maps["pytorch-grad-cam"]).float().cpu()
         if float(a.std()) > 0 and float(p.std()) > 0:
             r = f"{float(pearson(a, p).min()):.4f}"
         else:  # a constant map (one channel wins a sharp softmax at a tiny size): compare values
@@ -207,7 +218,7 @@ def part_peer(args: argparse.Namespace) -> list[str]:
         lines.append(
             f"| {arch} {layer} at {size}² | {med['pytorch-grad-cam']:.2f} | "
             f"{med['convscope']:.2f} | {med['convscope'] / med['pytorch-grad-cam']:.2f} | "
-            f"{mem['pytorch-grad-cam']:.0f} / {mem['convscope']:.0f} MB | "
+            f"{mem['pytorch-grad-cam']:.0f} / {mem['convscope']:.0f} MB {mem_what} | "
             f"{score_cam_batch(model, x)} | {r} |")
     return lines
 
@@ -231,7 +242,10 @@ def main() -> None:
     ap.add_argument("--skip-fast", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    add_device_arg(ap)
     args = ap.parse_args()
+    global DEV
+    DEV = device(args.device)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
@@ -243,7 +257,8 @@ def main() -> None:
         args.repeats = 1 if args.repeats == dflt.repeats else args.repeats
     print(f"# bench_scorecam {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
           f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
-          f"load {os.getloadavg()[0]:.1f}, command: {' '.join(sys.argv)}")
+          f"load {os.getloadavg()[0]:.1f}, device {describe(DEV)}, command: "
+          f"{' '.join(sys.argv)}")
     if not args.skip_fast:
         print("\n".join(part_fast(args)), flush=True)
     if not args.skip_peer:

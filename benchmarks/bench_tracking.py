@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/bench_tracking.py --overhead --scale --quick   # smoke run
 
 ``--overhead``: torchvision resnet18 (``weights=None``, 10 classes), batches of 32 x 3 x 32 x 32,
-SGD, on the CPU with ``--threads`` torch threads for every configuration. Configurations:
+SGD, on ``--device`` (default the CPU, with ``--threads`` torch threads) for every
+configuration. Configurations:
 baseline (plain training, no logging), ``run.watch(every=10)`` and ``run.watch(every=1)`` (per-
 filter stats on; default ``background``, and ``background=False`` as ``watch10sync`` /
 ``watch1sync``), and TensorBoard ``add_histogram`` of every parameter and every gradient every
@@ -151,7 +152,9 @@ class _Config:
 
     def train_step(self, x: Any, y: Any) -> float:
         import torch.nn.functional as F
+        from device import sync  # benchmarks/device.py
 
+        sync(x.device)
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(x), y)
@@ -163,6 +166,7 @@ class _Config:
                 if p.grad is not None:
                     self.tb.add_histogram(f"{name}.grad", p.grad, self.step)
         self.opt.step()
+        sync(x.device)
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -189,10 +193,13 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = torchvision.models.resnet18(weights=None, num_classes=10)
+    from device import device  # benchmarks/device.py
+
+    dev = device(args.device)
+    base = torchvision.models.resnet18(weights=None, num_classes=10).to(dev)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(32, 3, 32, 32, generator=gen),
-                torch.randint(0, 10, (32,), generator=gen)) for _ in range(4)]
+    batches = [(torch.randn(32, 3, 32, 32, generator=gen).to(dev),
+                torch.randint(0, 10, (32,), generator=gen).to(dev)) for _ in range(4)]
     root = Path(tempfile.mkdtemp(prefix="cs-bench-overhead-", dir="/tmp"))
     specs = [s for s in OVERHEAD_CONFIGS if s[0] in args.configs.split(",")]
     if args.quick:
@@ -224,7 +231,10 @@ def _print_overhead(args: argparse.Namespace, cfgs: list[_Config], wall: float) 
     b_med, b_mean = statistics.median(base.times), statistics.mean(base.times)
     b_block = dict(base.blocks)
     n = len(base.times)
-    print(f"torchvision resnet18 (weights=None, 10 classes), batch 32 x 3 x 32 x 32, SGD, CPU, "
+    from device import describe, device  # benchmarks/device.py
+
+    print(f"torchvision resnet18 (weights=None, 10 classes), batch 32 x 3 x 32 x 32, SGD, "
+          f"{describe(device(args.device))}, "
           f"torch threads = {args.threads}. {args.rounds} interleaved rounds x {args.block} "
           f"steps = {n} measured steps per configuration after {args.warmup} warm-up steps; "
           f"{wall:.0f} s of measuring in all. Step times in ms.\n")
@@ -728,6 +738,9 @@ def main() -> None:
     ap.add_argument("--no-serve", action="store_true", help="scale: skip the dashboard part")
     ap.add_argument("--keep", action="store_true",
                     help="scale: keep the synthetic log (its path is printed) instead of deleting")
+    from device import add_device_arg  # benchmarks/device.py
+
+    add_device_arg(ap)  # the overhead part's model and batches (the scale part is storage)
     args = ap.parse_args()
     if not (args.overhead or args.scale):
         ap.error("pass --overhead and/or --scale")

@@ -57,7 +57,7 @@ echo "figures also under $OUT"
 declare -A STATUS
 run() {  # run NAME SCRIPT ARGS...: with --device, tee'd into $OUT/NAME.txt
     local name=$1 script=$2; shift 2
-    if ! grep -q -- '"--device"' "$script"; then
+    if ! grep -qE -- '"--device"|add_device_arg' "$script"; then
         echo "== $name: SKIPPED: $script has no --device option yet"
         STATUS[$name]="skipped (no --device option)"
         return

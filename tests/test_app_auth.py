@@ -6,6 +6,7 @@ The server tests run a real ``convscope serve`` on 127.0.0.1 and speak HTTP to i
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -271,8 +272,13 @@ def _serve_in_process(monkeypatch, logdir, **kw):
     monkeypatch.setattr(server, "_run_waitress",
                         lambda wsgi, sock, threads: seen.setdefault("wsgi", wsgi))
     monkeypatch.delenv("CONVSCOPE_TOKEN", raising=False)
+    monkeypatch.setattr(server, "REFREEZE_S", 0)  # no periodic garbage-collection thread
     server.serve(logdir, host="127.0.0.1", port=0, workers=1, **kw)
-    return seen["wsgi"]
+    wsgi = seen["wsgi"]
+    assert isinstance(wsgi, server.LongLived)  # the guard, kept out of full collections
+    gc.callbacks.remove(wsgi._on_gc)  # this test process's collector as it was
+    gc.unfreeze()
+    return wsgi.wsgi
 
 
 def test_a_non_loopback_bind_generates_a_token_and_prints_it(logdir, monkeypatch, capsys):

@@ -384,6 +384,8 @@ def test_preferred_inputs_defaults_shrink_to_fit_a_slow_step(tmp_path, monkeypat
     with cs.Run(tmp_path, "units", quiet=True) as run:
         rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", size=64, max_units=16)
     assert [(len(o["units"]), o["steps"]) for o in seen] == [(16, 64)]
+    fitted = pref_format.load(cs.open_run(tmp_path / "units"), "layer1.0.conv1").settings["fitted"]
+    assert fitted == "256->64 steps (a step of 16 units took 3.70 s)"  # only what changed
     seen.clear()
     with cs.Run(tmp_path, "steps", quiet=True) as run:
         rec_features.log_preferred_inputs(run, model, "layer1.0.conv1", size=64, steps=32)

@@ -64,16 +64,19 @@ def _plotly_json(fig) -> dict:
     return json.loads(pio.to_json(fig))
 
 
-def _assert_same_json(new, ref, path="fig"):
+def _assert_same_json(new, ref, path="fig", rel=0.0):
+    """Equal JSON; ``rel``: floats may differ by that relative amount (else bit-identical)."""
     assert type(new) is type(ref) or {type(new), type(ref)} <= {int, float}, path
     if isinstance(ref, dict):
         assert set(new) == set(ref), f"{path}: keys {set(new) ^ set(ref)} differ"
         for k in ref:
-            _assert_same_json(new[k], ref[k], f"{path}.{k}")
+            _assert_same_json(new[k], ref[k], f"{path}.{k}", rel)
     elif isinstance(ref, list):
         assert len(new) == len(ref), f"{path}: {len(new)} != {len(ref)} items"
         for i, (a, b) in enumerate(zip(new, ref, strict=True)):
-            _assert_same_json(a, b, f"{path}[{i}]")
+            _assert_same_json(a, b, f"{path}[{i}]", rel)
+    elif rel and isinstance(ref, float):
+        assert new == pytest.approx(ref, rel=rel, abs=0), f"{path}: {new!r} != {ref!r}"
     else:
         assert new == ref, f"{path}: {new!r} != {ref!r}"
 
@@ -82,6 +85,9 @@ def _assert_same_json(new, ref, path="fig"):
     (1, 1, 0.01, 0.01, False), (3, 8, 0.01, 0.01, False), (8, 8, 0.01, 0.01, False),
     (4, 4, 0.05, 0.08, True), (2, 3, 0.05, 0.08, True), (7, 4, 0.05, 0.6 / 7, True),
     (1, 4, 0.05, 0.08, True), (5, 1, 0.0, 0.25, False),
+    # 7 and 27 columns at 0.01: the last column's end sums to 1.0000000000000002 / ...04, which
+    # plotly refuses as a domain (the attribution gallery of a 6-method ConvNeXt run failed)
+    (2, 7, 0.01, 0.01, False), (1, 27, 0.01, 0.01, False),
 ])
 def test_grid_lays_out_axes_and_titles_exactly_as_make_subplots(rows, cols, hs, vs, shared):
     from plotly.subplots import make_subplots
@@ -95,7 +101,11 @@ def test_grid_lays_out_axes_and_titles_exactly_as_make_subplots(rows, cols, hs, 
                       shared_xaxes=shared)
     ref_axes = {k: v for k, v in ref.items() if k not in ("annotations", "template")}
     _assert_same_json(axes, ref_axes)  # bit-identical domains, anchors, matches
-    _assert_same_json(theme.title_annotations(axes, titles), list(ref.get("annotations", ())))
+    for ax in axes.values():  # what plotly accepts (make_subplots clamps its axes too)
+        assert 0.0 <= ax["domain"][0] <= ax["domain"][1] <= 1.0
+    # make_subplots places titles over the domains before it clamps them: 1 ulp apart at most
+    _assert_same_json(theme.title_annotations(axes, titles), list(ref.get("annotations", ())),
+                      rel=1e-15)
     with pytest.raises(cs.ConvscopeError, match="between 0 and 0.5"):
         theme.grid(3, 2, horizontal_spacing=0.1, vertical_spacing=0.6)
 

@@ -129,3 +129,25 @@ def test_many_channels_get_at_most_64_tick_labels(tmp_path):
         assert len(ax.ticktext) == math.ceil(200 / 4) <= MAX_TICK_LABELS
         for v, t in zip(ax.tickvals, ax.ticktext, strict=True):
             assert t == str(leaves[int(v)])  # features: one unit-wide cell per leaf
+
+
+@pytest.mark.parametrize("shape,side", [((16, 3, 96, 96), 48), ((2, 3, 224, 224), 96),
+                                        ((4, 3, 97, 50), 32), ((5, 40, 40), 64),
+                                        ((3, 1, 9, 9), 4)])
+def test_page_shrink_is_the_block_mean(shape, side):
+    from convscope.app.components import shrink
+
+    x = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    got = shrink(x, side)
+    h, w = shape[-2:]
+    f = -(-max(h, w) // side)
+    assert got.dtype == np.float32 and max(got.shape[-2:]) <= side
+    if f == 1:
+        assert np.array_equal(got, x.astype(np.float32))
+        return
+    # the oracle: every output pixel by hand, the mean of its f x f block (ragged edge cut)
+    want = np.empty(shape[:-2] + (h // f, w // f), dtype=np.float64)
+    for r in range(h // f):
+        for c in range(w // f):
+            want[..., r, c] = x[..., r * f:(r + 1) * f, c * f:(c + 1) * f].mean(axis=(-2, -1))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 import convscope as cs
-from convscope.record import attribution, diagnosis, features, structure
+from convscope.record import attribution, cnnvis, diagnosis, features, projections, structure
 
 METHODS = {  # Run method -> (module, function) of the recording code behind it
     "log_model": (structure, "log_model"),
@@ -19,6 +19,8 @@ METHODS = {  # Run method -> (module, function) of the recording code behind it
     "log_top_examples": (features, "log_top_examples"),
     "log_diagnosis": (diagnosis, "log_diagnosis"),
     "log_attributions": (attribution, "log_attributions"),
+    "log_projections": (projections, "log_projections"),
+    "log_cnnvis": (cnnvis, "log_cnnvis"),
 }
 #: the one **kwargs left: maximize's options beyond the common ones (its render configuration
 #: belongs to convscope.features)

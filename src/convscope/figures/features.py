@@ -17,9 +17,10 @@ __all__ = ["preferred_grid", "unit_pane", "channel_grid"]
 def _image_grid(cells: Sequence[tuple[np.ndarray, str, str | None]], rows: int, cols: int, *,
                 vertical_spacing: float, height: int, meta: dict) -> go.Figure:
     """Images ``(image [C, H, W], title, trace name)`` in a ``rows`` x ``cols`` grid without
-    ticks, titled in 9 px, built from plain dicts in one step: what ``make_subplots`` and
-    per-cell updates give, at a fraction of the cost (the Model page's layer panel draws two
-    such figures per click)."""
+    ticks, titled in 9 px, built from plain dicts in one step without plotly's per-property
+    validation (:func:`~convscope.figures.theme.trusted_figure`; the values are given in the
+    validated form): what ``make_subplots`` and per-cell updates give, at a fraction of the
+    cost (the Model page's layer panel draws up to four such figures per click)."""
     axes = theme.grid(rows, cols, horizontal_spacing=0.01, vertical_spacing=vertical_spacing)
     for ax in axes.values():
         ax.update(showticklabels=False, showgrid=False, zeroline=False)
@@ -32,10 +33,11 @@ def _image_grid(cells: Sequence[tuple[np.ndarray, str, str | None]], rows: int, 
             trace["name"] = name
         data.append(trace)
     layout = theme.layout(height=height)
-    layout.update(axes, annotations=theme.title_annotations(axes, [t for _, t, _ in cells],
-                                                            size=9),
-                  margin={"l": 5, "r": 5, "t": 30, "b": 5}, meta=meta)
-    return theme.figure(data, layout)
+    titles = theme.title_annotations(axes, [t for _, t, _ in cells], size=9)
+    layout.update(axes, margin={"l": 5, "r": 5, "t": 30, "b": 5}, meta=meta)
+    if titles:  # (validation drops an empty list; unvalidated, it is left out here)
+        layout["annotations"] = titles
+    return theme.trusted_figure(data, layout)
 
 
 def preferred_grid(images: np.ndarray, units: Sequence[int], values: Sequence[float] | None = None,

@@ -122,7 +122,9 @@ def grid(rows: int, cols: int, *, horizontal_spacing: float, vertical_spacing: f
         for c in range(cols):
             n = r * cols + c + 1
             xa, ya = axis_ref(n)
-            xaxis = {"anchor": ya, "domain": [x0[c], x0[c] + width]}
+            # clamped to [0, 1] as make_subplots clamps its axes (rounding can give an end of
+            # 1.0000000000000002, e.g. 7 columns 0.01 apart, which plotly refuses)
+            xaxis = {"anchor": ya, "domain": [max(0.0, x0[c]), min(1.0, x0[c] + width)]}
             if shared_xaxes and r < rows - 1:
                 xaxis["matches"] = axis_ref((rows - 1) * cols + c + 1)[0]
                 xaxis["showticklabels"] = False

@@ -7,7 +7,8 @@ dataclass. ``app/``, ``report.py`` and ``cli.py`` read runs only through these m
 below them moves bytes (Parquet parts, DuckDB, arrays, objects) and knows no concern.
 
 Modules: :mod:`.scalars`, :mod:`.structure` (graph and profile), :mod:`.feature_maps`,
-:mod:`.embedding`, :mod:`.preferred_inputs`, :mod:`.top_examples`, :mod:`.checkpoints`;
+:mod:`.embedding`, :mod:`.preferred_inputs`, :mod:`.top_examples`, :mod:`.projections`,
+:mod:`.checkpoints`;
 :mod:`.catalog` (which call records each table) and :mod:`.reader` (``cs.open_run``'s
 :class:`~convscope.formats.reader.RunReader`, one query mixin per concern). The contract of each
 is written down in ``docs/formats.md``.

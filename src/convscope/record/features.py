@@ -159,8 +159,10 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
             s_fit, u_fit = fit_preferred(step_s, len(chosen), steps, budget=per_layer,
                                          fit_steps=fit_steps, fit_units=fit_units)
             if (s_fit, u_fit) != (steps, len(chosen)):
-                fitted[layer] = (f"{steps}->{s_fit} steps, {len(chosen)}->{u_fit} units "
-                                 f"(a step of {len(chosen)} units took {step_s:.2f} s)")
+                what = [f"{a}->{b} {name}" for a, b, name in (
+                    (steps, s_fit, "steps"), (len(chosen), u_fit, "units")) if a != b]
+                fitted[layer] = (f"{', '.join(what)} (a step of {len(chosen)} units took "
+                                 f"{step_s:.2f} s)")
                 chosen, layer_steps[layer] = chosen[:u_fit], s_fit
         chosen_units[layer] = chosen
     if fitted and not quiet:
