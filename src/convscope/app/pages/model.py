@@ -39,6 +39,7 @@ from ..components import (
     survive,
 )
 from . import Page
+from .model_units import compute_section, register_units  # units on demand
 
 cyto.load_extra_layouts()
 
@@ -235,6 +236,8 @@ def register(app, state) -> None:
         maps = _zoom_maps(state.reader(run), layer, stored_col)
         return (channel_zoom(maps, 0, int(meta["channels"][stored_col])),
                 {"display": "block"})
+
+    register_units(app, state)  # units on demand
 
 
 # Lays the graph out once cytoscape holds the new elements, then sets the view:
@@ -592,6 +595,7 @@ def _thumbs(images) -> np.ndarray:
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
 PANEL_SECTIONS: list = [_features_section, _diagnosis_section]
+PANEL_SECTIONS.append(compute_section)  # units on demand
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 
