@@ -26,7 +26,7 @@ def _serve_kwargs(args: argparse.Namespace) -> dict:
     token = False if args.no_token else args.token
     return dict(host=args.host, port=args.port, workers=args.workers, token=token,
                 token_file=args.token_file, allow_hosts=args.allow_host or [],
-                trust_checkpoints=args.trust_checkpoints)
+                trust_checkpoints=args.trust_checkpoints, compute=args.compute)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=None, help="worker processes (default: "
                         "the usable cores, at most 8; 1 serves in one process)")
         trust_opt(sp)
+        sp.add_argument("--compute", action=argparse.BooleanOptionalAction, default=None,
+                        help="let the Model page compute a layer's preferred inputs and top "
+                        "examples on demand with the run's saved model and store them in the "
+                        "run (default: on for a loopback --host, off otherwise)")
 
     def trust_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--trust-checkpoints", action="store_true", help="allow unpickling "

@@ -173,6 +173,7 @@ def serve(
     token_file: str | Path | None = None,
     allow_hosts: Sequence[str] = (),
     trust_checkpoints: bool = False,
+    compute: bool | None = None,
     quiet: bool = False,
 ) -> None:
     """Serve ``logdir`` at ``http://host:port`` until interrupted.
@@ -195,6 +196,11 @@ def serve(
             non-loopback bind, none given means any.
         trust_checkpoints: let the dashboard unpickle whole-module checkpoints (runs you trust
             only: unpickling runs code).
+        compute: let the Model page compute a layer's preferred inputs and top examples on
+            demand with the run's saved model and store them in the run (a background job, one
+            at a time, at most 10 minutes). ``None``: on for a loopback bind, off otherwise:
+            over the network anyone holding the token could otherwise spend the server's CPU
+            for minutes per click and write into the runs (``True`` allows it there too).
         quiet: print nothing but the access URL of a generated token.
     """
     from .shell import create_app
@@ -226,6 +232,7 @@ def serve(
         logging.getLogger("convscope").addHandler(handler)
 
     sock = _listen(host, port)
+    jobs = None
     try:
         port = sock.getsockname()[1]
         loopback = _bound_is_loopback(sock, host)
@@ -245,6 +252,14 @@ def serve(
                 file=sys.stderr, flush=True,
             )
         app = create_app(logdir, trust_checkpoints=trust_checkpoints)
+        state = app.convscope_state
+        state.compute = loopback if compute is None else bool(compute)
+        if state.compute:
+            jobs = state.jobs  # its status directory, made here, is shared by the workers
+            if not loopback:
+                print(f"WARNING: --compute on {host}: whoever can use the dashboard can make "
+                      "the server run a saved model for minutes and append to the runs.",
+                      file=sys.stderr, flush=True)
         _warm_up(app)
         wsgi = LongLived(AccessGuard(app.server, token=secret, loopback=loopback,
                                      allowed_hosts=list(allow_hosts)))
@@ -254,6 +269,9 @@ def serve(
             mode = f"{workers} worker processes" if workers > 1 else "1 process"
             print(f"convscope: serving {logdir} ({mode}) at {urls[0]}  (Ctrl+C to stop)",
                   flush=True)
+            print("    computing on demand (Model page): "
+                  + ("on (--no-compute turns it off)" if state.compute else
+                     "off (--compute turns it on)"), flush=True)
             for u in urls[1:]:
                 print(f"    or {u}", flush=True)
         if workers == 1:
@@ -262,6 +280,8 @@ def serve(
             _supervise(wsgi, sock, threads, workers)
     finally:
         sock.close()
+        if jobs is not None:
+            jobs.close()
 
 
 #: Seconds between the full collections that also free what died among the frozen objects.

@@ -54,16 +54,31 @@ class AppState:
     work of a request does not grow with the size of its body or of the logdir.
 
     ``trust_checkpoints`` (set by ``create_app``) says whether pages may unpickle whole-module
-    checkpoints.
+    checkpoints. ``compute`` (set by :func:`~convscope.app.serve`, off otherwise) says whether
+    pages may start background jobs that compute with a run's saved model and append to the run
+    (the Model page's units on demand); :attr:`jobs` runs them.
     """
 
     trust_checkpoints: bool = False
+    compute: bool = False
+    _jobs: Any = None
 
     def __init__(self, logdir: str | Path, max_readers: int = MAX_READERS) -> None:
         self.logdir = Path(logdir).expanduser().resolve()
         self.max_readers = max(1, int(max_readers))
         self._readers: OrderedDict[str, RunReader] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def jobs(self) -> Any:
+        """The server's :class:`~convscope.app.jobs.JobRunner` (created on first use; ``serve``
+        creates it before forking its workers, so that they share its status directory)."""
+        with self._lock:
+            if self._jobs is None:
+                from .jobs import JobRunner
+
+                self._jobs = JobRunner()
+            return self._jobs
 
     def runs(self) -> list[RunInfo]:
         return list_runs(self.logdir)

@@ -42,6 +42,7 @@ from . import Page
 from .model_cnnvis import chain_container, cnnvis_section, register_cnnvis  # CNNVis
 from .model_params import params_section
 from .model_projections import projections_section, register_projections  # DeconvNet
+from .model_units import compute_section, register_units  # units on demand
 
 cyto.load_extra_layouts()
 
@@ -242,6 +243,7 @@ def register(app, state) -> None:
 
     register_projections(app, state)  # DeconvNet
     register_cnnvis(app, state)  # CNNVis
+    register_units(app, state)  # units on demand
 
 
 # Lays the graph out once cytoscape holds the new elements, then sets the view:
@@ -598,8 +600,8 @@ def _thumbs(images) -> np.ndarray:
 
 
 # Later capabilities (preferred inputs, diagnosis) add sections: f(reader, layer) -> component.
-PANEL_SECTIONS: list = [_features_section, projections_section, cnnvis_section,
-                        params_section, _diagnosis_section]  # CNNVis: clusters
+PANEL_SECTIONS: list = [_features_section, compute_section, projections_section,
+                        cnnvis_section, params_section, _diagnosis_section]
 # The tables the layer panel reads (their damaged parts are named on the page).
 PANEL_TABLES = [structure.PROFILE_TABLE, ARRAYS_TABLE, te_format.TABLE]
 

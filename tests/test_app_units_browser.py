@@ -1,0 +1,152 @@
+"""Units on demand in the browser (issue 15 item 3): on the demo run and on a 224² model
+(torchvision ResNet-18, random weights), a layer without preferred inputs offers "Compute for this
+layer"; clicking it shows the job's progress, then the panel re-renders with the preferred inputs
+and top examples the job stored in the run (read back through the formats: the oracle).
+
+A server started with --no-compute says how to turn it on and offers no button."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convscope as cs
+from convscope.app.pages import model_units as mu
+from convscope.formats import feature_maps as fm_format
+from convscope.formats import preferred_inputs as pi_format
+from convscope.formats import top_examples as te_format
+
+pytestmark = pytest.mark.browser
+
+DEMO_LAYER = "layer1.0.conv1"  # the small demo records conv1, layer2.0.conv2, layer4.0.conv2
+BIG_LAYER = "layer1.0.conv1"
+
+#: every status the panel shows, recorded in the page as it changes
+WATCH_JS = """() => {
+  window._seen = [];
+  const note = () => { const s = document.getElementById('units-state');
+    if (s) { window._seen.push([s.dataset.state, s.innerText]); } };
+  new MutationObserver(note).observe(document.getElementById('model-panel'),
+    {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+GRID = "document.querySelector('#fi-grid .js-plotly-plot')"
+PANE = "document.querySelector('#fi-pane .js-plotly-plot')"
+
+
+def _shots(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("CONVSCOPE_SHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_logdir(tmp_path_factory):
+    from convscope.demo import run_demo
+
+    logdir = tmp_path_factory.mktemp("demo")
+    run_demo(logdir, name="demo", small=True, quiet=True, epochs=1)
+    return logdir
+
+
+@pytest.fixture(scope="module")
+def big_logdir(tmp_path_factory):
+    import torchvision
+
+    logdir = tmp_path_factory.mktemp("big")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x, _, _ = cs.data.Shapes(n=8, size=224, split="test").tensors()
+    with cs.Run(logdir, "resnet18", quiet=True) as run:
+        run.log_checkpoint(model)
+        run.log_model(model, x[:2], profile=False)
+        run.log_feature_maps(model, x, layers=["conv1"])
+    return logdir
+
+
+def _find(page, name: str) -> None:
+    # the graph and the options of "Find a layer" come from one callback: wait for the graph
+    page.wait_for_function("() => { const el = document.getElementById('model-graph');"
+                           " return el && el._cyreg && el._cyreg.cy.nodes().length > 0; }")
+    page.locator("#model-find").click()
+    page.keyboard.type(name)
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def _compute(page, url: str, layer: str, shots: Path, tag: str, method: str | None = None
+             ) -> list:
+    """Open ``layer``'s panel, compute its units (quick), wait for the re-rendered panel;
+    every status the page showed."""
+    page.goto(url + "/model")
+    _find(page, layer)
+    page.wait_for_selector(f"#units-section[data-layer='{layer}']")
+    page.wait_for_selector("#units-compute")
+    assert page.evaluate("() => !document.querySelector('#features-section')")
+    page.evaluate(WATCH_JS)
+    if method is not None:
+        page.locator("#units-method").click()
+        page.get_by_role("option", name=mu.METHODS[method], exact=True).click()
+    page.locator("#units-effort input[value='quick']").check()
+    page.click("#units-compute")
+    page.wait_for_function("() => window._seen.length > 0")  # the click's answer
+    page.evaluate("() => document.getElementById('units-section').scrollIntoView()")
+    page.screenshot(path=str(shots / f"{tag}-1-started.png"), full_page=True)
+    # a later poll shows the steps (the job may also finish before one comes: not asserted)
+    page.wait_for_function(
+        "() => (window._seen || []).some(s => / of \\d+/.test(s[1])) || "
+        "!!document.querySelector('#features-section')")
+    if page.evaluate("() => { const s = document.getElementById('units-status');"
+                     " if (s) { s.scrollIntoView(); } return !!s; }"):
+        page.screenshot(path=str(shots / f"{tag}-2-progress.png"), full_page=True)
+    page.wait_for_function(f"() => {GRID} && {GRID}.layout && {GRID}.layout.meta", timeout=300_000)
+    page.wait_for_function(f"() => {PANE} && {PANE}.layout && {PANE}.layout.meta")
+    page.evaluate("() => document.getElementById('features-section').scrollIntoView()")
+    page.screenshot(path=str(shots / f"{tag}-3-results.png"), full_page=True)
+    return page.evaluate("() => window._seen")
+
+
+def test_compute_off_says_how_to_turn_it_on(demo_logdir, module_serve, page):
+    server = module_serve(demo_logdir, refresh_ms=60_000, args=["--no-compute"])
+    page.goto(server.url + "/model")
+    _find(page, DEMO_LAYER)
+    page.wait_for_selector("#units-section")
+    page.wait_for_function("() => document.querySelector('#units-body').innerText.includes("
+                           "'convscope serve --compute')")
+    assert page.locator("#units-compute").count() == 0
+
+
+def test_demo_run_computes_a_layer_on_demand(demo_logdir, module_serve, page, tmp_path):
+    reader = cs.open_run(demo_logdir / "demo")
+    assert pi_format.meta(reader, DEMO_LAYER) is None
+    # loopback: computing is on; two worker processes: the polls may reach the one not running
+    # the job (the status is shared through the server's job directory)
+    server = module_serve(demo_logdir, refresh_ms=60_000, workers=2)
+    seen = _compute(page, server.url, DEMO_LAYER, _shots(tmp_path), "demo")
+    assert seen and seen[0][0] == "running"
+    assert page.evaluate(f"() => {GRID}.layout.meta.units") == [0, 1, 2, 3]
+    n_samples = len(fm_format.samples(reader))
+    meta = page.evaluate(f"() => {PANE}.layout.meta")
+    assert meta == {"kind": "unit_pane", "unit": 0, "k": min(mu.TOP_K, n_samples),
+                    "has_preferred": True}
+    # what the page shows is what the run now stores
+    stored = pi_format.load(reader, DEMO_LAYER)
+    assert stored.units == [0, 1, 2, 3] and stored.settings["steps"] == str(mu.QUICK_STEPS)
+    assert te_format.crops_meta(reader, DEMO_LAYER)["k"] == min(mu.TOP_K, n_samples)
+    assert "units-section" not in page.content()  # nothing left to compute for this layer
+
+
+def test_224_model_computes_with_yosinski_setting_3(big_logdir, module_serve, page, tmp_path):
+    server = module_serve(big_logdir, refresh_ms=60_000)
+    seen = _compute(page, server.url, BIG_LAYER, _shots(tmp_path), "resnet18", "yosinski:3")
+    assert seen and seen[0][0] == "running"
+    assert page.evaluate(f"() => {GRID}.layout.meta.units") == [0, 1, 2, 3]
+    reader = cs.open_run(big_logdir / "resnet18")
+    stored = pi_format.load(reader, BIG_LAYER)
+    assert stored.settings["regularizers"].startswith("Preset('yosinski(3)'")
+    assert pi_format.meta(reader, BIG_LAYER)["size"] == [128, 128]  # 224² cut to 128
+    assert np.isfinite(stored.values).all()
+    meta = page.evaluate(f"() => {PANE}.layout.meta")
+    assert meta["has_preferred"] and meta["k"] == 8  # the run's eight sample images
