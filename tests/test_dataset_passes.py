@@ -45,7 +45,7 @@ def _images(n: int = 45, seed: int = 1) -> torch.Tensor:
 
 NUMBERS = ("dead_fraction", "dead_map_fraction", "near_zero_share", "mean", "std", "rms",
            "absmax", "saturation", "merge_median", "merge_iqr", "merge_q10", "merge_q90",
-           "input_similarity")
+           "input_similarity", "zero_share", "skewness", "excess_kurtosis", "active_kurtosis")
 
 
 # -- diagnosis over a data set -----------------------------------------------------------------
@@ -86,6 +86,41 @@ def test_statistics_of_two_halves_merge_to_those_of_the_whole():
         assert torch.equal(g.alive, m.alive) and g.absmax == m.absmax
         assert g.s1 == pytest.approx(m.s1, rel=1e-12) and g.s2 == pytest.approx(m.s2, rel=1e-12)
         torch.testing.assert_close(g.gram, m.gram, rtol=1e-12, atol=1e-9)
+        if m.psums is not None:  # the distribution's power sums, about the same shift
+            assert g.shift == m.shift and g.n0 == m.n0
+            assert g.psums == pytest.approx(m.psums, rel=1e-9, abs=1e-9)
+            assert g.isums == pytest.approx(m.isums, rel=1e-9, abs=1e-9)
+        if m.dkeys is not None:  # b ranked from 0: its sample keys differ from the whole's
+            assert not torch.equal(g.dkeys, m.dkeys)
+    # with each share's place in the data set, the channel-distance sample is the whole's
+    b = accumulate_outputs(net, x[18:], batch_size=9, quiet=True, example=x[:9], offset=18)
+    merged = merge_outputs([a, b])
+    for name, m in whole.items():
+        if m.dkeys is not None:
+            assert torch.equal(merged[name].dkeys, m.dkeys)
+            assert torch.equal(merged[name].drows, m.drows)
+
+
+def test_channel_distance_of_a_dataset_is_that_of_its_keyed_sample_by_brute_force():
+    from convscope.diagnose.dataset import DISTANCE_VALUES, position_keys
+    from convscope.diagnose.stats import quantile_distance
+
+    net, x = _net(), _images(90)
+    report = diagnose_dataset(net, x, batch_size=11, quiet=True)
+    with torch.no_grad():
+        out = cs.model.capture(net, x, "3")["3"]  # the Tanh: [90, 8, 8, 8], all channels live
+    n, c, h, w = out.shape
+    values = out.transpose(0, 1).reshape(c, -1)  # [C, N * P], item-major as the keys
+    keys = position_keys(torch.arange(n), h * w)
+    pick = torch.argsort(keys, stable=True)[:DISTANCE_VALUES]  # the data set's smallest keys
+    want = quantile_distance(values[:, pick])
+    got = report.layer("3").channel_distance
+    assert want is not None and got == pytest.approx(want, rel=1e-6)
+    # the sample spreads over the data set: every image contributes positions
+    assert len(set((pick // (h * w)).tolist())) == n
+    # and a different batching or a two-share split gives the same number
+    again = diagnose_dataset(net, x, batch_size=64, quiet=True).layer("3").channel_distance
+    assert again == pytest.approx(got, rel=1e-9)
 
 
 def test_gram_distances_equal_the_cosine_distances_of_the_stacked_vectors():

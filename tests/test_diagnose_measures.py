@@ -202,3 +202,24 @@ def test_each_rule_fires_on_its_injected_fault(trained, fault):
     f = diagnose(_faulty(model, fault), x, quiet=True).select(code=code, layer=layer)[0]
     assert f.advice and f.evidence and not any(
         isinstance(v, float) and math.isnan(v) for v in f.evidence.values())
+
+
+def _new_codes_dataset(model, x) -> dict[str, set[str]]:
+    from convscope.diagnose import diagnose_dataset
+
+    r = diagnose_dataset(model, x, batch_size=16, quiet=True)  # 4 batches, summed statistics
+    out: dict[str, set[str]] = {}
+    for f in r.findings:
+        if f.code in NEW:
+            out.setdefault(f.code, set()).add(f.layer)
+    return out
+
+
+def test_dataset_diagnosis_measures_the_output_distributions_too(trained):
+    """diagnose_dataset fills the whole-output shape and the channel distance from statistics
+    that add up over batches: the healthy model raises no new alarm, the identical-channel
+    fault raises the same finding as the one-batch diagnosis."""
+    model, x = trained
+    assert _new_codes_dataset(model, x) == {}
+    found = _new_codes_dataset(_faulty(model, "identical channel distributions"), x)
+    assert "fc" in found.get("alike-channel-distributions", set())

@@ -31,11 +31,50 @@ from .cluster import (
     sample_indices,
 )
 from .report import Report
-from .stats import LayerStats, ParamStats, fill_stats, measure_batch, param_stats, similarity_terms
+from .stats import (
+    LayerStats,
+    ParamStats,
+    fill_stats,
+    measure_batch,
+    param_stats,
+    power_sums,
+    quantile_distance,
+    shape_from_sums,
+    similarity_terms,
+)
 from .thresholds import Thresholds
 
 __all__ = ["OutputMoments", "DiagnosisPass", "accumulate_outputs", "merge_outputs", "report_of",
-           "diagnose_dataset"]
+           "diagnose_dataset", "position_keys", "DISTANCE_CHANNELS", "DISTANCE_VALUES"]
+
+#: Fewer sampled positions than this: no channel distance (as :func:`channel_distance`).
+MIN_DISTANCE_VALUES = 64
+#: The channel-distance sample of a data-set pass: at most this many channels (of the Gram
+#: matrix's) at this many positions, the positions with the smallest :func:`position_keys` over
+#: the whole data set (a ResNet-50's 50 outputs hold ~25 MB of it).
+DISTANCE_CHANNELS = 128
+DISTANCE_VALUES = 1024
+_GOLDEN = 0.6180339887498949
+
+
+def position_keys(items: torch.Tensor, positions: int, seed: int = 0) -> torch.Tensor:
+    """``[B * positions]`` float64 keys in [0, 1) of every (item, spatial position) of a batch
+    whose data-set indices are ``items [B]``: the fractional part of ``j * golden ratio`` (a Weyl
+    sequence) for ``j = index * positions + position``, shifted by the seed. A data set's
+    sample is its positions with the smallest keys: spread evenly over items and space, and the
+    same whatever the batching or sharding (each key depends on the global index only)."""
+    j = (items.to(torch.float64).reshape(-1, 1) * positions
+         + torch.arange(positions, dtype=torch.float64, device=items.device)).reshape(-1)
+    return torch.frac(j * _GOLDEN + (seed * 0.7548776662466927) % 1.0)
+
+
+def _bottom(keys: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest keys and their columns of ``rows`` (ties: the lower column first)."""
+    if keys.numel() <= k:
+        order = torch.argsort(keys, stable=True)
+    else:
+        order = torch.argsort(keys, stable=True)[:k]
+    return keys[order], rows[:, order]
 
 
 @dataclass
@@ -54,6 +93,13 @@ class OutputMoments:
             ``max_channels``). gram: ``[C', C']`` float64 ``sum <A_i, A_j>`` over every value.
         sim_sum, sim_count: ``[C']`` sums of the best |correlation| with the image and counts
             of non-constant maps (low-abstraction maps with an image input), else ``None``.
+        shift, psums, n0, isums: the whole output's value distribution (skewness, kurtosis,
+            zero share; :func:`~convscope.diagnose.stats.power_sums`): ``sum (v - shift)^k``
+            (k = 1..4) of the finite values, and the count and sums of the inactive ones
+            (``|v| <= dead_atol``); ``shift`` is the first batch's mean, the same for all.
+        dkeys, drows: the channel-distance sample: the :data:`DISTANCE_VALUES` positions of
+            the data set with the smallest :func:`position_keys` and the values there of the
+            first :data:`DISTANCE_CHANNELS` channels of ``index`` (``[C'', n]``).
         notes: what was sampled.
     """
 
@@ -78,6 +124,12 @@ class OutputMoments:
     gram: torch.Tensor | None = None
     sim_sum: torch.Tensor | None = None
     sim_count: torch.Tensor | None = None
+    shift: float | None = None
+    psums: list[float] | None = None
+    n0: int = 0
+    isums: list[float] | None = None
+    dkeys: torch.Tensor | None = None
+    drows: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
 
     def to(self, device: Any) -> OutputMoments:
@@ -87,6 +139,7 @@ class OutputMoments:
 
         return replace(self, alive=mv(self.alive), index=mv(self.index), gram=mv(self.gram),
                        sim_sum=mv(self.sim_sum), sim_count=mv(self.sim_count),
+                       dkeys=mv(self.dkeys), drows=mv(self.drows),
                        shape=list(self.shape), notes=list(self.notes))
 
     def merge(self, other: OutputMoments) -> OutputMoments:
@@ -109,6 +162,22 @@ class OutputMoments:
             alive = self.alive if other.alive is None else other.alive
         else:
             alive = self.alive | other.alive.to(self.alive.device)
+        if self.psums is None or other.psums is None:
+            psums, isums = (self.psums, self.isums) if other.psums is None else \
+                (other.psums, other.isums)
+        else:
+            if other.shift != self.shift:
+                raise InputError(f"cannot merge statistics of {self.name} taken about different "
+                                 "shifts: pass every share the data set's first batch.")
+            psums = [a + b for a, b in zip(self.psums, other.psums, strict=True)]
+            isums = [a + b for a, b in zip(self.isums, other.isums, strict=True)]
+        if self.dkeys is None or other.dkeys is None:
+            dkeys, drows = (self.dkeys, self.drows) if other.dkeys is None else \
+                (other.dkeys, other.drows)
+        else:
+            dkeys, drows = _bottom(
+                torch.cat([self.dkeys, other.dkeys.to(self.dkeys.device)]),
+                torch.cat([self.drows, other.drows.to(self.drows.device)], 1), DISTANCE_VALUES)
         return replace(
             self, shape=[self.shape[0] + other.shape[0], *self.shape[1:]],
             values=self.values + other.values, finite=self.finite + other.finite,
@@ -117,7 +186,10 @@ class OutputMoments:
             saturated=add(self.saturated, other.saturated), alive=alive,
             dead_maps=self.dead_maps + other.dead_maps, maps=self.maps + other.maps,
             gram=add(self.gram, other.gram), sim_sum=add(self.sim_sum, other.sim_sum),
-            sim_count=add(self.sim_count, other.sim_count), notes=list(self.notes),
+            sim_count=add(self.sim_count, other.sim_count),
+            shift=self.shift if self.shift is not None else other.shift, psums=psums,
+            n0=self.n0 + other.n0, isums=isums, dkeys=dkeys, drows=drows,
+            notes=list(self.notes),
         )
 
     def layer_stats(self, *, dendrogram: bool = False) -> tuple[LayerStats, Any]:
@@ -157,6 +229,15 @@ class OutputMoments:
                 st.merge_q10, st.merge_q90 = ms["q10"], ms["q90"]
             elif cl.note:
                 st.notes.append(cl.note)
+        if self.psums is not None:  # the whole output's value distribution
+            shape = shape_from_sums(self.finite, self.psums, self.n0, self.isums)
+            st.zero_share, st.skewness = shape["zero_share"], shape["skewness"]
+            st.excess_kurtosis, st.active_kurtosis = (shape["excess_kurtosis"],
+                                                      shape["active_kurtosis"])
+        if self.drows is not None and self.drows.shape[1] >= MIN_DISTANCE_VALUES:
+            chans = self.index[:self.drows.shape[0]].to(self.alive.device)
+            live = self.alive.index_select(0, chans).to(self.drows.device)
+            st.channel_distance = quantile_distance(self.drows[live])
         if self.sim_sum is not None:
             live = self.alive.index_select(0, self.index.to(self.alive.device)).to(
                 self.sim_count.device)
@@ -167,8 +248,11 @@ class OutputMoments:
 
 
 def _measure(x: torch.Tensor, image: torch.Tensor | None, m: OutputMoments, th: Thresholds,
-             module: nn.Module | None, max_channels: int, seed: int) -> OutputMoments:
-    """Statistics of one batch of one output (``m`` gives the name, type and level)."""
+             module: nn.Module | None, max_channels: int, seed: int,
+             items: torch.Tensor | None = None) -> OutputMoments:
+    """Statistics of one batch of one output (``m`` gives the name, type, level and the
+    distribution's shift); ``items [B]``: the batch's data-set indices (for the
+    channel-distance sample)."""
     b = int(x.shape[0])
     out = replace(m, shape=[b, *[int(s) for s in x.shape[1:]]], channels=int(x.shape[1]),
                   notes=list(m.notes))
@@ -184,6 +268,14 @@ def _measure(x: torch.Tensor, image: torch.Tensor | None, m: OutputMoments, th: 
         alive=mb["alive"], dead_maps=mb["dead_maps"], maps=mb["maps"], index=idx,
         gram=(v @ v.T).double(),
     )
+    finite = xz if mb["finite"] == mb["values"] else xz[torch.isfinite(x)]
+    shift = 0.0 if m.shift is None else m.shift
+    _, sums, n0, isums = power_sums(finite, th.dead_atol, shift=shift)
+    out = replace(out, shift=shift, psums=sums, n0=n0, isums=isums)
+    if items is not None and out.channels >= 2:
+        positions = v.shape[1] // b  # [C', B * P] in item-major order (transpose of [B, C', P])
+        keys = position_keys(items.to(v.device), positions, seed)
+        out.dkeys, out.drows = _bottom(keys, v[:DISTANCE_CHANNELS].float(), DISTANCE_VALUES)
     if m.abstraction == "low" and image is not None and x.dim() == 4:
         terms = similarity_terms(xz.index_select(1, idx), image)
         if terms is not None:
@@ -228,6 +320,7 @@ def accumulate_outputs(
     max_channels: int = MAX_CHANNELS,
     seed: int = 0,
     example: torch.Tensor | None = None,
+    offset: int = 0,
     quiet: bool = False,
 ) -> dict[str, OutputMoments]:
     """Stream ``dataset`` through ``model`` (eval mode, no gradients) and accumulate each chosen
@@ -243,8 +336,11 @@ def accumulate_outputs(
         abstraction: ``{layer: "low" | "high"}`` overrides; by default maps at least
             ``low_abstraction_min_scale`` of the input's size are low-abstraction.
         max_channels, seed: layers with more channels keep a Gram matrix over a seeded sample.
-        example: a batch that fixes the layers and the input size (default: the first batch);
-            under sharding every rank passes the data set's first batch.
+        example: a batch that fixes the layers, the input size and the shift of the power sums
+            (default: the first batch); under sharding every rank passes the data set's first
+            batch.
+        offset: added to the running item indices (a share's place in the data set: the
+            channel-distance sample depends on the data-set index of each item).
         quiet: hide the progress bar.
 
     Returns:
@@ -261,7 +357,7 @@ def accumulate_outputs(
     for k, v in abstraction.items():
         if v not in ("low", "high"):
             raise InputError(f"abstraction[{k!r}] = {v!r}: use 'low' or 'high'.")
-    batches, total = iter_batches(dataset, batch_size)
+    batches, total = iter_batches(dataset, batch_size, offset)
     device = model_device(model)
     first = None
     if example is None:
@@ -290,12 +386,16 @@ def accumulate_outputs(
             if kind == "maps" and t.dim() == 4 and side is not None and \
                     min(int(t.shape[2]), int(t.shape[3])) >= th.low_abstraction_min_scale * side:
                 level = "low"
+        shift = None
+        if isinstance(t, torch.Tensor) and t.numel() and (t.is_floating_point()):
+            fin = t[torch.isfinite(t)]
+            shift = float(fin.double().mean()) if fin.numel() else 0.0
         templates[name] = OutputMoments(name=name, type=mtype, order=order, kind=kind,
-                                        abstraction=level)
+                                        abstraction=level, shift=shift)
     acc: dict[str, OutputMoments | None] = {n: None for n in names}
     bar = progress(total, quiet=quiet, desc="diagnosis statistics", unit="img")
 
-    def run(x: torch.Tensor) -> None:
+    def run(items: torch.Tensor, x: torch.Tensor) -> None:
         check_args((x,), "images")
         x = x.to(device)
         outs = capture(model, x, names)
@@ -304,15 +404,16 @@ def accumulate_outputs(
             tm = templates[name]
             if tm.kind == "other" or not isinstance(out, torch.Tensor):
                 continue
-            m = _measure(out, x if image else None, tm, th, modules[name], max_channels, seed)
+            m = _measure(out, x if image else None, tm, th, modules[name], max_channels, seed,
+                         items)
             acc[name] = m if acc[name] is None else acc[name].merge(m)
         bar.update(int(x.shape[0]))
 
     try:
         if first is not None:
-            run(first[1])
-        for _, x, _ in batches:
-            run(x)
+            run(first[0], first[1])
+        for items, x, _ in batches:
+            run(items, x)
     finally:
         bar.close()
     result = {}
@@ -474,12 +575,12 @@ class DiagnosisPass(DatasetPass[dict[str, OutputMoments], Report]):
         return self._first
 
     def run(self, share: Share) -> dict[str, OutputMoments]:
-        piece, _ = self.piece(share)
+        piece, offset = self.piece(share)
         return accumulate_outputs(
             self.model, piece, layers=self.layers, batch_size=self.align,
             thresholds=self.thresholds, abstraction=self.abstraction,
             max_channels=self.max_channels, seed=self.seed,
-            example=None if share.whole else self.first(), quiet=self.quiet)
+            example=None if share.whole else self.first(), offset=offset, quiet=self.quiet)
 
     def merge(self, partials: Sequence[Mapping[str, OutputMoments]]) -> dict[str, OutputMoments]:
         return merge_outputs(partials)

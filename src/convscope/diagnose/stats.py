@@ -8,6 +8,7 @@ the channels of enormous layers, and the sampling is recorded in the result.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,7 +39,10 @@ __all__ = [
     "fill_stats",
     "similarity_terms",
     "distribution_shape",
+    "power_sums",
+    "shape_from_sums",
     "channel_distance",
+    "quantile_distance",
     "dense_noise",
     "depth_profile",
 ]
@@ -581,6 +585,61 @@ def param_stats(
 # distribution measures (Wang & Li 2020, §1.3.2-§1.3.5)
 
 
+def _central(cnt: int, s: Sequence[float]) -> tuple[float | None, float | None]:
+    """``(skewness, excess kurtosis)`` of ``cnt`` values from their power sums ``s``
+    (``sum (v - c)^k`` for k = 1..4, about any fixed ``c``); ``None`` where undefined (fewer
+    than 4 values, no spread)."""
+    if cnt < 4:
+        return None, None
+    a1, a2, a3, a4 = (x / cnt for x in s)
+    m2 = a2 - a1 * a1
+    m3 = a3 - 3 * a1 * a2 + 2 * a1**3
+    m4 = a4 - 4 * a1 * a3 + 6 * a1 * a1 * a2 - 3 * a1**4
+    if not m2 > 1e-12 * max(a2, 1e-300) or not math.isfinite(m2):
+        return None, None
+    return _f(m3 / m2**1.5), _f(m4 / (m2 * m2) - 3.0)
+
+
+def shape_from_sums(n: int, sums: Sequence[float], n0: int, isums: Sequence[float]
+                    ) -> dict[str, float | None]:
+    """:func:`distribution_shape`'s numbers from power sums that add up over batches: ``n``
+    values with ``sums[k-1] = sum (v - c)^k`` (k = 1..4, about a shift ``c`` fixed for all
+    batches), of which ``n0`` inactive ones (``|v| <= dead_atol``) with ``isums`` alike
+    (:func:`power_sums`)."""
+    out: dict[str, float | None] = {"zero_share": None, "skewness": None,
+                                    "excess_kurtosis": None, "active_kurtosis": None}
+    if n <= 0:
+        return out
+    out["zero_share"] = n0 / n
+    out["skewness"], out["excess_kurtosis"] = _central(n, sums)
+    out["active_kurtosis"] = _central(n - n0, [a - b for a, b in zip(sums, isums, strict=True)])[1]
+    return out
+
+
+def power_sums(values: torch.Tensor, dead_atol: float = 0.0, shift: float = 0.0
+               ) -> tuple[int, list[float], int, list[float]]:
+    """``(n, sums, n0, isums)`` of ``values`` for :func:`shape_from_sums`: the count and
+    ``sum (v - shift)^k`` (k = 1..4, float64) of all values, and of the inactive ones
+    (``|v| <= dead_atol``). Sums of several batches add up; ``shift`` (the same for every
+    batch, near the mean) keeps the float64 sums from cancelling."""
+    v = values.detach().reshape(-1)
+    v = v.double()
+    n = int(v.numel())
+    if n == 0:
+        return 0, [0.0] * 4, 0, [0.0] * 4
+    d = v - float(shift)
+    d2 = d * d
+    sums = [float(d.sum()), float(d2.sum()), float((d2 * d).sum()), float((d2 * d2).sum())]
+    inactive = v.abs() <= dead_atol
+    n0 = int(inactive.sum())
+    if n0 == 0:
+        return n, sums, 0, [0.0] * 4
+    if dead_atol == 0:  # the inactive values are exactly 0: v - shift = -shift for each
+        return n, sums, n0, [n0 * (-float(shift)) ** k for k in (1, 2, 3, 4)]
+    di = d[inactive]
+    return n, sums, n0, [float((di**k).sum()) for k in (1, 2, 3, 4)]
+
+
 def distribution_shape(values: torch.Tensor, dead_atol: float = 0.0) -> dict[str, float | None]:
     """The whole layer's value distribution (Wang & Li 2020, §1.3.3 read a layer by its value
     distribution): ``zero_share`` (share with ``|x| <= dead_atol``), ``skewness`` and
@@ -589,41 +648,10 @@ def distribution_shape(values: torch.Tensor, dead_atol: float = 0.0) -> dict[str
     not mistaken for a heavy-tailed one: half-normal 0.87, exponential 6). Power sums about the
     mean, accumulated in float64; ``None`` where undefined (fewer than 4 values, no spread)."""
     v = values.detach().reshape(-1)
-    v = v.float() if v.dtype != torch.float64 else v
-    out: dict[str, float | None] = {"zero_share": None, "skewness": None,
-                                    "excess_kurtosis": None, "active_kurtosis": None}
-    n = int(v.numel())
-    if n == 0:
-        return out
-    f64 = torch.float64
-    mu = float(v.sum(dtype=f64)) / n
-    d = v - mu
-    d2 = d * d
-    sums = [float(d.sum(dtype=f64)), float(d2.sum(dtype=f64)), float((d2 * d).sum(dtype=f64)),
-            float((d2 * d2).sum(dtype=f64))]
-    inactive = v.abs() <= dead_atol
-    n0 = int(inactive.sum())
-    if dead_atol == 0:  # the inactive values are exactly 0: d = -mu for each
-        isums = [n0 * (-mu) ** k for k in (1, 2, 3, 4)]
-    else:
-        di = d[inactive].double()
-        isums = [float((di**k).sum()) for k in (1, 2, 3, 4)]
-    out["zero_share"] = n0 / n
-
-    def central(cnt: int, s: list[float]) -> tuple[float | None, float | None]:
-        if cnt < 4:
-            return None, None
-        a1, a2, a3, a4 = (x / cnt for x in s)
-        m2 = a2 - a1 * a1
-        m3 = a3 - 3 * a1 * a2 + 2 * a1**3
-        m4 = a4 - 4 * a1 * a3 + 6 * a1 * a1 * a2 - 3 * a1**4
-        if not m2 > 1e-12 * max(a2, 1e-300) or not math.isfinite(m2):
-            return None, None
-        return _f(m3 / m2**1.5), _f(m4 / (m2 * m2) - 3.0)
-
-    out["skewness"], out["excess_kurtosis"] = central(n, sums)
-    out["active_kurtosis"] = central(n - n0, [a - b for a, b in zip(sums, isums, strict=True)])[1]
-    return out
+    if int(v.numel()) == 0:
+        return shape_from_sums(0, [0.0] * 4, 0, [0.0] * 4)
+    mu = float(v.sum(dtype=torch.float64)) / int(v.numel())
+    return shape_from_sums(*power_sums(v, dead_atol, shift=mu))
 
 
 def channel_distance(
@@ -666,6 +694,17 @@ def channel_distance(
     keep = keep.index_select(0, sample_indices(len(keep), max_channels, seed, device=flat.device))
     pos = sample_indices(n, max_values, seed + 1, device=flat.device)  # positions over B x P
     rows = flat[pos // p, :, pos % p].index_select(1, keep).T.float()  # [C', n']
+    return quantile_distance(rows, levels=levels)
+
+
+def quantile_distance(rows: torch.Tensor, *, levels: int = 32) -> float | None:
+    """:func:`channel_distance` of channels given as value samples ``rows [C, n]`` (each row
+    one channel's values at the same ``n`` positions): the mean pairwise 1-Wasserstein
+    distance between the rows' ``levels`` quantiles, over the mean within-row standard
+    deviation. ``None`` for fewer than two rows or no spread."""
+    if rows.dim() != 2 or rows.shape[0] < 2 or rows.shape[1] < 2:
+        return None
+    rows = rows.float()
     probs = (torch.arange(levels, dtype=torch.float32, device=rows.device) + 0.5) / levels
     q = torch.quantile(rows, probs, dim=1).T  # [C, levels]
     scale = float(rows.std(dim=1, unbiased=False).mean())
