@@ -62,6 +62,17 @@ def test_conv_layer_panel_shows_preferred_inputs_and_top_crops(feat_run, server,
     # crops are stored as uint8 over their own range: the drawn pixels are within one level
     want = to_rgb(top.crops[2, 1].numpy().astype(np.float32)).astype(np.int64)
     assert z.shape == want.shape and np.abs(z - want).max() <= 1
+    # clicking an optimised input picks its unit: the 4th cell is unit 3
+    page.locator("#fi-grid").scroll_into_view_if_needed()
+    xy = page.evaluate(f"""() => {{
+        const g = {grid}, xa = g._fullLayout.xaxis4, ya = g._fullLayout.yaxis4;
+        const r = g.getBoundingClientRect();
+        return [r.left + xa._offset + xa._length / 2, r.top + ya._offset + ya._length / 2];
+    }}""")
+    page.mouse.move(*xy)
+    page.mouse.click(*xy)
+    page.wait_for_function(f"() => {pane}.layout.meta.unit === 3")
+    assert page.locator("#fi-unit").inner_text().strip() == "3"
     page.screenshot(path=str(logdir / "features.png"), full_page=True)
 
 
@@ -99,3 +110,25 @@ def test_live_page_updates_its_grid_after_an_upload(feat_run, server, page, tmp_
     np.testing.assert_allclose(z[:h, :w], scaled, atol=1e-4)
     assert base64.b64decode(page.get_attribute("#live-input", "src").split(",", 1)[1])[:4] == \
         b"\x89PNG"
+
+
+def test_a_grid_click_maps_to_a_stored_unit_and_refuses_anything_else(feat_run):
+    from convscope.app.pages.model import _clicked_unit
+
+    logdir = feat_run[0]
+
+    class State:
+        def reader(self, run):
+            return cs.open_run(logdir / run)
+
+    run = sorted(p.name for p in logdir.iterdir() if p.is_dir())[0]
+    ok = {"points": [{"curveNumber": 2}]}
+    assert _clicked_unit(State(), ok, LAYER, run) == 2  # units [0, 1, 2, 3] stored
+    for click in (None, {}, {"points": []}, {"points": [{}]}, {"points": ["x"]},
+                  {"points": [{"curveNumber": "2"}]}, {"points": [{"curveNumber": True}]},
+                  {"points": [{"curveNumber": -1}]}, {"points": [{"curveNumber": 4}]},
+                  {"points": [{"curveNumber": 10**9}]}, [1, 2]):
+        assert _clicked_unit(State(), click, LAYER, run) is None, click
+    assert _clicked_unit(State(), ok, "conv1", run) is None  # no preferred inputs there
+    assert _clicked_unit(State(), ok, 5, run) is None and _clicked_unit(State(), ok, LAYER, 3) \
+        is None

@@ -22,13 +22,15 @@ from convscope.figures.features import preferred_grid, unit_pane
 from convscope.figures.images import to_rgb
 
 
-def _plotly_grid(images, titles, rows, cols, vspace, height, meta, names=None):
+def _plotly_grid(images, titles, rows, cols, vspace, height, meta, names=None, hover=None):
     """The oracle: the same figure through make_subplots and update calls."""
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles or [""],
                         horizontal_spacing=0.01, vertical_spacing=vspace)
     for i, img in enumerate(images):
         kw = {"name": names[i]} if names else {}
-        fig.add_trace(go.Image(z=to_rgb(img), hoverinfo="skip", **kw),
+        kw.update({"hovertemplate": hover[i] + "<extra></extra>"} if hover else
+                  {"hoverinfo": "skip"})
+        fig.add_trace(go.Image(z=to_rgb(img), **kw),
                       row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
@@ -53,7 +55,8 @@ def test_preferred_grid_equals_make_subplots(n, values):
     titles = [f"{u}" + (f" ({vals[i]:.2g})" if vals else "") for i, u in enumerate(units)]
     want = _plotly_grid(imgs, titles, rows, cols, 0.06, 40 + rows * 110,
                         {"kind": "preferred_grid", "units": units},
-                        names=[f"unit {u}" for u in units])
+                        names=[f"unit {u}" for u in units],
+                        hover=[f"unit {u}: click to pick it" for u in units])
     assert _json(preferred_grid(imgs, units, vals)) == _json(want)
 
 

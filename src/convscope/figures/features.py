@@ -15,9 +15,11 @@ __all__ = ["preferred_grid", "unit_pane", "channel_grid"]
 
 
 def _image_grid(cells: Sequence[tuple[np.ndarray, str, str | None]], rows: int, cols: int, *,
-                vertical_spacing: float, height: int, meta: dict) -> go.Figure:
+                vertical_spacing: float, height: int, meta: dict,
+                hover: Sequence[str] | None = None) -> go.Figure:
     """Images ``(image [C, H, W], title, trace name)`` in a ``rows`` x ``cols`` grid without
-    ticks, titled in 9 px, built from plain dicts in one step without plotly's per-property
+    ticks, titled in 9 px (``hover``: a hover label per cell, which also lets a cell be
+    clicked; else no hover and no events), built from plain dicts in one step without plotly's per-property
     validation (:func:`~convscope.figures.theme.trusted_figure`; the values are given in the
     validated form): what ``make_subplots`` and per-cell updates give, at a fraction of the
     cost (the Model page's layer panel draws up to four such figures per click)."""
@@ -27,8 +29,11 @@ def _image_grid(cells: Sequence[tuple[np.ndarray, str, str | None]], rows: int, 
     data = []
     for i, (image, _, name) in enumerate(cells):
         xa, ya = theme.axis_ref(i + 1)
-        trace = {"type": "image", "z": to_rgb(image), "hoverinfo": "skip", "xaxis": xa,
-                 "yaxis": ya}
+        trace = {"type": "image", "z": to_rgb(image), "xaxis": xa, "yaxis": ya}
+        if hover is None:
+            trace["hoverinfo"] = "skip"
+        else:
+            trace["hovertemplate"] = hover[i] + "<extra></extra>"
         if name:
             trace["name"] = name
         data.append(trace)
@@ -42,7 +47,8 @@ def _image_grid(cells: Sequence[tuple[np.ndarray, str, str | None]], rows: int, 
 
 def preferred_grid(images: np.ndarray, units: Sequence[int], values: Sequence[float] | None = None,
                    columns: int = 8) -> go.Figure:
-    """All optimised inputs of a layer ``[U, C, H, W]``, one cell per unit."""
+    """All optimised inputs of a layer ``[U, C, H, W]``, one cell per unit (hovering names the
+    unit; a click event carries the cell's trace number, its index in ``units``)."""
     n = len(units)
     cols = min(columns, max(n, 1))
     rows = max(1, math.ceil(n / cols))
@@ -50,7 +56,8 @@ def preferred_grid(images: np.ndarray, units: Sequence[int], values: Sequence[fl
               for i, u in enumerate(units)]
     cells = [(images[i], titles[i], f"unit {units[i]}") for i in range(n)]
     return _image_grid(cells, rows, cols, vertical_spacing=0.06, height=40 + rows * 110,
-                       meta={"kind": "preferred_grid", "units": [int(u) for u in units]})
+                       meta={"kind": "preferred_grid", "units": [int(u) for u in units]},
+                       hover=[f"unit {u}: click to pick it" for u in units])
 
 
 def unit_pane(unit: int, preferred: np.ndarray | None, crops: np.ndarray | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import dash_cytoscape as cyto
 import numpy as np
@@ -195,6 +196,17 @@ def register(app, state) -> None:
         if not run or not layer:
             return html.P("Click a layer (or pick one under 'Find a layer').", className="muted")
         return layer_panel(state.reader(run), layer)
+
+    @app.callback(
+        Output("fi-unit", "value"),
+        Input("fi-grid", "clickData"), *open_layer,
+        prevent_initial_call=True,
+    )
+    @survive(no_update)
+    def _pick(click, layer, run):
+        """Clicking an optimised input picks its unit (the pane, the projections follow)."""
+        unit = _clicked_unit(state, click, layer, run)
+        return no_update if unit is None else unit
 
     @app.callback(
         Output("fi-pane", "figure"),
@@ -533,12 +545,14 @@ def _features_section(reader, layer: str):
                     if shown < len(units) else "")
             children += [
                 html.Div(f"optimised inputs (activation maximisation, {pref['seconds']:.1f} s "
-                         f"for {len(units)} units; value reached in brackets){more}",
+                         f"for {len(units)} units; value reached in brackets; click one to "
+                         f"pick its unit){more}",
                          className="muted"),
                 graph("fi-grid", figure=preferred_grid(
                     _thumbs(images[:shown]), units[:shown],
                     values[:shown] if values is not None else None),
-                    config={"staticPlot": True}),
+                    config={"displayModeBar": False, "scrollZoom": False},
+                    style={"cursor": "pointer"}),
             ]
     if crops is not None and not units:
         with dmg.guard(reader.name, "the top examples"):
@@ -556,6 +570,24 @@ def _features_section(reader, layer: str):
     if dmg:
         children.insert(1, dmg.notice())
     return html.Div(children, id="features-section")
+
+
+def _clicked_unit(state, click: Any, layer: Any, run: Any) -> int | None:
+    """The unit of the optimised input clicked in ``fi-grid`` (its trace number indexes the
+    layer's stored units, of which the grid shows the first :data:`MAX_PREFERRED`), or None for
+    anything else a client may post."""
+    if not isinstance(layer, str) or not isinstance(run, str) or not isinstance(click, dict):
+        return None
+    points = click.get("points")
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict):
+        return None
+    curve = points[0].get("curveNumber")
+    if not isinstance(curve, int) or isinstance(curve, bool) or not 0 <= curve < MAX_PREFERRED:
+        return None
+    pref = pi_format.meta(state.reader(run), layer)
+    if pref is None or curve >= len(pref["units"]):
+        return None
+    return int(pref["units"][curve])
 
 
 def _pane(reader, layer: str, unit: int, dmg: Damage):
