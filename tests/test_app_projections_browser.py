@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import convscope as cs
 from convscope.figures.images import to_rgb
@@ -64,12 +65,22 @@ def big_server(big_logdir, module_serve):
 
 
 def _find(page, name: str) -> None:
-    page.locator("#model-find").click()
-    page.keyboard.type(name)
-    page.get_by_role("option", name=name, exact=True).click()
-    page.wait_for_function(
-        "name => { const t = document.getElementById('panel-layer'); "
-        "return t && t.textContent === name; }", arg=name)
+    """Open ``name``'s panel through "Find a layer". The click on the option is retried: while
+    the page's first callbacks still refresh Find's options, the open list re-renders under the
+    pointer and a click meant for "conv1" once landed on "layer1.1.conv1" (the panel then
+    names the layer it opened, so a wrong one is seen, never taken for the right one)."""
+    opened = "name => { const t = document.getElementById('panel-layer'); " \
+        "return t && t.textContent === name; }"
+    for attempt in range(3):
+        page.locator("#model-find").click()
+        page.keyboard.type(name)
+        page.get_by_role("option", name=name, exact=True).click()
+        try:
+            page.wait_for_function(opened, arg=name, timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
 
 
 def _pick_unit(page, unit: int) -> None:
