@@ -22,6 +22,8 @@ from convscope.figures.maps import GAP, mosaic
 from convscope.formats import diagnosis as fmt
 from convscope.store.reader import open_run
 
+from .plotly_json import same_json
+
 
 # -- the oracle: the validated make_subplots construction ---------------------------------------
 def _o_kde(fig, grid, density, labels, row, col=1):
@@ -98,21 +100,7 @@ def _o_layer(view, data, density, max_values=d.MAX_GRID_VALUES):
 
 
 def _same(a, b, path="fig"):
-    """Exact equality of two to_plotly_json() trees (arrays: dtype, shape and values)."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        a2, b2 = np.asarray(a), np.asarray(b)
-        assert a2.dtype == b2.dtype and a2.shape == b2.shape, path
-        assert np.array_equal(a2, b2, equal_nan=a2.dtype.kind == "f"), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert type(a) is type(b) and a == b, (path, a, b)
+    same_json(a, b, path, types=True)
 
 
 class Small(nn.Module):

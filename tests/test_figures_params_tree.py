@@ -25,6 +25,8 @@ from convscope.figures import diagnosis as d
 from convscope.formats import diagnosis as fmt
 from convscope.store.reader import open_run
 
+from .plotly_json import same_json
+
 
 def _view(module: nn.Module) -> dict:
     return cs.diagnose.param_view(module, name="layer").to_dict()
@@ -184,20 +186,7 @@ def test_no_tree_for_one_output_and_an_error_for_a_damaged_tree():
 
 # -- the dict-built figure is what plotly's validation makes of it --------------------------------
 def _same(a, b, path="fig"):
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        a2, b2 = np.asarray(a), np.asarray(b)
-        assert a2.shape == b2.shape, path
-        assert np.array_equal(a2, b2, equal_nan=a2.dtype.kind == "f"), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, (path, a, b)
+    same_json(a, b, path, types=False)
 
 
 @pytest.mark.parametrize("compact", [False, True])
