@@ -15,6 +15,7 @@ import torch
 import convscope as cs
 
 from .conftest import cy_click
+from .model_find import open_layer
 
 browser = pytest.mark.browser
 
@@ -87,12 +88,6 @@ def _depth(page, label: str) -> None:
     page.locator("#model-depth label", has_text=label).click()
 
 
-def _find(page, name: str) -> None:
-    page.locator("#model-find").click()
-    page.keyboard.type(name)
-    page.get_by_role("option", name=name, exact=True).click()
-
-
 @browser
 def test_small_graph_default_view_is_whole_and_legible(servers, page):
     page.goto(servers[0].url + "/model")
@@ -140,7 +135,7 @@ def test_large_graph_reads_at_default_and_fits_on_demand(servers, page):
 def test_find_centres_the_layer_and_opens_its_panel(servers, page, which, name):
     page.goto(servers[which].url + "/model")
     _settled(page, 13)
-    _find(page, name)
+    open_layer(page, name)
     page.wait_for_selector(f"#layer-panel[data-layer='{name}']")
     page.wait_for_function(
         f"() => document.getElementById('model-graph')._cyreg.cy.$id({name!r}).length === 1")

@@ -27,6 +27,7 @@ from convscope.store.checkpoints import load_checkpoint
 from convscope.store.reader import open_run
 
 from .conftest import cy_click
+from .model_find import open_layer
 
 pytestmark = pytest.mark.browser
 
@@ -75,15 +76,6 @@ def _figure(page, gd: str, layer: str) -> dict:
         return {{meta: g.layout.meta, trees: t.length,
                  x: t.length ? Array.from(t[0].x) : [], y: t.length ? Array.from(t[0].y) : [],
                  rows: g._fullData[0].z.length}}; }}""")
-
-
-def _find(page, layer: str) -> None:
-    """Open a layer's panel through "Find a layer" (as a click on it does)."""
-    page.click("#model-find")
-    page.keyboard.type(layer)
-    page.get_by_role("option", name=layer, exact=True).click()
-    page.wait_for_function("() => { const el = document.getElementById('panel-layer'); "
-                           f"return el && el.innerText === {layer!r}; }}")
 
 
 def _show(page, selector: str) -> None:
@@ -151,7 +143,7 @@ def test_demo_model_page_draws_a_conv_and_the_dense_layer_with_their_trees(demo,
     assert "Parameters" in text and "leaf order" in text
     _show(page, "#params-section")
     page.screenshot(path=str(_shots(logdir) / "model-demo-conv1-parameters.png"))
-    _find(page, "fc")
+    open_layer(page, "fc")
     fig = _figure(page, PANEL_FIG, "fc")
     _check_tree(fig, weights["fc.weight"], reader.object("diag_param_view", "fc"), kh=1,
                 exact=True)
@@ -198,7 +190,7 @@ def test_224_model_page_cuts_big_layers_and_prunes_their_trees(r18, r18_server, 
     page.goto(r18_server.url + "/model")
     page.wait_for_function("() => { const el = document.getElementById('model-graph');"
                            " return el && el._cyreg && el._cyreg.cy.nodes().length > 0; }")
-    _find(page, "layer4.1.conv2")
+    open_layer(page, "layer4.1.conv2")
     fig = _figure(page, PANEL_FIG, "layer4.1.conv2")
     stored = reader.object("diag_param_view", "layer4.1.conv2")
     _check_tree(fig, weights["layer4.1.conv2.weight"], stored, kh=3)
@@ -208,7 +200,7 @@ def test_224_model_page_cuts_big_layers_and_prunes_their_trees(r18, r18_server, 
     assert "of 512 outputs" in notes and "pruned to the 74 drawn" in notes
     _show(page, "#params-section")
     page.screenshot(path=str(_shots(logdir) / "model-224-layer4.1.conv2-parameters.png"))
-    _find(page, "fc")  # 256 of 1000 outputs recorded, 157 drawn, 128 density curves
+    open_layer(page, "fc")  # 256 of 1000 outputs recorded, 157 drawn, 128 density curves
     fig = _figure(page, PANEL_FIG, "fc")
     _check_tree(fig, weights["fc.weight"], reader.object("diag_param_view", "fc"), kh=1)
     assert len(fig["meta"]["rows"]) == 157
@@ -217,7 +209,7 @@ def test_224_model_page_cuts_big_layers_and_prunes_their_trees(r18, r18_server, 
     _show(page, "#params-section")
     page.screenshot(path=str(_shots(logdir) / "model-224-fc-parameters.png"))
     # a conv layer the diagnosis left out: the notice names the call that records it
-    _find(page, "layer1.0.conv1")
+    open_layer(page, "layer1.0.conv1")
     page.wait_for_selector("#params-section[data-state='missing']")
     text = page.locator("#params-section").inner_text()
     assert 'run.log_diagnosis(model, images, params=["layer1.0.conv1"])' in text

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import convscope as cs
 from convscope.figures.images import to_rgb
@@ -24,6 +23,7 @@ from convscope.figures.projections import stretch
 from convscope.formats import projections as fmt
 
 from .dash_http import DashClient
+from .model_find import open_layer
 
 pytestmark = pytest.mark.browser
 SHOTS = Path("/tmp/shots15/C")
@@ -62,25 +62,6 @@ def demo_server(demo_logdir, module_serve):
 @pytest.fixture(scope="module")
 def big_server(big_logdir, module_serve):
     return module_serve(big_logdir, refresh_ms=600_000)
-
-
-def _find(page, name: str) -> None:
-    """Open ``name``'s panel through "Find a layer". The click on the option is retried: while
-    the page's first callbacks still refresh Find's options, the open list re-renders under the
-    pointer and a click meant for "conv1" once landed on "layer1.1.conv1" (the panel then
-    names the layer it opened, so a wrong one is seen, never taken for the right one)."""
-    opened = "name => { const t = document.getElementById('panel-layer'); " \
-        "return t && t.textContent === name; }"
-    for attempt in range(3):
-        page.locator("#model-find").click()
-        page.keyboard.type(name)
-        page.get_by_role("option", name=name, exact=True).click()
-        try:
-            page.wait_for_function(opened, arg=name, timeout=20_000)
-            return
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
 
 
 def _pick_unit(page, unit: int) -> None:
@@ -128,7 +109,7 @@ def test_demo_run_unit_pick_shows_nine_projections_beside_nine_crops(demo_logdir
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(demo_server.url + "/model")
     # a layer with preferred inputs: the section follows the features section's "Unit" picker
-    _find(page, "layer2.0.conv2")
+    open_layer(page, "layer2.0.conv2")
     page.wait_for_selector("#projections-section")
     assert page.locator("#features-section #fi-unit").count() == 1
     assert page.locator("#projections-section #fi-unit").count() == 0
@@ -141,7 +122,7 @@ def test_demo_run_unit_pick_shows_nine_projections_beside_nine_crops(demo_logdir
     page.locator("#projections-section").screenshot(path=str(SHOTS / "demo-layer2-unit2.png"))
     page.screenshot(path=str(SHOTS / "demo-page.png"), full_page=True)
     # a layer with projections but no preferred inputs: the section brings its own picker
-    _find(page, "layer1.0.conv2")
+    open_layer(page, "layer1.0.conv2")
     page.wait_for_function("() => document.querySelector('#projections-section #fi-unit')")
     _check_pairs(page, reader, "layer1.0.conv2", 0)
     _pick_unit(page, 3)
@@ -149,7 +130,7 @@ def test_demo_run_unit_pick_shows_nine_projections_beside_nine_crops(demo_logdir
     page.locator("#projections-section").screenshot(path=str(SHOTS / "demo-layer1-unit3.png"))
     # a layer with preferred inputs but no projections: the section says what records them,
     # and the unit picker still drives the unit pane
-    _find(page, "layer4.0.conv2")
+    open_layer(page, "layer4.0.conv2")
     page.wait_for_selector("#projections-section .missing-data")
     text = page.inner_text("#projections-section")
     assert "run.log_projections(model, ['layer4.0.conv2'], dataset)" in text
@@ -166,7 +147,7 @@ def test_224_run_unit_pick_shows_nine_projections_beside_nine_crops(big_logdir, 
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(big_server.url + "/model")
     for layer, unit in (("conv1", 1), ("layer1.0.conv1", 2), ("layer3.0.conv2", 3)):
-        _find(page, layer)
+        open_layer(page, layer)
         page.wait_for_function("() => document.querySelector('#projections-section #fi-unit')")
         _check_pairs(page, reader, layer, 0)
         _pick_unit(page, unit)

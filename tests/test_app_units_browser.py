@@ -20,6 +20,8 @@ from convscope.formats import feature_maps as fm_format
 from convscope.formats import preferred_inputs as pi_format
 from convscope.formats import top_examples as te_format
 
+from .model_find import open_layer
+
 pytestmark = pytest.mark.browser
 
 DEMO_LAYER = "layer1.0.conv1"  # the small demo records conv1, layer2.0.conv2, layer4.0.conv2
@@ -67,21 +69,12 @@ def big_logdir(tmp_path_factory):
     return logdir
 
 
-def _find(page, name: str) -> None:
-    # the graph and the options of "Find a layer" come from one callback: wait for the graph
-    page.wait_for_function("() => { const el = document.getElementById('model-graph');"
-                           " return el && el._cyreg && el._cyreg.cy.nodes().length > 0; }")
-    page.locator("#model-find").click()
-    page.keyboard.type(name)
-    page.get_by_role("option", name=name, exact=True).click()
-
-
 def _compute(page, url: str, layer: str, shots: Path, tag: str, method: str | None = None
              ) -> list:
     """Open ``layer``'s panel, compute its units (quick), wait for the re-rendered panel;
     every status the page showed."""
     page.goto(url + "/model")
-    _find(page, layer)
+    open_layer(page, layer)
     page.wait_for_selector(f"#units-section[data-layer='{layer}']")
     page.wait_for_selector("#units-compute")
     assert page.evaluate("() => !document.querySelector('#features-section')")
@@ -111,7 +104,7 @@ def _compute(page, url: str, layer: str, shots: Path, tag: str, method: str | No
 def test_compute_off_says_how_to_turn_it_on(demo_logdir, module_serve, page):
     server = module_serve(demo_logdir, refresh_ms=60_000, args=["--no-compute"])
     page.goto(server.url + "/model")
-    _find(page, DEMO_LAYER)
+    open_layer(page, DEMO_LAYER)
     page.wait_for_selector("#units-section")
     page.wait_for_function("() => document.querySelector('#units-body').innerText.includes("
                            "'convscope serve --compute')")

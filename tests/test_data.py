@@ -282,3 +282,59 @@ def test_public_render_masks_reproduces_the_data_sets_masks():
     p = ds.params(range(40))
     again = render_masks(p["label"], p["cx"], p["cy"], p["radius"], p["angle"], 32)
     assert torch.equal(p["label"], labels) and torch.equal(again, masks)
+
+
+class _Evil:
+    """Unpickling this calls ``pathlib.Path.touch`` on a marker file: code run on load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_cifar_never_runs_code_from_a_batch(tmp_path):
+    """A pickled batch naming any global but numpy's array reconstruction is refused, and the
+    code it names never runs (the marker file is never created)."""
+    marker = tmp_path / "ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0],
+                     b"x": _Evil(marker)}, fh)
+    with pytest.raises(ConvscopeError, match="not allowed in a CIFAR-10 batch"):
+        CIFAR10(tmp_path, train=False)
+    assert not marker.exists()
+    # the same payload as the whole file, and in batches.meta
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(_Evil(marker), fh)
+    with pytest.raises(ConvscopeError):
+        CIFAR10(tmp_path, train=False)
+    _write_batch(folder / "test_batch", np.zeros((1, 3072), np.uint8), [0])
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": _Evil(marker)}, fh)
+    with pytest.raises(ConvscopeError):
+        CIFAR10(tmp_path, train=False)
+    assert not marker.exists()
+
+
+def test_cifar_reads_the_binary_version(tmp_path):
+    """Rows of a label byte and 3072 pixels (R, G, B planes), hand-made."""
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rows = np.zeros((2, 3073), np.uint8)
+    rows[:, 0] = [4, 9]
+    rows[1, 1 + 1 * 1024 + 3 * 32 + 7] = 255  # image 1: green pixel at row 3, col 7
+    rows.tofile(folder / "test_batch.bin")
+    (folder / "batches.meta.txt").write_text("\n".join(f"k{i}" for i in range(10)) + "\n\n")
+    ds = CIFAR10(tmp_path, train=False)
+    x, y = ds[1]
+    assert len(ds) == 2 and y == 9 and ds[0][1] == 4
+    assert float(x[1, 3, 7]) == 1.0 and float(x.sum()) == 1.0
+    assert ds.class_names == tuple(f"k{i}" for i in range(10))
+    rows[:, :-5].tofile(folder / "test_batch.bin")  # truncated rows
+    with pytest.raises(ConvscopeError, match="whole number"):
+        CIFAR10(tmp_path, train=False)

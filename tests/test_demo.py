@@ -38,6 +38,16 @@ def test_demo_small_runs_end_to_end_and_records_training(tmp_path):
     whole = reader.object("diagnosis", "test-set")
     assert whole["meta"]["items"] == cfg["n_test"]
     assert all(layer["shape"][0] == cfg["n_test"] for layer in whole["layers"])
+    # CKA of the trained model against its initial weights: every conv / linear layer
+    from convscope.formats import cka
+    from convscope.training import DemoConfig
+
+    m = cka.load(reader, "trained-vs-init")
+    model = DemoConfig(**{**cfg, "blocks": tuple(cfg["blocks"])}).make_model()
+    convs = [n for n, mod in model.named_modules() if type(mod).__name__ in ("Conv2d", "Linear")]
+    assert len(convs) > 5 and m.layers_a == m.layers_b == convs
+    assert m.label_a == "trained" and m.label_b == "initial weights"
+    assert m.matrix.shape == (len(m.layers_a), len(m.layers_b)) and m.n_images >= 4
 
 
 def test_failed_run_is_marked_failed(tmp_path):

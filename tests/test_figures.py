@@ -249,13 +249,15 @@ def _ref_layers(series, stat, layers, columns, x_range):
 def test_training_views_are_the_figures_plotlys_api_builds(x_range):
     from convscope.figures.training import layer_figure, validation_figure
 
+    # (issue 16: the validation view's triangles and cluster rows are checked by hand in
+    # tests/test_figures_training.py; its heatmap trace is still the reference's)
     err, anomalies, layers, series = _training_data()
     order, clusters = [3, 0, 5, 1, 2, 4], [1, 0, 0, 1, 2, 0]  # clusters by column
     new = validation_figure(err, order=order, clusters=clusters, anomalies=anomalies,
                             x_range=x_range)
     ref = _ref_validation(err, order=order, clusters=clusters, anomalies=anomalies,
                           x_range=x_range)
-    _assert_same_json(_plotly_json(new), _plotly_json(ref))
+    _assert_same_json(_plotly_json(new)["data"][0], _plotly_json(ref)["data"][0])
     # separators at each cluster change of the order [1, 1, 0, 0, 0, 2]: before rows 2 and 5
     assert [s.y0 for s in new.layout.shapes] == [1.5, 4.5]
     for chosen, cols in [(layers, 4), (layers[:1], 4), (layers[:4], 2), (layers[:3], 5)]:
@@ -263,27 +265,6 @@ def test_training_views_are_the_figures_plotlys_api_builds(x_range):
         ref = _ref_layers(series, "update_ratio", chosen, cols, x_range)
         _assert_same_json(_plotly_json(new), _plotly_json(ref))
         assert [t.meta["layer"] for t in new.data if t.meta] == chosen
-
-
-def test_correlation_view_counts_and_lists_each_layers_filters():
-    import pandas as pd
-
-    from convscope.figures.training import correlation_figure
-
-    top = pd.DataFrame({
-        "step": [30, 10, 10, 30, 10, 30], "layer": ["b", "a", "a", "b", "zz", "a"],
-        "filter": [4, 7, 2, 1, 0, 3], "cos_prev": [0.5, 0.25, 0.125, 0.75, 0.9, 0.0625],
-        "classes": [[1], [0, 2], [0, 2], [1], [0, 2], [1]],
-    })
-    fig = correlation_figure(top, ["a", "b"], class_names=["cat", "dog", "eel"])
-    heat = fig.data[0]
-    assert list(heat.x) == ["10", "30"] and list(heat.y) == ["a", "b"]
-    # by hand: step 10 -> a: filters 7, 2 (in table order); zz is not a watched layer
-    np.testing.assert_array_equal(np.asarray(heat.z), [[2, 1], [0, 2]])
-    assert [list(r) for r in heat.text] == [["#7 (0.250), #2 (0.125)", "#3 (0.062)"],
-                                            ["", "#4 (0.500), #1 (0.750)"]]
-    assert [list(r) for r in heat.customdata] == [["cat, eel", "dog"]] * 2
-    assert fig.layout.meta["steps"] == [10, 30] and fig.layout.xaxis.type == "category"
 
 
 def test_built_figures_skip_plotlys_per_update_path_and_stay_validated(monkeypatch):

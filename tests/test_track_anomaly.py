@@ -11,6 +11,11 @@ from convscope.track import anomaly as anomaly_mod
 from convscope.track.anomaly import anomalies, default_d, stable_flips
 from convscope.track.correlate import CORRELATE_COLUMNS, correlate
 
+
+def count_rule(*args, **kwargs):
+    """DeepTracker's raw count rule (``method="count"``), whose results these hand cases fix."""
+    return anomalies(*args, method="count", **kwargs)
+
 # --------------------------------------------------------------------------------------------
 # a tiny hand-worked case: 8 images x 12 checkpoints, classes 0 (images 0-3) and 1 (images 4-7)
 # --------------------------------------------------------------------------------------------
@@ -39,7 +44,7 @@ def _rows(res):
 
 
 def test_hand_case_d2_counts_matrix():
-    res = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=2)
+    res = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=2)
     expected = np.zeros((12, 2), dtype=int)
     expected[[3, 6, 9, 11], 0] = [2, 2, 2, 1]
     expected[[4, 7], 1] = [2, 1]
@@ -53,7 +58,7 @@ def test_hand_case_d2_counts_matrix():
 
 
 def test_hand_case_d2_flags_and_min_flags_drop():
-    res = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=2)
+    res = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=2)
     # class 0 meets threshold 2 exactly at 3, 6, 9; class 1 only once (at 4) -> dropped
     assert _rows(res) == [
         (400, 3, 0, 2, 0, 2, [0, 1]),
@@ -61,12 +66,13 @@ def test_hand_case_d2_flags_and_min_flags_drop():
         (1000, 9, 0, 2, 0, 2, [0, 1]),
     ]
     np.testing.assert_array_equal(res.dropped_classes, [1])
-    assert res.params == {"d": 2, "threshold": 2, "min_flags": 2, "direction": "both"}
+    assert res.params == {"method": "count", "d": 2, "threshold": 2, "min_flags": 2,
+                          "direction": "both"}
     np.testing.assert_array_equal(res.anomaly_steps, [400, 700, 1000])
     assert res.classes_at(700) == [0] and res.classes_at(500) == []
     assert res.flagged.sum() == 3 and res.flagged[[3, 6, 9], 0].all()
 
-    kept = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1)
+    kept = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1)
     assert _rows(kept) == [
         (400, 3, 0, 2, 0, 2, [0, 1]),
         (500, 4, 1, 2, 2, 0, [4, 5]),
@@ -75,16 +81,16 @@ def test_hand_case_d2_flags_and_min_flags_drop():
     ]
     assert len(kept.dropped_classes) == 0
     # one more than the exact count: nothing left
-    assert len(anomalies(CORRECT, LABELS, d=2, threshold=3, min_flags=1)) == 0
+    assert len(count_rule(CORRECT, LABELS, d=2, threshold=3, min_flags=1)) == 0
 
 
 def test_hand_case_directions():
-    wrong = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1,
+    wrong = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1,
                       direction="to_wrong")
     assert _rows(wrong) == [(500, 4, 1, 2, 2, 0, [4, 5]), (700, 6, 0, 2, 2, 0, [0, 1])]
     # each class is flagged only once in this direction -> both dropped at min_flags=2
-    assert len(anomalies(CORRECT, LABELS, d=2, threshold=2, direction="to_wrong")) == 0
-    right = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1,
+    assert len(count_rule(CORRECT, LABELS, d=2, threshold=2, direction="to_wrong")) == 0
+    right = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1,
                       direction="to_right")
     assert _rows(right) == [(400, 3, 0, 2, 0, 2, [0, 1]), (1000, 9, 0, 2, 0, 2, [0, 1])]
     assert right.counts[7, 1] == 1 and right.counts[6, 0] == 0
@@ -92,20 +98,20 @@ def test_hand_case_directions():
 
 def test_hand_case_run_length_boundary_d1_and_d0():
     # d=1: runs of length 2 are now "more than d", so img2's flips at 2, 4, 6 count
-    res = anomalies(CORRECT, LABELS, d=1, threshold=3, min_flags=1)
+    res = count_rule(CORRECT, LABELS, d=1, threshold=3, min_flags=1)
     expected = np.zeros((12, 2), dtype=int)
     expected[[2, 3, 4, 6, 9, 11], 0] = [1, 2, 1, 3, 2, 1]
     expected[[4, 7], 1] = [2, 1]
     np.testing.assert_array_equal(res.counts, expected)
     assert _rows(res) == [(6, 6, 0, 3, 2, 1, [0, 1, 2])]
     # d=0: every flip counts, including the flip at checkpoint 1 after a single checkpoint
-    every = anomalies(CORRECT, LABELS, d=0, threshold=1, min_flags=1)
+    every = count_rule(CORRECT, LABELS, d=0, threshold=1, min_flags=1)
     flips = (CORRECT[1:] != CORRECT[:-1]).astype(int)
     np.testing.assert_array_equal(every.counts[1:, 0], flips[:, :4].sum(1))
     np.testing.assert_array_equal(every.counts[1:, 1], flips[:, 4:].sum(1))
     # checkpoint 0 has no previous state: it can never flip, whatever d
     for d in (0, 1, 2):
-        assert anomalies(CORRECT, LABELS, d=d, threshold=1, min_flags=0).counts[0].sum() == 0
+        assert count_rule(CORRECT, LABELS, d=d, threshold=1, min_flags=0).counts[0].sum() == 0
 
 
 def test_first_checkpoint_flip_cannot_count():
@@ -113,7 +119,7 @@ def test_first_checkpoint_flip_cannot_count():
     # counts (held 1 checkpoint, not more than 1)
     c = np.zeros((6, 10), dtype=bool)
     c[1:] = True
-    res = anomalies(c, np.zeros(10, dtype=int), d=1, threshold=1, min_flags=0)
+    res = count_rule(c, np.zeros(10, dtype=int), d=1, threshold=1, min_flags=0)
     assert res.counts.sum() == 0 and len(res) == 0
 
 
@@ -121,12 +127,12 @@ def test_repeated_stable_flips_all_count():
     # one image alternating every 3 checkpoints: with d=2 each flip (after 3) counts
     seq = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
     c = np.repeat(seq[:, None], 5, axis=1)  # 5 identical images of one class
-    res = anomalies(c, np.full(5, 7), d=2, threshold=5, min_flags=2)
+    res = count_rule(c, np.full(5, 7), d=2, threshold=5, min_flags=2)
     assert res.frame["checkpoint"].tolist() == [3, 6, 9, 12]
     assert res.frame["class"].tolist() == [7, 7, 7, 7]
     assert res.frame["n_to_right"].tolist() == [5, 0, 5, 0]
     # with d=3 none of them is stable
-    assert anomalies(c, np.full(5, 7), d=3, threshold=1, min_flags=0).counts.sum() == 0
+    assert count_rule(c, np.full(5, 7), d=3, threshold=1, min_flags=0).counts.sum() == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +197,7 @@ def test_vectorised_equals_brute_force(d, threshold, min_flags, direction, p):
     labels = rng.choice([2, 5, 11, 13], size=n)
     steps = np.cumsum(rng.integers(1, 50, size=t))
     rows, tw, tr = brute_force(correct, labels, steps, d, threshold, min_flags, direction)
-    res = anomalies(correct, labels, steps=steps, d=d, threshold=threshold,
+    res = count_rule(correct, labels, steps=steps, d=d, threshold=threshold,
                     min_flags=min_flags, direction=direction)
     assert len(rows) > 0  # the case is not vacuous
     assert _rows(res) == rows
@@ -203,11 +209,18 @@ def test_blocked_processing_equals_unblocked(monkeypatch):
     rng = np.random.default_rng(5)
     correct = _markov(rng, 60, 200, 0.1)
     whole = stable_flips(correct, 2)
+    labels = np.random.default_rng(6).choice([3, 0, 8], size=200)
+    res_whole = anomalies(correct, labels, d=2)
     monkeypatch.setattr(anomaly_mod, "_BLOCK_CELLS", 60 * 7)  # 7 images per block
     blocked = stable_flips(correct, 2)
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(whole[0]) > 0
+    # blocks cut through the classes' column ranges: the at-risk counts are unchanged
+    res_blocked = anomalies(correct, labels, d=2)
+    np.testing.assert_array_equal(res_whole.at_risk, res_blocked.at_risk)
+    np.testing.assert_array_equal(res_whole.pvalues, res_blocked.pvalues)
+    assert res_whole.at_risk.sum() > 0
 
 
 def test_stable_flips_coordinates_hand_case():
@@ -226,49 +239,56 @@ def test_default_d_scales_with_t():
     ]
     rng = np.random.default_rng(0)
     c = _markov(rng, 100, 30, 0.1)
-    assert anomalies(c, np.zeros(30, dtype=int)).d == 4
-    assert anomalies(c, np.zeros(30, dtype=int), d=7).d == 7
+    assert count_rule(c, np.zeros(30, dtype=int)).d == 4
+    assert count_rule(c, np.zeros(30, dtype=int), d=7).d == 7
 
 
 def test_accepts_01_ints_and_default_steps():
-    res = anomalies(CORRECT.astype(np.int8), LABELS, d=2, threshold=2, min_flags=2)
+    res = count_rule(CORRECT.astype(np.int8), LABELS, d=2, threshold=2, min_flags=2)
     assert res.frame["step"].tolist() == [3, 6, 9]
     np.testing.assert_array_equal(res.steps, np.arange(12))
 
 
-def test_empty_result_has_columns():
-    res = anomalies(np.ones((10, 4), dtype=bool), [0, 0, 1, 1])
+@pytest.mark.parametrize("method", ["count", "calibrated"])
+def test_empty_result_has_columns(method):
+    res = anomalies(np.ones((10, 4), dtype=bool), [0, 0, 1, 1], method=method)
     assert len(res) == 0
+    # DeepTracker's columns first (other views read them), then the calibrated test's
     assert list(res.to_frame().columns) == [
-        "step", "checkpoint", "class", "n_flips", "n_to_wrong", "n_to_right", "images"
+        "step", "checkpoint", "class", "n_flips", "n_to_wrong", "n_to_right", "images",
+        "expected", "p_value", "q_value",
     ]
     assert res.counts.shape == (10, 2)
+    # d = 1: from checkpoint 2 on, every image has held "correct" long enough to be at risk;
+    # none flips, so every tested cell has p = 1; checkpoints 0 and 1 cannot be tested
+    np.testing.assert_array_equal(res.at_risk[:, 0], [0, 0] + [2] * 8)
+    assert np.isnan(res.pvalues[:2]).all() and (res.pvalues[2:] == 1.0).all()
 
 
 def test_input_errors():
     with pytest.raises(InputError, match="2-D"):
-        anomalies(np.ones(5, dtype=bool), [0] * 5)
+        count_rule(np.ones(5, dtype=bool), [0] * 5)
     with pytest.raises(InputError, match="True/False"):
-        anomalies(np.full((3, 2), 2), [0, 1])
+        count_rule(np.full((3, 2), 2), [0, 1])
     with pytest.raises(InputError, match="one class per image"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1, 2])
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1, 2])
     with pytest.raises(InputError, match="strictly increasing"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1], steps=[0, 2, 2])
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1], steps=[0, 2, 2])
     with pytest.raises(InputError, match="one step number per checkpoint"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1], steps=[0, 2])
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1], steps=[0, 2])
     with pytest.raises(InputError, match="Did you mean 'to_wrong'"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1], direction="to_wron")
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1], direction="to_wron")
     with pytest.raises(InputError, match="d must be"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1], d=-1)
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1], d=-1)
     with pytest.raises(InputError, match="threshold"):
-        anomalies(np.ones((3, 2), dtype=bool), [0, 1], threshold=0)
+        count_rule(np.ones((3, 2), dtype=bool), [0, 1], threshold=0)
     with pytest.raises(InputError, match="integer class"):
-        anomalies(np.ones((3, 2), dtype=bool), ["a", "b"])
+        count_rule(np.ones((3, 2), dtype=bool), ["a", "b"])
 
 
 def test_warns_when_d_too_long_for_run():
     with pytest.warns(UserWarning, match="no anomaly can be found"):
-        res = anomalies(CORRECT, LABELS, d=11, threshold=1, min_flags=0)
+        res = count_rule(CORRECT, LABELS, d=11, threshold=1, min_flags=0)
     assert res.counts.sum() == 0
 
 
@@ -332,7 +352,7 @@ def test_correlate_scopes_top_and_nan_first_snapshot():
 
 
 def test_correlate_takes_anomaly_result_and_warns_when_late():
-    res = anomalies(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1)
+    res = count_rule(CORRECT, LABELS, steps=STEPS, d=2, threshold=2, min_flags=1)
     # anomalies at steps 400 (class 0), 500 (class 1), 700 (class 0), 1000 (class 0)
     fc = pd.DataFrame({
         "step": [450, 450, 700, 700],
@@ -363,3 +383,254 @@ def test_correlate_errors_and_empty():
         correlate([20], fc, scope="layers")
     out = correlate([], fc)
     assert out.empty and list(out.columns) == list(CORRELATE_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------
+# the calibrated rule (method="calibrated", the default)
+# --------------------------------------------------------------------------------------------
+def test_negbin_sf_equals_scipy_and_exact_sums():
+    from math import exp, lgamma, log
+
+    from scipy import stats
+
+    from convscope.track.anomaly import negbin_sf
+
+    def nb_pmf(j, mu, s2):  # by hand: Gamma-Poisson mixture of mean mu, variance mu + s2 mu^2
+        if s2 == 0:
+            return exp(j * log(mu) - mu - lgamma(j + 1))
+        r = 1 / s2
+        return exp(lgamma(j + r) - lgamma(r) - lgamma(j + 1) + r * log(r / (r + mu))
+                   + j * log(mu / (r + mu)))
+
+    cases = [(0, 2.0, 0.0), (1, 2.0, 0.0), (5, 0.5, 0.0), (12, 3.0, 0.0), (40, 3.0, 0.0),
+             (1, 2.0, 0.5), (5, 0.5, 0.3), (12, 3.0, 1.0), (40, 3.0, 0.2), (30, 10.0, 2.5)]
+    k, mu, s2 = (np.array(col, dtype=float) for col in zip(*cases, strict=True))
+    got = negbin_sf(k, mu, s2)
+    for (kk, m, v), g in zip(cases, got, strict=True):
+        exact = 1.0 - sum(nb_pmf(j, m, v) for j in range(int(kk)))
+        assert g == pytest.approx(exact, rel=1e-8, abs=1e-15)
+        if v == 0:
+            assert g == pytest.approx(stats.poisson.sf(kk - 1, m), rel=1e-10, abs=1e-300)
+        else:
+            r = 1 / v
+            assert g == pytest.approx(stats.nbinom.sf(kk - 1, r, r / (r + m)), rel=1e-10,
+                                      abs=1e-300)
+    # far tails are not lost to 1 - (sum of the rest)
+    assert negbin_sf(60, 1.0) == pytest.approx(stats.poisson.sf(59, 1.0), rel=1e-8)
+    assert 0 < negbin_sf(60, 1.0) < 1e-80
+    # more over-dispersion, heavier tail; no expected flips, no chance of one
+    assert negbin_sf(12, 3.0, 0.5) > negbin_sf(12, 3.0, 0.1) > negbin_sf(12, 3.0)
+    assert negbin_sf(1, 0.0) == 0.0 and negbin_sf(0, 0.0) == 1.0
+
+
+def test_stage_dispersion_is_the_median_solution():
+    """The stage dispersion is the sigma2 at which the median squared Pearson residual of the
+    cells above their mean is that of chi-square(1); checked by evaluating the residuals at the
+    returned value, and on simulated Gamma-Poisson (negative binomial) and Poisson counts."""
+    rng = np.random.default_rng(4)
+    mu = rng.uniform(5, 40, size=(60, 8))
+    k = rng.negative_binomial(1 / 0.4, (1 / 0.4) / (1 / 0.4 + mu)).astype(float)
+    usable, base = np.ones_like(mu, dtype=bool), np.zeros_like(mu)
+    s2 = anomaly_mod._stage_dispersion(k, mu, base, usable, window=100)  # one stage: the run
+    assert np.allclose(s2, s2[0]) and 0.25 < s2[0] < 0.6  # about the 0.4 simulated
+    up = k > mu
+    resid = (k[up] - mu[up]) ** 2 / (mu[up] + s2[0] * mu[up] ** 2)
+    assert np.median(resid) == pytest.approx(0.454936, abs=0.01)
+    # the baseline's own variance is part of the total: it is taken off the stage's
+    s2b = anomaly_mod._stage_dispersion(k, mu, base + 0.1, usable, window=100)
+    assert s2b[0] == pytest.approx(s2[0] - 0.1, abs=1e-9)
+    # Poisson counts: no over-dispersion
+    kp = rng.poisson(mu).astype(float)
+    assert anomaly_mod._stage_dispersion(kp, mu, base, usable, window=100)[0] < 0.02
+    # a stage of its own: the second half of the run is over-dispersed, the first is not
+    mixed = np.where(np.arange(60)[:, None] < 30, kp, k)
+    s2m = anomaly_mod._stage_dispersion(mixed, mu, base, usable, window=3)
+    assert s2m[:20].max() < 0.05 and s2m[40:].min() > 0.15
+
+
+def _bh_brute(p, alpha):
+    """Benjamini-Hochberg rejections, straight from the definition: reject the r smallest
+    p-values, r the largest rank with p_(r) <= r * alpha / m."""
+    m = len(p)
+    order = np.argsort(p)
+    r = 0
+    for rank in range(1, m + 1):
+        if p[order[rank - 1]] <= rank * alpha / m:
+            r = rank
+    out = np.zeros(m, dtype=bool)
+    out[order[:r]] = True
+    return out
+
+
+def test_bh_qvalues_equal_brute_force_rejections():
+    from convscope.track.anomaly import bh_qvalues
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        m = int(rng.integers(1, 60))
+        p = np.where(rng.random(m) < 0.3, rng.random(m) * 1e-3, rng.random(m))
+        if trial % 5 == 0:
+            p[: m // 2] = p[0]  # ties
+        q = bh_qvalues(p)
+        for alpha in (0.001, 0.01, 0.05, 0.1, 0.3):
+            np.testing.assert_array_equal(q <= alpha, _bh_brute(p, alpha))
+    # NaN entries are not tests: they stay NaN and do not count in m
+    q = bh_qvalues([0.01, np.nan, 0.04, np.nan])
+    assert np.isnan(q[[1, 3]]).all()
+    np.testing.assert_allclose(q[[0, 2]], [0.02, 0.04])
+    # hand case: p = .01 .02 .03 .5 -> q = .04 .04 .04 .5
+    np.testing.assert_allclose(bh_qvalues([0.03, 0.5, 0.01, 0.02]), [0.04, 0.5, 0.04, 0.04])
+    try:  # a peer implementation, where installed (not a dependency)
+        from statsmodels.stats.multitest import multipletests
+    except ImportError:
+        return
+    p = rng.random(50) ** 3
+    np.testing.assert_allclose(bh_qvalues(p), multipletests(p, method="fdr_bh")[1])
+
+
+def _brute_at_risk(correct, labels, d):
+    """[T, C] images of each class that held their state for more than d checkpoints ending at
+    i - 1, split by that state: (was wrong -> may flip to right, was right -> may flip to wrong)."""
+    t, n = correct.shape
+    classes = sorted(set(labels.tolist()))
+    rr = np.zeros((t, len(classes)), dtype=int)
+    rw = np.zeros((t, len(classes)), dtype=int)
+    for img in range(n):
+        seq = correct[:, img]
+        for i in range(1, t):
+            held, j = 0, i - 1
+            while j >= 0 and seq[j] == seq[i - 1]:
+                held += 1
+                j -= 1
+            if held > d:
+                (rw if seq[i - 1] else rr)[i, classes.index(labels[img])] += 1
+    return rr, rw
+
+
+@pytest.mark.parametrize("direction", ["both", "to_wrong", "to_right"])
+def test_at_risk_and_pvalues_equal_brute_force_and_scipy(direction):
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    t, n, d, w = 40, 150, 2, 4
+    correct = _markov(rng, t, n, 0.1)
+    labels = rng.choice([1, 4, 9], size=n)
+    res = anomalies(correct, labels, d=d, window=w, direction=direction)
+    rr, rw = _brute_at_risk(correct, labels, d)
+    want = {"both": rr + rw, "to_wrong": rw, "to_right": rr}[direction]
+    np.testing.assert_array_equal(res.at_risk, want)
+    # each cell's p-value, spelled out cell by cell with scipy. Baseline: the other checkpoints
+    # within w that have images at risk, less the one with the most and the one with the fewest
+    # flips (their images at risk taken as the neighbours' mean), plus half a flip
+    k, r = res.counts, res.at_risk
+    assert res.dispersion.shape == (t,) and (res.dispersion >= 0).all()
+    for i in range(t):
+        for c in range(3):
+            nb = [j for j in range(max(0, i - w), min(t, i + w + 1)) if j != i and r[j, c] > 0]
+            m = len(nb)
+            k_nb = k[nb, c].sum() - max(k[nb, c]) - min(k[nb, c]) if m else 0
+            n_nb = r[nb, c].sum() * (m - 2) / m if m > 2 else 0
+            if i == 0 or r[i, c] == 0 or n_nb == 0:
+                assert np.isnan(res.pvalues[i, c])
+                continue
+            mu = r[i, c] * (k_nb + 0.5) / n_nb
+            assert res.expected[i, c] == pytest.approx(mu)
+            s2 = res.dispersion[i] + 1 / (k_nb + 0.5)  # stage + the baseline's own variance
+            if s2 == 0:
+                want_p = stats.poisson.sf(k[i, c] - 1, mu)
+            else:
+                want_p = stats.nbinom.sf(k[i, c] - 1, 1 / s2, (1 / s2) / (1 / s2 + mu))
+            assert res.pvalues[i, c] == pytest.approx(want_p, rel=1e-9, abs=1e-300)
+    # q-values: BH over every tested cell of the run
+    from convscope.track.anomaly import bh_qvalues
+
+    np.testing.assert_allclose(res.qvalues, bh_qvalues(res.pvalues.ravel()).reshape(t, 3))
+
+
+def _with_burst(rng, t, n, p, labels, cls, at, size):
+    """A stationary flip process, plus ``size`` images of class ``cls`` that had held their
+    state since checkpoint 0 all flipping at checkpoint ``at``."""
+    correct = _markov(rng, t, n, p)
+    members = np.flatnonzero(labels == cls)[:size]
+    correct[:, members] = correct[0, members]  # stable from the start ...
+    correct[at:, members] = ~correct[0, members]  # ... and all flip at `at`
+    return correct, members
+
+
+def test_planted_burst_is_found_and_count_rule_floods():
+    # (seed 0 of this simulation holds, by chance, 15 flips where 4 are usual: rightly flagged)
+    rng = np.random.default_rng(1)
+    t, n = 80, 1000
+    labels = np.arange(n) % 10
+    correct, members = _with_burst(rng, t, n, 0.04, labels, cls=6, at=50, size=15)
+    res = anomalies(correct, labels)
+    assert res.method == "calibrated" and res.params["fdr"] == 0.05
+    assert res.frame[["checkpoint", "class"]].values.tolist() == [[50, 6]]
+    row = res.frame.iloc[0]
+    assert set(members) <= set(row.images) and row.q_value <= 0.05 and row.p_value < row.q_value
+    assert row.expected < row.n_flips / 2
+    # DeepTracker's rule at its default threshold flags the stationary background everywhere:
+    # 100 images per class flipping with probability 0.04 give about 4 flips per checkpoint
+    old = anomalies(correct, labels, method="count")
+    old_cells = set(zip(old.frame.checkpoint, old.frame["class"], strict=True))
+    assert len(old) > 50 and (50, 6) in old_cells
+
+
+def test_stationary_process_false_discoveries_within_fdr():
+    """Many simulated runs: a stationary flip process with one planted burst in half of them.
+    The false discovery proportion averages at most the nominal rate, and the planted bursts
+    are found."""
+    fdr, found, fdps = 0.05, 0, []
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        t, n = 60, 400
+        labels = rng.integers(0, 5, size=n)
+        p = rng.uniform(0.02, 0.15)
+        planted = seed % 2 == 0
+        if planted:
+            cls, at = int(rng.integers(0, 5)), int(rng.integers(10, 55))
+            correct, _ = _with_burst(rng, t, n, p, labels, cls, at, size=25)
+        else:
+            correct = _markov(rng, t, n, p)
+        res = anomalies(correct, labels, threshold=1, fdr=fdr)
+        cells = set(zip(res.frame.checkpoint.tolist(), res.frame["class"].tolist(), strict=True))
+        if planted:
+            found += (at, cls) in cells
+            false = len(cells - {(at, cls)})
+        else:
+            false = len(cells)
+        fdps.append(false / len(cells) if cells else 0.0)
+    assert found >= 57  # 25 of about 80 images of a class flipping together
+    assert np.mean(fdps) <= fdr, np.mean(fdps)
+
+
+def test_rising_flip_rate_is_not_an_anomaly():
+    """A class whose flip rate climbs smoothly (training speeding up) is judged against its own
+    neighbouring rate: nothing is flagged, where the count rule flags the whole second half."""
+    rng = np.random.default_rng(2)
+    t, n = 100, 600
+    p = np.linspace(0.01, 0.12, t)[:, None]
+    start = rng.random(n) < 0.5
+    switches = rng.random((t, n)) < p
+    switches[0] = False
+    correct = start[None, :] ^ (np.cumsum(switches, axis=0) % 2 == 1)
+    labels = np.arange(n) % 6
+    assert len(anomalies(correct, labels)) == 0
+    assert len(anomalies(correct, labels, method="count")) > 100
+
+
+def test_calibrated_parameters_and_errors():
+    res = anomalies(CORRECT, LABELS, steps=STEPS, d=2)
+    assert res.params == {"method": "calibrated", "d": 2, "threshold": 5, "min_flags": 1,
+                          "direction": "both", "fdr": 0.05, "window": 3}
+    assert anomaly_mod.default_window(12) == 3 and anomaly_mod.default_window(1000) == 50
+    assert anomalies(CORRECT, LABELS, window=2, fdr=0.2).params["window"] == 2
+    with pytest.raises(InputError, match="Did you mean 'count'"):
+        anomalies(CORRECT, LABELS, method="cuont")
+    for bad in (0, 1, 1.5, -0.1, True, "0.05"):
+        with pytest.raises(InputError, match="fdr"):
+            anomalies(CORRECT, LABELS, fdr=bad)
+    with pytest.raises(InputError, match="window"):
+        anomalies(CORRECT, LABELS, window=0)
+    with pytest.raises(InputError, match="min_flags"):
+        anomalies(CORRECT, LABELS, min_flags=-1)

@@ -70,6 +70,66 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .formats import cka
+    from .formats.compare import compare
+    from .formats.reader import open_run
+
+    ra, rb = open_run(args.run_a), open_run(args.run_b)  # validates the paths
+    c = compare(ra, rb)
+    print(f"A = {c.a}  ({ra.path})\nB = {c.b}  ({rb.path})")
+    n = c.counts()
+    print(f"\ndiagnosis findings: {n['new']} new in B, {n['gone']} gone from A, "
+          f"{n['changed']} changed severity, {n['kept']} kept")
+    mark = {"new": "+", "gone": "-", "changed": "~", "kept": "="}
+    shown = c.findings if args.all else c.findings[c.findings["status"] != "kept"]
+    for f in shown.itertuples(index=False):
+        sev = f.severity_b if f.status == "new" else f.severity_a if f.status == "gone" \
+            else f"{f.severity_a}->{f.severity_b}" if f.status == "changed" else f.severity_a
+        print(f"  {mark[f.status]} [{f.report}] {f.code} @ {f.layer or '(model)'} ({sev}): "
+              f"{f.message[:110]}")
+    if not args.all and n["kept"]:
+        print(f"  ({n['kept']} kept findings hidden: --all shows them)")
+    print("\nattribution metrics (mean over each set's images; B - A):")
+    if not len(c.metrics):
+        print("  none in common (record attributions with the same key in both runs)")
+    for m in c.metrics.itertuples(index=False):
+        flag = "  *" if abs(m.delta) >= args.threshold else ""
+        print(f"  [{m.set}] {m.method:<16} {m.metric:<13} {m.a:9.4f} -> {m.b:9.4f} "
+              f"({m.delta:+.4f}){flag}")
+    print("\npreferred inputs (mean objective reached):")
+    if not len(c.preferred):
+        print("  none recorded in either run")
+    for p in c.preferred.itertuples(index=False):
+        a = f"{p.value_a:.4g} ({p.units_a} units)" if p.in_a else "-"
+        b = f"{p.value_b:.4g} ({p.units_b} units)" if p.in_b else "-"
+        print(f"  {p.layer:<24} A {a:<24} B {b}")
+    for reader, keys in ((ra, c.cka_a), (rb, c.cka_b)):
+        for key in keys:
+            m = cka.load(reader, key)
+            print(f"\nCKA {key!r} in {reader.name} ({m.label_a} x {m.label_b}, "
+                  f"{m.n_images} images): best match per layer of {m.label_a}")
+            for i, name in enumerate(m.layers_a):
+                j = int(m.matrix[i].argmax())
+                print(f"  {name:<24} -> {m.layers_b[j]:<24} {m.matrix[i, j]:.3f}")
+    for note in c.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments.resnet50_cifar10 import run_experiment
+
+    path = run_experiment(args.data, args.logdir, name=args.name, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train,
+                          limit_test=args.limit_test, test_per_class=args.test_per_class,
+                          preferred_units=args.units, preferred_steps=args.steps,
+                          method=args.method, profile_images=args.profile_images,
+                          profile_repeat=args.profile_repeat, seed=args.seed, quiet=args.quiet)
+    print(f"recorded {path}")
+    return 0
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -278,6 +338,43 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list the runs in a logdir")
     ls.add_argument("--logdir", default="runs")
     ls.set_defaults(func=_cmd_runs)
+
+    cp = sub.add_parser("compare", help="what changed between two runs: diagnosis findings, "
+                        "attribution metrics, preferred inputs and CKA (as the Compare page)")
+    cp.add_argument("run_a", help="the reference run directory (A)")
+    cp.add_argument("run_b", help="the run directory compared with it (B)")
+    cp.add_argument("--all", action="store_true", help="also list the findings both runs share")
+    cp.add_argument("--threshold", type=float, default=0.05, help="mark metric changes at least "
+                    "this large with * (default 0.05)")
+    cp.set_defaults(func=_cmd_compare)
+
+    ex = sub.add_parser("experiment", help="run a source document's experiment end to end: "
+                        "resnet50-cifar10 (Li et al.: ResNet-50 on CIFAR-10, local files)")
+    ex.add_argument("name", choices=["resnet50-cifar10"], help="the experiment")
+    ex.add_argument("--data", required=True, help="folder holding cifar-10-batches-py (or "
+                    "-bin) from the CIFAR-10 archive; nothing is downloaded")
+    ex.add_argument("--logdir", default="runs", help="where the run is written (default runs)")
+    ex.add_argument("--name", default=None, help="run name (default: a timestamp)")
+    ex.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    ex.add_argument("--batch-size", type=int, default=128, help="default 128")
+    ex.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (0.1)")
+    ex.add_argument("--limit-train", type=int, default=None, help="use the first N training "
+                    "images only (quick runs)")
+    ex.add_argument("--limit-test", type=int, default=None, help="use the first N test images")
+    ex.add_argument("--test-per-class", type=int, default=1000, help="the paper's split: test "
+                    "images drawn per class (default 1000)")
+    ex.add_argument("--units", type=int, default=16, help="preferred inputs per conv layer of "
+                    "stages 1 and 4 (default 16)")
+    ex.add_argument("--steps", type=int, default=128, help="activation maximisation steps "
+                    "(default 128)")
+    ex.add_argument("--method", default="yosinski:3", help="activation maximisation: "
+                    "yosinski:N (Yosinski et al. 2015 preset N) or lucid (default yosinski:3)")
+    ex.add_argument("--profile-images", type=int, default=32, help="batch that times each "
+                    "layer for the Resources page (default 32)")
+    ex.add_argument("--profile-repeat", type=int, default=3, help="timing repeats (default 3)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--quiet", action="store_true")
+    ex.set_defaults(func=_cmd_experiment)
 
     c = sub.add_parser("compact", help="merge a run's small Parquet parts")
     c.add_argument("run", help="run directory")

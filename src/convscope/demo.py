@@ -119,6 +119,14 @@ def _record_diagnosis(run: Run, res: DemoResult, quiet: bool) -> None:
     run.log_diagnosis(model, res.test_images, batch_size=64, key="test-set")
 
 
+def _record_cka(run: Run, res: DemoResult, quiet: bool) -> None:  # compare runs
+    """Linear CKA between every conv / linear layer of the trained model and of the same
+    network at its initial weights (rebuilt from the seed), over 256 test images: how far
+    training moved each layer's representation (Compare page)."""
+    run.log_cka(res.model.eval(), res.config.make_model().eval(), res.test_images[:256],
+                label="trained", other_label="initial weights", key="trained-vs-init")
+
+
 # Each capability appends its recording here (model graph, feature maps, attribution, ...).
 RECORDINGS: list[Recording] = [
     Recording("model graph, profile, feature maps and PCA embedding", _record_structure),
@@ -128,6 +136,7 @@ RECORDINGS: list[Recording] = [
     Recording("preferred inputs and top-9 examples of 5 conv layers", _record_features),
     Recording("DeconvNet projections of 3 conv layers", _record_projections),  # DeconvNet
     Recording("CNNVis clusters and bundled edges of 5 conv layers", _record_cnnvis),  # CNNVis
+    Recording("CKA of the trained layers against their initial weights", _record_cka),  # compare
 ]
 
 
@@ -170,6 +179,10 @@ def run_demo(
         # results on a fixed subset every VALIDATE_EVERY steps
         run.watch(model, every=10)
         val = [(x_te[i:i + 500], y_te[i:i + 500]) for i in range(0, min(len(x_te), 1000), 500)]
+        # thumbnails of the validation images (Training page: a class's images), ids as
+        # run.validate numbers them (the running index)
+        n_val = min(len(x_te), 1000)
+        run.log_validation_images(x_te[:n_val], y_te[:n_val])
 
         def on_step(step: int, m: dict[str, float]) -> None:
             run.log_scalars(step, {"train/loss": m["loss"], "train/acc": m["acc"],

@@ -617,6 +617,47 @@ class Run:
                           influence=influence, influence_images=influence_images,
                           batch_size=batch_size, seed=seed, key=key, quiet=quiet)
 
+    def log_cka(  # compare runs
+        self,
+        model: Any,
+        other: Any,
+        dataset: Any,
+        *,
+        layers: Any = None,
+        other_layers: Any = None,
+        label: str = "this run",
+        other_label: str = "other",
+        key: str = "cka",
+        batch_size: int = 64,
+        quiet: bool | None = None,
+    ) -> Any:
+        """Linear CKA (Kornblith et al. 2019) between every layer of ``model`` and every layer
+        of ``other`` over ``dataset``: how alike their representations of the same images are
+        (1: the same up to a rotation and a scale). ``other`` may be another checkpoint of the
+        same network (how far training moved each layer), another network, or ``None``
+        (``model`` against itself: which of its layers represent alike). The minibatch
+        estimate of Nguyen et al. 2021 (:func:`convscope.embed.cka_matrix`). Shown as a layer
+        x layer heatmap on the Compare page and by ``convscope compare``.
+
+        Args:
+            model, other: the two networks (eval mode during the pass; restored afterwards).
+            dataset: a tensor ``[N, C, H, W]``, a map-style ``Dataset`` or an iterable of
+                batches; the same images go through both models.
+            layers, other_layers: the layers compared (default: every Conv2d and Linear).
+            label, other_label: what the two models are, for the page ("epoch 1", ...).
+            key: the matrix's name in the run (recording it again replaces it).
+            batch_size: images per minibatch (at least 4).
+            quiet: hide the progress bar (``None``: the run's ``quiet``).
+
+        Returns:
+            the :class:`~convscope.embed.CKAResult`.
+        """
+        from .record.cka import log_cka
+
+        return log_cka(self, model, other, dataset, layers=layers, other_layers=other_layers,
+                       label=label, other_label=other_label, key=key, batch_size=batch_size,
+                       quiet=quiet)
+
     # -- checkpoints -------------------------------------------------------------------------
     def log_checkpoint(self, model: Any, key: str = "model", *, example_inputs: Any = None,
                        arch: Any = None) -> Path:
@@ -818,6 +859,24 @@ class Run:
                 self._validation = ValidationLog(self)
             self._validation.log(step, ids_a, labels_a, pred)
         return float((pred == labels_a).mean()) if len(pred) else float("nan")
+
+    def log_validation_images(self, images: Any, labels: Any = None, ids: Any = None) -> int:
+        """Store small thumbnails of the validation images (the Training page shows them beside
+        each image's correct/wrong strip over checkpoints; Liu et al. 2018). ``images``
+        ``[N, C, H, W]`` (a tensor or numpy); ``ids``: the ids given to :meth:`log_validation`
+        (default ``0 .. N-1``, the running index :meth:`validate` uses); ``labels`` ``[N]``
+        keep the set balanced across classes. Bounded: at most 2,000 thumbnails of at most
+        32 pixels a side. Returns the number stored."""
+        import numpy as np
+
+        from .formats.training import write_validation_thumbnails
+
+        def arr(v: Any) -> Any:
+            return v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+        x = arr(images)
+        ids = np.arange(len(x)) if ids is None else arr(ids)
+        return write_validation_thumbnails(self, ids, x, None if labels is None else arr(labels))
 
     def validate(self, step: int, model: Any, loader: Any, *, device: Any = None) -> float:
         """Run ``loader`` (yielding ``(images, labels)`` or ``(images, labels, ids)``) through

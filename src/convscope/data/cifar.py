@@ -1,4 +1,12 @@
-"""CIFAR-10 read from the standard local python-pickle batch files (never downloads)."""
+"""CIFAR-10 read from the standard local batch files (never downloads).
+
+Both distributions of the data set are read: the "python version" (``data_batch_1`` ..
+``data_batch_5``, ``test_batch``: pickled dicts) and the "binary version" (``data_batch_1.bin``
+.. ``test_batch.bin``: rows of one label byte and 3,072 pixel bytes). A pickle can run code when
+it is loaded, so the python batches go through an unpickler that builds only what a CIFAR batch
+holds (dicts, lists, bytes, numbers and numpy arrays) and refuses any other global: a file that
+names one is reported as not a CIFAR-10 batch, and nothing in it runs.
+"""
 
 from __future__ import annotations
 
@@ -28,25 +36,60 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 _TRAIN_FILES = tuple(f"data_batch_{k}" for k in range(1, 6))
 _TEST_FILES = ("test_batch",)
 _FOLDER = "cifar-10-batches-py"
+_BIN_FOLDER = "cifar-10-batches-bin"
+_ROW = 1 + 3 * 32 * 32  # the binary version: a label byte, then the R, G, B planes of 32 x 32
+#: the only globals a CIFAR-10 python batch needs (numpy's array reconstruction)
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+}
 
 
-def _batch_dir(root: Path, files: tuple[str, ...]) -> Path:
-    for cand in (root, root / _FOLDER):
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds plain data and numpy arrays; any other global is refused, so nothing runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _batch_dir(root: Path, files: tuple[str, ...]) -> tuple[Path, bool]:
+    """The folder holding ``files`` and whether it holds the binary version (``<file>.bin``)."""
+    for cand in (root, root / _FOLDER, root / _BIN_FOLDER):
         if all((cand / f).is_file() for f in files):
-            return cand
+            return cand, False
+        if all((cand / f"{f}.bin").is_file() for f in files):
+            return cand, True
     where = root if (root / files[0]).is_file() or not (root / _FOLDER).is_dir() else root / _FOLDER
     missing = [f for f in files if not (where / f).is_file()]
     raise ConvscopeError(
         f"CIFAR-10 batch files missing in {where}: {', '.join(missing)}. convscope never "
-        "downloads data: get the 'CIFAR-10 python version' archive (cifar-10-python.tar.gz), "
-        f"extract it, and pass the folder that holds '{_FOLDER}' (or that folder itself) as root."
+        "downloads data: get the 'CIFAR-10 python version' archive (cifar-10-python.tar.gz) or "
+        "the binary version (cifar-10-binary.tar.gz), extract it, and pass the folder that holds "
+        f"'{_FOLDER}' or '{_BIN_FOLDER}' (or that folder itself) as root."
     )
+
+
+def _load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _ROW:
+        raise ConvscopeError(
+            f"CIFAR-10 binary batch {path} holds {raw.size} bytes, not a whole number of "
+            f"{_ROW}-byte rows (a label byte and 3072 pixels): re-extract cifar-10-binary.tar.gz.")
+    rows = raw.reshape(-1, _ROW)
+    labels = rows[:, 0].astype(np.int64)
+    if int(labels.max()) > 9:
+        raise ConvscopeError(f"CIFAR-10 binary batch {path} has labels above 9: it is not a "
+                             "CIFAR-10 batch (CIFAR-100's binary rows hold two label bytes).")
+    return rows[:, 1:], labels
 
 
 def _load(path: Path) -> dict:
     try:
         with path.open("rb") as fh:
-            return pickle.load(fh, encoding="bytes")
+            return _BatchUnpickler(fh, encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001 - report any unreadable file the same way
         raise ConvscopeError(
             f"Cannot read CIFAR-10 batch {path}: {exc}. Is it the python-pickle version of the "
@@ -82,10 +125,19 @@ class CIFAR10(Dataset):
                 f"'{_FOLDER}' (extracted from cifar-10-python.tar.gz); convscope never downloads."
             )
         files = _TRAIN_FILES if train else _TEST_FILES
-        folder = _batch_dir(root, files)
+        folder, binary = _batch_dir(root, files)
         data, labels = [], []
         for f in files:
+            if binary:
+                xb, yb = _load_bin(folder / f"{f}.bin")
+                data.append(xb)
+                labels.append(yb)
+                continue
             d = _load(folder / f)
+            if not isinstance(d, dict):
+                raise ConvscopeError(f"CIFAR-10 batch {folder / f} holds a {type(d).__name__}, "
+                                     "not a dict: it is not a CIFAR-10 python batch. "
+                                     "Re-extract cifar-10-python.tar.gz.")
             x, y = _get(d, "data"), _get(d, "labels")
             if y is None:
                 y = _get(d, "fine_labels")
@@ -109,11 +161,16 @@ class CIFAR10(Dataset):
         self.root = folder
         names = CIFAR10_CLASSES
         meta = folder / "batches.meta"
-        if meta.is_file():
+        meta_txt = folder / "batches.meta.txt"  # the binary version: one name per line
+        got = None
+        if binary and meta_txt.is_file():
+            got = [ln.strip() for ln in meta_txt.read_text(errors="replace").splitlines()
+                   if ln.strip()]
+        elif not binary and meta.is_file():
             m = _load(meta)
-            got = _get(m, "label_names")
-            if got is not None and len(got) == 10:
-                names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in got)
+            got = _get(m, "label_names") if isinstance(m, dict) else None
+        if got is not None and len(got) == 10:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in got)
         self.class_names: tuple[str, ...] = names
 
     def __len__(self) -> int:

@@ -37,7 +37,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError, NotApplicableError
-from ..nn import GridLayout, Recorder, chunks, f32, minmax, positive_int, split_call, upsample
+from ..nn import (
+    GridLayout,
+    Recorder,
+    chunks,
+    f32,
+    fold_batchnorm,
+    minmax,
+    positive_int,
+    split_call,
+    upsample,
+)
 from .base import (
     Layer,
     Target,
@@ -452,6 +462,9 @@ SCORE_CAM_BATCH_BYTES = 16 * 2**20
 #: The smallest automatic batch: pytorch-grad-cam's ScoreCAM default (16), which in addition
 #: holds every masked input of an image at once; convscope holds one batch.
 SCORE_CAM_MIN_BATCH = 16
+#: Masked passes from which Score-CAM folds the model's batch norms into their convolutions
+#: (:func:`~convscope.nn.fold_batchnorm`): tracing costs about as much as a few passes.
+SCORE_CAM_FOLD_PASSES = 64
 _FEATURE_GRID = 4  # the calibration's mask features: masks average-pooled to at most 4 x 4
 _RIDGE = 1e-3
 
@@ -473,6 +486,8 @@ class ScoreCamInfo:
         bound: fast mode: the largest estimated relative error of an image's map when scoring
             stopped (see :func:`score_cam`); exact: 0.
         batch_size: masked images per forward pass.
+        folded: batch norms folded into the convolution before them for the masked passes
+            (:func:`~convscope.nn.fold_batchnorm`; 0 when none could be).
     """
 
     mode: str
@@ -485,6 +500,7 @@ class ScoreCamInfo:
     rounds: int = 1
     bound: float = 0.0
     batch_size: int = 0
+    folded: int = 0
 
     def describe(self) -> str:
         """One line for a run's record, e.g. ``"fast: 128 of 2048 channels ..."``."""
@@ -503,7 +519,8 @@ class ScoreCamInfo:
             fast.mode, max(self.channels, other.channels), max(self.scored, other.scored),
             max(self.constant, other.constant), self.forwards + other.forwards, self.layer,
             first=max(self.first, other.first), rounds=max(self.rounds, other.rounds),
-            bound=max(self.bound, other.bound), batch_size=max(self.batch_size, other.batch_size))
+            bound=max(self.bound, other.bound), batch_size=max(self.batch_size, other.batch_size),
+            folded=max(self.folded, other.folded))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreCamInfo:
@@ -511,14 +528,15 @@ class ScoreCamInfo:
         return cls(str(d["mode"]), int(d["channels"]), int(d["scored"]), int(d["constant"]),
                    int(d["forwards"]), str(d["layer"]), first=int(d.get("first", 0)),
                    rounds=int(d.get("rounds", 1)), bound=float(d.get("bound", 0.0)),
-                   batch_size=int(d.get("batch_size", 0)))
+                   batch_size=int(d.get("batch_size", 0)), folded=int(d.get("folded", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (what a run stores)."""
         return {"mode": self.mode, "channels": int(self.channels), "scored": int(self.scored),
                 "constant": int(self.constant), "forwards": int(self.forwards),
                 "layer": self.layer, "first": int(self.first), "rounds": int(self.rounds),
-                "bound": float(self.bound), "batch_size": int(self.batch_size)}
+                "bound": float(self.bound), "batch_size": int(self.batch_size),
+                "folded": int(self.folded)}
 
 
 def score_cam_budget(channels: Any, k: int) -> int | None:
@@ -686,23 +704,28 @@ def score_cam_weights(act: Tensor, grad: None, ctx: CamContext) -> Tensor:
     scores = torch.zeros(b, k, dtype=torch.float32, device=x.device)
     rows = constant.any(dim=1).nonzero()[:, 0]
     pairs = chosen.nonzero()  # [N, 2]: (image, channel), across images
+    # the masked passes need the model's function only: batch norms folded into their
+    # convolutions (the same function up to rounding) once the passes outweigh the tracing
+    scorer, folds = (fold_batchnorm(model) if pairs.shape[0] >= SCORE_CAM_FOLD_PASSES
+                     else (model, 0))
     info = ScoreCamInfo("fast" if fast else "exact", k, int(chosen.sum(1).max()),
                         int(constant.sum(1).max()), int(pairs.shape[0] + rows.numel()),
-                        ctx.layer, first=budget if fast else 0, batch_size=int(batch_size))
+                        ctx.layer, first=budget if fast else 0, batch_size=int(batch_size),
+                        folded=folds)
     if rows.numel():  # every all-zero mask gives the black image: score it once per image
         zero = torch.zeros_like(x[rows])
         with torch.inference_mode():
-            black = spec.scores(run_forward(model, zero), rows=rows).float()
+            black = spec.scores(run_forward(scorer, zero), rows=rows).float()
         zero_scores = torch.zeros(b, dtype=torch.float32, device=x.device)
         zero_scores[rows] = black
         scores = torch.where(constant, zero_scores[:, None], scores)
     bar = tqdm(total=int(pairs.shape[0]), disable=ctx.quiet, delay=2.0,
                desc=f"score_cam ({info.mode})", unit="mask", leave=False)
     try:
-        _score_pairs(model, x, spec, act, pairs, scores, batch_size, bar, info)
+        _score_pairs(scorer, x, spec, act, pairs, scores, batch_size, bar, info)
         if fast:
             assert est is not None and low is not None and budget is not None
-            scores, info = _fast_rounds(model, x, spec, act, low, est, scores, chosen, live,
+            scores, info = _fast_rounds(scorer, x, spec, act, low, est, scores, chosen, live,
                                         budget, batch_size, bar, info)
     finally:
         bar.close()
@@ -751,7 +774,7 @@ def _fast_rounds(model: nn.Module, x: Tensor, spec: TargetSpec, act: Tensor, low
     info = ScoreCamInfo(info.mode, info.channels, int(scored.sum(1).max()), info.constant,
                         forwards, info.layer, first=budget, rounds=rounds,
                         bound=float(max(bounds)) if bounds else 0.0,
-                        batch_size=info.batch_size)
+                        batch_size=info.batch_size, folded=info.folded)
     return out, info
 
 
@@ -793,8 +816,12 @@ def score_cam(
     as fit :data:`SCORE_CAM_BATCH_BYTES` (16 MiB) by :func:`score_cam_batch`, at least 16 (the
     batch of pytorch-grad-cam's ScoreCAM, which in addition holds every masked input of an image
     at once), at most 256: 16 for ResNets from 128², 18 at 64², 75 at 32². On the CPU they are fed
-    in channels-last memory format, which is faster for convolutions and changes the scores only
-    by floating-point rounding.
+    in channels-last memory format, which is faster for convolutions, and from
+    :data:`SCORE_CAM_FOLD_PASSES` masked passes on, through a copy of the model's forward with
+    each eval-mode batch norm folded into the convolution before it
+    (:func:`~convscope.nn.fold_batchnorm`; the user's model is not changed, and a model that
+    ``torch.fx`` cannot trace runs as it is). Both change the scores only by floating-point
+    rounding; ``ScoreCamInfo.folded`` says how many batch norms were folded.
 
     **Fast mode** (``channels=K``, or ``"auto"`` on layers of more than
     :data:`SCORE_CAM_AUTO_LIMIT` channels): one forward and backward pass to the input gives a

@@ -50,7 +50,9 @@ __all__ = [
     "TABLES", "VALIDATION_TABLE", "VALIDATION_TABLES", "WATCH_TABLES", "TrainingQueries",
     "ValidationMatrix", "ValidationWriter", "WatchLog", "filter_changes_near", "has_filters",
     "has_layers", "has_training", "has_validation", "load_validation", "load_watch",
-    "most_changed_rows", "write_watch",
+    "most_changed_rows", "write_watch", "THUMBNAILS_KIND", "training_alerts",
+    "write_validation_thumbnails", "has_validation_thumbnails", "load_validation_thumbnails",
+    "ClassImageStrips", "class_image_strips", "filter_parts_key", "watch_parts_key",
 ]
 
 # LAYERS_TABLE (one row per (step, layer): LAYER_COLUMNS) and FILTERS_TABLE (one row per
@@ -442,6 +444,12 @@ class TrainingQueries:
         filled = _forward_fill(vm.correct, vm.known)
         return anomalies(filled, vm.labels, steps=vm.steps, **kwargs)
 
+    def alerts(self, **options: Any) -> pd.DataFrame:
+        """Layers and step ranges whose update ratio is far from ~1e-3 or whose gradient norm
+        explodes or vanishes (:func:`training_alerts`; ``options`` go to
+        :func:`convscope.track.training_alerts`)."""
+        return training_alerts(self, **options)
+
     def class_clusters(self, k: int = 4, seed: int = 0) -> Any:
         """k-means over standardised per-class error curves (:func:`convscope.track.class_clusters`)."""
         from ..track import class_clusters
@@ -695,3 +703,179 @@ def filter_changes_near(reader: Any, anomaly_steps: Any, k: int = 10, rank: int 
     top = top.sort_values("layer", kind="stable")
     return pd.concat([top, marks.assign(cos_prev=np.nan)], ignore_index=True)
 
+
+
+# -- alerts ------------------------------------------------------------------------------------
+_alert_cache: dict[tuple, pd.DataFrame] = {}
+
+
+def training_alerts(reader: Any, rank: int = 0, **options: Any) -> pd.DataFrame:
+    """:func:`convscope.track.training_alerts` on the run's ``watch_layers`` rows (``step``,
+    ``layer``, ``update_ratio``, ``g_l2`` of process ``rank``): the layers and step ranges
+    whose update ratio is far from ~1e-3 or whose gradient norm explodes or vanishes.
+    ``options`` go to ``training_alerts``. Cached per run until new parts land (the answer
+    is a few rows; the 10,000-step scale reads ~0.5 M rows once)."""
+    from ..track.alerts import ALERT_COLUMNS
+    from ..track.alerts import training_alerts as _alerts
+
+    if not reader.has_table(LAYERS_TABLE):
+        return pd.DataFrame(columns=list(ALERT_COLUMNS))
+    rank = integer(rank, "rank")
+    parts = tuple((f.name, f.stat().st_size)
+                  for f in list_parts(reader.path / TABLES_DIR / LAYERS_TABLE).files)
+    key = (str(reader.path), rank, parts, tuple(sorted((k, repr(v)) for k, v in
+                                                        options.items())))
+    hit = _alert_cache.get(key)
+    if hit is None:
+        stats = reader.query(f"SELECT step, layer, update_ratio, g_l2 FROM {LAYERS_TABLE} "
+                             "WHERE rank = ?", [rank])
+        hit = _alerts(stats, **options)
+        if len(_alert_cache) > 16:
+            _alert_cache.clear()
+        _alert_cache[key] = hit
+    return hit.copy()
+
+
+# -- validation thumbnails ---------------------------------------------------------------------
+#: Array kind of the validation thumbnails: key ``pixels`` (uint8 ``[N, S, S, C]``) and key
+#: ``ids`` (int64 ``[N]``, the ``log_validation`` ids of the images).
+THUMBNAILS_KIND = "validation_thumbnails"
+THUMBNAIL_SIDE = 32  #: longest side of a stored thumbnail, pixels
+MAX_THUMBNAILS = 2_000  #: thumbnails stored per run at most (200 per class with 10 classes)
+
+
+def _shrink(images: np.ndarray, side: int) -> np.ndarray:
+    """``[N, H, W, C]`` float -> uint8 ``[N, h, w, C]`` with max(h, w) <= side: block means
+    (integer factor), each image scaled from its own min-max to 0..255."""
+    n, h, w, c = images.shape
+    f = max(1, -(-max(h, w) // side))
+    hh, ww = h // f * f, w // f * f
+    x = images[:, :hh, :ww].reshape(n, hh // f, f, ww // f, f, c).mean(axis=(2, 4))
+    if images.dtype == np.uint8:
+        return x.round().clip(0, 255).astype(np.uint8)
+    lo = x.reshape(n, -1).min(axis=1)[:, None, None, None]
+    hi = x.reshape(n, -1).max(axis=1)[:, None, None, None]
+    return ((x - lo) / np.where(hi > lo, hi - lo, 1.0) * 255).round().clip(0, 255).astype(
+        np.uint8)
+
+
+def write_validation_thumbnails(sink: Sink, ids: Any, images: Any, labels: Any = None, *,
+                                side: int = THUMBNAIL_SIDE, max_images: int = MAX_THUMBNAILS
+                                ) -> int:
+    """Store small thumbnails of validation images (the Training page shows them beside each
+    image's correct/wrong strip). ``ids``: the ids passed to ``log_validation``; ``images``:
+    ``[N, C, H, W]`` (C = 1 or 3) or ``[N, H, W, C]`` numpy (float: each scaled from its own
+    min-max; uint8 as is). Bounded: at most ``max_images`` (with ``labels``, the first
+    ``max_images // classes`` of each class), shrunk to at most ``side`` pixels by block
+    means. Writing again replaces the set. Returns the number stored."""
+    ids = np.asarray(ids).astype(np.int64).reshape(-1)
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[:, :, :, None]
+    if x.ndim != 4 or len(x) != len(ids):
+        raise InputError(f"images must be [N, C, H, W] or [N, H, W, C] with N = len(ids) = "
+                         f"{len(ids)}, not shape {x.shape}.")
+    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+        x = x.transpose(0, 2, 3, 1)
+    if x.shape[3] not in (1, 3):
+        raise InputError(f"images need 1 or 3 channels, not shape {x.shape}.")
+    side, max_images = integer(side, "side"), integer(max_images, "max_images")
+    if side < 4 or max_images < 1:
+        raise InputError("side must be >= 4 and max_images >= 1.")
+    keep = np.arange(len(ids))
+    if labels is not None:
+        lab = np.asarray(labels).astype(np.int64).reshape(-1)
+        if len(lab) != len(ids):
+            raise InputError("labels must have one entry per id.")
+        per = max(1, max_images // max(1, len(np.unique(lab))))
+        keep = np.concatenate([np.flatnonzero(lab == c)[:per] for c in np.unique(lab)])
+        keep.sort()
+    keep = keep[:max_images]
+    x = x[keep] if x.dtype == np.uint8 else x[keep].astype(np.float32)
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        raise InputError("images contain NaN or inf values: store the images as given to "
+                         "the model.")
+    thumbs = _shrink(x, side)
+    sink.log_array(THUMBNAILS_KIND, "pixels", thumbs, dtype=np.uint8)
+    sink.log_array(THUMBNAILS_KIND, "ids", ids[keep])
+    return len(keep)
+
+
+def has_validation_thumbnails(reader: Any) -> bool:
+    """Whether the run stored validation thumbnails (:func:`write_validation_thumbnails`)."""
+    idx = reader.arrays(THUMBNAILS_KIND)
+    return bool(len(idx)) and {"pixels", "ids"} <= set(idx["key"].tolist())
+
+
+def load_validation_thumbnails(reader: Any, ids: Any) -> dict[int, np.ndarray]:
+    """``{id: uint8 [h, w, C]}`` for those of ``ids`` that have a stored thumbnail
+    (memory-mapped reads: only the asked images are touched)."""
+    if not has_validation_thumbnails(reader):
+        return {}
+    stored = reader.array(THUMBNAILS_KIND, "ids")
+    pixels = reader.array(THUMBNAILS_KIND, "pixels", mmap=True)
+    pos = {int(i): k for k, i in enumerate(np.asarray(stored).tolist())}
+    return {int(i): np.array(pixels[pos[int(i)]]) for i in ids if int(i) in pos}
+
+
+@dataclass
+class ClassImageStrips:
+    """A class's validation images with their correct/wrong history (the validation view's
+    innermost level). ``ids``, ``pos``, ``flips`` ``[n]``; ``steps`` ``[S]``; ``state``
+    ``[n, S]`` float: 1 correct, 0 wrong, NaN not covered; ``total``: images of the class;
+    ``total_steps``: checkpoints in the range (``S`` is fewer when they were subsampled)."""
+
+    cls: int
+    ids: np.ndarray
+    pos: np.ndarray
+    flips: np.ndarray
+    steps: np.ndarray
+    state: np.ndarray
+    total: int
+    total_steps: int
+
+
+def class_image_strips(reader: Any, cls: Any, *, steps: tuple[float, float] | None = None,
+                       max_images: int = 40, max_steps: int = 300) -> ClassImageStrips:
+    """The images of class ``cls`` (at most ``max_images``: those that flipped most within
+    ``steps`` first, then by position) with their state at each checkpoint in ``steps``
+    (``(first, last)`` inclusive; at most ``max_steps`` evenly spaced checkpoints). Bounded
+    work per call: one pass over the class's columns of the cached validation matrix."""
+    cls = integer(cls, "class")
+    max_images = max(1, min(integer(max_images, "max_images"), 500))
+    max_steps = max(2, min(integer(max_steps, "max_steps"), 2_000))
+    vm = reader.validation_matrix()
+    sel = np.flatnonzero(vm.labels == cls)
+    t = np.arange(len(vm.steps))
+    if steps is not None:
+        a, b = _step_range((int(np.floor(float(steps[0]))), int(np.ceil(float(steps[1])))))
+        t = t[(vm.steps >= a) & (vm.steps <= b)]
+    total_steps = len(t)
+    filled = _forward_fill(vm.correct[:, sel], vm.known[:, sel]) if len(sel) else \
+        np.zeros((len(vm.steps), 0), dtype=bool)
+    sub = filled[t]
+    flips = (sub[1:] != sub[:-1]).sum(axis=0) if len(t) > 1 else np.zeros(len(sel), np.int64)
+    order = np.lexsort((np.arange(len(sel)), -flips))[:max_images]
+    if len(t) > max_steps:
+        t = t[np.unique(np.linspace(0, len(t) - 1, max_steps).round().astype(np.int64))]
+    cols = sel[order]
+    state = np.where(vm.known[np.ix_(t, cols)], vm.correct[np.ix_(t, cols)], np.nan).T
+    return ClassImageStrips(cls, vm.ids[cols], cols, flips[order].astype(np.int64),
+                            vm.steps[t], state.astype(np.float32), len(sel), total_steps)
+
+
+def watch_parts_key(reader: Any) -> tuple:
+    """Like :func:`filter_parts_key`, over both watch tables and the model graph (what
+    ``watched_layers`` and the correlation derive from)."""
+    files = list_parts(reader.path / TABLES_DIR / LAYERS_TABLE).files \
+        if reader.has_table(LAYERS_TABLE) else []
+    return (tuple((f.name, f.stat().st_size) for f in files), filter_parts_key(reader),
+            bool(reader.has_object(GRAPH_KIND, GRAPH_KEY)))
+
+
+def filter_parts_key(reader: Any) -> tuple:
+    """A key that changes when the ``watch_filters`` parts (or their top-changed indexes)
+    change: (name, size) of each part, for callers that cache what they derive from them."""
+    files = list_parts(reader.path / TABLES_DIR / FILTERS_TABLE).files \
+        if reader.has_table(FILTERS_TABLE) else []
+    return tuple((f.name, f.stat().st_size, top_file(f).exists()) for f in files)

@@ -5,6 +5,8 @@ torch-free, for the writers that must not import torch):
   ONE layer specification (module path, ``path:k``, the module, a type, a predicate, a list);
 * :mod:`~convscope.nn.forwarding` -- argument checks and the forward whose errors name the layer;
 * :mod:`~convscope.nn.hooks` -- the one output recorder (stops with a ``BaseException``);
+* :mod:`~convscope.nn.fold` -- batch norm folded into the convolution before it, for
+  inference-only passes (Score-CAM's masked inputs);
 * :mod:`~convscope.nn.frozen` -- borrowing a model: mode, ``requires_grad``, grads, batch-norm
   statistics and hooks restored, also after an error;
 * :mod:`~convscope.nn.batches` -- walking a data set in batches, slicing shares, chunking;
@@ -45,6 +47,7 @@ _WHERE = {
     "env_rank_world": "dist",
     "f32": "ops",
     "flat_tensors": "forwarding",
+    "fold_batchnorm": "fold",
     "forward": "forwarding",
     "grid_layout": "tokens",
     "eval_frozen": "frozen",
@@ -100,6 +103,7 @@ __all__ = [
     "env_rank_world",
     "f32",
     "flat_tensors",
+    "fold_batchnorm",
     "forward",
     "eval_frozen",
     "gather_objects",

@@ -321,7 +321,8 @@ def _candidates(model: Any) -> list[tuple[str, dict[str, Any]]]:
         out.append(("convscope.zoo.resnet", {
             "num_classes": model.fc.out_features, "in_channels": model.conv1.in_channels,
             "width": model.conv1.out_channels,
-            "blocks": [len(getattr(model, f"layer{k}")) for k in range(1, 5)]}))
+            "blocks": [len(getattr(model, f"layer{k}")) for k in range(1, 5)],
+            **({"block": model.block} if getattr(model, "block", "basic") != "basic" else {})}))
     elif cls is zoo.DCGANGenerator:
         kw = {"version": model.version, "latent_dim": model.latent_dim,
               "image_size": model.image_size}

@@ -1,6 +1,6 @@
 """Anomaly iterations: classes whose images flip en masse after having been stable (DeepTracker).
 
-DeepTracker (Liu et al.) records, for every dumped checkpoint, whether each validation image is
+DeepTracker (Liu et al. 2018) records, for every dumped checkpoint, whether each validation image is
 classified correctly. Each image is then a 0/1 sequence over checkpoints. Most images settle down
 during training; when *many images of one class* that had been stable for a long time all change
 state at the *same* checkpoint, something happened to that class at that iteration (a bad batch, a
@@ -17,13 +17,40 @@ Definitions used here (``correct: [T, N]``, checkpoint index ``i`` in ``0 .. T-1
   the old state for at least ``d + 1`` checkpoints.
 * Direction: a stable flip from correct to wrong is **forgotten** (``to_wrong``); from wrong to
   correct it is **learned** (``to_right``).
-* A (checkpoint, class) is **flagged** when at least ``threshold`` of the class's images make a
-  stable flip there in the selected ``direction``. A class flagged fewer than ``min_flags`` times
-  over the whole run is dropped (one isolated burst is treated as noise), as in DeepTracker.
+* An image is **at risk** at checkpoint ``i`` when it held its state at ``i - 1`` for more than
+  ``d`` checkpoints (a change at ``i`` would count); ``at_risk[i, c]`` counts the class's images
+  at risk in the selected direction (held correct for ``to_wrong``, wrong for ``to_right``).
+
+Which cells are anomalies (``method``):
+
+* ``"count"``, DeepTracker's rule (Liu et al. 2018): a (checkpoint, class) is **flagged** when at
+  least ``threshold`` of the class's images make a stable flip there in the selected
+  ``direction``; a class flagged fewer than ``min_flags`` (2) times over the whole run is dropped
+  (one isolated burst is treated as noise). Early in training, and for classes that are still
+  being learned, many images flip at every checkpoint, so this rule floods: on a healthy run of
+  the demo it flags most checkpoints of the first half of training in every class.
+* ``"calibrated"`` (default): a cell is compared with *the same class's* flip rate at *that
+  stage of training*. Baseline: the class's stable flips ``K_nb`` and images at risk ``N_nb``
+  over the ``window`` checkpoints on each side, the cell itself left out and so are the
+  neighbours with the most and the fewest flips (a burst spread over two checkpoints does not
+  hide in its own baseline). Expected count ``mu = n_i (K_nb + 1/2) / N_nb``. The observed count
+  ``k`` is then judged as a negative binomial of mean ``mu`` and variance ``mu + s mu^2``, a
+  Poisson count whose rate is uncertain by a Gamma factor of relative variance
+  ``s = sigma2_stage + 1 / (K_nb + 1/2)``: the second term is the baseline's own uncertainty (the
+  posterior of a Poisson rate after ``K_nb`` events, Jeffreys' prior), the first how much the
+  classes' rates wander from checkpoint to checkpoint at that stage of training (training is
+  bursty: large counts vary in proportion, not only by Poisson noise). ``sigma2_stage`` is the
+  value at which the *median* squared Pearson residual of all classes' cells above their baseline
+  within ``4 window`` checkpoints equals 0.455, the median of chi-square(1): a few anomalies
+  among many cells do not inflate it, nor do a burst's neighbours, whose baselines it inflates. The p-values ``P(X >= k)`` of all tested cells of all classes go through
+  Benjamini-Hochberg; a cell is flagged when its q-value is at most ``fdr`` (0.05) and it has at
+  least ``threshold`` flips. On a stationary simulated flip process the flagged cells are false
+  on average at well under ``fdr``; see ``docs/tracking.md`` for the benchmark on real training.
 
 Everything is vectorised: run lengths come from a running maximum of change indices along the
-checkpoint axis, and counts from one ``bincount`` over the (sparse) stable flips. The images are
-processed in column blocks so that memory stays bounded for ``1,000 x 10,000``-sized inputs.
+checkpoint axis, flip counts from one ``bincount`` over the (sparse) stable flips, images at risk
+from per-class column sums (the columns sorted by class). The images are processed in column
+blocks so that memory stays bounded for ``1,000 x 10,000``-sized inputs.
 """
 
 from __future__ import annotations
@@ -37,12 +64,24 @@ import pandas as pd
 
 from ..errors import InputError, suggest
 
-__all__ = ["AnomalyResult", "anomalies", "default_d", "stable_flips"]
+__all__ = [
+    "AnomalyResult",
+    "anomalies",
+    "bh_qvalues",
+    "negbin_sf",
+    "default_d",
+    "default_window",
+    "stable_flips",
+]
 
 Direction = Literal["both", "to_wrong", "to_right"]
 _DIRECTIONS = ("both", "to_wrong", "to_right")
-#: Frame columns of :attr:`AnomalyResult.frame`, in order.
+Method = Literal["calibrated", "count"]
+_METHODS = ("calibrated", "count")
+#: Frame columns of :attr:`AnomalyResult.frame`, in order (DeepTracker's), then EXTRA_COLUMNS.
 ANOMALY_COLUMNS = ("step", "checkpoint", "class", "n_flips", "n_to_wrong", "n_to_right", "images")
+#: The calibrated test's columns, after ANOMALY_COLUMNS.
+EXTRA_COLUMNS = ("expected", "p_value", "q_value")
 #: Cells (checkpoints x images) handled per block; bounds the temporaries to a few tens of MB.
 _BLOCK_CELLS = 4_000_000
 
@@ -141,10 +180,25 @@ def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     d = int(d)
     if d < 0:
         raise InputError(f"d must be >= 0 (got {d}); use 0 to count every flip.")
+    ti, ni, right, _, _ = _scan(c, d, None, 0)
+    return ti, ni, right
+
+
+def _scan(
+    c: np.ndarray, d: int, bounds: np.ndarray | None, n_cls: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stable flips of ``c`` (as :func:`stable_flips`) and, with ``bounds``, the images *at risk*
+    of one: ``[T, C]`` counts of the images of each class that, at checkpoint ``i``, had held a
+    wrong (``risk_right``) or correct (``risk_wrong``) state for more than ``d`` checkpoints ending
+    at ``i - 1``, so that a change at ``i`` would be a stable flip. Row 0 is zero. With
+    ``bounds`` the columns of ``c`` must be sorted by class, class ``j`` holding columns
+    ``bounds[j] .. bounds[j + 1] - 1`` (``bounds`` has ``n_cls + 1`` entries)."""
     t, n = c.shape
+    risk_right = np.zeros((t, n_cls), dtype=np.int64)
+    risk_wrong = np.zeros((t, n_cls), dtype=np.int64)
     if t < 2 or n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.copy(), np.zeros(0, dtype=bool)
+        return empty, empty.copy(), np.zeros(0, dtype=bool), risk_right, risk_wrong
     block = max(1, _BLOCK_CELLS // t)
     rows = np.arange(t, dtype=np.int32)[:, None]
     ts: list[np.ndarray] = []
@@ -159,16 +213,197 @@ def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         np.maximum.accumulate(start, axis=0, out=start)
         # run length ending at checkpoint i is i - start + 1; a flip at i counts if the run ending
         # at i - 1 is longer than d, i.e. (i - 1) - start[i - 1] + 1 > d
-        held = rows[:-1] - start[:-1] + 1
-        counted = change[1:] & (held > d)
+        eligible = start[:-1] < rows[:-1] - (d - 1)  # held = i - 1 - start + 1 > d
+        counted = change[1:] & eligible
         ti, ni = np.nonzero(counted)
         ts.append(ti.astype(np.int64) + 1)
         ns.append(ni.astype(np.int64) + lo)
+        if bounds is not None:
+            held_ok = eligible & cb[:-1]
+            hi = lo + cb.shape[1]
+            for j in range(n_cls):  # the classes whose columns meet this block
+                a, b = max(bounds[j], lo) - lo, min(bounds[j + 1], hi) - lo
+                if a < b:
+                    n_ok = np.add.reduce(held_ok[:, a:b].view(np.uint8), axis=1, dtype=np.int64)
+                    n_all = np.add.reduce(eligible[:, a:b].view(np.uint8), axis=1, dtype=np.int64)
+                    risk_wrong[1:, j] += n_ok
+                    risk_right[1:, j] += n_all - n_ok
     ti = np.concatenate(ts)
     ni = np.concatenate(ns)
     order = np.lexsort((ni, ti))
     ti, ni = ti[order], ni[order]
-    return ti, ni, c[ti, ni]
+    return ti, ni, c[ti, ni], risk_right, risk_wrong
+
+
+def negbin_sf(k: Any, mu: Any, sigma2: Any = 0.0) -> np.ndarray:
+    """``P(X >= k)`` for a negative binomial ``X`` of mean ``mu`` and variance
+    ``mu + sigma2 * mu**2`` (a Poisson count whose rate is scaled by a Gamma factor of mean 1 and
+    variance ``sigma2``), elementwise. ``sigma2 = 0`` is the Poisson distribution.
+
+    Computed with regularised incomplete functions: Poisson ``P(X >= k) = P(k, mu)`` (lower
+    incomplete gamma); negative binomial of size ``r = 1 / sigma2`` and success probability
+    ``q = r / (r + mu)``: ``P(X >= k) = I_{1-q}(k, r)`` (incomplete beta), which equal
+    ``scipy.stats.poisson.sf(k - 1, mu)`` and ``scipy.stats.nbinom.sf(k - 1, r, q)``.
+    ``k <= 0`` gives 1; ``mu = 0`` gives 0 for ``k >= 1``.
+    """
+    from scipy.special import betainc, gammainc
+
+    k, mu, s2 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (k, mu, sigma2)))
+    out = np.ones(k.shape, dtype=np.float64)
+    pos = k > 0
+    out[pos & (mu <= 0)] = 0.0
+    live = pos & (mu > 0)
+    pois = live & (s2 <= 0)
+    out[pois] = gammainc(k[pois], mu[pois])
+    nb = live & (s2 > 0)
+    r = 1.0 / s2[nb]
+    out[nb] = betainc(k[nb], r, mu[nb] / (r + mu[nb]))
+    return out
+
+
+def bh_qvalues(pvalues: Any) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of a 1-D array; NaN entries are not tests
+    (they stay NaN and do not count in ``m``). Rejecting ``q <= alpha`` controls the false
+    discovery rate at ``alpha`` (Benjamini & Hochberg 1995)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if m == 0:
+        return q
+    order = ok[np.argsort(p[ok], kind="stable")]
+    ranked = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    return q
+
+
+def default_window(n_checkpoints: int) -> int:
+    """Default half-width of the baseline window of the calibrated test:
+    ``max(3, ceil(n_checkpoints / 20))`` checkpoints on each side (the neighbouring 10 % of the
+    run, at least 6 checkpoints)."""
+    return max(3, -(-int(n_checkpoints) // 20))
+
+
+def _window_sums(x: np.ndarray, w: int) -> np.ndarray:
+    """``[T, C]``: sum of ``x`` over rows ``i - w .. i + w`` (clipped), minus row ``i``."""
+    t = x.shape[0]
+    cs = np.zeros((t + 1,) + x.shape[1:], dtype=np.float64)
+    np.cumsum(x, axis=0, out=cs[1:])
+    idx = np.arange(t)
+    lo, hi = np.clip(idx - w, 0, t), np.clip(idx + w + 1, 0, t)
+    return cs[hi] - cs[lo] - x
+
+
+def _neighbour_extreme(x: np.ndarray, w: int, kind: str) -> np.ndarray:
+    """``[T, C]``: max (or min) of ``x`` over rows ``i - w .. i + w`` (clipped), row ``i`` left
+    out; ``nan`` entries of ``x`` are skipped (0 where nothing is left)."""
+    from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+    big = np.inf if kind == "min" else -np.inf
+    f = minimum_filter1d if kind == "min" else maximum_filter1d
+    x = np.where(np.isnan(x), big, x)
+    kw = {"size": w, "axis": 0, "mode": "constant", "cval": big}
+    trailing = f(x, origin=(w - 1) // 2, **kw)  # rows i - w + 1 .. i
+    leading = f(x, origin=-(w // 2), **kw)  # rows i .. i + w - 1
+    pick = np.minimum if kind == "min" else np.maximum
+    out = np.full_like(x, big)
+    out[1:] = trailing[:-1]
+    out[:-1] = pick(out[:-1], leading[1:])
+    return np.where(np.isinf(out), 0.0, out)
+
+
+#: Cells with at least this expected count inform the dispersion estimate ...
+_MIN_EXPECTED = 2.0
+#: ... and a stage needs this many of them for an estimate of its own (else: the run's).
+_MIN_CELLS = 5
+#: A stage of training, for the dispersion: this many baseline windows on each side.
+_STAGE_SPAN = 4
+#: Pseudo-count of flips added to a baseline, so that an empty neighbourhood still has a rate.
+_PRIOR_FLIPS = 0.5
+#: Median of the chi-square distribution with one degree of freedom.
+_CHI2_1_MEDIAN = 0.454936423119572
+
+
+def _dispersion_needed(k: np.ndarray, mu: np.ndarray, base_cv2: np.ndarray) -> np.ndarray:
+    """Per cell, the least stage variance ``sigma2`` at which its squared Pearson residual
+    ``(k - mu)**2 / (mu + (sigma2 + base_cv2) * mu**2)`` is at most 0.455, the median of
+    chi-square(1) (negative where Poisson noise and the baseline's uncertainty already cover
+    it). Each residual falls as ``sigma2`` grows, so the ``sigma2`` at which *the median*
+    residual of a set of cells is 0.455 is the median of their values."""
+    return ((k - mu) ** 2 / _CHI2_1_MEDIAN - mu) / mu**2 - base_cv2
+
+
+def _stage_dispersion(k: np.ndarray, mu: np.ndarray, base_cv2: np.ndarray, usable: np.ndarray,
+                      window: int) -> np.ndarray:
+    """``[T]`` Gamma variance ``sigma2`` of the flip rate at each stage of training: the value at
+    which the median squared Pearson residual of the usable cells *above their baseline*
+    (``k > mu``) of all classes at checkpoints ``i - 4w .. i + 4w`` equals 0.455, the median of
+    chi-square(1), i.e. the median of :func:`_dispersion_needed` over them (at least 0); computed
+    every ``w // 2`` checkpoints, each checkpoint taking the nearest. Only the upper half is used:
+    a burst inflates its neighbours' baselines, so their counts fall short of ``mu``, which must
+    not read as over-dispersion; by symmetry the squared residuals of the upper half follow the
+    same law as all of them. The bursts themselves, a few cells among many, move a median little.
+    A stage with fewer than 5 such cells takes the whole run's value; a run with fewer gets 0
+    (Poisson)."""
+    t = k.shape[0]
+    up = usable & (k > mu)
+    need = np.where(up, _dispersion_needed(k, np.where(up, mu, 1.0), base_cv2), np.nan)
+    everywhere = need[up]
+    overall = max(0.0, float(np.median(everywhere))) if len(everywhere) >= _MIN_CELLS else 0.0
+    half = _STAGE_SPAN * window
+    stride = max(1, window // 2)
+    centres = np.arange(0, t, stride)
+    vals = np.empty(len(centres))
+    for j, i in enumerate(centres):
+        cells = need[max(0, i - half) : i + half + 1]
+        cells = cells[~np.isnan(cells)]
+        vals[j] = max(0.0, float(np.median(cells))) if len(cells) >= _MIN_CELLS else overall
+    nearest = np.minimum((np.arange(t) + stride // 2) // stride, len(centres) - 1)
+    return vals[nearest]
+
+
+def _calibrate(counts: np.ndarray, at_risk: np.ndarray, window: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (checkpoint, class): p-value of the observed stable flips against the class's own
+    rate over the neighbouring checkpoints, the expected count, and the stage dispersion of each
+    checkpoint.
+
+    Baseline of cell ``(i, c)``: the class's flips ``K_nb`` and images at risk ``N_nb`` at
+    checkpoints ``i - w .. i + w`` with images at risk, ``i`` left out, and so are the neighbours
+    with the most and the fewest flips (a trimmed sum: a burst spread over two checkpoints must
+    not hide itself in its own baseline; the images at risk of the two left out are taken as the
+    neighbours' mean). Expected count ``mu = n_i * (K_nb + 0.5) / N_nb`` (half a flip of prior, so
+    that a burst after a quiet stretch is compared with a small rate, not with zero). Cells with
+    no image at risk, or fewer than 3 neighbours with images at risk, are not tested (p = NaN).
+
+    The count is a negative binomial of mean ``mu`` and variance ``mu + s * mu**2``: the flip
+    rate is uncertain by a Gamma factor of relative variance ``s = sigma2 + 1 / (K_nb + 1/2)``.
+    The second term is the baseline's own uncertainty (the posterior of a Poisson rate after
+    ``K_nb`` events under Jeffreys' prior), the first how much the rates of classes wander from
+    checkpoint to checkpoint at that stage of training (training is bursty: large counts vary in
+    proportion, not only by Poisson noise), estimated by :func:`_stage_dispersion` over the cells
+    with ``mu >= 2`` (smaller expected counts are too discrete for a residual to mean much).
+    """
+    k = counts.astype(np.float64)
+    n = at_risk.astype(np.float64)
+    m = _window_sums((n > 0).astype(np.float64), window)  # neighbours with images at risk
+    k_at = np.where(n > 0, k, np.nan)
+    trim = _neighbour_extreme(k_at, window, "max") + _neighbour_extreme(k_at, window, "min")
+    k_nb = _window_sums(k, window) - trim
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_nb = np.where(m > 2, _window_sums(n, window) * (m - 2) / m, 0.0)
+    tested = (n > 0) & (n_nb > 0)
+    tested[0] = False
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = np.where(tested, n * (k_nb + _PRIOR_FLIPS) / n_nb, np.nan)
+    # the baseline rate is itself uncertain: with a Jeffreys prior its posterior is Gamma with
+    # shape K_nb + 1/2, a relative variance 1 / (K_nb + 1/2) that adds to the stage's
+    base_cv2 = 1.0 / (k_nb + _PRIOR_FLIPS)
+    usable = tested & (mu >= _MIN_EXPECTED)
+    sigma2 = _stage_dispersion(k, mu, base_cv2, usable, window)
+    p = np.full(counts.shape, np.nan)
+    p[tested] = negbin_sf(k[tested], mu[tested], (sigma2[:, None] + base_cv2)[tested])
+    return p, mu, sigma2
 
 
 @dataclass
@@ -179,19 +414,27 @@ class AnomalyResult:
         frame: one row per kept anomalous (checkpoint, class), sorted by checkpoint then class,
             with columns ``step`` (training step of the checkpoint), ``checkpoint`` (row index into
             ``correct``), ``class`` (label value), ``n_flips`` (stable flips in the selected
-            ``direction``: the number compared with ``threshold``), ``n_to_wrong`` / ``n_to_right``
-            (stable flips correct -> wrong / wrong -> correct, whatever the direction), ``images``
-            (sorted list of the image indices counted in ``n_flips``).
+            ``direction``), ``n_to_wrong`` / ``n_to_right`` (stable flips correct -> wrong /
+            wrong -> correct, whatever the direction), ``images`` (sorted list of the image
+            indices counted in ``n_flips``), then ``expected`` (flips expected from the class's
+            rate over the neighbouring checkpoints), ``p_value`` and ``q_value`` (the calibrated
+            test's p-value and Benjamini-Hochberg q-value; NaN where the cell is not testable).
         counts: ``[T, C]`` int, stable flips per (checkpoint, class) in the selected direction.
         to_wrong: ``[T, C]`` int, stable correct -> wrong ("forgotten") flips.
         to_right: ``[T, C]`` int, stable wrong -> correct ("learned") flips.
-        flagged: ``[T, C]`` bool, the kept anomalies (``counts >= threshold`` and the class flagged
-            at least ``min_flags`` times).
+        flagged: ``[T, C]`` bool, the kept anomalies.
         classes: ``[C]`` the class labels of the columns (sorted unique ``labels``).
         steps: ``[T]`` the step of each checkpoint.
-        d, threshold, min_flags, direction: the parameters used (``d`` after defaulting).
-        dropped_classes: classes that reached ``threshold`` somewhere but were flagged fewer than
+        d, threshold, min_flags, direction, method, fdr, window: the parameters used (after
+            defaulting).
+        dropped_classes: classes that passed the test somewhere but were flagged fewer than
             ``min_flags`` times, and so were dropped.
+        at_risk: ``[T, C]`` int, images of the class that could make a stable flip in the
+            selected direction at that checkpoint (held their state for more than ``d``).
+        expected, pvalues, qvalues: ``[T, C]`` float, the calibrated test of every cell (NaN
+            where not testable), computed whatever the ``method``.
+        dispersion: ``[T]`` the stage's Gamma variance ``sigma2`` of the flip rate at each
+            checkpoint (0 = Poisson; see the module docstring).
     """
 
     frame: pd.DataFrame
@@ -206,6 +449,14 @@ class AnomalyResult:
     min_flags: int
     direction: str
     dropped_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    method: str = "calibrated"
+    fdr: float = 0.05
+    window: int = 3
+    at_risk: np.ndarray | None = None
+    expected: np.ndarray | None = None
+    pvalues: np.ndarray | None = None
+    qvalues: np.ndarray | None = None
+    dispersion: np.ndarray | None = None
 
     @property
     def anomaly_steps(self) -> np.ndarray:
@@ -214,13 +465,18 @@ class AnomalyResult:
 
     @property
     def params(self) -> dict[str, Any]:
-        """The parameters used: ``d``, ``threshold``, ``min_flags``, ``direction``."""
-        return {
+        """The parameters used: ``method``, ``d``, ``threshold``, ``min_flags``, ``direction``,
+        and for the calibrated method ``fdr`` and ``window``."""
+        out: dict[str, Any] = {
+            "method": self.method,
             "d": self.d,
             "threshold": self.threshold,
             "min_flags": self.min_flags,
             "direction": self.direction,
         }
+        if self.method != "count":
+            out.update(fdr=self.fdr, window=self.window)
+        return out
 
     def classes_at(self, step: Any) -> list:
         """Classes flagged at training step ``step`` (empty list if none)."""
@@ -235,6 +491,12 @@ class AnomalyResult:
         return len(self.frame)
 
 
+def _int_param(name: str, value: Any, lo: int, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+        raise InputError(f"{name} must be an integer >= {lo} (got {value!r}).{hint}")
+    return int(value)
+
+
 def anomalies(
     correct: Any,
     labels: Any,
@@ -242,10 +504,24 @@ def anomalies(
     steps: Any = None,
     d: int | None = None,
     threshold: int = 5,
-    min_flags: int = 2,
+    min_flags: int | None = None,
     direction: Direction = "both",
+    method: Method = "calibrated",
+    fdr: float = 0.05,
+    window: int | None = None,
 ) -> AnomalyResult:
     """Find anomaly iterations: many images of one class flipping after having been stable.
+
+    Two rules decide which (checkpoint, class) cells are anomalies (the module docstring has the
+    details):
+
+    * ``method="calibrated"`` (default): a cell is flagged when its stable flips stand out
+      against the class's own flip rate over the neighbouring ``window`` checkpoints on each side
+      (a negative-binomial tail probability that allows for the baseline's uncertainty and for
+      how bursty all classes are at that stage of training), at a false discovery rate ``fdr``
+      (Benjamini-Hochberg over every tested cell), and it has at least ``threshold`` flips.
+    * ``method="count"``: DeepTracker's rule (Liu et al. 2018): flagged when at least
+      ``threshold`` of the class's images flip stably there, whatever the class's usual rate.
 
     Args:
         correct: ``[T, N]`` boolean (or 0/1): ``correct[i, n]`` is True when image ``n`` is
@@ -258,21 +534,30 @@ def anomalies(
             Default :func:`default_d` ``(T) = max(1, min(40, T // 25))`` (DeepTracker used about 40
             on long runs). Runs that began at checkpoint 0 count observed checkpoints only, and a
             flip at checkpoint 0 is impossible (no previous state).
-        threshold: a (checkpoint, class) is anomalous when at least this many of the class's
-            images make a stable flip there (DeepTracker: 5).
-        min_flags: classes flagged fewer than this many times in total are dropped (DeepTracker:
-            2). ``0`` or ``1`` keeps every flag.
-        direction: which stable flips count towards ``threshold``: ``"both"`` (default),
-            ``"to_wrong"`` (correct -> wrong, "forgotten") or ``"to_right"`` (wrong -> correct,
-            "learned"). Both directions are always reported in ``n_to_wrong`` / ``n_to_right``.
+        threshold: the fewest stable flips an anomaly has (DeepTracker's rule: the whole test;
+            calibrated rule: a floor under the test, so that 2 flips where 0 are usual is not
+            reported). Default 5.
+        min_flags: classes flagged fewer than this many times in total are dropped. Default: 2
+            for ``"count"`` (DeepTracker: one isolated burst is noise), 1 for ``"calibrated"``
+            (the test already weighs one burst against the class's own rate; a class corrupted
+            once is flagged once).
+        direction: which stable flips count: ``"both"`` (default), ``"to_wrong"`` (correct ->
+            wrong, "forgotten") or ``"to_right"`` (wrong -> correct, "learned"). Both directions
+            are always reported in ``n_to_wrong`` / ``n_to_right``.
+        method: ``"calibrated"`` (default) or ``"count"``, see above.
+        fdr: the false discovery rate of the calibrated rule, in (0, 1); default 0.05 (on
+            average at most 5 % of its flagged cells are chance fluctuations of the class's
+            usual rate). Ignored by ``"count"``.
+        window: checkpoints on each side of a cell that give the class's baseline rate; default
+            :func:`default_window` ``(T) = max(3, ceil(T / 20))``. Ignored by ``"count"``.
 
     Returns:
-        :class:`AnomalyResult` with the anomalies frame, ``[T, C]`` count matrices and the
-        parameters used.
+        :class:`AnomalyResult` with the anomalies frame, ``[T, C]`` count, expected, p-value and
+        q-value matrices and the parameters used.
 
     Example:
         >>> res = anomalies(preds == y, y, steps=ckpt_steps)      # doctest: +SKIP
-        >>> res.to_frame()[["step", "class", "n_flips"]]           # doctest: +SKIP
+        >>> res.to_frame()[["step", "class", "n_flips", "expected", "q_value"]]  # doctest: +SKIP
     """
     c = as_correct(correct)
     t, n = c.shape
@@ -283,16 +568,27 @@ def anomalies(
             f"direction must be one of {', '.join(map(repr, _DIRECTIONS))}, got {direction!r}."
             + suggest(str(direction), _DIRECTIONS)
         )
+    if method not in _METHODS:
+        raise InputError(
+            f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}."
+            + suggest(str(method), _METHODS)
+        )
     if d is None:
         d = default_d(t)
     elif isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0:
         raise InputError(f"d must be a non-negative integer (got {d!r}); 0 counts every flip.")
     d = int(d)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | np.integer) or threshold < 1:
-        raise InputError(f"threshold must be an integer >= 1 (got {threshold!r}).")
-    if isinstance(min_flags, bool) or not isinstance(min_flags, int | np.integer) or min_flags < 0:
-        raise InputError(f"min_flags must be an integer >= 0 (got {min_flags!r}).")
-    threshold, min_flags = int(threshold), int(min_flags)
+    threshold = _int_param("threshold", threshold, 1)
+    if min_flags is None:
+        min_flags = 2 if method == "count" else 1
+    min_flags = _int_param("min_flags", min_flags, 0)
+    window = default_window(t) if window is None else _int_param(
+        "window", window, 1, " It is the number of checkpoints on each side of a cell.")
+    if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.floating) or not (
+        0.0 < float(fdr) < 1.0
+    ):
+        raise InputError(f"fdr must be a number in (0, 1) (got {fdr!r}); 0.05 is usual.")
+    fdr = float(fdr)
     if t >= 2 and d >= t - 1:
         warnings.warn(
             f"d={d} with only {t} checkpoints: no image can hold a state for more than {t - 1} "
@@ -302,29 +598,41 @@ def anomalies(
 
     classes, cls_idx = np.unique(lab, return_inverse=True)
     n_cls = len(classes)
-    ti, ni, right = stable_flips(c, d)
+    cls_idx = cls_idx.reshape(-1)
+    # columns sorted by class, so that each class's images at risk are one slice's sum
+    order = np.argsort(cls_idx, kind="stable")
+    bounds = np.searchsorted(cls_idx[order], np.arange(n_cls + 1))
+    ti, ni, right, risk_right, risk_wrong = _scan(np.take(c, order, axis=1), d, bounds, n_cls)
+    ni = order[ni]
+    back = np.lexsort((ni, ti))
+    ti, ni, right = ti[back], ni[back], right[back]
     ci = cls_idx[ni]
     key = ti * n_cls + ci
     size = t * n_cls
     to_right = np.bincount(key[right], minlength=size).reshape(t, n_cls)
     to_wrong = np.bincount(key[~right], minlength=size).reshape(t, n_cls)
     if direction == "both":
-        counts = to_right + to_wrong
+        counts, at_risk = to_right + to_wrong, risk_right + risk_wrong
         use = np.ones(len(ti), dtype=bool)
     elif direction == "to_wrong":
-        counts = to_wrong
+        counts, at_risk = to_wrong, risk_wrong
         use = ~right
     else:
-        counts = to_right
+        counts, at_risk = to_right, risk_right
         use = right
 
+    pvalues, expected, sigma2 = _calibrate(counts, at_risk, window)
+    qvalues = bh_qvalues(pvalues.reshape(-1)).reshape(t, n_cls)
     raw = counts >= threshold
+    if method == "calibrated":
+        raw &= qvalues <= fdr  # NaN (untested) compares False
     n_flags = raw.sum(axis=0)
     keep_cls = n_flags >= min_flags
     flagged = raw & keep_cls[None, :]
     dropped = classes[(n_flags > 0) & ~keep_cls]
 
-    frame = _frame(flagged, counts, to_wrong, to_right, st, classes, key[use], ni[use], n_cls)
+    frame = _frame(flagged, counts, to_wrong, to_right, st, classes, key[use], ni[use], n_cls,
+                   expected, pvalues, qvalues)
     return AnomalyResult(
         frame=frame,
         counts=counts,
@@ -338,6 +646,14 @@ def anomalies(
         min_flags=min_flags,
         direction=direction,
         dropped_classes=dropped,
+        method=method,
+        fdr=fdr,
+        window=window,
+        at_risk=at_risk,
+        expected=expected,
+        pvalues=pvalues,
+        qvalues=qvalues,
+        dispersion=sigma2,
     )
 
 
@@ -351,6 +667,9 @@ def _frame(
     key: np.ndarray,
     img: np.ndarray,
     n_cls: int,
+    expected: np.ndarray,
+    pvalues: np.ndarray,
+    qvalues: np.ndarray,
 ) -> pd.DataFrame:
     ft, fc = np.nonzero(flagged)  # row-major: sorted by checkpoint, then class
     fkey = ft * n_cls + fc
@@ -371,6 +690,9 @@ def _frame(
             "n_to_wrong": to_wrong[ft, fc].astype(np.int64),
             "n_to_right": to_right[ft, fc].astype(np.int64),
             "images": pd.Series(images, dtype=object),
+            "expected": expected[ft, fc].astype(np.float64),
+            "p_value": pvalues[ft, fc].astype(np.float64),
+            "q_value": qvalues[ft, fc].astype(np.float64),
         },
-        columns=list(ANOMALY_COLUMNS),
+        columns=list(ANOMALY_COLUMNS + EXTRA_COLUMNS),
     )

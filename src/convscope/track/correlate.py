@@ -19,7 +19,9 @@ it is skipped with a warning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +29,8 @@ import pandas as pd
 
 from ..errors import InputError, suggest
 
-__all__ = ["correlate", "CORRELATE_COLUMNS"]
+__all__ = ["correlate", "correlation_cube", "explode_classes", "CorrelationCube",
+           "CORRELATE_COLUMNS"]
 
 #: Columns of the frame returned by :func:`correlate`, in order.
 CORRELATE_COLUMNS = ("step", "classes", "scope", "layer", "filter", "cos_prev", "rank", "filter_step")
@@ -195,3 +198,104 @@ def correlate(
     out = out.sort_values(["step", "_sc", "_lk", "rank"], kind="stable").reset_index(drop=True)
     out["rank"] = out["rank"].astype("int64")
     return out.loc[:, list(CORRELATE_COLUMNS)]
+
+
+@dataclass
+class CorrelationCube:
+    """DeepTracker's cube (Liu et al. 2018): layers x anomaly iterations x classes.
+
+    ``counts[l, s, c]`` = how many of the most-changed filters at anomaly step ``steps[s]``
+    lie in layer ``layers[l]``, when class ``classes[c]`` was flagged at that step (0
+    otherwise). Built by :func:`correlation_cube` from a :func:`correlate` table."""
+
+    layers: list[str]
+    steps: np.ndarray
+    classes: np.ndarray
+    counts: np.ndarray
+
+    def select(self, *, layers: Sequence[str] | None = None,
+               steps: tuple[float, float] | None = None,
+               classes: Sequence[Any] | None = None) -> CorrelationCube:
+        """The sub-cube of the given layers, step range ``(first, last)`` (inclusive) and
+        classes (``None``: all). Unknown layers or classes are an :class:`InputError`."""
+        li = np.arange(len(self.layers))
+        if layers is not None:
+            pos = {n: i for i, n in enumerate(self.layers)}
+            bad = [n for n in layers if n not in pos]
+            if bad:
+                raise InputError(f"layers {bad} are not in the cube; it has {self.layers}."
+                                 + suggest(str(bad[0]), self.layers))
+            li = np.array([pos[n] for n in layers], dtype=np.int64)
+        si = np.arange(len(self.steps))
+        if steps is not None:
+            a, b = (float(v) for v in steps)
+            si = np.flatnonzero((self.steps >= a) & (self.steps <= b))
+        ci = np.arange(len(self.classes))
+        if classes is not None:
+            pos_c = {c: i for i, c in enumerate(self.classes.tolist())}
+            bad = [c for c in classes if c not in pos_c]
+            if bad:
+                raise InputError(f"classes {bad} are not in the cube; it has "
+                                 f"{self.classes.tolist()}.")
+            ci = np.array([pos_c[c] for c in classes], dtype=np.int64)
+        return CorrelationCube([self.layers[i] for i in li], self.steps[si], self.classes[ci],
+                               self.counts[np.ix_(li, si, ci)])
+
+    def by_class(self) -> np.ndarray:
+        """``[L, C]``: the counts summed over the steps (the correlation view by anomaly
+        class)."""
+        return self.counts.sum(axis=1)
+
+
+def correlation_cube(table: pd.DataFrame, layers: Sequence[str] | None = None) -> CorrelationCube:
+    """The layers x iterations x classes cube of a :func:`correlate` table (its ``scope ==
+    'overall'`` rows; all rows when it has no ``scope`` column).
+
+    Args:
+        table: columns ``step``, ``classes`` (lists), ``layer`` (and ``scope``).
+        layers: the layer axis, in order (e.g. every watched layer, so empty layers show);
+            default: the layers of the table in first-appearance order. Rows of other layers
+            are an :class:`InputError`.
+
+    Returns:
+        :class:`CorrelationCube` with the table's anomaly steps (sorted) and flagged classes
+        (sorted); ``counts`` int64."""
+    if not isinstance(table, pd.DataFrame):
+        raise InputError(f"table must be the DataFrame of correlate(...), not "
+                         f"{type(table).__name__}.")
+    missing = [c for c in ("step", "classes", "layer") if c not in table.columns]
+    if missing:
+        raise InputError(f"table lacks column(s) {missing}: pass the result of correlate(...).")
+    t = table[table["scope"] == "overall"] if "scope" in table.columns else table
+    names = list(dict.fromkeys(t["layer"].tolist())) if layers is None else list(layers)
+    li = {n: i for i, n in enumerate(names)}
+    bad = sorted(set(t["layer"].tolist()) - set(li))
+    if bad:
+        raise InputError(f"the table has layers {bad} that are not in layers=; pass every "
+                         "watched layer.")
+    steps = np.array(sorted(set(t["step"].tolist())), dtype=np.int64)
+    flat = explode_classes(t)
+    classes = np.unique(flat["class"]).astype(np.int64)
+    counts = np.zeros((len(names), len(steps), len(classes)), dtype=np.int64)
+    if len(flat["class"]):
+        l_idx = np.array([li[n] for n in flat["layer"].tolist()], dtype=np.int64)
+        s_idx = np.searchsorted(steps, flat["step"])
+        c_idx = np.searchsorted(classes, flat["class"])
+        np.add.at(counts, (l_idx, s_idx, c_idx), 1)
+    return CorrelationCube(names, steps, classes, counts)
+
+
+def explode_classes(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """One entry per (row, flagged class) of a :func:`correlate` table, in row order:
+    ``row`` (position in ``table``), ``step``, ``layer``, ``class`` (numpy arrays; what
+    ``table.explode("classes")`` gives, without pandas' per-row cost)."""
+    lists = table["classes"].tolist()
+    try:
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    except TypeError:  # a row without a list (None / NaN): no classes
+        lists = [c if isinstance(c, list | tuple | np.ndarray) else () for c in lists]
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    row = np.repeat(np.arange(len(lists)), lens)
+    cls = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
+    return {"row": row, "step": table["step"].to_numpy(dtype=np.int64)[row],
+            "layer": table["layer"].to_numpy(dtype=object)[row], "class": cls}

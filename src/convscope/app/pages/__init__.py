@@ -28,6 +28,7 @@ class Page:
 def all_pages() -> list[Page]:
     from . import (
         attribution,
+        compare,
         diagnosis,
         embedding,
         live,
@@ -39,4 +40,4 @@ def all_pages() -> list[Page]:
     )
 
     return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, diagnosis.PAGE, live.PAGE,
-            resources.PAGE, embedding.PAGE, training.PAGE]
+            resources.PAGE, embedding.PAGE, training.PAGE, compare.PAGE]

@@ -162,17 +162,27 @@ def register(app, state) -> None:
             expanded = sorted(set(expanded) ^ {name})
         return expanded, name
 
+    @app.callback(Output("model-find", "options"), Input("model-run", "value"))
+    @survive([])
+    def _find_options(run):
+        """Find's options depend on the run only: sent again on every graph change, they
+        re-rendered an open list under the user's pointer (and lost what was typed)."""
+        if not run:
+            return []
+        gd = structure.graph(state.reader(run))
+        return [{"label": n, "value": n} for n in sorted({b["name"] for b in gd["blocks"]
+                                                          if b["name"]})]
+
     @app.callback(
-        Output("model-graph", "elements"), Output("model-find", "options"),
-        Output("model-graph-notice", "children"),
+        Output("model-graph", "elements"), Output("model-graph-notice", "children"),
         Input("model-run", "value"), Input("model-expanded", "data"),
         Input("model-size", "value"), Input("model-depth", "value"),
         Input("model-selected", "data"),
     )
-    @survive([], [], NOTICE)
+    @survive([], NOTICE)
     def _elements(run, expanded, size_by, depth, selected):
         if not run:
-            return [], [], None
+            return [], None
         reader = state.reader(run)
         gd = structure.graph(reader)
         metric = None
@@ -184,8 +194,7 @@ def register(app, state) -> None:
                 metric = structure.shares(reader, size_by)
         els = graph_elements(gd, expanded=expanded or [], depth=depth or 1, metric=metric,
                              selected=selected)
-        names = sorted({b["name"] for b in gd["blocks"] if b["name"]})
-        return els, [{"label": n, "value": n} for n in names], dmg.notice()
+        return els, dmg.notice()
 
     @app.callback(
         Output("model-panel", "children"),
