@@ -20,8 +20,10 @@ Part 2 (exact mode vs pytorch-grad-cam's ScoreCAM, same process, interleaved): `
 image(s) (1) at 224² on resnet50 ``layer3`` (1,024 channels, 14 x 14) and ``layer4`` (2,048,
 7 x 7), resnet18 ``layer4`` (512) and mobilenet_v3_small ``features`` (576), each library's
 default batch size (pytorch-grad-cam: 16, and it holds every masked input of an image at once;
-convscope: from its byte budget, ``score_cam_batch``); medians of ``--repeats`` runs, time
-ratio, peak extra resident memory of one call in a fresh child process per implementation (RSS
+convscope: from its byte budget, ``score_cam_batch``), and convscope again without its
+batch-norm folding (``SCORE_CAM_FOLD_PASSES`` raised: what the folding is worth); medians of
+``--repeats`` runs, time ratio, peak extra resident memory of one call in a fresh child process
+per implementation (RSS
 sampled every 2 ms minus the RSS just before the call; with ``--device cuda``, the CUDA memory
 allocated above what was allocated before the call), and r between the two maps. ``--device``
 runs both parts there (default cpu; clocks are read after ``torch.cuda.synchronize``).
@@ -161,7 +163,17 @@ def impls(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict:
     def ours():
         return cs.explain.score_cam(model, x, target=3, layer=layer, quiet=True)  # exact
 
-    return {"pytorch-grad-cam": peer, "convscope": ours}
+    def unfolded():  # the same without batch-norm folding: what the folding is worth
+        from convscope.explain import cams
+
+        keep = cams.SCORE_CAM_FOLD_PASSES
+        cams.SCORE_CAM_FOLD_PASSES = 1 << 62
+        try:
+            return ours()
+        finally:
+            cams.SCORE_CAM_FOLD_PASSES = keep
+
+    return {"pytorch-grad-cam": peer, "convscope": ours, "convscope unfolded": unfolded}
 
 
 def child(case: str, impl: str, images: int) -> None:
@@ -183,8 +195,8 @@ def part_peer(args: argparse.Namespace) -> list[str]:
         every = {**PEER_CASES, **QUICK_PEER_CASES}
         cases = {c: every[c] for c in args.cases.split(",")}
     lines = [f"| {args.peer_images} image(s), head x100 | pytorch-grad-cam s | convscope exact s "
-             "| × | peak extra RSS (peer / convscope) | convscope batch | r |",
-             "|---|---|---|---|---|---|---|"]
+             "| × | unfolded s (×) | peak extra RSS (peer / convscope) | convscope batch | r |",
+             "|---|---|---|---|---|---|---|---|"]
     from convscope.explain.cams import score_cam_batch
 
     for case, (arch, layer, size) in cases.items():
@@ -202,7 +214,7 @@ def part_peer(args: argparse.Namespace) -> list[str]:
                                                           for k, v in times.items()),
                   file=sys.stderr, flush=True)
         mem = {}
-        for k in fns:
+        for k in ("pytorch-grad-cam", "convscope"):
             out = subprocess.run([sys.executable, __file__, "--child", case, k,
                                   str(args.peer_images), "--device", str(DEV)],
                                  capture_output=True, text=True, check=True)
@@ -218,6 +230,8 @@ def part_peer(args: argparse.Namespace) -> list[str]:
         lines.append(
             f"| {arch} {layer} at {size}² | {med['pytorch-grad-cam']:.2f} | "
             f"{med['convscope']:.2f} | {med['convscope'] / med['pytorch-grad-cam']:.2f} | "
+            f"{med['convscope unfolded']:.2f} "
+            f"({med['convscope unfolded'] / med['pytorch-grad-cam']:.2f}) | "
             f"{mem['pytorch-grad-cam']:.0f} / {mem['convscope']:.0f} MB {mem_what} | "
             f"{score_cam_batch(model, x)} | {r} |")
     return lines

@@ -18,12 +18,13 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.app.jobs import JobBusy, JobRunner, JobStatus, progress_text
+from convscope.app.jobs import JobBusy, JobCancelled, JobRunner, JobStatus, progress_text
 from convscope.app.pages import model_units as mu
 from convscope.app.state import AppState
 from convscope.errors import InputError, NotARunError
 from convscope.formats import feature_maps as fm_format
 from convscope.formats import preferred_inputs as pi_format
+from convscope.formats import projections as pj_format
 from convscope.formats import top_examples as te_format
 
 WAIT = 60  # seconds an event may take on a loaded machine (a bound, never a measurement)
@@ -137,23 +138,47 @@ def test_the_time_limit_stops_a_job_at_its_next_progress_report(tmp_path):
     assert runner.running() is None
 
 
-def test_stop_ends_a_running_job(tmp_path):
+@pytest.mark.parametrize("from_other_worker", [False, True])
+def test_stop_cancels_a_running_job_at_its_next_report(tmp_path, from_other_worker):
     runner = JobRunner(tmp_path)
     reported, go = threading.Event(), threading.Event()
+    steps = []
 
     def work(progress):
         progress(phase="steps", done=0, total=3)
         reported.set()
         go.wait(WAIT)
-        progress(done=1)
+        steps.append(1)  # the step under way when the stop came is finished
+        progress(done=1)  # the next report: raises
+        steps.append(2)
         return "never"
 
     runner.start("s", "a job", work)
     assert reported.wait(WAIT)
-    assert runner.stop("s") and not runner.stop("nothing")
+    # the Cancel request may reach a worker process that does not run the job
+    asker = JobRunner(tmp_path) if from_other_worker else runner
+    assert asker.stop("s") and not asker.stop("nothing")
+    st = asker.status("s")
+    assert st.state == "running" and st.stopping
+    assert progress_text(st) == "steps 0 of 3 · cancelling (at the next step)"
     go.set()
     st = runner.wait("s", WAIT)
-    assert st.state == "failed" and "stopped" in st.message
+    assert (st.state, st.message) == ("cancelled", "a job was cancelled.")
+    assert steps == [1] and not st.stopping
+    assert progress_text(st) == "Cancelled: a job was cancelled."
+    assert runner.running() is None and not asker.stop("s")  # nothing left to stop
+    # the request does not outlive the job: the next job of the key runs to its end
+    runner.start("s", "a job", lambda p: (p(phase="steps", done=1, total=1), "ok")[1])
+    assert runner.wait("s", WAIT).state == "done"
+
+
+def test_a_stop_left_by_an_ended_job_does_not_cancel_the_next_one(tmp_path):
+    runner = JobRunner(tmp_path)
+    runner.start("k", "t", lambda p: "ok")
+    runner.wait("k", WAIT)
+    runner._stop_path("k").touch()  # a stop that came as the job ended
+    runner.start("k", "t", lambda p: (p(phase="x", done=1, total=2), "again")[1])
+    assert runner.wait("k", WAIT).message == "again"
 
 
 def _child_job(directory, ready):
@@ -231,6 +256,7 @@ def logdir(tmp_path):
         run.log_checkpoint(model)
         run.log_preferred_inputs(model, [DONE], units=[0, 1], steps=4)
         run.log_top_examples(model, [DONE], x, k=3)
+        run.log_projections(model, [DONE], x, units=[0, 1], k=3)
     with cs.Run(tmp_path, "nockpt", quiet=True) as run:
         run.log_model(model, x[:2], profile=False)
     return tmp_path
@@ -247,10 +273,14 @@ def state(logdir):
 def _oracle(tmp_path, model, samples, **options):
     """What the recording functions store when called directly (a fresh run)."""
     from convscope.record.features import log_preferred_inputs, log_top_examples
+    from convscope.record.projections import log_projections
 
+    k = min(mu.TOP_K, len(samples))
     with cs.Run(tmp_path / "oracle", "o", quiet=True) as run:
-        log_preferred_inputs(run, model, [NEW], seed=0, quiet=True, **options)
-        log_top_examples(run, model, [NEW], samples, k=min(mu.TOP_K, len(samples)), quiet=True)
+        out = log_preferred_inputs(run, model, [NEW], seed=0, quiet=True, **options)
+        log_top_examples(run, model, [NEW], samples, k=k, quiet=True)
+        log_projections(run, model, [NEW], samples, units=list(range(len(out[NEW]))), k=k,
+                        quiet=True)
     return cs.open_run(run.path)
 
 
@@ -269,6 +299,7 @@ def test_the_job_stores_what_the_recording_functions_store(state, logdir, tmp_pa
     st = state.jobs.wait(st.key, 300)
     assert st.state == "done", st.message
     assert "preferred inputs of 4 units" in st.message and "top 6 of 6" in st.message
+    assert "DeconvNet projections of 4 units (their top 6 images)" in st.message
     assert _files_outside(logdir, reader.path) == outside  # it wrote only inside the run
     # the same reader (as the dashboard caches it) sees the new arrays
     got = pi_format.load(reader, NEW)
@@ -285,6 +316,14 @@ def test_the_job_stores_what_the_recording_functions_store(state, logdir, tmp_pa
     te_got, te_want = te_format.load(reader, NEW), te_format.load(want_reader, NEW)
     np.testing.assert_array_equal(te_got.indices, te_want.indices)
     np.testing.assert_allclose(te_got.values, te_want.values, rtol=1e-6)
+    # the projections of the units that got preferred inputs, as log_projections stores them
+    pj_got, pj_want = pj_format.load(reader, NEW), pj_format.load(want_reader, NEW)
+    assert pj_got.units == pj_want.units == [0, 1, 2, 3]
+    np.testing.assert_array_equal(pj_got.indices, pj_want.indices)
+    np.testing.assert_array_equal(pj_got.locations, pj_want.locations)
+    np.testing.assert_allclose(pj_got.values, pj_want.values, rtol=1e-6)
+    np.testing.assert_allclose(pj_got.projections, pj_want.projections, atol=1e-3)
+    np.testing.assert_array_equal(pj_got.crops, pj_want.crops)
     # the run is closed again as it was, the append recorded
     assert reader.meta["status"] == "ended" and len(reader.meta["resumed"]) == 1
     # nothing left to compute: a second request is refused
@@ -355,7 +394,8 @@ def test_the_panel_offers_compute_only_where_something_is_missing(state):
     assert mu.compute_section(reader, DONE) is None
     assert mu.compute_section(reader, "fc") is None  # a vector: no channels to render
     sec = mu.compute_section(reader, NEW)
-    assert sec.id == "units-section" and "no preferred inputs and top examples" in str(sec)
+    assert sec.id == "units-section"
+    assert "no preferred inputs, top examples and DeconvNet projections" in str(sec)
     bare = mu.compute_section(state.reader("nockpt"), NEW)
     assert "run.log_checkpoint(model)" in str(bare) and "units-key" not in str(bare)
 
@@ -399,3 +439,118 @@ def test_the_page_shows_step_k_of_n_and_the_time_left():
     assert getattr(view, "data-state") == "running"
     st.state, st.message, st.started, st.finished = "failed", "no model", 1.0, 2.0
     assert mu.status_view(st).children[0].children == "Failed: no model"
+
+
+class _Recorder:
+    """A job's progress sink that records every report and cancels at a chosen phase."""
+
+    def __init__(self, cancel_at: str | None = None, after: int = 0):
+        self.seen: list[tuple[str, float | None, float | None]] = []
+        self.phase = "starting"
+        self.cancel_at, self.after = cancel_at, after
+
+    def __call__(self, phase=None, done=None, total=None):
+        if phase is not None:
+            self.phase = phase
+        self.seen.append((self.phase, done, total))
+        if self.cancel_at and self.phase.startswith(self.cancel_at) and (done or 0) >= self.after:
+            raise JobCancelled("the job was cancelled.")
+
+    def check(self):
+        pass
+
+
+def test_the_job_reports_steps_images_and_units_in_its_phases(state):
+    rec = _Recorder()
+    message = mu.compute_units(state.reader("r").path, NEW, "lucid", "quick", progress=rec)
+    assert message.startswith("stored the preferred inputs of 4 units")
+    by_phase: dict[str, list] = {}
+    for phase, done, total in rec.seen:
+        if done is not None:
+            by_phase.setdefault(phase, []).append((done, total))
+    # 64 steps of the 4 units (one batch), every step told; 6 sample images in one batch of 16;
+    # then the 4 units projected one by one (on the ranking the top examples just made)
+    assert by_phase["preferred inputs (lucid): step"] == [(d, 64) for d in range(65)]
+    assert by_phase["top examples: image"] == [(0, 6), (6, 6)]
+    assert "DeconvNet projections, ranking: image" not in by_phase
+    assert by_phase["DeconvNet projections: unit"] == [(d, 4) for d in range(5)]
+    order = list(dict.fromkeys(p for p, _, _ in rec.seen))
+    assert order.index("preferred inputs (lucid): step") < order.index("top examples: image") \
+        < order.index("DeconvNet projections: unit")
+    st = JobStatus(key="k", title="t", phase="top examples: image", done=6, total=6)
+    assert progress_text(st) == "top examples: image 6 of 6"
+    # a layer that has its top examples and preferred inputs: the projections rank first
+    other = "layer1.0.conv1"
+    samples = torch.as_tensor(np.asarray(fm_format.samples(state.reader("r")), np.float32))
+    with cs.Run(state.reader("r").path.parent, "r", resume=True, quiet=True) as run:
+        run.log_preferred_inputs(_model(), [other], units=[1, 3], steps=2)
+        run.log_top_examples(_model(), [other], samples, k=6)
+    rec = _Recorder()
+    message = mu.compute_units(state.reader("r").path, other, "lucid", "quick", progress=rec)
+    assert message == "stored the DeconvNet projections of 2 units (their top 6 images)."
+    phases = [(p, d, t) for p, d, t in rec.seen if d is not None]
+    assert phases == [("DeconvNet projections, ranking: image", d, 6) for d in (0, 6)] + [
+        ("DeconvNet projections: unit", d, 2) for d in range(3)]
+    assert pj_format.units(state.reader("r"), other) == [1, 3]  # the preferred inputs' units
+
+
+@pytest.mark.parametrize("cancel_at, after, kept", [
+    ("preferred inputs", 10, ()),  # mid-optimisation: nothing stored
+    ("top examples", 0, ("preferred inputs",)),  # before the first batch
+    ("DeconvNet projections: unit", 2, ("preferred inputs", "top examples")),  # mid-layer
+])
+def test_a_cancelled_job_leaves_the_run_whole(state, cancel_at, after, kept):
+    reader = state.reader("r")
+    rec = _Recorder(cancel_at, after)
+    with pytest.raises(JobCancelled) as err:
+        mu.compute_units(reader.path, NEW, "lucid", "quick", progress=rec)
+    msg = str(err.value)
+    assert msg.startswith("the job was cancelled; ")
+    assert ("nothing was stored" in msg) is (not kept)
+    have = {"preferred inputs": pi_format.meta(reader, NEW) is not None,
+            "top examples": te_format.crops_meta(reader, NEW) is not None,
+            "projections": pj_format.meta(reader, NEW) is not None}
+    assert {k for k, v in have.items() if v} == set(kept)
+    for what in kept:
+        assert f"kept: the {what}" in msg or f"and the {what}" in msg
+    # what is there reads whole; the run is closed as it was and can be computed again
+    if "preferred inputs" in kept:
+        assert pi_format.load(reader, NEW).units == [0, 1, 2, 3]
+    if "top examples" in kept:
+        assert te_format.load(reader, NEW).indices.shape == (4, 6)
+    assert reader.meta["status"] == "ended"
+    assert not list((reader.path / "arrays").rglob("*.tmp*"))  # no half-written file
+    rest = mu.compute_units(reader.path, NEW, "lucid", "quick")
+    assert "DeconvNet projections of 4 units" in rest
+    assert pj_format.meta(reader, NEW) is not None
+
+
+def test_cancel_units_checks_the_request_and_cancels_the_running_job(state, monkeypatch):
+    with pytest.raises(InputError, match="nothing is being computed"):
+        mu.cancel_units(state, "r", NEW)
+    with pytest.raises(InputError, match="layer"):
+        mu.cancel_units(state, "r", "../../etc")
+    with pytest.raises(NotARunError):
+        mu.cancel_units(state, "../r", NEW)
+    started, go = threading.Event(), threading.Event()
+    real = mu.compute_units
+
+    def slow(*args, progress=None, **kw):  # hold the job before its first step
+        progress(phase="loading the saved model")
+        started.set()
+        go.wait(WAIT)
+        return real(*args, progress=progress, **kw)
+
+    monkeypatch.setattr(mu, "compute_units", slow)
+    st = mu.start_units(state, "r", NEW, "lucid", "quick")
+    assert started.wait(WAIT)
+    asked = mu.cancel_units(state, "r", NEW)
+    assert asked.state == "running" and asked.stopping
+    assert "cancelling" in mu.status_view(asked).children[-1].children
+    go.set()
+    st = state.jobs.wait(st.key, WAIT)
+    assert st.state == "cancelled" and "nothing was stored" in st.message
+    view = mu.status_view(st)
+    assert getattr(view, "data-state") == "cancelled" and "notice-warn" in view.className
+    assert view.children[-1].children.startswith("Cancelled: ")
+    assert pi_format.meta(state.reader("r"), NEW) is None

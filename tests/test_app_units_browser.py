@@ -1,7 +1,11 @@
 """Units on demand in the browser (issue 15 item 3): on the demo run and on a 224² model
 (torchvision ResNet-18, random weights), a layer without preferred inputs offers "Compute for this
-layer"; clicking it shows the job's progress, then the panel re-renders with the preferred inputs
-and top examples the job stored in the run (read back through the formats: the oracle).
+layer"; clicking it shows the job's progress (step k of n, image k of n, unit k of n), then the
+panel re-renders with the preferred inputs, top examples and DeconvNet projections the job stored
+in the run (read back through the formats: the oracle).
+
+"Cancel" beside the progress stops a job (on a server of two worker processes, so the request
+may reach the one that does not run it): the page says "cancelled" and the run stays whole.
 
 A server started with --no-compute says how to turn it on and offers no button."""
 
@@ -18,6 +22,7 @@ import convscope as cs
 from convscope.app.pages import model_units as mu
 from convscope.formats import feature_maps as fm_format
 from convscope.formats import preferred_inputs as pi_format
+from convscope.formats import projections as pj_format
 from convscope.formats import top_examples as te_format
 
 from .model_find import open_layer
@@ -37,6 +42,8 @@ WATCH_JS = """() => {
 }"""
 GRID = "document.querySelector('#fi-grid .js-plotly-plot')"
 PANE = "document.querySelector('#fi-pane .js-plotly-plot')"
+PAIRS = "document.querySelector('#pj-pane .js-plotly-plot')"
+CANCEL_LAYER = "layer2.0.conv1"
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -98,7 +105,15 @@ def _compute(page, url: str, layer: str, shots: Path, tag: str, method: str | No
     page.wait_for_function(f"() => {PANE} && {PANE}.layout && {PANE}.layout.meta")
     page.evaluate("() => document.getElementById('features-section').scrollIntoView()")
     page.screenshot(path=str(shots / f"{tag}-3-results.png"), full_page=True)
+    # the projections section, drawn from what the job stored
+    page.wait_for_function(f"() => {PAIRS} && {PAIRS}.layout && {PAIRS}.layout.meta")
+    page.evaluate("() => document.getElementById('projections-section').scrollIntoView()")
+    page.screenshot(path=str(shots / f"{tag}-4-projections.png"), full_page=True)
     return page.evaluate("() => window._seen")
+
+
+def _pairs_meta(page) -> dict:
+    return page.evaluate(f"() => {PAIRS}.layout.meta")
 
 
 def test_compute_off_says_how_to_turn_it_on(demo_logdir, module_serve, page):
@@ -128,6 +143,12 @@ def test_demo_run_computes_a_layer_on_demand(demo_logdir, module_serve, page, tm
     stored = pi_format.load(reader, DEMO_LAYER)
     assert stored.units == [0, 1, 2, 3] and stored.settings["steps"] == str(mu.QUICK_STEPS)
     assert te_format.crops_meta(reader, DEMO_LAYER)["k"] == min(mu.TOP_K, n_samples)
+    # the projections of the same units, the first one drawn with its top images
+    assert pj_format.units(reader, DEMO_LAYER) == [0, 1, 2, 3]
+    pairs = _pairs_meta(page)
+    assert pairs["unit"] == 0 and pairs["layer"] == DEMO_LAYER
+    assert pairs["k"] == len(pj_format.unit(reader, DEMO_LAYER, 0).values) == min(mu.TOP_K,
+                                                                                  n_samples)
     assert "units-section" not in page.content()  # nothing left to compute for this layer
 
 
@@ -143,3 +164,42 @@ def test_224_model_computes_with_yosinski_setting_3(big_logdir, module_serve, pa
     assert np.isfinite(stored.values).all()
     meta = page.evaluate(f"() => {PANE}.layout.meta")
     assert meta["has_preferred"] and meta["k"] == 8  # the run's eight sample images
+    assert pj_format.units(reader, BIG_LAYER) == [0, 1, 2, 3]
+    assert _pairs_meta(page)["k"] == 8
+
+
+def test_cancel_stops_the_job_and_the_page_says_cancelled(big_logdir, module_serve, page,
+                                                          tmp_path):
+    """The standard effort at 224² runs for minutes: cancelled at its first progress."""
+    shots = _shots(tmp_path)
+    server = module_serve(big_logdir, refresh_ms=60_000, workers=2)
+    page.goto(server.url + "/model")
+    open_layer(page, CANCEL_LAYER)
+    page.wait_for_selector("#units-compute")
+    assert page.locator("#units-cancel").is_hidden()  # nothing runs yet
+    page.evaluate(WATCH_JS)
+    page.click("#units-compute")  # lucid, standard
+    page.wait_for_selector("#units-cancel:visible")
+    # cancelled while it optimises: the page shows its steps first
+    page.wait_for_function("() => window._seen.some(s => /: step \\d+ of \\d+/.test(s[1]))",
+                           timeout=300_000)
+    page.locator("#units-row").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "cancel-1-running.png"), full_page=True)
+    page.click("#units-cancel")
+    page.wait_for_selector("#units-state[data-state='cancelled']", timeout=300_000)
+    text = page.inner_text("#units-state")
+    assert text.startswith("Cancelled: ") and "was cancelled" in text
+    page.locator("#units-section").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "cancel-2-cancelled.png"), full_page=True)
+    assert page.locator("#units-cancel").is_hidden()
+    assert page.locator("#units-compute").is_enabled()  # it can be computed again
+    # the run is whole: closed as it was; each kind is there whole or not at all
+    reader = cs.open_run(big_logdir / "resnet18")
+    assert reader.meta["status"] == "ended"
+    if pi_format.meta(reader, CANCEL_LAYER) is not None:
+        assert "kept: the preferred inputs" in text
+        assert np.isfinite(pi_format.load(reader, CANCEL_LAYER).values).all()
+    else:
+        assert "nothing was stored" in text
+    assert pj_format.meta(reader, CANCEL_LAYER) is None
+    assert not list((reader.path / "arrays").rglob("*.tmp*"))

@@ -178,6 +178,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cnnvis_clusters(text: str) -> int | None | dict[str, int | None]:
+    """``--clusters``: ``auto`` (None: the silhouette chooses), a count, or ``LAYER=N`` pairs
+    (comma-separated; ``N`` a count or ``auto``) for ``run.log_cnnvis(clusters=...)``."""
+    from .errors import InputError
+
+    def count(word: str) -> int | None:
+        word = word.strip().lower()
+        if word == "auto":
+            return None
+        if word.isdigit() and int(word) >= 1:
+            return int(word)
+        raise InputError(f"--clusters takes 'auto', a count >= 1 or LAYER=N pairs, e.g. "
+                         f"--clusters 6 or --clusters layer1.0.conv1=4,layer2.0.conv1=auto; "
+                         f"got {text!r}.")
+
+    if "=" not in text:
+        return count(text)
+    out: dict[str, int | None] = {}
+    for item in (x for x in text.split(",") if x.strip()):
+        layer, sep, n = item.partition("=")
+        if not sep or not layer.strip():
+            count("")  # the message
+        out[layer.strip()] = count(n)
+    return out
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     """Every rank opens the run and calls the same ``run.log_*`` as the Python API with
     ``sharded=True``: the work is split across the ranks and rank 0 stores the results."""
@@ -192,7 +218,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .store import open_run
 
     what = [w.strip() for w in args.what.split(",") if w.strip()]
-    known = ("top-examples", "preferred-inputs", "attributions", "diagnosis", "projections")
+    known = ("top-examples", "preferred-inputs", "attributions", "diagnosis", "projections",
+             "cnnvis")
     bad = [w for w in what if w not in known]
     if bad or not what:
         raise InputError(f"--what takes a comma-separated list of {', '.join(known)}; got "
@@ -204,6 +231,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .record.features import preferred_method
 
     preferred_method(args.method)  # a bad name fails before the model is loaded
+    clusters = _cnnvis_clusters(args.clusters)  # CNNVis: so does a bad --clusters
     started = False
     dist = torch.distributed
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -214,7 +242,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         reader = open_run(args.run)
         model = reader.load_model(args.checkpoint, trust=args.trust_checkpoints)
         data = labels = masks = class_names = None
-        if {"top-examples", "attributions", "diagnosis", "projections"} & set(what):
+        if {"top-examples", "attributions", "diagnosis", "projections", "cnnvis"} & set(what):
             if args.dataset_npy:
                 data = torch.as_tensor(np.load(args.dataset_npy)).float()
             else:
@@ -236,6 +264,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             if "projections" in what and rank == 0:  # DeconvNet: one process (not sharded)
                 run.log_projections(model, layers, data, max_units=args.units or 16, k=args.k,
                                     batch_size=args.batch_size)
+            if "cnnvis" in what and rank == 0:  # CNNVis (Liu et al. 2017): one process
+                from torch.utils.data import TensorDataset
+
+                labelled = data if labels is None else TensorDataset(data, labels)
+                run.log_cnnvis(model, labelled, layers or None, clusters=clusters,
+                               by=args.cnnvis_by, influence=args.influence,
+                               influence_images=args.influence_images,
+                               batch_size=args.batch_size, seed=args.seed, key=args.key)
             if "attributions" in what:
                 n = min(len(data), args.attribution_images)
                 run.log_attributions(model, data[:n],
@@ -381,15 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_compact)
 
     an = sub.add_parser("analyze", help="top examples, preferred inputs, attribution maps, "
-                        "diagnosis and DeconvNet projections of a run's saved model over a "
-                        "data set, sharded across processes under torchrun")
+                        "diagnosis, DeconvNet projections and CNNVis clusters of a run's saved "
+                        "model over a data set, sharded across processes under torchrun")
     an.add_argument("run", help="run directory (with a checkpoint from run.log_checkpoint)")
     an.add_argument("--what", default="top-examples,preferred-inputs",
                     help="comma-separated: top-examples, preferred-inputs, attributions, "
-                    "diagnosis, projections (DeconvNet, Zeiler & Fergus 2014; rank 0 only) "
-                    "(default: the first two)")
+                    "diagnosis, projections (DeconvNet, Zeiler & Fergus 2014; rank 0 only), "
+                    "cnnvis (CNNVis, Liu et al. 2017: channel clusters of a chain of layers "
+                    "and their bundled edges; rank 0 only) (default: the first two)")
     an.add_argument("--layers", default="", help="comma-separated layer module paths (for "
-                    "top-examples, preferred-inputs and projections)")
+                    "top-examples, preferred-inputs and projections; for cnnvis the chain in "
+                    "drawing order, default: the first 5 convolutions after the stem)")
     an.add_argument("--k", type=int, default=9, help="top examples per channel (default 9)")
     an.add_argument("--units", type=int, default=None, help="preferred inputs (and projections) "
                     "of the first N channels of each layer (default 16, fewer preferred inputs "
@@ -403,7 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--cam-layer", default=None, help="Grad-CAM / Score-CAM layer (default: "
                     "the last feature map)")
     an.add_argument("--key", default=None, help="name of the stored attribution set and "
-                    "diagnosis report (default: dataset)")
+                    "diagnosis report (default: dataset) and of the CNNVis view (default: "
+                    "cnnvis)")
+    an.add_argument("--clusters", default="auto", help="cnnvis: channel clusters per layer: "
+                    "auto (default: 2 to 12, chosen by the silhouette), a count, or LAYER=N "
+                    "pairs, comma-separated (the page can change the count later)")
+    an.add_argument("--cnnvis-by", default="auto", choices=("auto", "class", "image"),
+                    help="cnnvis: describe a channel by its mean response per class (CNNVis; "
+                    "needs labels: the Shapes images have them, --dataset-npy has none) or per "
+                    "image (default auto: class when there are labels)")
+    an.add_argument("--influence", default="auto", choices=("auto", "weights", "gradient"),
+                    help="cnnvis: how the influence between adjacent layers is measured "
+                    "(default auto: the weights where the next layer is a convolution reading "
+                    "the layer directly, else the gradient)")
+    an.add_argument("--influence-images", type=int, default=4, help="cnnvis: images for the "
+                    "gradient influence (default 4)")
     an.add_argument("--batch-size", type=int, default=64)
     an.add_argument("--steps", type=int, default=None, help="maximisation steps (default: "
                     "maximize's)")

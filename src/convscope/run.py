@@ -428,6 +428,7 @@ class Run:
         sharded: bool = False,
         method: str = "lucid",  # issue 15: Yosinski et al. 2015 by name
         quiet: bool | None = None,
+        progress: Any = None,
         **maximize_options: Any,
     ) -> dict[str, Any]:
         """Activation maximisation of ``units`` of each layer, all units of a layer optimised
@@ -461,6 +462,10 @@ class Run:
                 its own steps and size; the stored settings name the method. Not together
                 with ``regularizers=`` or ``render=``.
             quiet: hide the progress bar (``None``: the run's ``quiet``).
+            progress: a callable ``progress(phase, done, total)`` told every optimisation
+                step as ``("preferred inputs", steps done, steps in all)``
+                (:data:`convscope.record.features.ProgressHook`); an exception it raises stops
+                the call between steps (the layers finished before stay stored).
             **maximize_options: any other keyword of ``maximize`` (e.g. ``optimizer=``,
                 ``max_lr=``, ``decorrelate=``, ``value_range=``, ``stop_early=``): an escape
                 hatch for the options its render configuration adds.
@@ -478,7 +483,7 @@ class Run:
             self, model, layers, units, max_units=max_units, seed=seed, steps=steps, lr=lr,
             size=size, channels=channels, objective=objective, regularizers=regularizers,
             transforms=transforms, param=param, mean=mean, std=std, batch_size=batch_size,
-            sharded=sharded, method=method, quiet=quiet, **maximize_options)
+            sharded=sharded, method=method, quiet=quiet, progress=progress, **maximize_options)
 
     def log_top_examples(
         self,
@@ -491,6 +496,7 @@ class Run:
         offset: int = 0,
         sharded: bool = False,
         quiet: bool | None = None,
+        progress: Any = None,
     ) -> dict[str, Any]:
         """The ``k`` data-set images exciting each channel most, with receptive-field crops
         (one streaming pass per layer). Shown beside the preferred inputs on the Model page.
@@ -507,6 +513,10 @@ class Run:
                 collective: every rank calls it; rank 0 stores); the result equals one
                 process's.
             quiet: hide the progress bar (``None``: the run's ``quiet``).
+            progress: a callable ``progress(phase, done, total)`` told after every batch as
+                ``("top examples", images ranked, images in all)``
+                (:data:`convscope.record.features.ProgressHook`); an exception it raises stops
+                the call between batches (the layers finished before stay stored).
 
         Budget: 20 s per layer plus 0.5 s per image per layer (ResNet-50 at 224², 2-core CPU).
         After the first layer the call is projected; one projected at more than twice the
@@ -518,7 +528,7 @@ class Run:
         from .record.features import log_top_examples
 
         return log_top_examples(self, model, layers, dataset, k, batch_size=batch_size,
-                                offset=offset, sharded=sharded, quiet=quiet)
+                                offset=offset, sharded=sharded, quiet=quiet, progress=progress)
 
     # DeconvNet
     def log_projections(
@@ -533,6 +543,7 @@ class Run:
         batch_size: int = 64,
         seed: str = "activation",
         quiet: bool | None = None,
+        progress: Any = None,
     ) -> dict[str, Any]:
         """DeconvNet projections (Zeiler & Fergus 2014, figure 2): the ``k`` data-set images
         exciting each unit most, each activation projected back to pixels
@@ -553,6 +564,11 @@ class Run:
             seed: ``"activation"`` (the paper: the unit's own activation is passed back) or
                 ``"ones"`` (a unit impulse, what captum's ``Deconvolution`` computes).
             quiet: hide the progress bars (``None``: the run's ``quiet``).
+            progress: a callable ``progress(phase, done, total)`` told ``("ranking", images
+                ranked, images in all)`` after every batch of the ranking passes, then
+                ``("projections", units projected, units in all)``
+                (:data:`convscope.record.features.ProgressHook`); an exception it raises stops
+                the call (a layer is stored whole or not at all).
 
         Budget: 90 s per layer plus 0.5 s per image per layer (ResNet-50 at 224², 16 units,
         2-core CPU); one projected at more than twice the budget warns once, naming
@@ -563,8 +579,9 @@ class Run:
         """
         from .record.projections import log_projections
 
+        hook = {} if progress is None else {"progress": progress}  # None: the default
         return log_projections(self, model, layers, dataset, units=units, max_units=max_units,
-                               k=k, batch_size=batch_size, seed=seed, quiet=quiet)
+                               k=k, batch_size=batch_size, seed=seed, quiet=quiet, **hook)
 
     def log_cnnvis(  # CNNVis
         self,

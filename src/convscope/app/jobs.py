@@ -15,12 +15,17 @@ user, mode 0700), not in one process's memory:
   progress and at every change of state or phase;
 * ``<dir>/busy.lock`` — held (``flock``, exclusive) by the thread running a job: "one job per
   server" across processes; the kernel releases it when the process dies;
-* ``<dir>/current.json`` — the key and title of the running job (for the "busy" message).
+* ``<dir>/current.json`` — the key and title of the running job (for the "busy" message);
+* ``<dir>/<sha256 of the key>.stop`` — a request to cancel the job (:meth:`JobRunner.stop`,
+  from any worker: the Cancel button's request may reach one that does not run the job).
 
 A status that says "running" but names a process that no longer exists (a worker killed
 mid-job) reads as failed. A job runs at most ``max_seconds`` (:data:`MAX_JOB_S`): the work
 calls :meth:`Progress.check` (through every progress report), which then raises
-:class:`JobStopped`. Errors end the job with their message as its status; they never reach the
+:class:`JobStopped`. Cancelling is cooperative in the same way: :meth:`JobRunner.stop` leaves a
+request that the job's next progress report turns into :class:`JobCancelled`, so a job stops
+between two units of its work (a step, a batch), never while it writes; its status then reads
+"cancelled". Errors end the job with their message as its status; they never reach the
 request that started it, nor stop the server.
 """
 
@@ -41,8 +46,8 @@ from typing import Any
 
 from ..errors import ConvscopeError
 
-__all__ = ["JobRunner", "JobStatus", "Progress", "JobBusy", "JobStopped", "MAX_JOB_S",
-           "WRITE_EVERY_S", "progress_text"]
+__all__ = ["JobRunner", "JobStatus", "Progress", "JobBusy", "JobStopped", "JobCancelled",
+           "MAX_JOB_S", "WRITE_EVERY_S", "progress_text"]
 
 log = logging.getLogger("convscope.app")
 
@@ -54,7 +59,7 @@ MAX_JOB_S = 600.0
 WRITE_EVERY_S = 0.25
 #: Longest message kept in a status (an exception's text can be long).
 MAX_MESSAGE_CHARS = 2000
-STATES = ("running", "done", "failed")
+STATES = ("running", "done", "failed", "cancelled")
 
 
 class JobBusy(ConvscopeError):
@@ -65,12 +70,17 @@ class JobStopped(ConvscopeError):
     """A job ran past its time limit (or was asked to stop)."""
 
 
+class JobCancelled(JobStopped):
+    """A job was cancelled (:meth:`JobRunner.stop`); its status reads "cancelled"."""
+
+
 @dataclass
 class JobStatus:
-    """What a job is doing: ``state`` ("running", "done", "failed"), the current ``phase`` in
-    words with ``done`` of ``total`` units (``total`` None while unknown), the estimated
-    seconds left (``eta_s``, None while unknown), the final ``message`` (the result, or why it
-    failed), start and end times (Unix seconds) and the process that runs it."""
+    """What a job is doing: ``state`` ("running", "done", "failed", "cancelled"), the current
+    ``phase`` in words with ``done`` of ``total`` units (``total`` None while unknown), the
+    estimated seconds left (``eta_s``, None while unknown), the final ``message`` (the result,
+    or why it failed or what a cancelled job kept), start and end times (Unix seconds), the
+    process that runs it and, while it runs, whether it was asked to stop (``stopping``)."""
 
     key: str
     title: str
@@ -83,6 +93,7 @@ class JobStatus:
     started: float = 0.0
     finished: float | None = None
     pid: int = 0
+    stopping: bool = False
 
     @property
     def active(self) -> bool:
@@ -112,6 +123,7 @@ class Progress:
 
     def __init__(self, runner: JobRunner, status: JobStatus, deadline: float) -> None:
         self._runner = runner
+        self._stop_file = runner._stop_path(status.key)
         self.status = status
         self._deadline = deadline
         self._phase_start = runner.clock()
@@ -140,9 +152,11 @@ class Progress:
         self.check()
 
     def check(self) -> None:
-        """Raise :class:`JobStopped` when the job is over its time limit or asked to stop."""
-        if self.stop.is_set():
-            raise JobStopped(f"{self.status.title} was stopped.")
+        """Raise :class:`JobCancelled` when the job was asked to stop (:meth:`JobRunner.stop`,
+        in any worker process), :class:`JobStopped` when it is over its time limit."""
+        if self.stop.is_set() or self._stop_file.exists():
+            self.stop.set()
+            raise JobCancelled(f"{self.status.title} was cancelled.")
         if self._runner.clock() > self._deadline:
             raise JobStopped(
                 f"{self.status.title} ran longer than the server's limit of "
@@ -188,6 +202,9 @@ class JobRunner:
         except OSError as exc:  # a full disk or a removed directory: the job itself goes on
             log.warning("cannot write the job status %s (%s)", path, exc)
 
+    def _stop_path(self, key: str) -> Path:
+        return self._path(key).with_suffix(".stop")
+
     def _save(self, st: JobStatus) -> None:
         self._write(self._path(st.key), st.to_dict())
 
@@ -207,6 +224,7 @@ class JobRunner:
             st.state, st.finished = "failed", st.finished or time.time()
             st.message = ("the server process that computed this stopped before it finished "
                           "(restarted or killed): start it again.")
+        st.stopping = st.active and self._stop_path(key).exists()
         return st
 
     def running(self) -> JobStatus | None:
@@ -236,6 +254,7 @@ class JobRunner:
                 raise JobBusy(f"the server is computing {what}; it computes one thing at a time: "
                               "try again when that has finished.")
             try:
+                self._stop_path(key).unlink(missing_ok=True)  # a request left by an older job
                 st = JobStatus(key=key, title=str(title), state="running", phase="starting",
                                started=time.time(), pid=os.getpid())
                 self._save(st)
@@ -258,6 +277,8 @@ class JobRunner:
         try:
             message = work(progress)
             st.state, st.message = "done", str(message or "done")
+        except JobCancelled as exc:
+            st.state, st.message = "cancelled", str(exc)
         except ConvscopeError as exc:
             st.state, st.message = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - a job's error is its status, never a crash
@@ -275,6 +296,7 @@ class JobRunner:
                 pass
             self._release(held)
             self._progress.pop(st.key, None)
+            self._stop_path(st.key).unlink(missing_ok=True)
             done.set()
 
     def wait(self, key: str, timeout: float | None = None) -> JobStatus | None:
@@ -286,12 +308,20 @@ class JobRunner:
         return self.status(key)
 
     def stop(self, key: str) -> bool:
-        """Ask the job of ``key`` running in this process to stop at its next progress report;
-        False when none runs here."""
+        """Ask the job of ``key`` to stop at its next progress report (its status then reads
+        "cancelled"), whichever worker process runs it; False when none runs."""
         p = self._progress.get(key)
-        if p is None:
-            return False
-        p.stop.set()
+        if p is not None:
+            p.stop.set()
+        st = self.status(key)
+        if st is None or not st.active:
+            return p is not None
+        path = self._stop_path(key)
+        try:
+            path.touch()
+        except OSError as exc:
+            log.warning("cannot ask the job %s to stop (%s)", key, exc)
+            return p is not None
         return True
 
     def close(self) -> None:
@@ -352,6 +382,8 @@ def progress_text(st: JobStatus) -> str:
         return f"Done in {took:.0f} s: {st.message}"
     if st.state == "failed":
         return f"Failed: {st.message}"
+    if st.state == "cancelled":
+        return f"Cancelled: {st.message}"
     words = st.phase
     if st.total:
         words += f" {st.done:.0f} of {st.total:.0f}"
@@ -361,4 +393,6 @@ def progress_text(st: JobStatus) -> str:
         from ..nn.budget import format_seconds
 
         words += f" · about {format_seconds(st.eta_s)} left"
+    if st.stopping:
+        words += " · cancelling (at the next step)"
     return words

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -433,6 +433,7 @@ def top_examples(
     crop_size: int | None = CROP_SIZE,
     offset: int = 0,
     quiet: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> TopExamples:
     """The ``k`` images of ``dataset`` that excite each channel of ``layer`` most.
 
@@ -458,12 +459,16 @@ def top_examples(
         offset: added to every index (for shards of a larger data set: shard ``[5000:10000]``
             gets ``offset=5000``), so shard results :func:`merge` into the whole.
         quiet: hide the progress bar.
+        progress: called after every batch with ``(images ranked so far, images in all)``
+            (the total is None for an iterable of batches without a length): the hook a
+            caller's own progress display (the dashboard's job status) reads. An exception it
+            raises stops the pass (and propagates); nothing is returned then.
 
     Returns:
         a :class:`TopExamples`; ties in value go to the smaller index.
     """
     p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=crops,
-                        crop_size=crop_size, offset=offset, quiet=quiet)
+                        crop_size=crop_size, offset=offset, quiet=quiet, progress=progress)
     return run_pass(p)
 
 
@@ -471,12 +476,14 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
     """:func:`top_examples` as a data-set pass (:mod:`convscope.nn.passes`): a share is a slice
     of the data set ranked with its offset, partials combine with the exact :func:`merge`, and
     the result is moved to the model's device. ``run_sharded(TopExamplesPass(...))`` is
-    :func:`convscope.distributed.top_examples_sharded`."""
+    :func:`convscope.distributed.top_examples_sharded`. ``progress``: as for
+    :func:`top_examples` (under sharding, each rank counts the images of its own share)."""
 
     def __init__(self, model: nn.Module, layer: LayerSpec, dataset: Any, k: int = 9, *,
                  batch_size: int = 64, crops: bool = True,
                  crop_size: int | None = CROP_SIZE, offset: int = 0,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False,
+                 progress: Callable[[int, int | None], None] | None = None) -> None:
         from ..nn import unwrap
 
         model = unwrap(model)
@@ -491,11 +498,15 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
         self.crops = bool(crops)
         self.crop_size = None if crop_size is None else positive_int(crop_size, "crop_size")
         self.quiet = quiet
+        if progress is not None and not callable(progress):
+            raise InputError(f"progress must be a callable (done, total), got "
+                             f"{type(progress).__name__}.")
+        self.progress = progress
 
     def run(self, share: Share) -> TopExamples:
         piece, offset = self.piece(share)
         return _scan(self.model, self.layer, piece, self.k, self.align, self.crops,
-                     self.offset + offset, self.quiet, self.crop_size)
+                     self.offset + offset, self.quiet, self.crop_size, self.progress)
 
     def merge(self, partials: Sequence[TopExamples]) -> TopExamples:
         out = partials[0]
@@ -508,8 +519,10 @@ class TopExamplesPass(DatasetPass[TopExamples, TopExamples]):
 
 
 def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, crops: bool,
-          offset: int, quiet: bool, crop_size: int | None = CROP_SIZE) -> TopExamples:
-    """The streaming pass of :func:`top_examples` over ``dataset`` (checked arguments)."""
+          offset: int, quiet: bool, crop_size: int | None = CROP_SIZE,
+          progress: Callable[[int, int | None], None] | None = None) -> TopExamples:
+    """The streaming pass of :func:`top_examples` over ``dataset`` (checked arguments); the
+    tqdm bar and ``progress`` are told every batch's images."""
     from tqdm.auto import tqdm
 
     from ..model.capture import capture_first
@@ -521,6 +534,8 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
     n_seen = 0
     bar = tqdm(total=total, disable=quiet, desc=f"top examples {layer}", unit="img")
     try:
+        if progress is not None:
+            progress(0, total)
         for idx, x in batches:
             if x.dim() != 4:
                 raise InputError(f"images must be [B, C, H, W], got {list(x.shape)}.")
@@ -559,6 +574,8 @@ def _scan(model: nn.Module, layer: str, dataset: Any, k: int, batch_size: int, c
             state = _update(state, a, idx.to(x.device), x if crops else None)
             n_seen += x.shape[0]
             bar.update(x.shape[0])
+            if progress is not None:
+                progress(n_seen, total)
     finally:
         bar.close()
     if state is None:

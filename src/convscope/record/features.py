@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
@@ -25,7 +25,43 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
 
 __all__ = ["log_preferred_inputs", "log_top_examples", "store_top_examples",
-           "store_preferred_inputs", "channels_of", "PREFERRED_METHODS", "preferred_method"]
+           "store_preferred_inputs", "channels_of", "PREFERRED_METHODS", "preferred_method",
+           "ProgressHook", "check_progress", "feed_progress"]
+
+#: What ``progress=`` of the recording calls takes: a callable ``progress(phase, done, total)``
+#: told, as the work goes, the phase in words and ``done`` of ``total`` units of it (``total``
+#: None while unknown). Phases: ``"preferred inputs"`` (optimisation steps),
+#: ``"top examples"`` (images ranked), ``"ranking"`` (images ranked by ``log_projections``
+#: before it projects) and ``"projections"`` (units projected). It is called between units of
+#: work, never while results are written, so an exception it raises (e.g. a job's "stop")
+#: ends the call cleanly: what was stored before stays whole, the unfinished layer is not
+#: stored, and the exception propagates.
+ProgressHook = Callable[[str, int, "int | None"], None]
+
+
+def check_progress(progress: Any) -> ProgressHook | None:
+    """``progress`` when it is None or a callable; else :class:`InputError`."""
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a callable progress(phase, done, total), got "
+                         f"{type(progress).__name__}.")
+    return progress
+
+
+def feed_progress(tracker: Any, progress: ProgressHook | None, phase: str) -> None:
+    """Tell ``progress`` every unit the budget ``tracker`` of a recording call counts (the
+    analysis code's progress bars feed it: :mod:`convscope.nn.budget`), as ``(phase, done,
+    total)``; tells it ``(phase, 0, total)`` at once."""
+    if progress is None:
+        return
+    advance = tracker.advance
+
+    def told(n: float = 1) -> float | None:
+        out = advance(n)
+        progress(phase, int(tracker.done), None if tracker.total is None else int(tracker.total))
+        return out
+
+    tracker.advance = told  # this call's tracker only (made by open_budget for it)
+    progress(phase, int(tracker.done), None if tracker.total is None else int(tracker.total))
 
 
 def _layers(layers: str | Sequence[str]) -> list[str]:
@@ -67,7 +103,8 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
                          objective: Any = "channel", regularizers: Any = None,
                          transforms: Any = None, param: str | None = None, mean: Any = None,
                          std: Any = None, batch_size: int | None = None, sharded: bool = False,
-                         method: str = "lucid", quiet: bool | None = None, clock: Any = None,
+                         method: str = "lucid", quiet: bool | None = None,
+                         progress: ProgressHook | None = None, clock: Any = None,
                          **maximize_options: Any) -> dict[str, Any]:
     """Activation maximisation (:func:`convscope.features.maximize`) of ``units`` (default: the
     first ``max_units`` channels) of each layer, all units of a layer in one batch.
@@ -100,8 +137,11 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     ``sharded=True`` under ``torch.distributed``: a collective (every rank calls it); the units
     are split across ranks (:class:`~convscope.features.preferred.PreferredInputsPass`, the
     images equal one process's) and rank 0 stores them. ``quiet``: hide the progress bar
-    (``None``: the run's setting). ``clock``: for tests. Returns ``{layer: images}`` (on every
-    rank when sharded)."""
+    (``None``: the run's setting). ``progress``: a :data:`ProgressHook`, told ``("preferred
+    inputs", steps done, steps in all)`` at every optimisation step (the bar's count; the
+    timing probe is not counted); an exception it raises stops the call between steps, the
+    layers finished before stay stored. ``clock``: the budget's clock, for tests. Returns
+    ``{layer: images}`` (on every rank when sharded)."""
     from ..features.preferred import input_shape, layer_channels, preferred_inputs
     from ..features.regularizers import Preset
     from ..nn.dist import rank_world
@@ -115,6 +155,7 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
     )
 
     quiet = run.quiet if quiet is None else bool(quiet)
+    progress = check_progress(progress)
     names = _layers(layers)
     chosen_preset = preferred_method(method)
     method = str(method).strip().lower()
@@ -189,7 +230,8 @@ def log_preferred_inputs(run: Run, model: Any, layers: str | Sequence[str],
             "steps=64, size=96 or max_units=8",
             f"{n_units} units x {len(names)} layer{'s' * (len(names) != 1)} at {side}"
             + (f", {n_steps} steps" if isinstance(n_steps, int) else ""),
-            total=total, unit="step", clock=clock):
+            total=total, unit="step", clock=clock) as tracker:
+        feed_progress(tracker, progress, "preferred inputs")
         for layer in names:
             chosen = chosen_units[layer]
             layer_options = dict(options)
@@ -225,7 +267,8 @@ def _probe_step(model: Any, layer: str, chosen: list[int], seed: int,
 
 def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset: Any, k: int = 9,
                      *, batch_size: int = 64, offset: int = 0, sharded: bool = False,
-                     quiet: bool | None = None, clock: Any = None) -> dict[str, Any]:
+                     quiet: bool | None = None, progress: ProgressHook | None = None,
+                     clock: Any = None) -> dict[str, Any]:
     """One streaming pass per layer (:func:`convscope.features.top_examples`): the ``k``
     images that excite each channel most, with receptive-field crops, ``batch_size`` images per
     forward pass (``offset`` is added to every index).
@@ -237,13 +280,18 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
     or a map-style ``Dataset``); the data set is split across ranks
     (:class:`~convscope.features.top.TopExamplesPass`, the result equals one process's) and
     rank 0 stores it. ``quiet``: hide the progress bar (``None``: the run's setting).
-    ``clock``: for tests. Returns ``{layer: TopExamples}`` (on every rank when sharded)."""
+    ``progress``: a :data:`ProgressHook`, told ``("top examples", images ranked, images in
+    all)`` after every batch (counted over all the layers; under sharding, this rank's
+    share); an exception it raises stops the call between batches, the layers finished before
+    stay stored. ``clock``: the budget's clock, for tests. Returns ``{layer: TopExamples}`` (on
+    every rank when sharded)."""
     from ..features.top import TopExamplesPass
     from ..nn.dist import rank_world
     from ..nn.passes import run_pass, run_sharded
     from .budget import BUDGETS, TOP_EXAMPLES_PER_IMAGE, open_budget
 
     quiet = run.quiet if quiet is None else bool(quiet)
+    progress = check_progress(progress)
     write = not sharded or rank_world()[0] == 0
     names = _layers(layers)
     try:
@@ -257,9 +305,10 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
     with open_budget("log_top_examples", per_layer * len(names),
                      "fewer layers or a subset of the data set", what, total=len(names),
                      unit="layer", clock=clock) as tracker:
-        for layer in names:
+        for i, layer in enumerate(names):
             p = TopExamplesPass(model, layer, dataset, k, batch_size=batch_size, crops=True,
-                                offset=offset, quiet=quiet)
+                                offset=offset, quiet=quiet,
+                                progress=_images_told(progress, "top examples", i, len(names)))
             if sharded:
                 p.size()  # a tensor or a sized Dataset, also with one process
             te = run_sharded(p) if sharded else run_pass(p)
@@ -268,6 +317,22 @@ def log_top_examples(run: Run, model: Any, layers: str | Sequence[str], dataset:
             results[layer] = te
             tracker.advance(1)
     return results
+
+
+def _images_told(progress: ProgressHook | None, phase: str, i: int, n_layers: int
+                 ) -> Callable[[int, int | None], None] | None:
+    """The per-batch hook of layer ``i``'s pass: ``progress(phase, images, images in all)``
+    counted over ``n_layers`` passes over the same data set."""
+    if progress is None:
+        return None
+
+    def told(done: int, total: int | None) -> None:
+        if total is None:
+            progress(phase, int(done), None)
+        else:
+            progress(phase, int(i * total + done), int(n_layers * total))
+
+    return told
 
 
 def store_top_examples(run: Run, te: Any) -> None:

@@ -24,6 +24,7 @@ from ..errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     from ..formats.projections import Projections
     from ..run import Run
+    from .features import ProgressHook
 
 __all__ = ["log_projections", "SEEDS"]
 
@@ -102,9 +103,27 @@ def _images_at(dataset: Any, wanted: list[int], batch_size: int) -> dict[int, An
     return found
 
 
+def _check_ranked(ranked: Any, k: int) -> dict[str, Any]:
+    """``ranked`` as ``{layer: TopExamples}`` ranked with ``k``; else :class:`InputError`."""
+    from ..features.top import TopExamples
+
+    if ranked is None:
+        return {}
+    if not isinstance(ranked, dict) or not all(
+            isinstance(v, TopExamples) and v.layer == name for name, v in ranked.items()):
+        raise InputError("ranked must map each layer's module path to its TopExamples (what "
+                         "log_top_examples returns).")
+    bad = [name for name, v in ranked.items() if v.k != k]
+    if bad:
+        raise InputError(f"the ranking of {bad[0]!r} keeps {ranked[bad[0]].k} images per "
+                         f"channel, not k={k}: pass the same k, or ranked=None.")
+    return ranked
+
+
 def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
                     units: Sequence[int] | None = None, max_units: int = 16, k: int = 9,
                     batch_size: int = 64, seed: str = "activation", quiet: bool | None = None,
+                    progress: ProgressHook | None = None, ranked: Any = None,
                     clock: Any = None) -> dict[str, Projections]:
     """The top ``k`` activations of ``units`` (default: the first ``max_units`` channels) of each
     layer over ``dataset``, projected back to pixels, stored beside their receptive-field crops.
@@ -113,9 +132,15 @@ def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
     ``log_top_examples`` plus 16 units of 9 projections; ResNet-50 at 224², 2-core CPU). The
     progress bar counts projected units; one projected at more than twice the budget warns
     once, naming ``max_units=``, fewer layers and a subset of the data set. ``quiet``: hide the
-    progress bars (``None``: the run's setting). ``clock``: for tests. Returns ``{layer:
-    Projections}`` (the windows at full size, as computed, before they are shrunk for
-    storage)."""
+    progress bars (``None``: the run's setting). ``progress``: a
+    :data:`~convscope.record.features.ProgressHook`, told ``("ranking", images ranked, images
+    in all)`` after every batch of the ranking passes, then ``("projections", units projected,
+    units in all)``; an exception it raises stops the call between batches or units, the
+    layers finished before stay stored (a layer is stored whole or not at all). ``ranked``:
+    ``{layer: TopExamples}`` of a ranking already made over the same ``dataset`` with the same
+    ``k`` (what ``log_top_examples`` returns): those layers skip their ranking pass (the
+    dashboard's job computes both). ``clock``: the budget's clock, for tests. Returns ``{layer: Projections}`` (the windows at full size, as
+    computed, before they are shrunk for storage)."""
     import numpy as np
     import torch
 
@@ -123,10 +148,12 @@ def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
     from ..features import top_examples
     from ..formats import projections as fmt
     from ..nn import check_model, layer_path, model_device, positive_int, unwrap
-    from ..nn.budget import progress
+    from ..nn.budget import progress as progress_bar
     from .budget import BUDGETS, TOP_EXAMPLES_PER_IMAGE, open_budget
+    from .features import _images_told, check_progress, feed_progress
 
     quiet = run.quiet if quiet is None else bool(quiet)
+    progress = check_progress(progress)
     k = positive_int(k, "k")
     max_units = positive_int(max_units, "max_units")
     batch_size = positive_int(batch_size, "batch_size")
@@ -136,6 +163,7 @@ def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
     model = unwrap(check_model(model))
     names = [layer_path(model, spec) for spec in _layer_names(layers)]
     names = list(dict.fromkeys(names))
+    ranked = _check_ranked(ranked, k)
     try:
         n_images: int | None = len(dataset)
     except TypeError:  # an iterable of batches
@@ -149,10 +177,15 @@ def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
                      "max_units=4, fewer layers or a subset of the data set", what,
                      unit="unit", clock=clock) as tracker:
         tops, ranked_s = {}, {}
-        for layer in names:  # the ranking passes first: then the units to project are known
+        for i, layer in enumerate(names):  # the ranking passes first: then the units are known
             t0 = time.perf_counter()
+            if layer in ranked:
+                tops[layer] = dataclasses.replace(ranked[layer], crops=None)
+                ranked_s[layer] = 0.0
+                continue
             tops[layer] = top_examples(model, layer, dataset, k, batch_size=batch_size,
-                                       crops=False, quiet=quiet)
+                                       crops=False, quiet=quiet,
+                                       progress=_images_told(progress, "ranking", i, len(names)))
             ranked_s[layer] = time.perf_counter() - t0
         per_layer_units: dict[str, list[int]] = {}
         for layer, top in tops.items():
@@ -166,7 +199,8 @@ def log_projections(run: Run, model: Any, layers: Any, dataset: Any, *,
                                      f"channels (valid: 0..{c - 1}).")
                 per_layer_units[layer] = chosen_units
         tracker.set_total(sum(len(v) for v in per_layer_units.values()))
-        bar = progress(tracker.total, quiet=quiet, desc="DeconvNet projections", unit="unit")
+        feed_progress(tracker, progress, "projections")
+        bar = progress_bar(tracker.total, quiet=quiet, desc="DeconvNet projections", unit="unit")
         try:
             for layer, top in tops.items():
                 t0 = time.perf_counter()
