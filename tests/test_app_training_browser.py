@@ -58,11 +58,11 @@ def training_run(tmp_path_factory):
             for col in LAYER_COLUMNS:
                 lc[col] = (rng.random(3) + step / 100).astype(np.float32)
             # healthy update ratios (~1e-3) and gradient norms (~1), with planted alerts:
-            # fc's ratio 0.05 at steps 100-150, conv1's gradient 1e3 at 300-320
+            # fc's ratio 0.5 at steps 100-150, conv1's gradient 1e3 at 300-320
             lc["update_ratio"] = (1e-3 * (1 + 0.1 * rng.random(3))).astype(np.float32)
             lc["g_l2"] = (1 + 0.1 * rng.random(3)).astype(np.float32)
             if 100 <= step <= 150:
-                lc["update_ratio"][2] = 0.05
+                lc["update_ratio"][2] = 0.5
             if 300 <= step <= 320:
                 lc["g_l2"][0] = 1e3
             run.log_rows("watch_layers", lc)

@@ -124,3 +124,17 @@ def test_cli_prints_the_comparison(two_runs):
     bad = subprocess.run([sys.executable, "-m", "convscope", "compare", str(ra.path),
                           str(logdir / "missing")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_cka_figure_names_every_layer_and_keeps_rows_legible():
+    from convscope.figures.compare import cka_figure
+
+    for n in (3, 13, 54):
+        names = [f"layer{i}.conv" for i in range(n)]
+        fig = cka_figure(np.eye(n), names, names, "trained", "init")
+        assert list(fig.layout.yaxis.tickvals) == names and list(fig.layout.xaxis.tickvals) == names
+        plot_h = fig.layout.height - 170  # less the title, x labels and margins
+        assert plot_h / n >= 22 or n > 60, (n, fig.layout.height)
+        np.testing.assert_array_equal(np.array(fig.data[0].z), np.eye(n))
+    with pytest.raises(cs.errors.InputError):
+        cka_figure(np.eye(2), ["a"], ["a", "b"])

@@ -125,7 +125,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
                           limit_test=args.limit_test, test_per_class=args.test_per_class,
                           preferred_units=args.units, preferred_steps=args.steps,
                           method=args.method, profile_images=args.profile_images,
-                          profile_repeat=args.profile_repeat, seed=args.seed, quiet=args.quiet)
+                          profile_repeat=args.profile_repeat, seed=args.seed,
+                          device=args.device, quiet=args.quiet)
     print(f"recorded {path}")
     return 0
 
@@ -408,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--profile-images", type=int, default=32, help="batch that times each "
                     "layer for the Resources page (default 32)")
     ex.add_argument("--profile-repeat", type=int, default=3, help="timing repeats (default 3)")
+    ex.add_argument("--device", default=None, help="train on this device, e.g. cuda (default: "
+                    "the CPU); the recordings run on the CPU")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(func=_cmd_experiment)

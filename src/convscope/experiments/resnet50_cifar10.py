@@ -97,7 +97,8 @@ def run_experiment(data: str | Path, logdir: str | Path = "runs", *, name: str |
                    test_per_class: int = 1000, preferred_units: int = 16,
                    preferred_steps: int = 128, method: str = "yosinski:3",
                    profile_images: int = 32, profile_repeat: int = 3, seed: int = 0,
-                   num_threads: int | None = None, quiet: bool = False) -> Path:
+                   device: str | None = None, num_threads: int | None = None,
+                   quiet: bool = False) -> Path:
     """Train ResNet-50 on CIFAR-10 (files under ``data``; see
     :class:`convscope.data.CIFAR10`) and record the paper's views into a new run of ``logdir``.
 
@@ -114,6 +115,8 @@ def run_experiment(data: str | Path, logdir: str | Path = "runs", *, name: str |
         profile_images, profile_repeat: the batch and the repeats that time each layer (the
             Resources page's rings).
         seed: initialisation, split and shuffling.
+        device: where to train (``"cuda"``, ``"cpu"``; None: the CPU); the recordings after
+            training run on the CPU.
         num_threads: torch threads while training (None: unchanged).
         quiet: no progress bars or messages.
 
@@ -138,6 +141,7 @@ def run_experiment(data: str | Path, logdir: str | Path = "runs", *, name: str |
         x_te, y_te = x_te[:limit_test], y_te[:limit_test]
     names = list(train_set.class_names)
     config = {"experiment": "resnet50-cifar10", "epochs": epochs, "batch_size": batch_size,
+              "device": str(device or "cpu"),
               "lr": lr, "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
               "test_per_class": test_per_class, "seed": seed, "method": method,
               "class_names": names}
@@ -165,8 +169,9 @@ def run_experiment(data: str | Path, logdir: str | Path = "runs", *, name: str |
         history = fit(model, (x_tr, y_tr), (x_te, y_te), epochs=epochs, batch_size=batch_size,
                       lr=lr, optimizer="sgd", weight_decay=5e-4, on_step=on_step,
                       on_epoch=on_epoch, augment=lambda x: shift_flip(x, generator=aug_gen),
-                      channels_last=True, num_threads=num_threads, quiet=quiet, seed=seed)
-        model.to(memory_format=torch.contiguous_format).eval()
+                      channels_last=True, num_threads=num_threads, quiet=quiet, seed=seed,
+                      device=device)
+        model.to("cpu", memory_format=torch.contiguous_format).eval()
         run.log_checkpoint(model)
         t_rec = time.perf_counter()
         with torch_threads(num_threads):

@@ -3,11 +3,17 @@
 Two rules of thumb of training practice, checked on every watched layer at every recorded step:
 
 * **Update ratio.** ``update_ratio`` = ‖w_t − w_prev‖ / ‖w_prev‖ between recorded snapshots. A
-  healthy SGD step changes a layer's weights by roughly 1e-3 of their norm; a ratio above
-  ``ratio_range[1]`` (default 1e-2) means the learning rate is too large for that layer, below
-  ``ratio_range[0]`` (default 1e-4) that the layer hardly learns (too small a learning rate, a
-  frozen or dead layer). With ``every > 1`` the ratio spans several optimiser steps, so the
-  range is a guide, not a law: pass your own.
+  healthy SGD step changes a layer's weights by roughly 1e-3 of their norm. Adam with a warm-up
+  peak, or ``every > 1`` (the ratio then spans several optimiser steps), moves healthy layers by
+  1e-2 and more, so the default range is two orders of magnitude either side of 1e-3:
+  ``ratio_range`` = (1e-5, 1e-1). A ratio above it means the learning rate is too large for
+  that layer. Below it, a layer is flagged only when it also lags the other layers at that step
+  (below their median divided by ``stall_factor``, 10): *that* layer hardly learns (frozen,
+  dead, a vanishing gradient). When the median of every layer is below the range, one
+  ``learning_rate_low`` alert (layer ``"(all layers)"``) says so instead: the learning rate has
+  decayed to almost nothing (the end of a schedule) or is too small, which is no fault of a
+  layer. (A healthy demo run flagged every layer at its peak learning rate and again at the end
+  of its schedule with the first rule of thumb, [1e-4, 1e-2] per layer: 28 alerts.)
 * **Gradient norm.** ``g_l2`` = ‖∇w‖ of the layer. It *explodes* at a step where it is not
   finite or exceeds ``explode_factor`` (10) times the layer's own median over the run, and
   *vanishes* where it is at most ``vanish_floor`` (1e-10) or below the layer's median divided
@@ -27,14 +33,20 @@ import pandas as pd
 
 from ..errors import InputError
 
-__all__ = ["ALERT_COLUMNS", "ALERT_KINDS", "training_alerts"]
+__all__ = ["ALERT_COLUMNS", "ALERT_KINDS", "ALL_LAYERS", "training_alerts"]
+
+#: The layer named by alerts about the whole network (``learning_rate_low``).
+ALL_LAYERS = "(all layers)"
 
 #: Columns of the frame :func:`training_alerts` returns, in order.
 ALERT_COLUMNS = ("kind", "layer", "first_step", "last_step", "n_steps", "value", "threshold")
 #: The alert kinds and what each means (the Training page shows these texts).
 ALERT_KINDS = {
     "update_ratio_high": "update ratio above the range: the learning rate is too large here",
-    "update_ratio_low": "update ratio below the range: this layer hardly learns",
+    "update_ratio_low": "update ratio below the range while the other layers move: this layer "
+                        "hardly learns",
+    "learning_rate_low": "every layer's update ratio below the range: the learning rate has "
+                         "decayed to almost nothing (or is too small)",
     "gradient_exploding": "gradient norm exploding (not finite, or far above its median)",
     "gradient_vanishing": "gradient norm vanishing (far below its median, or zero)",
 }
@@ -73,7 +85,8 @@ def _runs(layer: str, steps: np.ndarray, values: np.ndarray, flag: np.ndarray, k
 def training_alerts(
     stats: pd.DataFrame,
     *,
-    ratio_range: Sequence[float] = (1e-4, 1e-2),
+    ratio_range: Sequence[float] = (1e-5, 1e-1),
+    stall_factor: float = 10.0,
     explode_factor: float = 10.0,
     vanish_factor: float = 100.0,
     vanish_floor: float = 1e-10,
@@ -86,7 +99,10 @@ def training_alerts(
             one of ``update_ratio`` and ``g_l2`` (the ``watch_layers`` columns; e.g.
             ``convscope.formats.training.load_watch(reader).layers``). NaN update ratios (the
             first snapshot) are never flagged.
-        ratio_range: ``(low, high)``: update ratios outside it are flagged.
+        ratio_range: ``(low, high)``: update ratios above ``high`` are flagged; below ``low``
+            when the layer also lags the step's median over layers by ``stall_factor`` (all
+            layers below ``low``: one ``learning_rate_low`` alert).
+        stall_factor: how far below the other layers' median a low ratio must be.
         explode_factor: a gradient norm above this times the layer's median explodes.
         vanish_factor: a gradient norm below the layer's median divided by this vanishes.
         vanish_floor: a gradient norm at or below this vanishes whatever the median.
@@ -114,6 +130,7 @@ def training_alerts(
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
         raise InputError(f"ratio_range must be 0 <= low < high, not {ratio_range!r}.")
     explode_factor = _positive(explode_factor, "explode_factor")
+    stall_factor = _positive(stall_factor, "stall_factor")
     vanish_factor = _positive(vanish_factor, "vanish_factor")
     vanish_floor = float(vanish_floor)
     if not np.isfinite(vanish_floor) or vanish_floor < 0:
@@ -121,14 +138,24 @@ def training_alerts(
 
     rows: list[tuple] = []
     df = stats.sort_values(["layer", "step"], kind="stable")
+    step_median = None
+    if has_ratio:  # the layers' median ratio at each recorded step (NaN ratios left out)
+        step_median = df.groupby("step")["update_ratio"].median()
+        sm = step_median.to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            rows += _runs(ALL_LAYERS, step_median.index.to_numpy(), sm, sm < lo,
+                          "learning_rate_low", "min", lo)
     for layer, d in df.groupby("layer", sort=False):
         steps = d["step"].to_numpy()
         if has_ratio:
+            assert step_median is not None
             r = d["update_ratio"].to_numpy(dtype=np.float64)
+            med = step_median.reindex(steps).to_numpy(dtype=np.float64)
             with np.errstate(invalid="ignore"):
                 rows += _runs(str(layer), steps, r, (r > hi) | np.isposinf(r),
                               "update_ratio_high", "max", hi)
-                rows += _runs(str(layer), steps, r, r < lo, "update_ratio_low", "min", lo)
+                stalled = (r < lo) & (med >= lo) & (r < med / stall_factor)
+                rows += _runs(str(layer), steps, r, stalled, "update_ratio_low", "min", lo)
         if has_grad:
             g = d["g_l2"].to_numpy(dtype=np.float64)
             finite = g[np.isfinite(g)]

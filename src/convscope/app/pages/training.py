@@ -478,9 +478,10 @@ def _clicked_row(click, rows) -> dict | None:
 
 def _alerts_table(alerts: pd.DataFrame) -> list:
     """The alerts as a table: kind, layer, step range, worst value, bound."""
-    head = html.Div([html.B("Alerts: "), "update ratios outside [1e-4, 1e-2] (healthy: "
-                     "about 1e-3) and exploding or vanishing gradient norms (above 10\u00d7 "
-                     "or below 1/100 of the layer's median)"], className="muted")
+    head = html.Div([html.B("Alerts: "), "update ratios above 1e-1, or below 1e-5 while the "
+                     "other layers move (healthy: about 1e-3; all layers below: the learning "
+                     "rate has decayed), and exploding or vanishing gradient norms (above "
+                     "10\u00d7 or below 1/100 of the layer's median)"], className="muted")
     if not len(alerts):
         return [head, html.Div("No alerts in this step range.", className="muted",
                                id="trn-alerts-none")]
