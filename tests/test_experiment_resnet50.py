@@ -116,3 +116,21 @@ def test_experiment_runs_end_to_end_and_records_the_papers_views(tmp_path):
     from convscope.formats import checkpoints as ck
 
     assert ck.form(reader, "model") == "rebuild"
+
+
+def test_cli_experiments_need_their_data_and_run_the_dcgan_rounds(tmp_path):
+    """``convscope experiment resnet50-cifar10`` without --data says what to pass; ``dcgan``
+    runs its three rounds on procedural faces, each its own run."""
+    bad = subprocess.run([sys.executable, "-m", "convscope", "experiment", "resnet50-cifar10",
+                          "--logdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "needs --data" in bad.stderr and "Traceback" not in bad.stderr
+    out = subprocess.run([sys.executable, "-m", "convscope", "experiment", "dcgan", "--logdir",
+                          str(tmp_path), "--gan-steps", "2", "--image-size", "40",
+                          "--batch-size", "8", "--sample-every", "1", "--quiet"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert names == ["dcgan-g1d1", "dcgan-g2d1", "dcgan-g2d3"]
+    for n in names:
+        assert f"recorded {tmp_path / n}" in out.stdout
+        assert cs.open_run(tmp_path / n).meta["status"] == "ended"

@@ -118,13 +118,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    if args.experiment == "dcgan":
+        from .experiments.dcgan import run_experiment as dcgan
+
+        paths = dcgan(args.logdir, data=args.data, name=args.name or "dcgan",
+                      steps=args.gan_steps, batch_size=args.batch_size or 64,
+                      image_size=args.image_size, sample_every=args.sample_every,
+                      seed=args.seed, quiet=args.quiet)
+        for path in paths:
+            print(f"recorded {path}")
+        return 0
     from .experiments.resnet50_cifar10 import run_experiment
 
+    if not args.data:
+        raise ConvscopeError("resnet50-cifar10 needs --data: the folder holding cifar-10-batches-py "
+                             "(or -bin) from the CIFAR-10 archive; nothing is downloaded.")
     path = run_experiment(args.data, args.logdir, name=args.name, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train,
-                          limit_test=args.limit_test, test_per_class=args.test_per_class,
-                          preferred_units=args.units, preferred_steps=args.steps,
-                          method=args.method, profile_images=args.profile_images,
+                          batch_size=args.batch_size or 128, lr=args.lr,
+                          limit_train=args.limit_train, limit_test=args.limit_test,
+                          test_per_class=args.test_per_class, preferred_units=args.units,
+                          preferred_steps=args.steps, method=args.method,
+                          profile_images=args.profile_images,
                           profile_repeat=args.profile_repeat, seed=args.seed,
                           device=args.device, quiet=args.quiet)
     print(f"recorded {path}")
@@ -386,14 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=_cmd_compare)
 
     ex = sub.add_parser("experiment", help="run a source document's experiment end to end: "
-                        "resnet50-cifar10 (Li et al.: ResNet-50 on CIFAR-10, local files)")
-    ex.add_argument("name", choices=["resnet50-cifar10"], help="the experiment")
-    ex.add_argument("--data", required=True, help="folder holding cifar-10-batches-py (or "
-                    "-bin) from the CIFAR-10 archive; nothing is downloaded")
+                        "resnet50-cifar10 (Li et al.: ResNet-50 on CIFAR-10, local files) or "
+                        "dcgan (Wang & Li 2020: three DCGAN rounds, each its own run)")
+    ex.add_argument("experiment", choices=["resnet50-cifar10", "dcgan"], help="the experiment")
+    ex.add_argument("--data", default=None, help="resnet50-cifar10: the folder holding "
+                    "cifar-10-batches-py (or -bin) (required); dcgan: a folder holding CelebA's "
+                    "img_align_celeba/ (default: procedural faces). Nothing is downloaded")
     ex.add_argument("--logdir", default="runs", help="where the run is written (default runs)")
-    ex.add_argument("--name", default=None, help="run name (default: a timestamp)")
+    ex.add_argument("--name", default=None, help="run name (default: a timestamp; dcgan: the "
+                    "runs' prefix, default dcgan)")
     ex.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    ex.add_argument("--batch-size", type=int, default=128, help="default 128")
+    ex.add_argument("--batch-size", type=int, default=None, help="default 128 (dcgan: 64)")
     ex.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (0.1)")
     ex.add_argument("--limit-train", type=int, default=None, help="use the first N training "
                     "images only (quick runs)")
@@ -411,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--profile-repeat", type=int, default=3, help="timing repeats (default 3)")
     ex.add_argument("--device", default=None, help="train on this device, e.g. cuda (default: "
                     "the CPU); the recordings run on the CPU")
+    ex.add_argument("--gan-steps", type=int, default=15000, help="dcgan: training steps per "
+                    "round (default 15000, the paper's)")
+    ex.add_argument("--image-size", type=int, default=160, help="dcgan: image side (160)")
+    ex.add_argument("--sample-every", type=int, default=500, help="dcgan: store a grid of "
+                    "generated images every N steps (500)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(func=_cmd_experiment)

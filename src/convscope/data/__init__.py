@@ -1,9 +1,13 @@
-"""Data sets for demos and tests: procedural :class:`Shapes` (with object masks) and
-:class:`CIFAR10` read from local files. Nothing here downloads anything."""
+"""Data sets for demos and tests: procedural :class:`Shapes` (with object masks),
+:class:`CIFAR10` read from local files, CelebA's aligned faces from a local folder
+(:class:`CelebAFolder`, Wang & Li 2020's preprocessing) and procedural :class:`Faces` (the
+no-download stand-in for CelebA). Nothing here downloads anything."""
 
 from __future__ import annotations
 
+from .celeba import CELEBA_FOLDER, CelebAFolder, celeba_crop_box
 from .cifar import CIFAR10, CIFAR10_CLASSES
+from .faces import Faces
 from .shapes import SHAPE_NAMES, Shapes, render_masks, shape_mask
 
 #: Class names of :class:`Shapes` with all ten classes (``Shapes(...).class_names`` for fewer).
@@ -17,4 +21,8 @@ __all__ = [
     "shape_mask",
     "CIFAR10",
     "CIFAR10_CLASSES",
+    "CelebAFolder",
+    "celeba_crop_box",
+    "CELEBA_FOLDER",
+    "Faces",
 ]

@@ -325,7 +325,7 @@ def _candidates(model: Any) -> list[tuple[str, dict[str, Any]]]:
             **({"block": model.block} if getattr(model, "block", "basic") != "basic" else {})}))
     elif cls is zoo.DCGANGenerator:
         kw = {"version": model.version, "latent_dim": model.latent_dim,
-              "image_size": model.image_size}
+              "image_size": model.image_size, "output": getattr(model, "output", "tanh")}
         last = _last(model, (nn.ConvTranspose2d, nn.Conv2d))
         if last is not None:
             kw["channels"] = last.out_channels

@@ -4,7 +4,13 @@ and the DCGAN generator / discriminator of Wang & Li. Random weights; nothing is
 
 from __future__ import annotations
 
-from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_discriminator, dcgan_generator
+from .dcgan import (
+    GENERATOR_OUTPUTS,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    dcgan_discriminator,
+    dcgan_generator,
+)
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet, resnet50_cifar
 
 __all__ = [
@@ -17,4 +23,5 @@ __all__ = [
     "DCGANDiscriminator",
     "dcgan_generator",
     "dcgan_discriminator",
+    "GENERATOR_OUTPUTS",
 ]

@@ -1,17 +1,25 @@
 """The DCGAN generator and discriminator of Wang & Li (2020), in their diagnosed versions.
 
-Generator v1: z -> FC 2560, ReLU -> FC 25600, ReLU -> reshape 64 x 20 x 20 -> three 5x5 stride-2
-transposed convolutions to 32, 16 and 3 channels (ReLU between, tanh at the end) -> 160 x 160.
-Diagnosis found dead FC outputs; **v2 removes one FC layer** (z -> FC 25600 directly).
+Generator v1 (the paper's Table 1): z (256, standard normal) -> FC 2560, ReLU -> FC 25600, ReLU ->
+reshape 64 x 20 x 20 -> three 5x5 stride-2 transposed convolutions to 32, 16 and 3 channels, each
+followed by ReLU -> 160 x 160. The paper lists ReLU for the last layer too (the data are in [-1, 1],
+so such a generator cannot produce negative values: that is the paper's model, kept as the default;
+``output="tanh"`` gives the usual DCGAN output instead). The paper names no padding and no batch
+normalisation in the generator: each transposed convolution here exactly doubles H and W ("same"
+padding: padding 2, output padding 1). Diagnosis found dead FC outputs; **v2 removes one FC layer**
+(z -> FC 25600 directly, Table 3).
 
-Discriminator v1: three 5x5 stride-2 convolutions (16, 32, 64 channels, LeakyReLU) -> FC 160
-(LeakyReLU) -> FC 1 -> sigmoid. It extracted only texture; **v3 adds batch normalisation to every
-layer** (after each convolution and after FC 160; the 1-unit output layer keeps no BN).
+Discriminator v1 (Table 2): three 5x5 stride-2 convolutions (16, 32, 64 channels, LeakyReLU; the
+paper gives no slope, 0.2 here) -> flatten 25600 -> FC 160 (LeakyReLU) -> FC 1 -> sigmoid. It extracted only texture; **v3 adds batch normalisation to every
+layer** (Table 4: after each convolution and after FC 160; the 1-unit output layer keeps no BN).
 
 Layouts follow PyTorch: images are ``[B, 3, H, W]`` (the paper writes ``[batch, h, w, channel]``).
 Every layer is a named module (``fc1``, ``relu1``, ``deconv1``, ``conv1``, ``bn1``, ``lrelu1`` ...)
-so the diagnosis views can address it. ``image_size`` (a multiple of 8) and ``latent_dim`` can be
-made small for cheap tests; defaults are the paper's 160 x 160.
+so the diagnosis views can address it: generator v1's ReLUs are ``relu1`` ... ``relu5`` (v2:
+``relu1`` ... ``relu4``), the paper's "layers 3-5" of v1 are ``deconv1`` ... ``deconv3``.
+``image_size`` (a multiple of 8) and ``latent_dim`` can be made small for cheap tests; defaults are
+the paper's (latent 256, 160 x 160). The pre-paper variant (latent 100, tanh output) is
+``dcgan_generator(latent_dim=100, output="tanh")``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,12 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_generator", "dcgan_discriminator"]
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_generator", "dcgan_discriminator",
+           "GENERATOR_OUTPUTS"]
+
+#: Output activations of :class:`DCGANGenerator`: ``"relu"`` is the paper's (Table 1), ``"tanh"``
+#: the usual DCGAN choice for data in [-1, 1].
+GENERATOR_OUTPUTS = ("relu", "tanh")
 
 
 def _check_size(image_size: int) -> int:
@@ -46,19 +59,27 @@ class DCGANGenerator(nn.Module):
         image_size: side S of the output image (multiple of 8; 160 in the paper).
         hidden: width of the first FC layer in version 1 (2560 in the paper).
         channels: output image channels.
+        output: ``"relu"`` (the paper's last activation; module ``relu5`` in v1, ``relu4`` in
+            v2) or ``"tanh"`` (module ``tanh``).
 
-    z: [B, latent_dim] -> images [B, channels, S, S] in [-1, 1]
+    z: [B, latent_dim] -> images [B, channels, S, S] (>= 0 for ``"relu"``, in [-1, 1] for tanh)
     """
 
     def __init__(
         self,
         version: int = 1,
-        latent_dim: int = 100,
+        latent_dim: int = 256,
         image_size: int = 160,
         hidden: int = 2560,
         channels: int = 3,
+        output: str = "relu",
     ) -> None:
         super().__init__()
+        if output not in GENERATOR_OUTPUTS:
+            raise InputError(
+                f"dcgan_generator(output={output!r}): choose 'relu' (Wang & Li 2020's Table 1) "
+                "or 'tanh'."
+            )
         if version not in (1, 2):
             raise InputError(
                 f"dcgan_generator(version={version!r}): Wang & Li (2020) have generator versions 1 "
@@ -86,7 +107,9 @@ class DCGANGenerator(nn.Module):
         self.deconv2 = _deconv(32, 16)
         setattr(self, f"relu{k + 1}", nn.ReLU())
         self.deconv3 = _deconv(16, channels)
-        self.tanh = nn.Tanh()
+        self.output = output
+        self._out = "tanh" if output == "tanh" else f"relu{k + 2}"
+        setattr(self, self._out, nn.Tanh() if output == "tanh" else nn.ReLU())
         self._relus = [f"relu{k}", f"relu{k + 1}"]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -101,7 +124,7 @@ class DCGANGenerator(nn.Module):
         x = self.unflatten(x)
         x = getattr(self, self._relus[0])(self.deconv1(x))
         x = getattr(self, self._relus[1])(self.deconv2(x))
-        return self.tanh(self.deconv3(x))
+        return getattr(self, self._out)(self.deconv3(x))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -173,11 +196,16 @@ class DCGANDiscriminator(nn.Module):
 
 
 def dcgan_generator(
-    version: int = 1, latent_dim: int = 100, image_size: int = 160, hidden: int = 2560
+    version: int = 1,
+    latent_dim: int = 256,
+    image_size: int = 160,
+    hidden: int = 2560,
+    output: str = "relu",
 ) -> DCGANGenerator:
-    """Wang & Li (2020)'s generator, version 1 or 2 (see :class:`DCGANGenerator`)."""
+    """Wang & Li (2020)'s generator, version 1 or 2 (see :class:`DCGANGenerator`); the defaults
+    are the paper's (latent 256, 160 x 160, ReLU output)."""
     return DCGANGenerator(version=version, latent_dim=latent_dim, image_size=image_size,
-                          hidden=hidden)
+                          hidden=hidden, output=output)
 
 
 def dcgan_discriminator(
