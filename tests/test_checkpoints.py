@@ -526,3 +526,22 @@ def test_unknown_model_with_tied_weights_keeps_them_tied(tmp_path):
     x = torch.rand(3, 6)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_dcgan_generator_recorded_before_the_papers_output_rebuilds_with_tanh(tmp_path):
+    """Records written before the generator's default output became the paper's ReLU have no
+    "output": they rebuild with the tanh they were trained with (outputs equal)."""
+    torch.manual_seed(0)
+    gen = cs.zoo.DCGANGenerator(version=2, latent_dim=8, image_size=16, channels=1,
+                                output="tanh").eval()
+    with cs.Run(tmp_path, "old", quiet=True) as run:
+        run.log_checkpoint(gen, "gen")
+    arch = tmp_path / "old" / "checkpoints" / "gen.arch.json"
+    rec = json.loads(arch.read_text())
+    assert rec["kwargs"].pop("output") == "tanh"
+    arch.write_text(json.dumps(rec))  # as an older version wrote it
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        got = cs.open_run(tmp_path / "old").load_model("gen")(z)
+        torch.testing.assert_close(got, gen(z))
+    assert float(got.min()) < 0  # tanh, not the ReLU default

@@ -607,6 +607,9 @@ def _rebuild(doc: dict[str, Any], state_path: Path, where: str) -> Any:
 
     fn = _resolve(doc.get("builder"))
     kwargs = _check_kwargs(doc.get("kwargs"))
+    if doc.get("builder") == "convscope.zoo.DCGANGenerator" and "output" not in kwargs:
+        # recorded before the default output became Wang & Li's ReLU: trained with tanh
+        kwargs = {**kwargs, "output": "tanh"}
     if not state_path.is_file():
         raise StoreError(f"the weights {state_path.name} of {where} are missing: re-save the "
                          "model with run.log_checkpoint(model).")
