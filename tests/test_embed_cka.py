@@ -133,3 +133,24 @@ def test_bad_input():
         cka.linear_cka(torch.rand(5, 2), torch.rand(6, 2))
     with pytest.raises(InputError, match="none"):
         cka.cka_matrix(a, None, torch.rand(3, 3, 8, 8), batch_size=8, quiet=True)
+
+
+def test_default_layers_skip_what_attention_only_holds():
+    """A MultiheadAttention's out_proj is never called as a module: the defaults leave it out,
+    so a transformer block runs with the default layers (CKA of a model with itself: ones)."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.inp(x.flatten(2).transpose(1, 2))  # [B, tokens, 8]
+            return self.out(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+    m = Block().eval()
+    assert cka.default_cka_layers(m) == ["inp", "out"]
+    res = cka.cka_matrix(m, None, torch.rand(8, 6, 2, 2), batch_size=8, quiet=True)
+    torch.testing.assert_close(res.matrix.diagonal(), torch.ones(2, dtype=torch.float64))

@@ -11,7 +11,7 @@ scaling of either, and not to arbitrary invertible linear maps.
   real networks have far too many features per image to hold the whole data set's features, so
   it accumulates, batch by batch, the unbiased HSIC of each pair of layers' ``[m, m]`` Gram
   matrices and normalises the sums at the end: the minibatch CKA of Nguyen, Raghu & Kornblith
-  2021. Memory is one batch's Gram matrices; with one batch holding the whole data set it is
+  2021. Memory is one batch's Gram matrices (each made as its layer runs); with one batch holding the whole data set it is
   ``linear_cka(..., unbiased=True)`` of the flattened activations exactly.
 
 Reductions run in float64.
@@ -135,8 +135,14 @@ class CKAResult:
 
 
 def default_cka_layers(model: nn.Module) -> list[str]:
-    """Every ``Conv2d`` and ``Linear`` module of ``model``, in module order."""
-    return [n for n, m in unwrap(model).named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """Every ``Conv2d`` and ``Linear`` module of ``model`` that its forward calls, in module
+    order: the output projection a ``MultiheadAttention`` holds (ViT's ``out_proj``) only keeps
+    weights that the attention uses functionally, so it is left out."""
+    inner = unwrap(model)
+    held = {f"{n}.{c}" if n else c for n, m in inner.named_modules()
+            if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_children()}
+    return [n for n, m in inner.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in held]
 
 
 @dataclass
@@ -147,12 +153,16 @@ class _Sums:
     n_images: int
 
 
-def _flat64(out: Any) -> Any:
+def _gram(out: Any) -> Any:
+    """The ``[m, m]`` Gram matrix of a layer's output flattened per image, in float64, made in
+    the hook: only the Gram matrices of a batch are kept, never every layer's activations
+    (ResNet-50's convolutions at 224² hold ~20 M values per image)."""
     if isinstance(out, tuple) and out:
         out = out[0]
     if not isinstance(out, Tensor):
         return None
-    return out.detach().reshape(out.shape[0], -1).to(torch.float64)
+    flat = out.detach().reshape(out.shape[0], -1).to(torch.float64)
+    return flat @ flat.T
 
 
 class CKAPass(DatasetPass[_Sums, CKAResult]):
@@ -188,7 +198,7 @@ class CKAPass(DatasetPass[_Sums, CKAResult]):
         wanted = {call_key(*split_call(n)): n for n in layers}
         named = dict(model.named_modules())
         mods = {split_call(n)[0]: named[split_call(n)[0]] for n in layers}
-        with Recorder(mods, keys=set(wanted), stop=True, value=_flat64) as rec:
+        with Recorder(mods, keys=set(wanted), stop=True, value=_gram) as rec:
             rec.run(forward, model, (x.to(model_device(model)),), "CKA")
         grams = []
         for key, name in wanted.items():
@@ -196,7 +206,7 @@ class CKAPass(DatasetPass[_Sums, CKAResult]):
             if v is None:
                 raise InputError(f"layer {name!r} did not output a tensor in the forward pass: "
                                  "choose layers the forward pass runs.")
-            grams.append(v @ v.T)
+            grams.append(v)
         return grams
 
     def run(self, share: Share) -> _Sums:
