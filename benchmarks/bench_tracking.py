@@ -8,11 +8,13 @@
 SGD, on ``--device`` (default the CPU, with ``--threads`` torch threads) for every
 configuration. Configurations:
 baseline (plain training, no logging), ``run.watch(every=10)`` and ``run.watch(every=1)`` (per-
-filter stats on; default ``background``, and ``background=False`` as ``watch10sync`` /
-``watch1sync``), and TensorBoard ``add_histogram`` of every parameter and every gradient every
+filter stats on; default ``background`` and ``fused``, and ``background=False`` as
+``watch10sync`` / ``watch1sync``; the torch-ops path as ``watch1torch`` (in the hook) and
+``watch1worker`` (worker thread, the default before the fused pass)), and TensorBoard ``add_histogram`` of every parameter and every gradient every
 10 steps / every step. They run in interleaved blocks of ``--block`` steps (the order rotates
 each round: A B C D E, B C D E A, ...) after ``--warmup`` steps each, so machine drift hits all
-alike. Reported per configuration: median and mean step time, the slowdown ratios to the
+alike. ``--busy 1`` keeps the other core busy with a spinning process for the whole run (the
+issue's "with the other core busy"). Reported per configuration: median and mean step time, the slowdown ratios to the
 baseline (of the means, of the medians, and the median over rounds of the paired per-round
 ratio of block means), the close time (``run.close()``: watcher flush, writer drain, part
 compaction / ``SummaryWriter.close()``) and the mean including it, and how many rows the
@@ -120,9 +122,13 @@ def _table_parquet_bytes(run_dir: Path, table: str) -> tuple[int, int, dict[str,
 # (key, kind, every); the baseline is always measured and comes first
 OVERHEAD_CONFIGS = [("baseline", "none", 1), ("watch10", "watch", 10), ("watch1", "watch", 1),
                     ("watch10sync", "watchsync", 10), ("watch1sync", "watchsync", 1),
+                    ("watch1torch", "watchtorch", 1), ("watch1worker", "watchworker", 1),
                     ("tb10", "tb", 10), ("tb1", "tb", 1)]
 _LABELS = {"none": "baseline (no logging)", "watch": "run.watch every={} (default)",
            "watchsync": "run.watch every={}, background=False",
+           "watchtorch": "run.watch every={}, fused=False, background=False (torch ops)",
+           "watchworker": "run.watch every={}, fused=False, background=True (the previous "
+                          "default)",
            "tb": "TensorBoard add_histogram every={}"}
 
 
@@ -145,11 +151,14 @@ class _Config:
         self.rows_before_close = 0
         self.rows_after_close = 0
         self.bytes_per_value = float("nan")
-        if kind in ("watch", "watchsync"):
+        if kind.startswith("watch"):
             self.run = cs.Run(root, name, quiet=True)
-            w = self.run.watch(self.model, every=every, filters=True,
-                               background=False if kind == "watchsync" else None)
-            self.name += f" [{'background worker' if w.background else 'in the hook'}]"
+            opts = {"watch": {}, "watchsync": {"background": False},
+                    "watchtorch": {"background": False, "fused": False},
+                    "watchworker": {"background": True, "fused": False}}[kind]
+            w = self.run.watch(self.model, every=every, filters=True, **opts)
+            self.name += (f" [{'background worker' if w.background else 'in the hook'}, "
+                          f"{'fused pass' if w.fused else 'torch ops'}]")
         elif kind == "tb":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -209,6 +218,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
     specs = [s for s in OVERHEAD_CONFIGS if s[0] in args.configs.split(",")]
     if args.quick:
         specs = [s for s in specs if s[0] != "tb1"]
+    spinners = [_spinner(args.busy_limit) for _ in range(args.busy)]
     try:
         cfgs = [_Config(n, k, e, base, root) for n, k, e in specs]
         # warm-up (interleaved too): allocator, oneDNN primitives, first watched snapshot
@@ -223,11 +233,34 @@ def bench_overhead(args: argparse.Namespace) -> None:
                 c.times.extend(ts)
                 c.blocks.append((r, float(np.mean(ts))))
         wall = time.perf_counter() - t_start
+        busy = [_cpu_seconds(p.pid) for p in spinners]
         for c in cfgs:
             c.close()
         _print_overhead(args, cfgs, wall)
+        if spinners:
+            print(f"Busy core: {len(spinners)} spinning process(es) (`while True: pass`) ran "
+                  f"throughout; their CPU seconds during the run: "
+                  f"{', '.join(f'{b:.0f}' for b in busy)} of {wall:.0f} s of measuring.\n")
     finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _spinner(limit: float) -> subprocess.Popen:
+    """A process that keeps one core busy (pure Python, no memory traffic) and stops by itself
+    after ``limit`` seconds."""
+    code = f"import time\nend = time.time() + {float(limit)}\nwhile time.time() < end: pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def _print_overhead(args: argparse.Namespace, cfgs: list[_Config], wall: float) -> None:
@@ -259,7 +292,7 @@ def _print_overhead(args: argparse.Namespace, cfgs: list[_Config], wall: float) 
           "watch_filters bytes per value |")
     print("|---|---|---|---|")
     for c in cfgs:
-        if c.kind in ("watch", "watchsync"):
+        if c.kind.startswith("watch"):
             print(f"| {c.name} | {c.rows_before_close:,} | {c.rows_after_close:,} | "
                   f"{c.bytes_per_value:.2f} |")
     print()
@@ -754,6 +787,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny settings for both parts (numbers not meaningful)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (all configs)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="overhead: keep this many other cores busy with spinning processes "
+                         "(1 = 'the other core busy' on a 2-core machine)")
+    ap.add_argument("--busy-limit", type=float, default=3600,
+                    help="overhead: the spinners stop by themselves after this many seconds")
     ap.add_argument("--rounds", type=int, default=12, help="overhead: interleaved rounds")
     ap.add_argument("--block", type=int, default=10,
                     help="overhead: steps per block (a multiple of 10)")

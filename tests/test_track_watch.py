@@ -204,9 +204,11 @@ def test_watch_records_every_kth_step_with_exact_values(tmp_path, background):
         w, g = snapshots[row["step"]][row["layer"]]
         np.testing.assert_allclose(row[["w_min", "w_max", "w_mean", "w_std", "w_l1", "w_l2",
                                         "w_zeros"]].to_numpy(float), _np_stats(w), rtol=1e-4)
+        # atol: float32 rounding of a mean that is 0 in exact arithmetic (softmax gradients of
+        # an fc layer sum to 0), relative to the values' scale
         np.testing.assert_allclose(row[["g_min", "g_max", "g_mean", "g_std", "g_l1", "g_l2",
                                         "g_zeros"]].to_numpy(float), _np_stats(g), rtol=1e-4,
-                                   atol=1e-9)
+                                   atol=1e-6 * float(np.abs(g).mean()))
         if row["step"] > 3:
             pw = snapshots[row["step"] - 3][row["layer"]][0]
             np.testing.assert_allclose(row["update_ratio"],

@@ -104,6 +104,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         a = f"{p.value_a:.4g} ({p.units_a} units)" if p.in_a else "-"
         b = f"{p.value_b:.4g} ({p.units_b} units)" if p.in_b else "-"
         print(f"  {p.layer:<24} A {a:<24} B {b}")
+    gen_line = c.generated_line()
+    if gen_line:
+        print(f"\n{gen_line}")
     for reader, keys in ((ra, c.cka_a), (rb, c.cka_b)):
         for key in keys:
             m = cka.load(reader, key)

@@ -822,19 +822,21 @@ class Run:
 
     # -- training dynamics -------------------------------------------------------------------
     def watch(self, model: Any, every: int = 10, layers: Any = None, *, filters: bool = True,
-              ranks: int | str = 0, background: bool | None = None) -> Any:
+              ranks: int | str = 0, background: bool | None = None,
+              fused: bool | None = None) -> Any:
         """Record weight/gradient statistics of every conv and linear layer every ``every``
         training steps (a step = a forward pass in train mode with gradients on; the first is
         step 1), per layer and per filter, without making training wait. ``ranks``: which rank
         records (default 0) or ``"all"``. ``background``: compute the statistics of a CPU model
         in a worker thread (default: when torch leaves a core free; see
-        :class:`~convscope.track.watch.Watcher`). Stop with :meth:`unwatch`. Shown on the
-        Training page.
+        :class:`~convscope.track.watch.Watcher`). ``fused``: one compiled pass per layer on the
+        CPU (default: when a C compiler is there; :mod:`convscope.track.native`). Stop with
+        :meth:`unwatch`. Shown on the Training page.
         """
         from .record.tracking import start_watch
 
         watcher = start_watch(self, model, every=every, layers=layers, filters=filters,
-                              ranks=ranks, background=background)
+                              ranks=ranks, background=background, fused=fused)
         if watcher is not None:
             self._watchers.append(watcher)
         return watcher

@@ -10,6 +10,10 @@ and ``convscope compare RUN_A RUN_B``; torch-free, like every format module.
   the target probability), for the sets both runs hold under the same key.
 * **Preferred inputs** are listed per layer recorded in either run, with the mean objective
   value reached in each.
+* **Generated image grids** (:mod:`.generated`, a GAN run's samples over training): the steps
+  each run holds, and the diversity of each run's last grid (the mean RMS difference between
+  its tiles); the run whose last samples differ more is named when the two differ by at least
+  :data:`DIVERSITY_MARK` (relative).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from . import attribution, cka, diagnosis, preferred_inputs
+from . import attribution, cka, diagnosis, generated, preferred_inputs
 
 __all__ = ["RunComparison", "compare", "FINDING_COLUMNS", "METRIC_COLUMNS", "PREFERRED_COLUMNS",
-           "SEVERITY_ORDER"]
+           "SEVERITY_ORDER", "DIVERSITY_MARK", "GeneratedComparison", "compare_generated",
+           "steps_text"]
 
 FINDING_COLUMNS = ("report", "code", "layer", "stage", "status", "severity_a", "severity_b",
                    "message")
@@ -34,6 +39,64 @@ PREFERRED_COLUMNS = ("layer", "in_a", "in_b", "units_a", "units_b", "value_a", "
 SEVERITY_ORDER = ("error", "warning", "info", "note")  # diagnose.rules.SEVERITIES
 #: attribution metric columns averaged per method (booleans as rates)
 _METRICS = ("prob", "drop", "increase", "pointing_hit")
+#: last-grid diversities that differ by at least this share of the larger are called different
+DIVERSITY_MARK = 0.1
+
+
+@dataclass(frozen=True)
+class GeneratedComparison:
+    """The generated grids of runs A and B: each run's steps and ``(step, diversity)`` of its
+    last grid (None when it has none, or its tiling is unknown)."""
+
+    steps_a: list[int] = field(default_factory=list)
+    steps_b: list[int] = field(default_factory=list)
+    diversity_a: tuple[int, float] | None = None
+    diversity_b: tuple[int, float] | None = None
+
+    def both(self) -> bool:
+        return bool(self.steps_a) and bool(self.steps_b)
+
+    def steps(self) -> list[int]:
+        """The steps of either run, ascending (what one slider over both runs moves along)."""
+        return sorted(set(self.steps_a) | set(self.steps_b))
+
+    def at(self, step: int) -> tuple[int, int]:
+        """The steps of A's and B's grids nearest to ``step`` (needs :meth:`both`)."""
+        return generated.nearest(self.steps_a, step), generated.nearest(self.steps_b, step)
+
+    def more_diverse(self) -> str | None:
+        """``"a"`` or ``"b"``: the run whose last grid is more diverse by at least
+        :data:`DIVERSITY_MARK` of the larger value; ``"same"`` when they are closer; None when
+        a run has no diversity."""
+        if self.diversity_a is None or self.diversity_b is None:
+            return None
+        da, db = self.diversity_a[1], self.diversity_b[1]
+        if not (np.isfinite(da) and np.isfinite(db)):
+            return None
+        if abs(db - da) < DIVERSITY_MARK * max(da, db, 1e-12):
+            return "same"
+        return "b" if db > da else "a"
+
+    def verdict(self) -> str | None:
+        """Which run ended with the more diverse samples, with both values, or None."""
+        which = self.more_diverse()
+        if which is None:
+            return None
+        assert self.diversity_a is not None and self.diversity_b is not None
+        (sa, da), (sb, db) = self.diversity_a, self.diversity_b
+        head = {"a": "A's samples are more diverse", "b": "B's samples are more diverse",
+                "same": "about as diverse"}[which]
+        return (f"{head} (diversity A {da:.4f} at step {sa}, B {db:.4f} at step {sb}; mean "
+                "RMS difference between tiles)")
+
+    def line(self) -> str | None:
+        """One line (None when neither run has grids): the steps of each run and, at their
+        last grids, which ended with the more diverse samples."""
+        if not self.steps_a and not self.steps_b:
+            return None
+        text = f"generated grids: A {steps_text(self.steps_a)}; B {steps_text(self.steps_b)}"
+        v = self.verdict()
+        return text + (f"; last grids: {v}" if v else "")
 
 
 @dataclass(frozen=True)
@@ -48,6 +111,11 @@ class RunComparison:
     cka_a: list[str] = field(default_factory=list)
     cka_b: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    generated: GeneratedComparison = field(default_factory=GeneratedComparison)
+
+    def generated_line(self) -> str | None:
+        """:meth:`GeneratedComparison.line` (for ``convscope compare``)."""
+        return self.generated.line()
 
     def counts(self) -> dict[str, int]:
         """Findings per status: ``{"gone": ..., "new": ..., "changed": ..., "kept": ...}``."""
@@ -151,13 +219,46 @@ def _compare_preferred(ra: Any, rb: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(PREFERRED_COLUMNS))
 
 
+def steps_text(steps: list[int], most: int = 6) -> str:
+    """``"none"``, ``"4 at steps 0, 50, 100, 150"`` or, for many,
+    ``"31 at steps 0, 500, 1000, ..., 15000"``."""
+    if not steps:
+        return "none"
+    shown = [str(s) for s in steps] if len(steps) <= most else \
+        [*(str(s) for s in steps[:3]), "...", str(steps[-1])]
+    return f"{len(steps)} at step{'s' if len(steps) > 1 else ''} {', '.join(shown)}"
+
+
+def _generated(reader: Any, notes: list[str]) -> tuple[list[int], tuple[int, float] | None]:
+    try:
+        infos = generated.index(reader)
+    except StoreError as err:
+        notes.append(f"{reader.name}: generated grids unreadable ({err})")
+        return [], None
+    try:
+        return [g.step for g in infos], generated.final_diversity(reader, infos)
+    except StoreError as err:
+        notes.append(f"{reader.name}: its last generated grid is unreadable ({err})")
+        return [g.step for g in infos], None
+
+
+def compare_generated(reader_a: Any, reader_b: Any, notes: list[str] | None = None
+                      ) -> GeneratedComparison:
+    """The generated grids of two opened runs (unreadable ones are named in ``notes``)."""
+    notes = [] if notes is None else notes
+    (sa, da), (sb, db) = _generated(reader_a, notes), _generated(reader_b, notes)
+    return GeneratedComparison(sa, sb, da, db)
+
+
 def compare(reader_a: Any, reader_b: Any) -> RunComparison:
     """Compare two opened runs (``cs.open_run``): A is the reference, B the run compared
     with it."""
     notes: list[str] = []
+    gen = compare_generated(reader_a, reader_b, notes)
     return RunComparison(
         a=str(reader_a.name), b=str(reader_b.name),
         findings=_compare_findings(reader_a, reader_b, notes),
         metrics=_compare_metrics(reader_a, reader_b, notes),
         preferred=_compare_preferred(reader_a, reader_b),
-        cka_a=cka.keys(reader_a), cka_b=cka.keys(reader_b), notes=notes)
+        cka_a=cka.keys(reader_a), cka_b=cka.keys(reader_b), notes=notes,
+        generated=gen)

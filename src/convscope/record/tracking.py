@@ -23,12 +23,12 @@ __all__ = ["start_watch", "ValidationLog"]
 
 
 def start_watch(run: Run, model: Any, *, every: int = 10, layers: Any = None,
-                filters: bool = True, ranks: int | str = 0, background: bool | None = None
-                ) -> Any:
+                filters: bool = True, ranks: int | str = 0, background: bool | None = None,
+                fused: bool | None = None) -> Any:
     """Attach a :class:`~convscope.track.watch.Watcher` whose sink writes to ``run``.
 
     ``ranks``: the rank that records (default 0) or ``"all"``; other ranks attach nothing.
-    ``background``: see :class:`~convscope.track.watch.Watcher`.
+    ``background``, ``fused``: see :class:`~convscope.track.watch.Watcher`.
     """
     from ..track.watch import Watcher
 
@@ -40,7 +40,7 @@ def start_watch(run: Run, model: Any, *, every: int = 10, layers: Any = None,
         write_watch(run, layer_cols, filter_cols, rank)
 
     return Watcher(model, sink, every=every, layers=layers, filters=filters,
-                   background=background)
+                   background=background, fused=fused)
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:

@@ -8,12 +8,17 @@ against the previous recorded snapshot. Per filter (output channel): weight L2, 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
 __all__ = ["STAT_NAMES", "LAYER_COLUMNS", "FILTER_COLUMNS", "tensor_stats", "layer_stats",
-           "filter_stats", "LayerRecorder", "finish_stats"]
+           "filter_stats", "LayerRecorder", "FusedRows", "fused_raw_rows", "finish_stats"]
 
+from . import native
 from .columns import FILTER_COLUMNS, LAYER_COLUMNS, STAT_NAMES
 
 
@@ -117,6 +122,50 @@ def _raw_moments(x: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
     return [lo, hi, total, l1, nonzero]
 
 
+@dataclass
+class FusedRows:
+    """One layer's statistics from the fused pass (:mod:`convscope.track.native`), turned into
+    :class:`LayerRecorder`'s ``(raw, rows, exact)`` for many layers at once by
+    :func:`fused_raw_rows`."""
+
+    out: np.ndarray  # [F, 13] float64, native.COLUMNS
+    prev: np.ndarray | None  # [F, 13] the previous call's ``out`` (None: no snapshot)
+    has_grad: bool
+    exact: list[float]
+    raw_fix: list[list[float] | None]  # per tensor: [5] raw values from torch ops (NaN or inf seen)
+
+
+def fused_raw_rows(parts: list[FusedRows]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``raw [L, 10]``, ``rows [4, ΣF]`` and ``exact [L, 2]`` (float64) of several layers'
+    :class:`FusedRows`, with a few vectorised numpy reductions, as :func:`finish_stats` takes
+    them."""
+    o = np.concatenate([p.out for p in parts])
+    counts = np.array([len(p.out) for p in parts])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    raw = np.empty((len(parts), 10))
+    for half, c in ((0, 0), (5, 6)):
+        raw[:, half] = np.minimum.reduceat(o[:, c], starts)
+        raw[:, half + 1] = np.maximum.reduceat(o[:, c + 1], starts)
+        raw[:, half + 2] = np.add.reduceat(o[:, c + 2], starts)
+        raw[:, half + 3] = np.add.reduceat(o[:, c + 4], starts)
+        raw[:, half + 4] = np.add.reduceat(o[:, c + 5], starts)
+    nan_f = np.full(len(o), np.nan)
+    has_grad = np.repeat([p.has_grad for p in parts], counts)
+    has_prev = np.repeat([p.prev is not None for p in parts], counts)
+    rows = np.stack([np.sqrt(o[:, 3]), np.where(has_grad, np.sqrt(o[:, 9]), nan_f),
+                     np.where(has_prev, np.sqrt(o[:, 12]), nan_f),
+                     np.sqrt(np.concatenate([p.prev[:, 3] if p.prev is not None
+                                             else np.full(len(p.out), np.nan) for p in parts]))])
+    for i, p in enumerate(parts):
+        if not p.has_grad:
+            raw[i, 5:] = np.nan
+        for half, fix in zip((0, 5), p.raw_fix, strict=True):
+            if fix is not None:
+                raw[i, half:half + 5] = fix
+    exact = np.array([p.exact for p in parts], dtype=np.float64).reshape(-1, 2)
+    return raw, rows, exact
+
+
 class LayerRecorder:
     """Statistics of one layer at successive recorded steps, with a preallocated snapshot.
 
@@ -144,6 +193,60 @@ class LayerRecorder:
         self.snap: torch.Tensor | None = None
         self.snap_rows: torch.Tensor | None = None
         self.spare: torch.Tensor | None = None  # the replaced snapshot buffer (``own=True``)
+        self.fused_snap: torch.Tensor | None = None  # laid out as the weight (fused pass)
+        self.fused_rows: np.ndarray | None = None
+        self._fused_key: tuple[Any, Any] | None = None
+        self._bufs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._turn = 0
+
+    def fused(self, w: torch.Tensor, g: torch.Tensor | None) -> FusedRows | None:
+        """The same statistics from one fused pass (:mod:`convscope.track.native`), or None
+        when it does not apply (not compiled, not a dense CPU float32 weight / gradient): call
+        :meth:`__call__` then. Keeps its own snapshot, laid out like ``w``; switching between
+        the two paths costs one step without a change (NaN update ratio and cosine).
+
+        Called once per layer and training step, so the common case is a few attribute
+        checks against the layout seen last time, and two output buffers used in turn (the
+        caller reads a result before the next call: the watcher stacks a step's results at the
+        next forward pass)."""
+        key = (w.shape, w.stride())
+        if key != self._fused_key or w.dtype is not torch.float32 or w.is_cuda:
+            if not native.rows_layout_ok(w) or not native.available():
+                return None
+            self._fused_key = key
+            self.fused_snap = torch.empty_like(w, memory_format=torch.preserve_format)
+            self.fused_rows = None
+            self.snap = self.snap_rows = None  # the other path's snapshot is stale from now on
+            f = w.shape[0]
+            self._bufs = [(np.empty((f, 13)), np.empty(4)) for _ in range(2)]
+        if g is not None and (g.stride() != key[1] or g.shape != key[0]
+                              or g.dtype is not torch.float32 or g.is_cuda):
+            return None
+        out, tot = self._bufs[self._turn]
+        self._turn ^= 1
+        snap = self.fused_snap
+        f = key[0][0]
+        native.row_stats(w, g, snap, out, tot)
+        if g is None:
+            out[:, 6:12] = np.nan  # not written by the pass
+        prev, self.fused_rows = self.fused_rows, out  # column 3 (‖w_f‖²): the next prev
+        n = w.numel()
+        exact: list[float] = [float("nan"), float("nan")]
+        raw_fix: list[list[float] | None] = [None, None]
+        ws, wq, gs, gq = tot.tolist()
+        for i, (t, s, q) in enumerate(((w, ws, wq), (g, gs, gq))):
+            if t is None:
+                continue
+            if not (math.isfinite(s) and math.isfinite(q)):  # min / max may have lost a NaN
+                with torch.no_grad():
+                    x = t.detach().reshape(f, -1)
+                    fix = [float(v) for v in _raw_moments(x, torch.empty_like(x))]
+                    fix[4] = float(torch.count_nonzero(x))  # NaN counts as non-zero
+                raw_fix[i] = fix
+            elif s * s > 0.9 * q * n:  # (s/n)² > 0.9 q/n: E[x²] - mean² cancels, two passes
+                with torch.no_grad():
+                    exact[i] = float(torch.var(t.detach().reshape(-1).double(), correction=0))
+        return FusedRows(out, prev, g is not None, exact, raw_fix)
 
     @torch.no_grad()
     def __call__(self, w: torch.Tensor, g: torch.Tensor | None,
@@ -154,6 +257,7 @@ class LayerRecorder:
         between layers; allocated per call when None). ``own``: ``w`` is a float32 copy the
         recorder may keep as its next snapshot (no copy; the previous snapshot buffer is left
         in :attr:`spare` for the caller's next copy)."""
+        self.fused_snap = self.fused_rows = self._fused_key = None  # the fused path is stale
         f = w.shape[0]
         x = w.detach().reshape(f, -1)
         if x.dtype != torch.float32:

@@ -31,6 +31,7 @@ def all_pages() -> list[Page]:
         compare,
         diagnosis,
         embedding,
+        generated,  # F: the Generated images page
         live,
         model,
         resources,
@@ -39,5 +40,6 @@ def all_pages() -> list[Page]:
         training,
     )
 
-    return [runs.PAGE, scalars.PAGE, model.PAGE, attribution.PAGE, diagnosis.PAGE, live.PAGE,
+    return [runs.PAGE, scalars.PAGE, generated.PAGE,  # F: generated.PAGE
+            model.PAGE, attribution.PAGE, diagnosis.PAGE, live.PAGE,
             resources.PAGE, embedding.PAGE, training.PAGE, compare.PAGE]

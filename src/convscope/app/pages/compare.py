@@ -1,5 +1,6 @@
 """Compare: two runs side by side -- their diagnosis findings (new, gone, changed severity),
-attribution metrics (with the change marked), preferred inputs, and the layer x layer CKA
+attribution metrics (with the change marked), preferred inputs, their generated image grids at
+the same step (one slider; a GAN run's samples over training) and the layer x layer CKA
 matrices either run holds (``run.log_cka``; Kornblith et al. 2019)."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import numpy as np
 from dash import Input, Output, State, dcc, html
 
 from ...figures.compare import cka_figure
+from ...figures.generated import grid_data_uri
 from ...figures.images import png_data_uri, to_rgb
 from ...formats import cka as cka_format
+from ...formats import generated as gen_format
 from ...formats import preferred_inputs as pi_format
-from ...formats.compare import compare
+from ...formats.compare import compare, compare_generated
 from ..components import FIGURE, NOTICE, Damage, graph, notice, page_header, survive
 from ..state import selected_names
 from . import Page
@@ -24,6 +27,10 @@ MARK_DELTA = 0.05
 THUMBS = 8
 #: findings listed at most (the rest counted)
 MAX_FINDINGS = 200
+#: a generated grid's side as shown, at most (larger grids are area-averaged)
+GEN_SIDE = 512
+#: labelled marks of the generated-grid slider, at most
+GEN_MARKS = 8
 _STATUS = {"new": ("+ new in B", "cmp-new"), "gone": ("− gone from A", "cmp-gone"),
            "changed": ("~ severity changed", "cmp-changed"), "kept": ("= in both", "cmp-kept")}
 
@@ -44,6 +51,22 @@ def layout() -> html.Div:
         ], className="controls"),
         html.Div(id="cmp-status"),
         html.Div(id="cmp-body"),
+        html.Div([  # F: generated image grids of A and B at one step
+            html.H3("Generated images", className="section-title"),
+            html.Div(id="cmp-gen-note", className="muted"),
+            html.Label(["Step", dcc.Slider(id="cmp-gen-step", min=0, max=0, step=1, value=0,
+                                           marks={}, included=False, allow_direct_input=False)],
+                       className="control control-wide"),
+            html.Div([html.Div([html.Div(id="cmp-gen-cap-a", className="muted"),
+                                html.Img(id="cmp-gen-a", className="cmp-gen-img",
+                                         style={"imageRendering": "pixelated",
+                                                "maxWidth": "100%"})], className="cmp-col"),
+                      html.Div([html.Div(id="cmp-gen-cap-b", className="muted"),
+                                html.Img(id="cmp-gen-b", className="cmp-gen-img",
+                                         style={"imageRendering": "pixelated",
+                                                "maxWidth": "100%"})], className="cmp-col")],
+                     className="cmp-pair"),
+        ], id="cmp-gen-box", className="panel", style={"display": "none"}),
         html.Div([
             html.H3("Layer similarity (linear CKA)", className="section-title"),
             html.Label(["Matrix", dcc.Dropdown(id="cmp-cka", clearable=False)],
@@ -140,6 +163,8 @@ def _preferred(c, ra, rb, dmg: Damage) -> html.Div:
 
 
 def register(app, state) -> None:
+    register_generated(app, state)  # F
+
     @app.callback(
         Output("cmp-a", "options"), Output("cmp-a", "value"),
         Output("cmp-b", "options"), Output("cmp-b", "value"), Output("cmp-status", "children"),
@@ -228,10 +253,88 @@ def register(app, state) -> None:
         return cka_figure(m.matrix, m.layers_a, m.layers_b, m.label_a, m.label_b), note
 
 
+def _gen_marks(steps: list[int]) -> dict[int, str]:
+    k = max(1, -(-len(steps) // GEN_MARKS))
+    return {i: str(steps[i]) for i in sorted(set(range(0, len(steps), k)) | {len(steps) - 1})}
+
+
+def _gen_pair(state, selected, a, b):
+    """The readers of A and B and their generated grids, or None unless both are selected
+    runs that hold grids."""
+    names = set(selected_names(selected)) & set(state.run_names())
+    if not (isinstance(a, str) and isinstance(b, str)) or a == b or a not in names or \
+            b not in names:
+        return None
+    ra, rb = state.reader(a), state.reader(b)
+    g = compare_generated(ra, rb)
+    return (ra, rb, g) if g.both() else None
+
+
+def register_generated(app, state) -> None:
+    """The Generated images panel: one slider over the steps of either run; each run's grid at
+    its step nearest to the slider's."""
+
+    @app.callback(
+        Output("cmp-gen-step", "max"), Output("cmp-gen-step", "marks"),
+        Output("cmp-gen-step", "value"), Output("cmp-gen-note", "children"),
+        Output("cmp-gen-box", "style"),
+        Input("cmp-a", "value"), Input("cmp-b", "value"), State("run-select", "value"),
+    )
+    @survive(0, {}, 0, NOTICE, {})
+    def _gen_steps(a, b, selected):
+        pair = _gen_pair(state, selected, a, b)
+        if pair is None:
+            return 0, {}, 0, None, {"display": "none"}
+        g = pair[2]
+        steps = g.steps()
+        verdict = g.verdict()
+        note = [f"One slider over the steps of either run ({len(steps)}); each run shows its "
+                "grid at the step nearest to it. "]
+        if verdict:
+            note += [html.Strong(f"Last grids: {verdict}.", id="cmp-gen-verdict",
+                                 **{"data-which": g.more_diverse() or ""}),
+                     " Diversity is not quality: noise is diverse too."]
+        return len(steps) - 1, _gen_marks(steps), len(steps) - 1, note, {}
+
+    @app.callback(
+        Output("cmp-gen-a", "src"), Output("cmp-gen-cap-a", "children"),
+        Output("cmp-gen-b", "src"), Output("cmp-gen-cap-b", "children"),
+        Input("cmp-gen-step", "value"), Input("cmp-a", "value"), Input("cmp-b", "value"),
+        State("run-select", "value"),
+    )
+    @survive(None, NOTICE, None, None)
+    def _gen_grids(value, a, b, selected):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, None, None, None
+        pair = _gen_pair(state, selected, a, b)
+        if pair is None:
+            return None, None, None, None
+        ra, rb, g = pair
+        steps = g.steps()
+        if not 0 <= value < len(steps):
+            return None, notice(f"Step index {value} is not one of the {len(steps)} steps: "
+                                "move the slider."), None, None
+        want = steps[value]
+        out = []
+        for reader, step in zip((ra, rb), g.at(want), strict=True):
+            grid = gen_format.load(reader, step)
+            h, w = grid.image.shape[-2:]
+            cap = [html.Strong(reader.name), f": step {step}"]
+            if step != want:
+                cap.append(f" (nearest to {want})")
+            if grid.grid:
+                cap.append(f", diversity {gen_format.diversity(grid.image, grid.grid):.4f}")
+            scale = max(1, min(4, GEN_SIDE // max(h, w)))
+            out += [grid_data_uri(grid.image, GEN_SIDE, scale=scale),
+                    html.Span(cap, **{"data-step": str(step)})]
+        return tuple(out)
+
+
 PAGE = Page(
     path="/compare",
     title="Compare",
     layout=layout,
     register=register,
-    description="two runs side by side: findings, metrics, preferred inputs, CKA",
+    description="two runs side by side: findings, metrics, preferred inputs, generated "
+                "images, CKA",
 )
