@@ -1,7 +1,7 @@
 """Benchmark: calibrated anomalies (the default) against DeepTracker's raw count rule.
 
-    .venv/bin/python benchmarks/bench_anomaly.py [--seeds 5] [--no-digits] [--no-shapes]
-                                                 [--workdir DIR]
+    .venv/bin/python benchmarks/bench_anomaly.py [--seeds 5] [--first-seed 0] [--no-digits]
+                                                 [--no-shapes] [--workdir DIR [--no-train]]
 
 For each seed it trains, through the demo's own loop (:func:`convscope.training.fit`) and the
 demo's own validation path (``Run.validate`` every few steps, read back with ``open_run(path)
@@ -17,8 +17,10 @@ demo's own validation path (``Run.validate`` every few steps, read back with ``o
   training and 500 validation images, a small CNN, 25 epochs of batch 64 = 525 steps validated
   every 10 steps = 53 checkpoints), corrupted the same way after step 315 (60 %).
 
-Scores, per seed and over the seeds, for ``method="calibrated"`` (the new default: ``fdr=0.05``,
-``threshold=5``) and ``method="count"`` (DeepTracker's rule, ``threshold=5, min_flags=2``):
+Scores, per seed and over the seeds, for ``method="calibrated"`` (the default: confirmed
+forgetting, ``fdr=0.05``, ``threshold=5``), the same test on both directions of unconfirmed flips
+(the calibrated default before the recall fix) and ``method="count"`` (DeepTracker's rule,
+``threshold=5, min_flags=2``):
 
 * ``late``: anomalies of a healthy run after the first 10 % of training (goal <= 2);
 * ``found``: the corrupted class is flagged at one of the first 2 checkpoints after the
@@ -30,7 +32,10 @@ Scores, per seed and over the seeds, for ``method="calibrated"`` (the new defaul
 
 Training dominates the run time (one thread: about 1-2 min per Shapes run and 10 s per digits
 run on an idle core, several times that on a loaded one). With ``--workdir`` the runs are kept
-and a later call reuses the finished ones (only the analysis then runs).
+and a later call reuses the finished ones (only the analysis then runs); ``--no-train`` only
+reads them (a missing run is an error, nothing is written). Seeds ``--first-seed ..
+--first-seed + --seeds - 1``: a rule settled while looking at seeds 0-4 is checked on fresh
+seeds 5-9 (``--first-seed 5``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ DONE = "bench-anomaly-done"
 WINDOW = 2  # checkpoints after the corruption step within which the class must be flagged
 METHODS = {
     "calibrated (default)": {},
+    # the calibrated default before issue 16's recall fix: both directions, unconfirmed flips
+    "calibrated, both directions, unconfirmed": {"direction": "both", "confirm": 0},
     "count (DeepTracker)": {"method": "count"},
 }
 
@@ -104,12 +111,21 @@ def _train(path: Path, model: nn.Module, train, val, *, steps_per_val: int, fit_
     (path / DONE).write_text("complete\n")  # a later --workdir call reuses only finished runs
 
 
-def shapes_run(path: Path, seed: int, corrupt_cls: int | None) -> dict:
+def _need_training(path: Path, train: bool) -> bool:
+    if (path / DONE).exists():
+        return False
+    if not train:
+        raise SystemExit(f"{path} is not a finished run and --no-train was given; drop "
+                         "--no-train to train it, or point --workdir at the recorded runs.")
+    return True
+
+
+def shapes_run(path: Path, seed: int, corrupt_cls: int | None, train: bool = True) -> dict:
     cfg = DemoConfig(n_train=8000, n_test=1000, epochs=5, batch_size=64, seed=seed,
                      data_seed=seed, num_threads=1)
     total = cfg.epochs * (cfg.n_train // cfg.batch_size + (cfg.n_train % cfg.batch_size >= 2))
     at = int(CORRUPT_FRACTION * total)
-    if not (path / DONE).exists():
+    if _need_training(path, train):
         shutil.rmtree(path, ignore_errors=True)  # an unfinished run from an interrupted call
         train, test = cfg.make_data()
         x_tr, y_tr, _ = train.tensors(quiet=True)
@@ -117,7 +133,7 @@ def shapes_run(path: Path, seed: int, corrupt_cls: int | None) -> dict:
         kw = cfg.fit_kwargs()
         _train(path, cfg.make_model(), (x_tr, y_tr), (x_te, y_te), steps_per_val=12, fit_kw=kw,
                corrupt=(corrupt_cls, at) if corrupt_cls is not None else None, n_cls=10)
-    return {"path": path, "total": total, "at": at, "cls": corrupt_cls}
+    return {"path": path, "total": total, "at": at, "cls": corrupt_cls, "seed": seed}
 
 
 def _digits_model(seed: int) -> nn.Module:
@@ -130,12 +146,12 @@ def _digits_model(seed: int) -> nn.Module:
         )
 
 
-def digits_run(path: Path, seed: int, corrupt_cls: int | None) -> dict:
+def digits_run(path: Path, seed: int, corrupt_cls: int | None, train: bool = True) -> dict:
     epochs, bs, n_val = 25, 64, 500
     n_train = 1797 - n_val
     total = epochs * (n_train // bs + (n_train % bs >= 2))
     at = int(CORRUPT_FRACTION * total)
-    if not (path / DONE).exists():
+    if _need_training(path, train):
         from sklearn.datasets import load_digits
 
         shutil.rmtree(path, ignore_errors=True)
@@ -148,7 +164,7 @@ def digits_run(path: Path, seed: int, corrupt_cls: int | None) -> dict:
         _train(path, _digits_model(seed), (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]),
                steps_per_val=10, fit_kw=kw,
                corrupt=(corrupt_cls, at) if corrupt_cls is not None else None, n_cls=10)
-    return {"path": path, "total": total, "at": at, "cls": corrupt_cls}
+    return {"path": path, "total": total, "at": at, "cls": corrupt_cls, "seed": seed}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +198,12 @@ def score_corrupted(info: dict, kw: dict) -> tuple[bool, int, int, int | None, i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="the first seed (seeds FIRST .. FIRST + SEEDS - 1): fresh seeds check "
+                         "that a rule settled on others generalises")
+    ap.add_argument("--no-train", action="store_true",
+                    help="only read the finished runs in --workdir (read-only); never train")
     ap.add_argument("--no-digits", action="store_true", help="skip the scikit-learn digits runs")
     ap.add_argument("--no-shapes", action="store_true", help="skip the Shapes runs")
     ap.add_argument("--workdir", default=None, help="keep (and reuse) the recorded runs here")
@@ -206,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, make in suites:
         tag = name.split()[0]
         runs[name] = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cls = (3 * seed + 1) % 10
             ts = time.perf_counter()
-            h = make(work / f"{tag}-healthy-{seed}", seed, None)
-            c = make(work / f"{tag}-corrupt-{seed}", seed, cls)
+            h = make(work / f"{tag}-healthy-{seed}", seed, None, not args.no_train)
+            c = make(work / f"{tag}-corrupt-{seed}", seed, cls, not args.no_train)
             runs[name].append((h, c))
             print(f"{tag} seed {seed}: trained/loaded in {time.perf_counter() - ts:.0f} s",
                   file=sys.stderr)
@@ -232,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = []
         for mname, kw in METHODS.items():
             lates, founds, tps, flags, sides = [], [], 0, 0, 0
-            for seed, (h, c) in enumerate(pairs):
+            for h, c in pairs:
+                seed = c["seed"]
                 late = score_healthy(h, kw)
                 found, tp, n, first, side = score_corrupted(c, kw)
                 lates.append(late)

@@ -146,10 +146,16 @@ def _independent_error(labels, truth):
                             for s in steps])
 
 
-def _brute_correlation(reader):
+def _brute_correlation(reader, direction=None):
     """correlate() over every stored filter row (not the page's top-k path)."""
     filters = fmt.load_watch(reader).filters
-    return correlate(reader.anomalies(threshold=5), filters, top=10, scope="overall")
+    return correlate(reader.anomalies(threshold=5, direction=direction), filters, top=10,
+                     scope="overall")
+
+
+def _flips(page, label):
+    """Choose which flips the anomalies count (the Flips radio items)."""
+    page.locator("#trn-flips").get_by_text(label, exact=True).click()
 
 
 def test_validation_clusters_triangles_images(training_run, server, page):
@@ -175,9 +181,20 @@ def test_validation_clusters_triangles_images(training_run, server, page):
                        and q["cluster"] == r["id"]]
             assert members
             np.testing.assert_allclose(z[i], err[:, members].mean(axis=1), atol=1e-12)
-    # class 4 ('ring') is forgotten at 200 and relearned at 300: triangles down, then up,
-    # directions equal to the anomaly frame's counts
-    frame = reader.anomalies(threshold=5).frame
+    # by default only forgetting is marked: class 4 ('ring') forgotten at 200
+    default = reader.anomalies(threshold=5).frame
+    _wait_meta(page, "trn-validation", "m.rows && m.rows.length > 0")
+    marks = _marks(page)
+    assert sorted(zip(marks["x"], marks["classes"], strict=True)) == sorted(
+        zip(default["step"], default["class"], strict=True))
+    assert set(marks["symbol"]) == {"triangle-down"}
+    assert {s for s, c in zip(marks["x"], marks["classes"], strict=True) if c == 4} == {200}
+    # both directions: class 4 is forgotten at 200 and relearned at 300: triangles down,
+    # then up, directions equal to the anomaly frame's counts
+    frame = reader.anomalies(threshold=5, direction="both").frame
+    assert len(frame) > len(default)
+    _flips(page, "both")
+    page.wait_for_function(f"() => {{ const n = ({MARKS_JS.replace('{PLOT}', _plot('trn-validation'))})().x.length; return n === {len(frame)}; }}")
     marks = _marks(page)
     assert len(marks["x"]) == len(frame)
     for s, y, sym, c in zip(marks["x"], marks["y"], marks["symbol"], marks["classes"],
@@ -326,7 +343,8 @@ def test_one_step_range_drives_every_view(training_run, server, page):
     page.click("#trn-reset")
     page.wait_for_function(
         f"() => Math.max(...Array.from({_plot('trn-layers')}._fullData[2].x)) === 400")
-    n_steps = _brute_correlation(cs.open_run(logdir / "dyn"))["step"].nunique()
+    _flips(page, "both")  # forgetting and relearning: the whole range has both steps
+    n_steps = _brute_correlation(cs.open_run(logdir / "dyn"), "both")["step"].nunique()
     assert n_steps >= 2  # the whole range holds more anomaly steps than 150-250's one
     _wait_meta(page, "trn-cube", f"m.steps.length === {n_steps}")
     # the filter view of the chosen layer
@@ -342,6 +360,7 @@ def test_callbacks_refuse_bad_values_without_failing(training_run, server, tmp_p
     assert {"trn-validation.figure", "trn-images.figure", "trn-correlation.figure",
             "trn-alerts.children", "trn-open.options"} <= set(outputs)
     good = {"trn-run.value": "dyn", "trn-k.value": 3, "trn-threshold.value": 5,
+            "trn-flips.value": "both",
             "trn-range.data": None, "refresh.n_intervals": 1, "trn-open.value": [0],
             "trn-class.value": 4, "trn-cube-layer.value": "fc", "trn-cube-class.value": 4,
             "trn-stat.value": "update_ratio", "trn-filter-layer.value": "fc",

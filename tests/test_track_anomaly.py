@@ -67,7 +67,7 @@ def test_hand_case_d2_flags_and_min_flags_drop():
     ]
     np.testing.assert_array_equal(res.dropped_classes, [1])
     assert res.params == {"method": "count", "d": 2, "threshold": 2, "min_flags": 2,
-                          "direction": "both"}
+                          "direction": "both", "confirm": 0}
     np.testing.assert_array_equal(res.anomaly_steps, [400, 700, 1000])
     assert res.classes_at(700) == [0] and res.classes_at(500) == []
     assert res.flagged.sum() == 3 and res.flagged[[3, 6, 9], 0].all()
@@ -138,7 +138,7 @@ def test_repeated_stable_flips_all_count():
 # --------------------------------------------------------------------------------------------
 # brute force: a per-image Python loop
 # --------------------------------------------------------------------------------------------
-def brute_force(correct, labels, steps, d, threshold, min_flags, direction):
+def brute_force(correct, labels, steps, d, threshold, min_flags, direction, confirm=0):
     t, n = correct.shape
     classes = sorted(set(labels.tolist()))
     col = {c: j for j, c in enumerate(classes)}
@@ -155,6 +155,9 @@ def brute_force(correct, labels, steps, d, threshold, min_flags, direction):
                 held += 1
                 j -= 1
             if held <= d:
+                continue
+            # confirmed: the new state is still there at i + 1 .. i + confirm (all recorded)
+            if i + confirm > t - 1 or any(seq[j] != seq[i] for j in range(i, i + confirm + 1)):
                 continue
             to_right = bool(seq[i])
             (tr if to_right else tw)[i, col[labels[img]]] += 1
@@ -205,15 +208,45 @@ def test_vectorised_equals_brute_force(d, threshold, min_flags, direction, p):
     np.testing.assert_array_equal(res.to_right, tr)
 
 
+@pytest.mark.parametrize(("d", "confirm", "direction", "p"),
+                         [(2, 1, "both", 0.1), (1, 2, "to_wrong", 0.15), (3, 4, "to_right", 0.05),
+                          (0, 1, "both", 0.3), (1, 6, "both", 0.04)])
+def test_confirmed_flips_equal_brute_force(d, confirm, direction, p):
+    """``confirm``: a stable flip counts only when the image keeps its new state at the next
+    ``confirm`` checkpoints, checked image by image in plain Python."""
+    rng = np.random.default_rng(77 + confirm)
+    t, n = 50, 200
+    correct = _markov(rng, t, n, p)
+    labels = rng.choice([0, 3, 4], size=n)
+    steps = np.arange(t) * 10
+    rows, tw, tr = brute_force(correct, labels, steps, d, 3, 1, direction, confirm=confirm)
+    res = count_rule(correct, labels, steps=steps, d=d, threshold=3, min_flags=1,
+                     direction=direction, confirm=confirm)
+    assert len(rows) > 0 and res.params["confirm"] == confirm
+    assert _rows(res) == rows
+    np.testing.assert_array_equal(res.to_wrong, tw)
+    np.testing.assert_array_equal(res.to_right, tr)
+    # fewer flips than without confirmation, and none in the last `confirm` checkpoints
+    plain = count_rule(correct, labels, d=d, threshold=3, min_flags=1, direction=direction)
+    assert (res.counts <= plain.counts).all() and res.counts.sum() < plain.counts.sum()
+    assert res.counts[t - confirm:].sum() == 0 and res.at_risk[t - confirm:].sum() == 0
+    # blocked processing agrees
+    whole = stable_flips(correct, d, confirm=confirm)
+    assert len(whole[0]) == (tw + tr).sum()
+
+
 def test_blocked_processing_equals_unblocked(monkeypatch):
     rng = np.random.default_rng(5)
     correct = _markov(rng, 60, 200, 0.1)
     whole = stable_flips(correct, 2)
+    whole_c = stable_flips(correct, 2, confirm=2)
     labels = np.random.default_rng(6).choice([3, 0, 8], size=200)
     res_whole = anomalies(correct, labels, d=2)
     monkeypatch.setattr(anomaly_mod, "_BLOCK_CELLS", 60 * 7)  # 7 images per block
     blocked = stable_flips(correct, 2)
     for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(whole_c, stable_flips(correct, 2, confirm=2), strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(whole[0]) > 0
     # blocks cut through the classes' column ranges: the at-risk counts are unchanged
@@ -228,6 +261,18 @@ def test_stable_flips_coordinates_hand_case():
     got = list(zip(t.tolist(), n.tolist(), right.tolist(), strict=True))
     assert got == [(3, 0, True), (3, 1, True), (4, 4, False), (4, 5, False), (6, 0, False),
                    (6, 1, False), (7, 7, True), (9, 0, True), (9, 1, True), (11, 3, False)]
+    # confirm=1: img5 goes back at 5 (not confirmed); img3's flip at 11, the last checkpoint,
+    # cannot be confirmed yet. confirm=2 keeps the same (every other new state lasts 3+)
+    want = [(3, 0, True), (3, 1, True), (4, 4, False), (6, 0, False), (6, 1, False),
+            (7, 7, True), (9, 0, True), (9, 1, True)]
+    for confirm in (1, 2):
+        t, n, right = stable_flips(CORRECT, 2, confirm=confirm)
+        assert list(zip(t.tolist(), n.tolist(), right.tolist(), strict=True)) == want
+    # confirm=3: img0/img1 flip again 3 checkpoints after each flip, and their flip at 9 would
+    # need checkpoint 12; only img4 (wrong from 4 on) and img7 (right from 7 on) remain
+    t, n, right = stable_flips(CORRECT, 2, confirm=3)
+    assert list(zip(t.tolist(), n.tolist(), right.tolist(), strict=True)) == [
+        (4, 4, False), (7, 7, True)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +305,13 @@ def test_empty_result_has_columns(method):
     ]
     assert res.counts.shape == (10, 2)
     # d = 1: from checkpoint 2 on, every image has held "correct" long enough to be at risk;
-    # none flips, so every tested cell has p = 1; checkpoints 0 and 1 cannot be tested
-    np.testing.assert_array_equal(res.at_risk[:, 0], [0, 0] + [2] * 8)
-    assert np.isnan(res.pvalues[:2]).all() and (res.pvalues[2:] == 1.0).all()
+    # none flips, so every tested cell has p = 1; checkpoints 0 and 1 cannot be tested, nor
+    # (calibrated: confirm = min(d, 2) = 1) the last, whose flips could not be confirmed yet
+    last = 10 - res.confirm
+    assert res.confirm == (0 if method == "count" else 1)
+    np.testing.assert_array_equal(res.at_risk[:, 0], [0, 0] + [2] * (last - 2) + [0] * res.confirm)
+    assert np.isnan(res.pvalues[:2]).all() and (res.pvalues[2:last] == 1.0).all()
+    assert np.isnan(res.pvalues[last:]).all()
 
 
 def test_input_errors():
@@ -448,6 +497,40 @@ def test_stage_dispersion_is_the_median_solution():
     assert s2m[:20].max() < 0.05 and s2m[40:].min() > 0.15
 
 
+def test_stage_dispersion_needs_enough_cells_of_both_halves():
+    """The median of the cells above their mean stands for the stage only when enough cells are
+    usable: a stage (and the run) needs 10 usable cells, 5 above their mean, and half of its
+    tested cells; otherwise 0 (Poisson plus the baseline's own uncertainty). A sparse run where
+    5 of 7 usable cells are bursts (the anomaly among them) must not inflate its own
+    dispersion."""
+    t, c = 40, 5
+    mu = np.full((t, c), 3.0)
+    base = np.zeros_like(mu)
+    k = np.full((t, c), 2.0)  # below the mean: usable, not above
+    usable = np.zeros((t, c), dtype=bool)
+    bursts = [(5, 0, 8.0), (9, 1, 14.0), (20, 2, 7.0), (26, 3, 9.0), (32, 4, 30.0)]
+    for i, j, v in bursts:
+        usable[i, j], k[i, j] = True, v
+    usable[[12, 30], [0, 1]] = True  # two usable cells below their mean: 7 in all
+    s2 = anomaly_mod._stage_dispersion(k, mu, base, usable, window=100)
+    assert (s2 == 0).all()
+    # three more usable cells (10 in all, 5 above): the median of the bursts' needed values,
+    # ((k - mu)^2 / 0.455 - mu) / mu^2 at k = 8, 7, 9, 14, 30: the middle one is k = 9's
+    usable[[14, 16, 18], [2, 3, 4]] = True
+    s2 = anomaly_mod._stage_dispersion(k, mu, base, usable, window=100)
+    want = ((9.0 - 3.0) ** 2 / 0.454936423119572 - 3.0) / 9.0
+    assert s2 == pytest.approx(np.full(t, want))
+    # ... but only where they are most of the stage's tested cells: 10 usable among 200 tested
+    # (the rest with mu < 2) are a selection, not the stage
+    tested = np.ones((t, c), dtype=bool)
+    assert (anomaly_mod._stage_dispersion(k, mu, base, usable, 100, tested) == 0).all()
+    tested[:, :] = False
+    tested[usable] = True
+    tested[[1, 2, 3, 4, 6, 7, 8, 10, 11, 13], 0] = True  # 20 tested: half usable
+    assert anomaly_mod._stage_dispersion(k, mu, base, usable, 100, tested) == pytest.approx(
+        np.full(t, want))
+
+
 def _bh_brute(p, alpha):
     """Benjamini-Hochberg rejections, straight from the definition: reject the r smallest
     p-values, r the largest rank with p_(r) <= r * alpha / m."""
@@ -488,16 +571,17 @@ def test_bh_qvalues_equal_brute_force_rejections():
     np.testing.assert_allclose(bh_qvalues(p), multipletests(p, method="fdr_bh")[1])
 
 
-def _brute_at_risk(correct, labels, d):
+def _brute_at_risk(correct, labels, d, confirm=0):
     """[T, C] images of each class that held their state for more than d checkpoints ending at
-    i - 1, split by that state: (was wrong -> may flip to right, was right -> may flip to wrong)."""
+    i - 1, split by that state: (was wrong -> may flip to right, was right -> may flip to wrong).
+    A checkpoint whose flips could not be confirmed yet (i + confirm > T - 1) has none."""
     t, n = correct.shape
     classes = sorted(set(labels.tolist()))
     rr = np.zeros((t, len(classes)), dtype=int)
     rw = np.zeros((t, len(classes)), dtype=int)
     for img in range(n):
         seq = correct[:, img]
-        for i in range(1, t):
+        for i in range(1, t - confirm):
             held, j = 0, i - 1
             while j >= 0 and seq[j] == seq[i - 1]:
                 held += 1
@@ -516,9 +600,13 @@ def test_at_risk_and_pvalues_equal_brute_force_and_scipy(direction):
     correct = _markov(rng, t, n, 0.1)
     labels = rng.choice([1, 4, 9], size=n)
     res = anomalies(correct, labels, d=d, window=w, direction=direction)
-    rr, rw = _brute_at_risk(correct, labels, d)
+    assert res.confirm == 2  # min(d, 2)
+    rr, rw = _brute_at_risk(correct, labels, d, confirm=2)
     want = {"both": rr + rw, "to_wrong": rw, "to_right": rr}[direction]
     np.testing.assert_array_equal(res.at_risk, want)
+    _, tw, tr = brute_force(correct, labels, np.arange(t), d, 1, 0, direction, confirm=2)
+    np.testing.assert_array_equal(res.counts, {"both": tw + tr, "to_wrong": tw,
+                                               "to_right": tr}[direction])
     # each cell's p-value, spelled out cell by cell with scipy. Baseline: the other checkpoints
     # within w that have images at risk, less the one with the most and the one with the fewest
     # flips (their images at risk taken as the neighbours' mean), plus half a flip
@@ -548,12 +636,13 @@ def test_at_risk_and_pvalues_equal_brute_force_and_scipy(direction):
 
 
 def _with_burst(rng, t, n, p, labels, cls, at, size):
-    """A stationary flip process, plus ``size`` images of class ``cls`` that had held their
-    state since checkpoint 0 all flipping at checkpoint ``at``."""
+    """A stationary flip process, plus ``size`` images of class ``cls`` that had been right
+    since checkpoint 0 all turning wrong at checkpoint ``at`` for good (what corrupting the
+    class's labels does: the calibrated default counts forgetting)."""
     correct = _markov(rng, t, n, p)
     members = np.flatnonzero(labels == cls)[:size]
-    correct[:, members] = correct[0, members]  # stable from the start ...
-    correct[at:, members] = ~correct[0, members]  # ... and all flip at `at`
+    correct[:at, members] = True  # stable from the start ...
+    correct[at:, members] = False  # ... and all forgotten at `at`
     return correct, members
 
 
@@ -604,6 +693,37 @@ def test_stationary_process_false_discoveries_within_fdr():
     assert np.mean(fdps) <= fdr, np.mean(fdps)
 
 
+def test_swings_and_learning_are_not_damage_but_lasting_forgetting_is():
+    """Planted events, the truth known: class 3 swings (20 of its stable images go wrong at one
+    checkpoint and come back at the next, five times), then 20 of them go wrong for good at 48;
+    class 5 is wrong until 29 and learned for good at 30. The default (confirmed forgetting)
+    flags exactly (48, 3). Unconfirmed flips flag every swing too; both directions flag the
+    learning burst too."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        t, n = 60, 800
+        labels = np.arange(n) % 10
+        correct = _markov(rng, t, n, 0.03)
+        cls3, cls5 = np.flatnonzero(labels == 3), np.flatnonzero(labels == 5)
+        correct[:, cls3] = True
+        swings = [8, 16, 24, 32, 40]
+        for at in swings:
+            correct[at, rng.choice(cls3, 20, replace=False)] = False
+        correct[48:, rng.choice(cls3, 20, replace=False)] = False
+        correct[:30, cls5], correct[30:, cls5] = False, True
+
+        def cells(res):
+            return set(zip(res.frame.checkpoint.tolist(), res.frame["class"].tolist(),
+                           strict=True))
+
+        res = anomalies(correct, labels)
+        assert (res.direction, res.confirm) == ("to_wrong", 2)
+        assert cells(res) == {(48, 3)}
+        assert res.frame.iloc[0].n_to_wrong == 20
+        assert {(at, 3) for at in swings} <= cells(anomalies(correct, labels, confirm=0))
+        assert {(48, 3), (30, 5)} <= cells(anomalies(correct, labels, direction="both"))
+
+
 def test_rising_flip_rate_is_not_an_anomaly():
     """A class whose flip rate climbs smoothly (training speeding up) is judged against its own
     neighbouring rate: nothing is flagged, where the count rule flags the whole second half."""
@@ -622,7 +742,18 @@ def test_rising_flip_rate_is_not_an_anomaly():
 def test_calibrated_parameters_and_errors():
     res = anomalies(CORRECT, LABELS, steps=STEPS, d=2)
     assert res.params == {"method": "calibrated", "d": 2, "threshold": 5, "min_flags": 1,
-                          "direction": "both", "fdr": 0.05, "window": 3}
+                          "direction": "to_wrong", "confirm": 2, "fdr": 0.05, "window": 3}
+    # the defaults follow d (confirm = min(d, 2)) and the method (count: DeepTracker's both
+    # directions, unconfirmed)
+    assert anomalies(CORRECT, LABELS, d=1).confirm == 1
+    assert anomalies(CORRECT, LABELS, d=0).confirm == 0
+    assert anomalies(CORRECT, LABELS, d=5, confirm=0).confirm == 0
+    old = anomalies(CORRECT, LABELS, d=2, method="count")
+    assert (old.direction, old.confirm) == ("both", 0)
+    with pytest.raises(InputError, match="confirm"):
+        anomalies(CORRECT, LABELS, confirm=-1)
+    with pytest.raises(InputError, match="confirm"):
+        stable_flips(CORRECT, 2, confirm=1.5)
     assert anomaly_mod.default_window(12) == 3 and anomaly_mod.default_window(1000) == 50
     assert anomalies(CORRECT, LABELS, window=2, fdr=0.2).params["window"] == 2
     with pytest.raises(InputError, match="Did you mean 'count'"):

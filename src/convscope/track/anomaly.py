@@ -15,11 +15,16 @@ Definitions used here (``correct: [T, N]``, checkpoint index ``i`` in ``0 .. T-1
   observed checkpoints (what happened before the first checkpoint is unknown).
 * A flip is **stable** (it counts) when that run length is *more than* ``d``: the image had held
   the old state for at least ``d + 1`` checkpoints.
+* A stable flip is **confirmed** after ``confirm`` checkpoints when the image also keeps its new
+  state at ``i + 1 .. i + confirm``. With ``confirm > 0`` only confirmed flips count, and the
+  last ``confirm`` checkpoints have none yet (a flip there is judged once the later checkpoints
+  are recorded). DeepTracker's rule uses ``confirm = 0``.
 * Direction: a stable flip from correct to wrong is **forgotten** (``to_wrong``); from wrong to
   correct it is **learned** (``to_right``).
 * An image is **at risk** at checkpoint ``i`` when it held its state at ``i - 1`` for more than
-  ``d`` checkpoints (a change at ``i`` would count); ``at_risk[i, c]`` counts the class's images
-  at risk in the selected direction (held correct for ``to_wrong``, wrong for ``to_right``).
+  ``d`` checkpoints (a change at ``i`` would count) and ``i <= T - 1 - confirm``;
+  ``at_risk[i, c]`` counts the class's images at risk in the selected direction (held correct
+  for ``to_wrong``, wrong for ``to_right``).
 
 Which cells are anomalies (``method``):
 
@@ -30,7 +35,26 @@ Which cells are anomalies (``method``):
   being learned, many images flip at every checkpoint, so this rule floods: on a healthy run of
   the demo it flags most checkpoints of the first half of training in every class.
 * ``"calibrated"`` (default): a cell is compared with *the same class's* flip rate at *that
-  stage of training*. Baseline: the class's stable flips ``K_nb`` and images at risk ``N_nb``
+  stage of training*. What it counts by default: **forgetting** (``direction="to_wrong"``) that
+  is **confirmed** for ``confirm = min(d, 2)`` checkpoints, i.e. a change from one stable state
+  to another (held more than ``d`` checkpoints before the flip, kept ``d`` more after it, capped
+  at 2 so that a report waits at most 2 checkpoints). Both choices come from what separates a
+  damaged class from a class that has not settled, measured on real training
+  (``benchmarks/bench_anomaly.py``, ``docs/tracking.md``). (1) A class that has not settled
+  swings: tens of its images go wrong together and come back one or two checkpoints later, again
+  and again. Its swings are as large as the damage of corrupting its labels (in one Shapes run
+  the corruption turns 17 stable images wrong; the same class had turned 19 wrong two checkpoints
+  earlier), so a count cannot tell them apart; whether the images *stay* wrong can (the
+  corruption's all do, the swing's do not), and so does the class's baseline, now made of the
+  rare swings that last. (2) Learning is the direction training moves in: every image starts
+  wrong and is learned once, and a class that swung for a while is often learned for good in one
+  burst. Such a burst has the same signature as damage in reverse (more extreme, even: 19
+  images learned for good where 0.2 were expected), so no test that treats both directions
+  alike can flag the damage and leave a healthy run quiet. Forgetting what had been learned
+  stably is what healthy training rarely does (Toneva et al. 2019's forgetting events), and
+  what corrupted labels, a bad batch or a learning-rate spike do. ``direction="both"`` (or
+  ``"to_right"``) tests the other flips the same way, and ``confirm=0`` gives DeepTracker's
+  unconfirmed flips. Baseline: the class's stable flips ``K_nb`` and images at risk ``N_nb``
   over the ``window`` checkpoints on each side, the cell itself left out and so are the
   neighbours with the most and the fewest flips (a burst spread over two checkpoints does not
   hide in its own baseline). Expected count ``mu = n_i (K_nb + 1/2) / N_nb``. The observed count
@@ -42,15 +66,22 @@ Which cells are anomalies (``method``):
   bursty: large counts vary in proportion, not only by Poisson noise). ``sigma2_stage`` is the
   value at which the *median* squared Pearson residual of all classes' cells above their baseline
   within ``4 window`` checkpoints equals 0.455, the median of chi-square(1): a few anomalies
-  among many cells do not inflate it, nor do a burst's neighbours, whose baselines it inflates. The p-values ``P(X >= k)`` of all tested cells of all classes go through
+  among many cells do not inflate it, nor do a burst's neighbours, whose baselines it inflates
+  (it needs 10 cells with ``mu >= 2``, 5 of them above, and half of the stage's tested cells:
+  where such cells are few they are the neighbours of bursts, not the stage; sparse stages take
+  the run's value, and sparse runs, as confirmed forgetting usually is, 0: the count is then
+  judged by the posterior predictive of the neighbours' rate alone).
+  The p-values ``P(X >= k)`` of all tested cells of all classes go through
   Benjamini-Hochberg; a cell is flagged when its q-value is at most ``fdr`` (0.05) and it has at
   least ``threshold`` flips. On a stationary simulated flip process the flagged cells are false
   on average at well under ``fdr``; see ``docs/tracking.md`` for the benchmark on real training.
 
 Everything is vectorised: run lengths come from a running maximum of change indices along the
-checkpoint axis, flip counts from one ``bincount`` over the (sparse) stable flips, images at risk
-from per-class column sums (the columns sorted by class). The images are processed in column
-blocks so that memory stays bounded for ``1,000 x 10,000``-sized inputs.
+checkpoint axis, confirmation from the change mask shifted by 1 .. ``confirm`` checkpoints (a
+running count of changes for long confirmations), flip counts from one ``bincount`` over the
+(sparse) stable flips, images at risk from per-class column sums (the columns sorted by
+class). The images are processed in column blocks so that memory stays bounded for
+``1,000 x 10,000``-sized inputs.
 """
 
 from __future__ import annotations
@@ -69,6 +100,7 @@ __all__ = [
     "anomalies",
     "bh_qvalues",
     "negbin_sf",
+    "default_confirm",
     "default_d",
     "default_window",
     "stable_flips",
@@ -101,6 +133,18 @@ def default_d(n_checkpoints: int) -> int:
     """
     t = int(n_checkpoints)
     return max(1, min(40, t // 25))
+
+
+def default_confirm(d: int) -> int:
+    """Default confirmation length of the calibrated rule: ``min(d, 2)`` checkpoints.
+
+    A flip then goes from a stable state to a stable state: the image held the old state for
+    more than ``d`` checkpoints and keeps the new one at the next ``d`` checkpoints (``d + 1``
+    checkpoints in all, counting the flip's own), DeepTracker's stability (Liu et al. 2018) on
+    both sides of the flip. It is capped at 2 so that an anomaly is reported at most 2 checkpoints
+    after it happens, whatever ``d``: on a 1,000-checkpoint run ``d = 40`` would otherwise hold a
+    report back by 40 checkpoints."""
+    return min(int(d), 2)
 
 
 def as_correct(correct: Any) -> np.ndarray:
@@ -161,7 +205,8 @@ def _as_steps(steps: Any, t: int) -> np.ndarray:
     return st
 
 
-def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stable_flips(correct: Any, d: int, confirm: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All stable flips of a ``[T, N]`` correctness matrix, as sparse coordinates.
 
     A flip of image ``n`` at checkpoint ``i`` is stable when the image held the state it leaves for
@@ -171,6 +216,9 @@ def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         correct: ``[T, N]`` boolean (True = classified correctly at that checkpoint).
         d: an image must have held its previous state for more than ``d`` checkpoints; ``d >= 0``
             (``d = 0`` counts every flip).
+        confirm: the image must also keep its new state at the next ``confirm`` checkpoints
+            (default 0: DeepTracker's flips); flips in the last ``confirm`` checkpoints are not
+            confirmed yet and are left out.
 
     Returns:
         ``(checkpoint, image, to_right)``: three 1-D arrays of equal length, one entry per stable
@@ -180,19 +228,23 @@ def stable_flips(correct: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     d = int(d)
     if d < 0:
         raise InputError(f"d must be >= 0 (got {d}); use 0 to count every flip.")
-    ti, ni, right, _, _ = _scan(c, d, None, 0)
+    confirm = _int_param("confirm", confirm, 0, " 0 counts every flip.")
+    ti, ni, right, _, _ = _scan(c, d, None, 0, confirm)
     return ti, ni, right
 
 
 def _scan(
-    c: np.ndarray, d: int, bounds: np.ndarray | None, n_cls: int
+    c: np.ndarray, d: int, bounds: np.ndarray | None, n_cls: int, confirm: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stable flips of ``c`` (as :func:`stable_flips`) and, with ``bounds``, the images *at risk*
     of one: ``[T, C]`` counts of the images of each class that, at checkpoint ``i``, had held a
     wrong (``risk_right``) or correct (``risk_wrong``) state for more than ``d`` checkpoints ending
     at ``i - 1``, so that a change at ``i`` would be a stable flip. Row 0 is zero. With
     ``bounds`` the columns of ``c`` must be sorted by class, class ``j`` holding columns
-    ``bounds[j] .. bounds[j + 1] - 1`` (``bounds`` has ``n_cls + 1`` entries)."""
+    ``bounds[j] .. bounds[j + 1] - 1`` (``bounds`` has ``n_cls + 1`` entries). With ``confirm > 0`` a flip at ``i`` counts only
+    when the image keeps its new state at ``i + 1 .. i + confirm``; at checkpoints
+    ``i > T - 1 - confirm`` no flip can be confirmed yet, so nothing counts and nothing is at risk
+    there."""
     t, n = c.shape
     risk_right = np.zeros((t, n_cls), dtype=np.int64)
     risk_wrong = np.zeros((t, n_cls), dtype=np.int64)
@@ -214,7 +266,18 @@ def _scan(
         # run length ending at checkpoint i is i - start + 1; a flip at i counts if the run ending
         # at i - 1 is longer than d, i.e. (i - 1) - start[i - 1] + 1 > d
         eligible = start[:-1] < rows[:-1] - (d - 1)  # held = i - 1 - start + 1 > d
-        counted = change[1:] & eligible
+        if confirm:
+            eligible &= rows[1:] <= t - 1 - confirm  # flips there cannot be confirmed yet
+        counted = change[1:] & eligible  # row r: a flip at checkpoint i = r + 1
+        if confirm and t - 1 - confirm > 0:
+            # confirmed: no change at i + 1 .. i + confirm (rows past t - 1 - confirm are out)
+            m = t - 1 - confirm
+            if confirm <= 4:
+                for k in range(1, confirm + 1):
+                    counted[:m] &= ~change[1 + k : 1 + k + m]
+            else:  # changes in (i, i + confirm] from a running count of changes
+                cs = np.cumsum(change, axis=0, dtype=np.int32)
+                counted[:m] &= cs[1 + confirm : t] == cs[1 : 1 + m]
         ti, ni = np.nonzero(counted)
         ts.append(ti.astype(np.int64) + 1)
         ns.append(ni.astype(np.int64) + lo)
@@ -314,7 +377,8 @@ def _neighbour_extreme(x: np.ndarray, w: int, kind: str) -> np.ndarray:
 
 #: Cells with at least this expected count inform the dispersion estimate ...
 _MIN_EXPECTED = 2.0
-#: ... and a stage needs this many of them for an estimate of its own (else: the run's).
+#: ... and a stage needs this many of them above their baseline, twice as many in all, and half
+#: of its tested cells, for an estimate of its own (else: the run's; a run without them: 0).
 _MIN_CELLS = 5
 #: A stage of training, for the dispersion: this many baseline windows on each side.
 _STAGE_SPAN = 4
@@ -334,7 +398,7 @@ def _dispersion_needed(k: np.ndarray, mu: np.ndarray, base_cv2: np.ndarray) -> n
 
 
 def _stage_dispersion(k: np.ndarray, mu: np.ndarray, base_cv2: np.ndarray, usable: np.ndarray,
-                      window: int) -> np.ndarray:
+                      window: int, tested: np.ndarray | None = None) -> np.ndarray:
     """``[T]`` Gamma variance ``sigma2`` of the flip rate at each stage of training: the value at
     which the median squared Pearson residual of the usable cells *above their baseline*
     (``k > mu``) of all classes at checkpoints ``i - 4w .. i + 4w`` equals 0.455, the median of
@@ -343,21 +407,38 @@ def _stage_dispersion(k: np.ndarray, mu: np.ndarray, base_cv2: np.ndarray, usabl
     a burst inflates its neighbours' baselines, so their counts fall short of ``mu``, which must
     not read as over-dispersion; by symmetry the squared residuals of the upper half follow the
     same law as all of them. The bursts themselves, a few cells among many, move a median little.
-    A stage with fewer than 5 such cells takes the whole run's value; a run with fewer gets 0
-    (Poisson)."""
+    That stands for the stage only when the usable cells are the stage, not a selection of it:
+    a stage needs at least 10 usable cells, 5 of them above their baseline, and at least half of
+    its tested cells usable (``tested``, default ``usable``); else it takes the whole run's
+    value, and a run that fails the same test gets 0 (the baseline's own uncertainty remains:
+    the count is then the posterior predictive of the neighbours' rate, Jeffreys' prior). Sparse
+    counts, such as confirmed forgetting, reach ``mu >= 2`` only next to bursts, whose flips
+    inflate the baselines there: such cells are a biased few, and their median is the bursts'
+    own size (on Shapes runs, 5 of 7 usable cells among 380 tested gave 9.5, and 5 of 11 gave 32,
+    each hiding the corrupted class)."""
     t = k.shape[0]
     up = usable & (k > mu)
     need = np.where(up, _dispersion_needed(k, np.where(up, mu, 1.0), base_cv2), np.nan)
+    n_usable = usable.sum(axis=1)
+    n_tested = (usable if tested is None else tested).sum(axis=1)
+
+    def enough(n_up: int, n_all: int, n_tests: int) -> bool:
+        return n_up >= _MIN_CELLS and n_all >= 2 * _MIN_CELLS and 2 * n_all >= n_tests
+
     everywhere = need[up]
-    overall = max(0.0, float(np.median(everywhere))) if len(everywhere) >= _MIN_CELLS else 0.0
+    overall = (max(0.0, float(np.median(everywhere)))
+               if enough(len(everywhere), int(n_usable.sum()), int(n_tested.sum())) else 0.0)
     half = _STAGE_SPAN * window
     stride = max(1, window // 2)
     centres = np.arange(0, t, stride)
     vals = np.empty(len(centres))
     for j, i in enumerate(centres):
-        cells = need[max(0, i - half) : i + half + 1]
+        rows = slice(max(0, i - half), i + half + 1)
+        cells = need[rows]
         cells = cells[~np.isnan(cells)]
-        vals[j] = max(0.0, float(np.median(cells))) if len(cells) >= _MIN_CELLS else overall
+        vals[j] = (max(0.0, float(np.median(cells)))
+                   if enough(len(cells), int(n_usable[rows].sum()), int(n_tested[rows].sum()))
+                   else overall)
     nearest = np.minimum((np.arange(t) + stride // 2) // stride, len(centres) - 1)
     return vals[nearest]
 
@@ -400,7 +481,7 @@ def _calibrate(counts: np.ndarray, at_risk: np.ndarray, window: int
     # shape K_nb + 1/2, a relative variance 1 / (K_nb + 1/2) that adds to the stage's
     base_cv2 = 1.0 / (k_nb + _PRIOR_FLIPS)
     usable = tested & (mu >= _MIN_EXPECTED)
-    sigma2 = _stage_dispersion(k, mu, base_cv2, usable, window)
+    sigma2 = _stage_dispersion(k, mu, base_cv2, usable, window, tested)
     p = np.full(counts.shape, np.nan)
     p[tested] = negbin_sf(k[tested], mu[tested], (sigma2[:, None] + base_cv2)[tested])
     return p, mu, sigma2
@@ -419,18 +500,20 @@ class AnomalyResult:
             indices counted in ``n_flips``), then ``expected`` (flips expected from the class's
             rate over the neighbouring checkpoints), ``p_value`` and ``q_value`` (the calibrated
             test's p-value and Benjamini-Hochberg q-value; NaN where the cell is not testable).
-        counts: ``[T, C]`` int, stable flips per (checkpoint, class) in the selected direction.
-        to_wrong: ``[T, C]`` int, stable correct -> wrong ("forgotten") flips.
-        to_right: ``[T, C]`` int, stable wrong -> correct ("learned") flips.
+        counts: ``[T, C]`` int, stable (and, with ``confirm``, confirmed) flips per
+            (checkpoint, class) in the selected direction.
+        to_wrong: ``[T, C]`` int, counted correct -> wrong ("forgotten") flips.
+        to_right: ``[T, C]`` int, counted wrong -> correct ("learned") flips.
         flagged: ``[T, C]`` bool, the kept anomalies.
         classes: ``[C]`` the class labels of the columns (sorted unique ``labels``).
         steps: ``[T]`` the step of each checkpoint.
-        d, threshold, min_flags, direction, method, fdr, window: the parameters used (after
-            defaulting).
+        d, threshold, min_flags, direction, method, fdr, window, confirm: the parameters used
+            (after defaulting).
         dropped_classes: classes that passed the test somewhere but were flagged fewer than
             ``min_flags`` times, and so were dropped.
         at_risk: ``[T, C]`` int, images of the class that could make a stable flip in the
-            selected direction at that checkpoint (held their state for more than ``d``).
+            selected direction at that checkpoint (held their state for more than ``d``, and the
+            checkpoint is at most ``T - 1 - confirm``).
         expected, pvalues, qvalues: ``[T, C]`` float, the calibrated test of every cell (NaN
             where not testable), computed whatever the ``method``.
         dispersion: ``[T]`` the stage's Gamma variance ``sigma2`` of the flip rate at each
@@ -457,6 +540,7 @@ class AnomalyResult:
     pvalues: np.ndarray | None = None
     qvalues: np.ndarray | None = None
     dispersion: np.ndarray | None = None
+    confirm: int = 0
 
     @property
     def anomaly_steps(self) -> np.ndarray:
@@ -466,13 +550,14 @@ class AnomalyResult:
     @property
     def params(self) -> dict[str, Any]:
         """The parameters used: ``method``, ``d``, ``threshold``, ``min_flags``, ``direction``,
-        and for the calibrated method ``fdr`` and ``window``."""
+        ``confirm``, and for the calibrated method ``fdr`` and ``window``."""
         out: dict[str, Any] = {
             "method": self.method,
             "d": self.d,
             "threshold": self.threshold,
             "min_flags": self.min_flags,
             "direction": self.direction,
+            "confirm": self.confirm,
         }
         if self.method != "count":
             out.update(fdr=self.fdr, window=self.window)
@@ -505,18 +590,20 @@ def anomalies(
     d: int | None = None,
     threshold: int = 5,
     min_flags: int | None = None,
-    direction: Direction = "both",
+    direction: Direction | None = None,
     method: Method = "calibrated",
     fdr: float = 0.05,
     window: int | None = None,
+    confirm: int | None = None,
 ) -> AnomalyResult:
     """Find anomaly iterations: many images of one class flipping after having been stable.
 
     Two rules decide which (checkpoint, class) cells are anomalies (the module docstring has the
     details):
 
-    * ``method="calibrated"`` (default): a cell is flagged when its stable flips stand out
-      against the class's own flip rate over the neighbouring ``window`` checkpoints on each side
+    * ``method="calibrated"`` (default): a cell is flagged when its stable flips (by default:
+      forgetting, confirmed for ``min(d, 2)`` checkpoints) stand out against the class's own
+      rate of such flips over the neighbouring ``window`` checkpoints on each side
       (a negative-binomial tail probability that allows for the baseline's uncertainty and for
       how bursty all classes are at that stage of training), at a false discovery rate ``fdr``
       (Benjamini-Hochberg over every tested cell), and it has at least ``threshold`` flips.
@@ -541,15 +628,22 @@ def anomalies(
             for ``"count"`` (DeepTracker: one isolated burst is noise), 1 for ``"calibrated"``
             (the test already weighs one burst against the class's own rate; a class corrupted
             once is flagged once).
-        direction: which stable flips count: ``"both"`` (default), ``"to_wrong"`` (correct ->
-            wrong, "forgotten") or ``"to_right"`` (wrong -> correct, "learned"). Both directions
-            are always reported in ``n_to_wrong`` / ``n_to_right``.
+        direction: which stable flips count: ``"to_wrong"`` (correct -> wrong, "forgotten"),
+            ``"to_right"`` (wrong -> correct, "learned") or ``"both"``. Default: ``"to_wrong"``
+            for ``"calibrated"`` (learning bursts are how training proceeds; forgetting is the
+            sign of damage, see the module docstring), ``"both"`` for ``"count"``
+            (DeepTracker). Both directions are always reported in ``n_to_wrong`` /
+            ``n_to_right`` (of the counted, i.e. stable and confirmed, flips).
         method: ``"calibrated"`` (default) or ``"count"``, see above.
         fdr: the false discovery rate of the calibrated rule, in (0, 1); default 0.05 (on
             average at most 5 % of its flagged cells are chance fluctuations of the class's
             usual rate). Ignored by ``"count"``.
         window: checkpoints on each side of a cell that give the class's baseline rate; default
             :func:`default_window` ``(T) = max(3, ceil(T / 20))``. Ignored by ``"count"``.
+        confirm: a flip counts only when the image keeps its new state at the next ``confirm``
+            checkpoints; the last ``confirm`` checkpoints are then not judged yet. Default:
+            :func:`default_confirm` ``(d) = min(d, 2)`` for ``"calibrated"``, 0 for ``"count"``
+            (DeepTracker's flips).
 
     Returns:
         :class:`AnomalyResult` with the anomalies frame, ``[T, C]`` count, expected, p-value and
@@ -563,15 +657,17 @@ def anomalies(
     t, n = c.shape
     lab = as_labels(labels, n)
     st = _as_steps(steps, t)
-    if direction not in _DIRECTIONS:
-        raise InputError(
-            f"direction must be one of {', '.join(map(repr, _DIRECTIONS))}, got {direction!r}."
-            + suggest(str(direction), _DIRECTIONS)
-        )
     if method not in _METHODS:
         raise InputError(
             f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}."
             + suggest(str(method), _METHODS)
+        )
+    if direction is None:
+        direction = "both" if method == "count" else "to_wrong"
+    if direction not in _DIRECTIONS:
+        raise InputError(
+            f"direction must be one of {', '.join(map(repr, _DIRECTIONS))}, got {direction!r}."
+            + suggest(str(direction), _DIRECTIONS)
         )
     if d is None:
         d = default_d(t)
@@ -582,6 +678,10 @@ def anomalies(
     if min_flags is None:
         min_flags = 2 if method == "count" else 1
     min_flags = _int_param("min_flags", min_flags, 0)
+    if confirm is None:
+        confirm = 0 if method == "count" else default_confirm(d)
+    confirm = _int_param("confirm", confirm, 0, " It is the number of checkpoints after a flip "
+                         "over which the image must keep its new state; 0 counts every flip.")
     window = default_window(t) if window is None else _int_param(
         "window", window, 1, " It is the number of checkpoints on each side of a cell.")
     if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.floating) or not (
@@ -589,10 +689,11 @@ def anomalies(
     ):
         raise InputError(f"fdr must be a number in (0, 1) (got {fdr!r}); 0.05 is usual.")
     fdr = float(fdr)
-    if t >= 2 and d >= t - 1:
+    if t >= 2 and d + confirm >= t - 1:
         warnings.warn(
-            f"d={d} with only {t} checkpoints: no image can hold a state for more than {t - 1} "
-            "checkpoints before a flip, so no anomaly can be found; pass a smaller d.",
+            f"d={d} and confirm={confirm} with only {t} checkpoints: no image can hold a state "
+            f"for more than {d} checkpoints before a flip and keep the new one for {confirm} "
+            "after it, so no anomaly can be found; pass a smaller d (or confirm).",
             stacklevel=2,
         )
 
@@ -602,7 +703,8 @@ def anomalies(
     # columns sorted by class, so that each class's images at risk are one slice's sum
     order = np.argsort(cls_idx, kind="stable")
     bounds = np.searchsorted(cls_idx[order], np.arange(n_cls + 1))
-    ti, ni, right, risk_right, risk_wrong = _scan(np.take(c, order, axis=1), d, bounds, n_cls)
+    ti, ni, right, risk_right, risk_wrong = _scan(np.take(c, order, axis=1), d, bounds, n_cls,
+                                                  confirm)
     ni = order[ni]
     back = np.lexsort((ni, ti))
     ti, ni, right = ti[back], ni[back], right[back]
@@ -645,6 +747,7 @@ def anomalies(
         threshold=threshold,
         min_flags=min_flags,
         direction=direction,
+        confirm=confirm,
         dropped_classes=dropped,
         method=method,
         fdr=fdr,

@@ -43,7 +43,9 @@ def layout() -> html.Div:
     return picker_page(
         "trn", "Training", "DeepTracker (Liu et al. 2018): per-class validation error with "
         "cluster rows that open into their classes and their images, anomaly iterations "
-        "(triangles: up = images learned, down = forgotten), where the most-changed filters "
+        "(triangles: down = a class's images forgotten together and staying wrong, up = "
+        "learned; by default only forgetting is marked, a healthy run's learning bursts are "
+        "expected), where the most-changed filters "
         "sit by anomaly class, the layers \u00d7 iterations \u00d7 classes cube, alerts on "
         "update ratios and gradient norms, and per-layer and per-filter statistics. Zoom the "
         "step axis of the validation or layer view: every view follows that step range.",
@@ -57,6 +59,9 @@ def layout() -> html.Div:
             html.Label(["Anomaly threshold", dcc.Slider(
                 id="trn-threshold", min=1, max=20, step=1, value=5, marks=None,
                 tooltip={"placement": "bottom"})], className="control"),
+            html.Label(["Flips", dcc.RadioItems(
+                id="trn-flips", options=[{"label": v, "value": k} for k, v in FLIPS.items()],
+                value=DEFAULT_FLIPS, inline=True)], className="control"),
             html.Div(id="trn-range-text", className="muted"),
             html.Button("Reset range", id="trn-reset", className="button"),
         ],
@@ -169,10 +174,20 @@ def _cached(key: tuple, make):
     return value
 
 
-def _anomalies(reader, threshold: int) -> pd.DataFrame:
+#: the flip directions an anomaly counts (convscope.track.anomalies' ``direction``)
+FLIPS = {"to_wrong": "forgotten", "to_right": "learned", "both": "both"}
+DEFAULT_FLIPS = "to_wrong"
+
+
+def _flips(value) -> str:
+    return value if isinstance(value, str) and value in FLIPS else DEFAULT_FLIPS
+
+
+def _anomalies(reader, threshold: int, flips: str = DEFAULT_FLIPS) -> pd.DataFrame:
     vm = reader.validation_matrix()  # cached by the reader until new parts land
-    return _cached(("anomalies", str(reader.path), id(vm), vm.correct.shape, threshold),
-                   lambda: (vm, reader.anomalies(threshold=threshold).frame))[1]
+    return _cached(("anomalies", str(reader.path), id(vm), vm.correct.shape, threshold, flips),
+                   lambda: (vm, reader.anomalies(threshold=threshold,
+                                                 direction=flips).frame))[1]
 
 
 def _clusters(reader, k: int):
@@ -189,14 +204,14 @@ def _watched_layers(reader) -> list[str]:
                    lambda: (None, reader.watched_layers()))[1]
 
 
-def _correlation(reader, threshold: int) -> pd.DataFrame:
+def _correlation(reader, threshold: int, flips: str = DEFAULT_FLIPS) -> pd.DataFrame:
     """``correlate(anomalies, ..., top=10, scope='overall')`` over the whole run (the
     callbacks cut it to the step range)."""
     vm = reader.validation_matrix()
     parts = fmt.filter_parts_key(reader)
 
     def make():
-        anomalies = _anomalies(reader, threshold)
+        anomalies = _anomalies(reader, threshold, flips)
         if not len(anomalies):
             return vm, anomalies.iloc[:0]
         # DeepTracker's correlation (convscope.track.correlate): each anomaly step -> the
@@ -209,7 +224,7 @@ def _correlation(reader, threshold: int) -> pd.DataFrame:
             return vm, correlate(anomalies, changes, top=10, scope="overall")
 
     return _cached(("correlation", str(reader.path), id(vm), vm.correct.shape, threshold,
-                    parts), make)[1]
+                    flips, parts), make)[1]
 
 
 def register(app, state) -> None:
@@ -278,10 +293,10 @@ def register(app, state) -> None:
         Output("trn-range-text", "children"), Output("trn-rows", "data"),
         Input("trn-run", "value"), Input("trn-k", "value"), Input("trn-threshold", "value"),
         Input("trn-range", "data"), Input("trn-open", "value"),
-        Input("refresh", "n_intervals"),
+        Input("refresh", "n_intervals"), Input("trn-flips", "value"),
     )
     @survive(FIGURE, {}, no_update, None)
-    def _validation(run, k, threshold, rng, opened, _n):
+    def _validation(run, k, threshold, rng, opened, _n, flips):
         hidden = {"display": "none"}
         rng = _rng(rng)
         text = (f"steps {rng[0]:.0f} \u2013 {rng[1]:.0f}" if rng else "all steps")
@@ -299,7 +314,8 @@ def register(app, state) -> None:
             if err.empty:
                 return {}, hidden, text + " (no checkpoint in range)", None
             cl = _clusters(reader, _int(k, 1, 8, 4))
-            anomalies = _in_range(_anomalies(reader, _int(threshold, 1, 1000, 5)), rng)
+            anomalies = _in_range(_anomalies(reader, _int(threshold, 1, 1000, 5),
+                                             _flips(flips)), rng)
             classes = list(err.columns)
             cluster_of = dict(zip(cl.classes.tolist(), cl.labels.tolist(), strict=True))
             opened = [int(o) for o in opened if _int(o, 0, 64, None) is not None] \
@@ -348,17 +364,18 @@ def register(app, state) -> None:
         Output("trn-cube", "figure"), Output("trn-cube-box", "style"),
         Input("trn-run", "value"), Input("trn-threshold", "value"), Input("trn-range", "data"),
         Input("trn-cube-layer", "value"), Input("trn-cube-class", "value"),
-        Input("refresh", "n_intervals"),
+        Input("refresh", "n_intervals"), Input("trn-flips", "value"),
     )
     @survive(FIGURE, {}, FIGURE, {})
-    def _correlation_views(run, threshold, rng, layer, cls, _n):
+    def _correlation_views(run, threshold, rng, layer, cls, _n, flips):
         hidden = FOLDED
         if not run:
             return {}, hidden, {}, hidden
         reader = state.reader(run)
         if not (fmt.has_validation(reader) and fmt.has_filters(reader)):
             return {}, hidden, {}, hidden
-        top = _in_range(_correlation(reader, _int(threshold, 1, 1000, 5)), _rng(rng))
+        top = _in_range(_correlation(reader, _int(threshold, 1, 1000, 5), _flips(flips)),
+                        _rng(rng))
         if not len(top):
             return {}, hidden, {}, hidden
         layers = _watched_layers(reader)
