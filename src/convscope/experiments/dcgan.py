@@ -32,8 +32,8 @@ looking inside (:mod:`convscope.zoo.dcgan` has the architectures, Tables 1-4):
 By default the data are :class:`convscope.data.Faces` (procedural face-like images: nothing is
 downloaded) at the paper's 160 x 160; ``data=DIR`` reads CelebA from a local folder
 (:class:`convscope.data.CelebAFolder`). The paper's full settings are the defaults except the
-number of steps (``steps=15000`` is the paper's; 4-6 s per step measured on a busy 2-core CPU at
-160 x 160, so about 20 hours per round there).
+number of steps (``steps=15000`` is the paper's: 0.7-1.2 s per step at 160 x 160 on a quiet
+2-core CPU, so 3-5 hours per round there; ``benchmarks/bench_experiment.py --dcgan``).
 """
 
 from __future__ import annotations
