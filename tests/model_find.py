@@ -18,18 +18,40 @@ PANEL_NAMES = ("name => { const t = document.getElementById('panel-layer');"
 
 
 def open_layer(page, name: str, attempts: int = 4) -> None:
-    """Type ``name`` into Find, pick its option and wait until the panel is ``name``'s."""
+    """Type ``name`` into Find, pick its option and wait until the panel is ``name``'s.
+
+    When the option does not show within a few seconds (the list re-rendered and lost it),
+    Enter picks the list's first match instead; the panel's title decides either way."""
     page.wait_for_function(GRAPH_DRAWN)
     for attempt in range(attempts):
         try:
             page.locator("#model-find").click()
             page.keyboard.press("Control+A")
             page.keyboard.type(name)
-            page.get_by_role("option", name=name, exact=True).click(timeout=15_000)
+            try:
+                page.get_by_role("option", name=name, exact=True).click(timeout=8_000)
+            except PlaywrightTimeout:
+                page.keyboard.press("Enter")
             page.wait_for_function(PANEL_NAMES, arg=name, timeout=20_000)
             return
         except PlaywrightTimeout:
             if attempt == attempts - 1:
+                _report(page, name)
                 raise
             page.keyboard.press("Escape")
             page.wait_for_timeout(500)
+
+
+def _report(page, name: str) -> None:
+    """Print what Find and the panel showed when the layer could not be opened."""
+    state = page.evaluate("""() => {
+        const f = document.getElementById('model-find');
+        const t = document.getElementById('panel-layer');
+        return {find: f ? f.innerText : null,
+                active: document.activeElement ? document.activeElement.outerHTML
+                    .slice(0, 200) : null,
+                options: Array.from(document.querySelectorAll('[role=option]'),
+                                    o => o.innerText).slice(0, 20),
+                panel: t ? t.textContent : null};
+    }""")
+    print(f"open_layer({name!r}) failed; page state: {state}")

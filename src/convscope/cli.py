@@ -1,5 +1,6 @@
 """The ``convscope`` command line: ``demo``, ``serve``, ``report``, ``runs``, ``compact``,
-``diagnose``, ``analyze`` (``torchrun --nproc_per_node=N -m convscope analyze RUN ...``)."""
+``diagnose``, ``analyze`` (``torchrun --nproc_per_node=N -m convscope analyze RUN ...``),
+``live`` (a video file through a run's saved model)."""
 
 from __future__ import annotations
 
@@ -314,6 +315,118 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- convscope live (issue 16: a video through the saved model, as the Live page plays it) ----
+def _live_shape(reader, key: str, size: str | None) -> tuple[int, int, int]:
+    """The model input ``(C, H, W)`` the frames are cut to: ``--size HxW`` (channels from the
+    run), else as the Live page finds it: the stored samples, the graph's input, the shape
+    saved with the checkpoint, else 3 x 32 x 32."""
+    from .errors import InputError
+    from .formats import checkpoints as ck_format
+    from .formats import feature_maps as fm_format
+    from .formats import structure
+
+    shape = None
+    samples = fm_format.samples_index(reader)
+    if len(samples):
+        shape = list(samples.iloc[0]["shape"][1:])
+    elif structure.has_graph(reader):
+        shape = structure.graph_input_shape(reader)
+    if shape is None:
+        shape = ck_format.input_shape(reader, key) or [3, 32, 32]
+    try:
+        c, h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"the run's recorded model input {shape!r} is not [C, H, W]: pass "
+                         "--size HxW (e.g. --size 224x224).") from None
+    if size is not None:
+        hs, sep, ws = size.lower().partition("x")
+        if not (sep and hs.isdigit() and ws.isdigit() and 1 <= int(hs) <= 8192
+                and 1 <= int(ws) <= 8192):
+            raise InputError(f"--size takes HxW in pixels, e.g. --size 224x224; got {size!r}.")
+        h, w = int(hs), int(ws)
+    if c not in (1, 3):
+        raise InputError(f"convscope live plays video into models taking 1 or 3 channels; this "
+                         f"one takes {c}. Use cs.features.play in Python with your own frames.")
+    return c, h, w
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    """Decode VIDEO, play it through the run's saved model in batches and write one PNG of the
+    layer's channel grid (or fc bars) per frame and the top classes of every frame."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .data import read_video
+    from .errors import InputError
+    from .features import play
+    from .figures.live import bars_image, grid_image
+    from .formats import checkpoints as ck_format
+    from .nn import layer_path
+    from .store import open_run
+
+    for opt, v, least in (("--top", args.top, 0), ("--batch-size", args.batch_size, 1),
+                          ("--scale", args.scale, 0)):
+        most = 64 if opt == "--scale" else 1 << 30
+        if not least <= v <= most:
+            raise InputError(f"{opt} must be from {least} to {most}, got {v}.")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {args.max_frames}.")
+    if not Path(args.logdir).is_dir():
+        raise InputError(f"no logdir at {args.logdir!r}: pass --logdir DIR (the directory of "
+                         "runs).")
+    run_dir = Path(args.logdir) / args.run
+    if not (run_dir / "run.json").is_file():
+        raise InputError(f"no run named {args.run!r} in {args.logdir!r}: see convscope runs "
+                         f"--logdir {args.logdir}.")
+    reader = open_run(run_dir)
+    key = args.checkpoint or ck_format.default_key(reader)
+    model = reader.load_model(key, trust=args.trust_checkpoints)
+    layer = layer_path(model, args.layer)  # a bad layer fails before decoding
+    c, h, w = _live_shape(reader, key, args.size)
+    names = reader.config.get("class_names") if isinstance(reader.config, dict) else None
+    names = [str(n) for n in names] if isinstance(names, list) and names else None
+    video = read_video(args.video, size=(h, w), fps=args.fps, max_frames=args.max_frames,
+                       channels=c, quiet=args.quiet)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --out {args.out!r} ({exc.strerror}): pass a "
+                         "directory you can write.") from None
+    frames, times = video.frames, video.times
+    n, chunk, note = len(frames), max(args.batch_size, 256), ""
+    bar = tqdm(total=n, disable=args.quiet, desc=f"live {layer}", unit="frame")
+    with open(out / "top5.csv", "w", newline="") as fh:
+        table = csv.writer(fh)
+        table.writerow(["frame", "time_s", "rank", "class", "name", "p"])
+        for i in range(0, n, chunk):  # bounded memory: maps of one chunk at a time
+            got = play(model, layer, frames[i:i + chunk], top=args.top, classes=names,
+                       batch=args.batch_size, quiet=True)
+            note = got.note or note
+            for t in range(len(got)):
+                maps = got.maps[t].numpy()
+                img = bars_image(maps.reshape(-1)) if got.flat else grid_image(maps)[0]
+                k = args.scale or max(1, 256 // max(img.shape[:2]))
+                if k > 1:  # nearest neighbour: every value stays one flat block
+                    img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+                Image.fromarray(np.ascontiguousarray(img)).save(
+                    out / f"frame_{i + t:05d}.png", compress_level=1)
+                for rank, (cls, name, p) in enumerate(got.top(t), start=1):
+                    table.writerow([i + t, f"{float(times[i + t]):.6f}", rank, cls, name,
+                                    repr(p)])
+            bar.update(len(got))
+    bar.close()
+    kind = "bars" if got.flat else "channel grids"
+    print(f"wrote {n} frames ({kind} of {layer}, {video.fps:.3g} frames/s of "
+          f"{video.container.upper()} {video.codec} {video.size[0]} x {video.size[1]}, cut to "
+          f"{w} x {h}) as {out}/frame_*.png and the top {args.top} classes as {out}/top5.csv"
+          + "".join(f"; {x}" for x in (video.note, note) if x))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convscope",
@@ -496,6 +609,44 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     trust_opt(an)
     an.set_defaults(func=_cmd_analyze)
+
+    lv = sub.add_parser("live", help="play a video file through a run's saved model (as the Live "
+                        "page does): one PNG of a layer's channel grid per frame and the top "
+                        "classes of every frame in a CSV",
+                        description="Play VIDEO (MP4: H.264, HEVC, AV1, MPEG-4; WebM: VP8, VP9, "
+                        "AV1; decoded with PyAV: pip install 'convscope[video]') through the "
+                        "saved model of run RUN in DIR (run.log_checkpoint), Yosinski et al. "
+                        "2015's live view offline. Each frame is scaled so its short side fits "
+                        "the model's input and centre-cropped. Writes OUT/frame_00000.png, ... "
+                        "(the layer's channels as the Live page draws them: each channel scaled "
+                        "on its own, Viridis, all channels; an fc layer as bars) and OUT/top5.csv "
+                        "(frame, time_s, rank, class, name, p: the softmax of the model's output, "
+                        "names from the run's class_names). Exit status 2 with a message on a "
+                        "bad file, run or layer. Python: cs.data.read_video + cs.features.play.")
+    lv.add_argument("video", help="the MP4 or WebM file")
+    lv.add_argument("--logdir", default="runs", help="directory of runs (default: runs)")
+    lv.add_argument("--run", required=True, help="the run's name in --logdir")
+    lv.add_argument("--layer", required=True, help="layer module path (e.g. layer1.0.conv1, "
+                    "or fc for the classifier's outputs)")
+    lv.add_argument("--out", required=True, help="folder for the PNGs and top5.csv (created)")
+    lv.add_argument("--fps", type=float, default=None, help="frames taken per second of video "
+                    "(default: the video's rate, at most 30)")
+    lv.add_argument("--max-frames", type=int, default=None, help="at most N frames (default "
+                    "10000); when N at --fps would not cover the video, they are spread over "
+                    "it (the rate is lowered; the summary says which)")
+    lv.add_argument("--top", type=int, default=5, help="classes per frame in the CSV (default 5)")
+    lv.add_argument("--size", default=None, help="frame size HxW (default: the model input the "
+                    "run recorded, else 32x32)")
+    lv.add_argument("--scale", type=int, default=0, help="enlarge each PNG N times, every value "
+                    "a flat block (default 0: the largest N that keeps the longer side within "
+                    "256 pixels, at least 1; 1: the grid's own size)")
+    lv.add_argument("--batch-size", type=int, default=32, help="frames per forward pass "
+                    "(default 32)")
+    lv.add_argument("--checkpoint", default=None, help="checkpoint key (default: the run's "
+                    "default, as the Live page)")
+    lv.add_argument("--quiet", action="store_true", help="no progress bars")
+    trust_opt(lv)
+    lv.set_defaults(func=_cmd_live)
     return p
 
 

@@ -10,7 +10,8 @@ Yosinski et al. 2015).
   :func:`clip_small_contribution`; presets :func:`yosinski`), applied in the order given.
 * :func:`top_examples` — the ``k`` dataset images that excite each channel most, with locations
   and receptive-field crops, in one streaming pass; :func:`merge` combines shards exactly.
-* :func:`live` — all channels of a layer for one image (the live view).
+* :func:`live` — all channels of a layer for one image (the live view); :func:`play` — a video's
+  frames through the model in batches: per frame the layer's channels and the top-k classes.
 * :func:`receptive_field` — analytic (graph) or empirical (gradient) receptive fields.
 """
 
@@ -46,6 +47,7 @@ from .top import (
     top_examples,
 )
 from .transforms import Jitter, Pad, RandomRotate, RandomScale, Transform, standard_transforms
+from .video import Playback, play
 
 __all__ = [
     "DEFAULTS",
@@ -62,6 +64,7 @@ __all__ = [
     "Objective",
     "Pad",
     "PixelImage",
+    "Playback",
     "PreferredInputsPass",
     "Progress",
     "Preset",
@@ -87,6 +90,7 @@ __all__ = [
     "merge",
     "neuron",
     "pixel_image",
+    "play",
     "preferred_inputs",
     "progress",
     "receptive_field",
