@@ -322,17 +322,8 @@ def _live_shape(reader, key: str, size: str | None) -> tuple[int, int, int]:
     saved with the checkpoint, else 3 x 32 x 32."""
     from .errors import InputError
     from .formats import checkpoints as ck_format
-    from .formats import feature_maps as fm_format
-    from .formats import structure
 
-    shape = None
-    samples = fm_format.samples_index(reader)
-    if len(samples):
-        shape = list(samples.iloc[0]["shape"][1:])
-    elif structure.has_graph(reader):
-        shape = structure.graph_input_shape(reader)
-    if shape is None:
-        shape = ck_format.input_shape(reader, key) or [3, 32, 32]
+    shape = ck_format.model_input_shape(reader, key) or [3, 32, 32]
     try:
         c, h, w = (int(s) for s in shape)
     except (TypeError, ValueError):

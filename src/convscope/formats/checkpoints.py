@@ -121,6 +121,22 @@ def input_shape(where: Any, key: str = DEFAULT_KEY) -> list[int] | None:
     return transport.input_shape(_run_path(where), key)
 
 
+def model_input_shape(reader: Any, key: str = DEFAULT_KEY) -> list[Any] | None:
+    """The model's input ``[C, H, W]`` as the run recorded it: the stored sample images'
+    shape, else the graph's input, else the shape saved with checkpoint ``key``; None when the
+    run has none of them (the values are as stored: the caller checks them)."""
+    from . import feature_maps, structure
+
+    samples = feature_maps.samples_index(reader)
+    if len(samples):
+        return list(samples.iloc[0]["shape"][1:])
+    if structure.has_graph(reader):
+        shape = structure.graph_input_shape(reader)
+        if shape is not None:
+            return list(shape)
+    return input_shape(reader, key)
+
+
 def write(sink: Any, model: Any, key: str = DEFAULT_KEY, *, example_inputs: Any = None,
           arch: Any = None) -> Path:
     """Save ``model`` (an ``nn.Module``, already unwrapped) as checkpoint ``key`` of the sink's

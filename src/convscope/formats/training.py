@@ -108,9 +108,17 @@ class TrainingQueries:
         """Watched layers in model order (first recorded order)."""
         if not self.has_table(LAYERS_TABLE):
             return []
-        df = self.query(f"SELECT DISTINCT layer FROM {LAYERS_TABLE}")
+        df = self.query(f"SELECT layer, MIN(step) AS first FROM {LAYERS_TABLE} GROUP BY layer")
         order = self._layer_order()
-        return sorted(df["layer"].tolist(), key=lambda n: order.get(n, 1 << 30))
+        if not order:  # no graph: the watcher's row order at the first recorded step (model
+            # order); a filtered scan keeps the stored row order (DuckDB's insertion order)
+            rows = self.query(f"SELECT layer FROM {LAYERS_TABLE} WHERE step = "
+                              f"(SELECT MIN(step) FROM {LAYERS_TABLE})")["layer"].tolist()
+            order = {n: i for i, n in enumerate(dict.fromkeys(rows))}
+        first = dict(zip(df["layer"], df["first"], strict=True))
+        # model order; then layers first seen later, by their first step and name (DISTINCT
+        # alone has no order: a hash aggregate's)
+        return sorted(first, key=lambda n: (order.get(n, 1 << 30), first[n], n))
 
     def _layer_order(self) -> dict[str, int]:
         """Module order from the recorded graph; ``{}`` (no sort) when it is missing or damaged:

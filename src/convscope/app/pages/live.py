@@ -212,14 +212,7 @@ def _trust_note(reader, key: str, trust: bool) -> html.Div | None:
 def _input_shape(reader, key: str) -> tuple[int, int, int]:
     """The model's input ``(C, H, W)``: the stored samples' shape, else the graph's input, else
     the shape recorded with the checkpoint, else 3 x 32 x 32."""
-    shape = None
-    samples = fm_format.samples_index(reader)
-    if len(samples):
-        shape = list(samples.iloc[0]["shape"][1:])
-    elif structure.has_graph(reader):
-        shape = structure.graph_input_shape(reader)
-    if shape is None:
-        shape = ck_format.input_shape(reader, key) or [3, 32, 32]
+    shape = ck_format.model_input_shape(reader, key) or [3, 32, 32]
     try:
         c, h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
