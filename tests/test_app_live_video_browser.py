@@ -23,6 +23,7 @@ import convscope as cs
 from convscope.figures.images import colormap_lut
 
 from .conftest import CHROMIUM_ARGS
+from .test_video_api import encode
 
 pytestmark = pytest.mark.browser
 LAYER = "layer1.0.conv1"
@@ -46,20 +47,9 @@ def moving_shapes(i: int) -> np.ndarray:
 
 def encode_video(path: Path, frames: list[np.ndarray], fmt: str = "mp4",
                  codec: str = "libx264", fps: int = FPS) -> Path:
-    import av
-
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=fps)
-        s.width, s.height = frames[0].shape[1], frames[0].shape[0]
-        s.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            s.options = {"crf": "12"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    """``frames`` (RGB uint8) encoded to ``path`` (test_video_api's encoder, at this file's
+    frame rate)."""
+    return encode(path, frames, fps=fps, fmt=fmt, codec=codec)
 
 
 def uri_array(uri: str) -> np.ndarray:
